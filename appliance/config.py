@@ -1,0 +1,174 @@
+"""Settings: code defaults -> ``DATA_DIR/config.toml`` -> ``APPLIANCE_*`` environment.
+
+Every setting is declared once in ``SETTINGS`` with its type and a one-line meaning, and
+documented once in ``docs/configuration.md`` (a test fails when the two disagree).
+Command-line flags such as ``serve --port`` override the result for that run only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+ENV_PREFIX = "APPLIANCE_"
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type  # str, int, float, bool or list (of str)
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "Address the web page listens on."),
+    Setting("port", int, 8080, "TCP port of the web page."),
+    Setting("dicom_port", int, 11112, "TCP port of the DICOM listener (C-ECHO, C-STORE)."),
+    Setting("dicom_aet", str, "APPLIANCE", "AE title the DICOM listener answers to."),
+    Setting(
+        "dicom_allowed_aets",
+        list,
+        [],
+        "Calling AE titles allowed to send; empty allows any.",
+    ),
+    Setting("dicom_enabled", bool, True, "Run the DICOM listener in `appliance serve`."),
+    Setting(
+        "usb_roots",
+        list,
+        ["/media", "/run/media", "/mnt"],
+        "Folders under which removable media are mounted.",
+    ),
+    Setting(
+        "usb_require_mountpoint",
+        bool,
+        True,
+        "Only treat real mount points under `usb_roots` as volumes (off: every sub-folder).",
+    ),
+    Setting("usb_auto_import", bool, True, "Import every image on a newly seen volume."),
+    Setting("usb_poll_seconds", float, 2.0, "How often to look for newly mounted volumes."),
+    Setting("hot_folder", str, "", "Folder watched for new files; empty disables it."),
+    Setting("hot_folder_poll_seconds", float, 2.0, "How often the hot folder is scanned."),
+    Setting(
+        "hot_folder_settle_seconds",
+        float,
+        2.0,
+        "A file must be unchanged this long before it is imported (still being copied).",
+    ),
+    Setting("upload_max_mb", int, 512, "Largest file accepted by the upload endpoint."),
+    Setting(
+        "max_image_pixels",
+        int,
+        100_000_000,
+        "Images with more pixels than this are refused as absurd.",
+    ),
+    Setting(
+        "min_free_mb",
+        int,
+        200,
+        "Free disk kept in reserve; below it new images are refused (DICOM status A700).",
+    ),
+    Setting("workers", int, 1, "Number of background workers processing the job queue."),
+    Setting("job_lease_seconds", float, 120.0, "A claimed job is re-offered after this long."),
+    Setting("job_max_attempts", int, 3, "Attempts before a job is marked failed."),
+    Setting("preview_max_px", int, 1024, "Longest side of the stored preview image."),
+    Setting("log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    data_dir: Path
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        values = dict(self.values)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            values[name] = _coerce(_setting(name), value, "override")
+        return Config(self.data_dir, values)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "appliance.db"
+
+
+def _setting(name: str) -> Setting:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown setting {name!r}") from None
+
+
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    kind = setting.kind
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if kind is list:
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            return [str(v) for v in value]
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"setting {setting.name!r} from {source}: {value!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+def load_config(
+    data_dir: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Read the layered settings for ``data_dir`` (which need not exist yet)."""
+    data_dir = Path(data_dir).resolve()
+    environ = os.environ if environ is None else environ
+    values = {s.name: s.default for s in SETTINGS}
+
+    config_file = data_dir / CONFIG_FILE
+    if config_file.exists():
+        try:
+            from_file = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_file} is not valid TOML: {exc}") from exc
+        for name, value in from_file.items():
+            values[name] = _coerce(_setting(name), value, str(config_file))
+
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "APPLIANCE_DATA_DIR":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        values[name] = _coerce(_setting(name), value, f"environment {key}")
+
+    return Config(data_dir, values).with_overrides(**overrides)

@@ -1,0 +1,1 @@
+"""How images get into the box: DICOM network, USB media, hot folder, upload; decoding."""

@@ -1,0 +1,168 @@
+"""Turn a stored file into one normalised pixel array plus what later stages need.
+
+The output is float32 in [0, 1]: HxW for greyscale (MONOCHROME1 already inverted, so
+air is dark as on a PA chest film), HxWx3 RGB for colour. DICOM pixels go through the
+Modality LUT (rescale) and then the VOI LUT or window the sender chose. Decoding uses
+pydicom's pylibjpeg plugins (openjpeg, libjpeg, rle), so no GDCM is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+from appliance.errors import DecodeError, IngestError, UnsupportedFileError
+from appliance.ingest import raster
+from appliance.ingest.dicom import DAMAGED, check_image_dataset, read_dicom, transfer_syntax
+from appliance.ingest.sniff import NOT_AN_IMAGE, sniff
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # float32 in [0, 1]; HxW grey or HxWx3 RGB
+    is_colour: bool
+    file_format: str
+    frames_total: int = 1
+    frame_used: int = 0
+    photometric: str | None = None
+    inverted: bool = False
+    voi: str = "none"  # how grey levels were mapped: window, voi_lut, percentile, none
+    transfer_syntax_uid: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (stored with the image, shown in ``studies --json``)."""
+        return {
+            "height": int(self.pixels.shape[0]),
+            "width": int(self.pixels.shape[1]),
+            "colour": self.is_colour,
+            "format": self.file_format,
+            "frames_total": self.frames_total,
+            "frame_used": self.frame_used,
+            "photometric": self.photometric,
+            "inverted": self.inverted,
+            "voi": self.voi,
+            "transfer_syntax_uid": self.transfer_syntax_uid,
+        }
+
+
+def decode_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    kind = sniff(raw[:512])
+    if kind == "dicom":
+        ds = read_dicom(raw)
+        try:
+            check_image_dataset(ds, max_pixels)
+            return decode_dataset(ds)
+        except IngestError:
+            raise
+        except Exception as exc:  # a malformed value pydicom accepted but we cannot use
+            raise DecodeError(DAMAGED, detail=f"{type(exc).__name__}: {exc}") from exc
+    if kind in ("jpeg", "png", "tiff"):
+        raster.check_raster(raw, kind, max_pixels)
+        pixels, colour = raster.decode_raster(raw, max_pixels)
+        return DecodedImage(pixels, colour, kind, photometric="RGB" if colour else "MONOCHROME2")
+    raise UnsupportedFileError(NOT_AN_IMAGE.get(kind, NOT_AN_IMAGE["unknown"]))
+
+
+def decode_dataset(ds: Dataset) -> DecodedImage:
+    frames = int(ds.get("NumberOfFrames") or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    tsyntax = transfer_syntax(ds)
+    try:
+        # index=0 decodes only the first frame of a multi-frame object; as_rgb (the
+        # default) converts YBR_FULL/YBR_FULL_422 to RGB. Decoder warnings (odd but
+        # readable headers) are logged, so the result does not depend on warning filters.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arr = pixel_array(ds, index=0 if frames > 1 else None)
+        for warning in caught:
+            log.debug("decoder warning: %s", warning.message)
+    except Exception as exc:  # every decoder plugin raises its own types
+        raise DecodeError(
+            "The image data is damaged and cannot be decoded.",
+            detail=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    if frames > 1 and arr.ndim == 4:  # defensive: some plugins ignore index
+        arr = arr[0]
+
+    info: dict[str, Any] = {}
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+        photometric = "RGB"
+    samples = arr.shape[2] if arr.ndim == 3 else 1
+    if samples == 3:
+        peak = float((1 << int(ds.get("BitsStored") or 8)) - 1)
+        pixels = np.clip(arr.astype(np.float32) / peak, 0.0, 1.0)
+        return DecodedImage(
+            pixels,
+            True,
+            "dicom",
+            frames,
+            0,
+            photometric,
+            transfer_syntax_uid=str(tsyntax) if tsyntax else None,
+            info=info,
+        )
+
+    values = apply_modality_lut(arr, ds).astype(np.float32)
+    pixels, voi = _apply_voi(values, ds)
+    inverted = photometric == "MONOCHROME1"
+    if inverted:
+        pixels = 1.0 - pixels
+    return DecodedImage(
+        np.ascontiguousarray(pixels, dtype=np.float32),
+        False,
+        "dicom",
+        frames,
+        0,
+        photometric,
+        inverted,
+        voi,
+        str(tsyntax) if tsyntax else None,
+        info,
+    )
+
+
+def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+    """Map modality values to [0, 1] the way the sender meant them to be seen."""
+    if "VOILUTSequence" in ds:
+        mapped = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float32)
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        top = float((1 << int(descriptor[2])) - 1) if descriptor[2] else float(mapped.max() or 1)
+        return np.clip(mapped / top, 0.0, 1.0), "voi_lut"
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None:
+        center = float(center[0] if _is_multi(center) else center)
+        width = float(width[0] if _is_multi(width) else width)
+        if width >= 1:
+            function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+            if function == "SIGMOID":
+                out = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+            elif function == "LINEAR_EXACT":
+                out = (values - center) / width + 0.5
+            else:  # LINEAR, as defined in PS3.3 C.11.2.1.2.1
+                out = (values - (center - 0.5)) / (width - 1) + 0.5
+            return np.clip(out, 0.0, 1.0).astype(np.float32), "window"
+    # No instructions from the sender: stretch between robust percentiles so a few hot
+    # pixels or the collimator edge do not flatten the image.
+    sample = values[::4, ::4]
+    low, high = np.percentile(sample, (0.5, 99.5))
+    if high <= low:
+        high = low + 1.0
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32), "percentile"
+
+
+def _is_multi(value: Any) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, str | bytes)

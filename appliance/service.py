@@ -1,0 +1,109 @@
+"""``appliance serve``: everything the box runs, started together, stopped together.
+
+web page + DICOM listener + USB watcher + hot folder + workers, in one process with
+threads (a Jetson has 6-8 cores and 8 GB shared with the GPU: one process keeps one copy
+of each model in memory). SIGTERM or SIGINT stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from waitress import create_server
+
+from appliance.config import Config
+from appliance.ingest.hotfolder import HotFolder
+from appliance.ingest.importer import Importer, recover
+from appliance.ingest.scp import StoreSCP
+from appliance.ingest.usb import UsbWatcher
+from appliance.store.db import Store
+from appliance.web import create_app
+from appliance.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.store = Store.open(config.data_dir)
+        self.importer = Importer(self.store, config)
+        self.threads: list[threading.Thread] = []
+        self.scp: StoreSCP | None = None
+        self.web_server = None
+        self.status: dict[str, str] = {}
+
+    def start(self) -> None:
+        recovered = recover(self.store, self.config)
+        if any(recovered.values()):
+            log.warning("recovered after an unclean stop: %s", recovered)
+
+        app = create_app(self.config)
+        app.extensions["appliance_status"] = self.status
+        self.web_server = create_server(
+            app, host=self.config.host, port=self.config.port, threads=4, ident="appliance"
+        )
+        self._thread("web", self.web_server.run)
+        self.status["web"] = f"http://{self.config.host}:{self.config.port}"
+
+        if self.config.dicom_enabled:
+            self.scp = StoreSCP(
+                self.importer,
+                ae_title=self.config.dicom_aet,
+                port=self.config.dicom_port,
+                allowed_aets=self.config.dicom_allowed_aets,
+            )
+            self.scp.start()
+            self.status["dicom"] = f"{self.config.dicom_aet} on port {self.config.dicom_port}"
+
+        UsbWatcher(self.importer, self.stop_event).start()
+        self.status["usb"] = "watching " + ", ".join(self.config.usb_roots)
+        if self.config.hot_folder:
+            HotFolder(self.importer, Path(self.config.hot_folder), self.stop_event).start()
+            self.status["hot_folder"] = self.config.hot_folder
+
+        for index in range(self.config.workers):
+            worker = Worker(self.store, self.config, name=f"worker-{index}")
+            self._thread(f"worker-{index}", worker.run_forever, self.stop_event)
+        self.status["workers"] = str(self.config.workers)
+        log.info("appliance serving data dir %s", self.config.data_dir)
+
+    def _thread(self, name: str, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.scp is not None:
+            self.scp.stop()
+        if self.web_server is not None:
+            self.web_server.close()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.store.close()
+        log.info("appliance stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT; used by ``appliance serve``."""
+
+        def on_signal(signum, frame):
+            log.info("received signal %s, stopping", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        print(
+            f"appliance ready: web {self.status.get('web')}, "
+            f"DICOM {self.status.get('dicom', 'off')}",
+            flush=True,
+        )
+        try:
+            self.stop_event.wait()
+        finally:
+            self.stop()

@@ -1,0 +1,127 @@
+"""The SQLite database: one connection per thread, WAL, explicit write transactions.
+
+Durability matters more than speed here (a power cut must not lose an acknowledged
+image), so ``synchronous=FULL``: a committed transaction survives a power cut.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from appliance.errors import StoreError
+from appliance.store.migrations import migrations
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; writers say BEGIN IMMEDIATE so
+    # they never deadlock upgrading a read lock.
+    conn = sqlite3.connect(
+        db_path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StoreError(f"{db_path}: could not switch the database to WAL mode ({mode})")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Store:
+    """Owns the data directory's layout and hands out per-thread connections."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / "appliance.db"
+        self.images_dir = self.data_dir / "images"
+        self.quarantine_dir = self.data_dir / "quarantine"
+        self.previews_dir = self.data_dir / "previews"
+        self.tmp_dir = self.data_dir / "tmp"
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, data_dir: Path, *, migrate: bool = True) -> Store:
+        store = cls(data_dir)
+        for folder in (
+            store.data_dir,
+            store.images_dir,
+            store.quarantine_dir,
+            store.previews_dir,
+            store.tmp_dir,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        if migrate:
+            store.migrate()
+        return store
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; returns the names applied."""
+        db = Database(self.conn())
+        pending = [m.name for m in migrations.pending(db)]
+        if pending:
+            migrations.apply(db)
+        return pending
+
+    def applied_migrations(self) -> list[str]:
+        return [m.name for m in migrations.applied(Database(self.conn()))]
+
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = connect(self.db_path)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open {self.db_path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def audit(
+    conn: sqlite3.Connection, actor: str, action: str, subject: str = "", detail: str = ""
+) -> None:
+    """Append one line to the audit log (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+        (utc_now(), actor, action, subject, detail),
+    )

@@ -1,0 +1,88 @@
+"""Files on disk: atomic writes that survive a power cut, and a free-space guard."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from appliance.errors import StorageFullError, StoreError
+
+CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_free_space(folder: Path, need_bytes: int, reserve_mb: int) -> None:
+    """Refuse before writing when the write would eat into the reserve."""
+    free = shutil.disk_usage(folder).free
+    if free - need_bytes < reserve_mb * 1024 * 1024:
+        raise StorageFullError(
+            f"disk nearly full: {free // (1024 * 1024)} MB free, {reserve_mb} MB kept in reserve"
+        )
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate(exc: OSError, target: Path) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"disk full while writing {target.name}")
+    return StoreError(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def atomic_write_bytes(target: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write ``data`` to ``target`` so that ``target`` is either absent or complete.
+
+    temp file in the same filesystem -> fsync -> rename -> fsync the folder.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="incoming-")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        _discard(tmp_name)
+        raise _translate(exc, target) from exc
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def clear_tmp(tmp_dir: Path) -> int:
+    """Remove half-written temp files left by a crash; they were never acknowledged."""
+    removed = 0
+    for leftover in tmp_dir.glob("incoming-*"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,118 @@
+"""Schema history. Never edit a migration once it has shipped: add a new one."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("appliance")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE studies (
+            id INTEGER PRIMARY KEY,
+            study_instance_uid TEXT NOT NULL UNIQUE,
+            patient_id TEXT,
+            patient_name TEXT,
+            study_date TEXT,
+            study_description TEXT,
+            accession_number TEXT,
+            created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            study_id INTEGER NOT NULL REFERENCES studies(id),
+            sop_instance_uid TEXT UNIQUE,
+            series_instance_uid TEXT,
+            sop_class_uid TEXT,
+            transfer_syntax_uid TEXT,
+            modality TEXT,
+            body_part TEXT,
+            view_position TEXT,
+            laterality TEXT,
+            rows INTEGER,
+            columns INTEGER,
+            frames INTEGER,
+            file_format TEXT NOT NULL,
+            source TEXT NOT NULL,
+            source_detail TEXT,
+            original_name TEXT,
+            sha256 TEXT NOT NULL UNIQUE,
+            size_bytes INTEGER NOT NULL,
+            stored_path TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            decoded_at TEXT,
+            decode_info TEXT,
+            preview_path TEXT,
+            state TEXT NOT NULL DEFAULT 'received'
+                CHECK (state IN ('received', 'decoded', 'quarantined'))
+        );
+        CREATE INDEX images_study ON images(study_id);
+        CREATE INDEX images_received ON images(received_at);
+
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            priority INTEGER NOT NULL DEFAULT 100,
+            state TEXT NOT NULL DEFAULT 'queued'
+                CHECK (state IN ('queued', 'running', 'done', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_expires REAL,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (kind, image_id)
+        );
+        CREATE INDEX jobs_ready ON jobs(state, priority, id);
+
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY,
+            image_id INTEGER REFERENCES images(id),
+            sha256 TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT,
+            source TEXT NOT NULL,
+            source_detail TEXT,
+            original_name TEXT,
+            stored_path TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            received_at TEXT NOT NULL
+        );
+        CREATE INDEX quarantine_sha ON quarantine(sha256);
+
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT,
+            detail TEXT
+        );
+        -- Append-only: the database itself refuses to change history.
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+
+        CREATE TABLE volumes (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            label TEXT,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            present INTEGER NOT NULL DEFAULT 1,
+            importable INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            imported INTEGER NOT NULL DEFAULT 0,
+            quarantined INTEGER NOT NULL DEFAULT 0,
+            duplicates INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL DEFAULT 'seen'
+        );
+        """
+    )

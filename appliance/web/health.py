@@ -1,0 +1,32 @@
+"""``/healthz``: is the box alive, and is each part of it working."""
+
+from __future__ import annotations
+
+import shutil
+
+from flask import Blueprint, current_app, jsonify
+
+from appliance.store import jobs
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    store = current_app.extensions["appliance_store"]
+    config = current_app.config["APPLIANCE"]
+    body: dict = {"status": "ok", "decision_support": "decision support, not a diagnosis"}
+    try:
+        body["queue"] = jobs.counts(store)
+        body["database"] = "ok"
+    except Exception as exc:  # report, never crash the probe
+        body["database"] = f"error: {exc}"
+        body["status"] = "degraded"
+    free_mb = shutil.disk_usage(store.data_dir).free // (1024 * 1024)
+    body["disk_free_mb"] = free_mb
+    body["disk"] = "ok"
+    if free_mb < config.min_free_mb:
+        body["status"] = "degraded"
+        body["disk"] = "full: new images are refused"
+    body["components"] = dict(current_app.extensions.get("appliance_status", {}))
+    return jsonify(body), 200 if body["status"] == "ok" else 503

@@ -1,0 +1,70 @@
+"""``POST /api/upload``: images from the page (multipart ``file`` fields) or a raw body.
+
+Bodies are streamed to the data directory's temp folder, and a body over
+``upload_max_mb`` is refused with 413 before it is stored. (The importer then reads the
+file whole: one image at most ``upload_max_mb`` is held in memory.)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from appliance.ingest.importer import Importer
+from appliance.store.files import ensure_free_space
+from appliance.web.api_errors import error_response
+
+bp = Blueprint("upload", __name__, url_prefix="/api")
+
+CHUNK = 1 << 20
+
+
+def _importer() -> Importer:
+    return Importer(current_app.extensions["appliance_store"], current_app.config["APPLIANCE"])
+
+
+@bp.post("/upload")
+def upload():
+    importer = _importer()
+    uploads = []
+    # Decide by content type before touching request.files: reading the form consumes
+    # the body, and `curl --data-binary` labels a raw image as a url-encoded form.
+    if request.mimetype == "multipart/form-data":
+        # A browser sends a part with an empty file name when no file was chosen.
+        uploads = [(s.stream, s.filename) for s in request.files.getlist("file") if s.filename]
+    elif request.content_length or request.headers.get("Transfer-Encoding"):
+        name = Path(request.headers.get("X-Filename", "")).name or "upload"
+        uploads = [(request.stream, name)]
+    if not uploads:
+        return error_response(400, "no_file", "No file was sent.")
+    # Refuse before spooling a large body into the reserve kept for the database.
+    ensure_free_space(
+        importer.store.data_dir, request.content_length or 0, importer.config.min_free_mb
+    )
+    results = [_import_stream(importer, stream, name) for stream, name in uploads]
+    status = 201 if any(r["status"] == "stored" for r in results) else 200
+    return jsonify({"results": results}), status
+
+
+def _import_stream(importer: Importer, stream, name: str) -> dict:
+    limit = importer.config.upload_max_mb * 1024 * 1024
+    fd, tmp_name = tempfile.mkstemp(dir=importer.store.tmp_dir, prefix="incoming-upload-")
+    try:
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > limit:  # same answer as a body refused by its Content-Length
+                    raise RequestEntityTooLarge()
+                out.write(chunk)
+        raw = Path(tmp_name).read_bytes()
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    outcome = importer.import_bytes(
+        raw, source="upload", source_detail=request.remote_addr or "", original_name=name
+    )
+    return outcome.as_dict()

@@ -1,0 +1,217 @@
+"""Decoding real radiographs and photographs in every transfer syntax the box accepts.
+
+The transcoded copies of RG1 are made with dcmtk's own tools (dcmcjpeg, dcmcjpls,
+dcmcrle, dcmconv), so the decoder is checked against another implementation's output.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from conftest import FUNDUS_DIR, require_tool, testdata
+
+from appliance.errors import DecodeError, UnsupportedFileError
+from appliance.ingest.decode import decode_bytes
+
+RG1 = "RG1_UNCR.dcm"
+
+
+@pytest.fixture(scope="module")
+def rg1_reference() -> np.ndarray:
+    return decode_bytes(testdata(RG1).read_bytes()).pixels
+
+
+@pytest.fixture(scope="module")
+def transcoded(tmp_path_factory) -> dict[str, Path]:
+    """RG1 in each lossless syntax, written by dcmtk."""
+    out = tmp_path_factory.mktemp("rg1")
+    source = testdata(RG1)
+    commands = {
+        "1.2.840.10008.1.2": ["dcmconv", "+ti"],  # implicit VR little endian
+        "1.2.840.10008.1.2.1.99": ["dcmconv", "+td"],  # deflated
+        "1.2.840.10008.1.2.4.70": ["dcmcjpeg", "+e1"],  # JPEG lossless SV1
+        "1.2.840.10008.1.2.4.57": ["dcmcjpeg", "+el"],  # JPEG lossless, process 14
+        "1.2.840.10008.1.2.4.80": ["dcmcjpls", "+el"],  # JPEG-LS lossless
+        "1.2.840.10008.1.2.5": ["dcmcrle"],  # RLE
+    }
+    made = {}
+    for uid, command in commands.items():
+        require_tool(command[0])
+        target = out / f"{uid}.dcm"
+        subprocess.run([*command, str(source), str(target)], check=True, capture_output=True)
+        assert (
+            str(pydicom.dcmread(target, stop_before_pixels=True).file_meta.TransferSyntaxUID) == uid
+        )
+        made[uid] = target
+    made["1.2.840.10008.1.2.4.90"] = testdata("RG1_J2KR.dcm")
+    return made
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.90",
+    ],
+)
+def test_lossless_syntaxes_decode_to_the_identical_image(transcoded, rg1_reference, uid):
+    decoded = decode_bytes(transcoded[uid].read_bytes())
+    assert decoded.transfer_syntax_uid == uid
+    assert decoded.pixels.shape == rg1_reference.shape == (1955, 1841)
+    np.testing.assert_array_equal(decoded.pixels, rg1_reference)
+
+
+def test_lossy_jpeg2000_is_close(rg1_reference):
+    lossy = decode_bytes(testdata("RG1_J2KI.dcm").read_bytes()).pixels
+    difference = np.abs(lossy - rg1_reference)
+    assert difference.mean() < 0.005
+    assert np.corrcoef(lossy[::8, ::8].ravel(), rg1_reference[::8, ::8].ravel())[0, 1] > 0.99
+
+
+def test_monochrome1_chest_is_inverted_so_lungs_are_dark(rg1_reference):
+    decoded = decode_bytes(testdata(RG1).read_bytes())
+    assert decoded.photometric == "MONOCHROME1" and decoded.inverted and decoded.voi == "window"
+    image = decoded.pixels
+    h, w = image.shape
+    lungs = np.concatenate(
+        [
+            image[int(h * 0.3) : int(h * 0.6), int(w * 0.2) : int(w * 0.35)].ravel(),
+            image[int(h * 0.3) : int(h * 0.6), int(w * 0.65) : int(w * 0.8)].ravel(),
+        ]
+    )
+    spine = image[int(h * 0.3) : int(h * 0.6), int(w * 0.47) : int(w * 0.53)]
+    assert lungs.mean() < spine.mean() - 0.1
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.dtype == np.float32
+
+
+def test_ybr_is_converted_to_rgb():
+    rgb = decode_bytes(testdata("SC_rgb.dcm").read_bytes())
+    ybr = decode_bytes(testdata("SC_ybr_full_422_uncompressed.dcm").read_bytes())
+    jpeg = decode_bytes(testdata("SC_rgb_jpeg_dcmtk.dcm").read_bytes())  # baseline, YBR inside
+    assert rgb.is_colour and ybr.is_colour and jpeg.is_colour
+    assert np.abs(ybr.pixels - rgb.pixels).mean() < 0.02
+    assert np.abs(jpeg.pixels - rgb.pixels).mean() < 0.03
+    # the red band at the top of the test pattern is red, not a YBR mix
+    assert rgb.pixels[2, 50, 0] > 0.9 and rgb.pixels[2, 50, 1] < 0.1
+
+
+def test_multiframe_takes_frame_one_and_says_so():
+    decoded = decode_bytes(testdata("SC_rgb_rle_2frame.dcm").read_bytes())
+    single = decode_bytes(testdata("SC_rgb_rle.dcm").read_bytes())
+    assert decoded.frames_total == 2 and decoded.frame_used == 0
+    np.testing.assert_array_equal(decoded.pixels, single.pixels)
+    assert decoded.summary()["frames_total"] == 2
+
+
+def test_other_syntaxes_decode():
+    for name in (
+        "JPGExtended.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPEG2000.dcm",
+        "image_dfl.dcm",
+        "MR_small_RLE.dcm",
+    ):
+        decoded = decode_bytes(testdata(name).read_bytes())
+        assert decoded.pixels.ndim == 2 and np.isfinite(decoded.pixels).all(), name
+
+
+def test_real_fundus_jpeg_decodes_as_rgb():
+    decoded = decode_bytes((FUNDUS_DIR / "IDRiD_003.jpg").read_bytes())
+    assert decoded.is_colour and decoded.pixels.shape == (949, 1429, 3)
+    red, green, blue = (decoded.pixels[300:600, 500:900, c].mean() for c in range(3))
+    assert red > green > blue  # a retina is orange-red, so RGB order is right
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert a minimal EXIF APP1 segment holding only the Orientation tag."""
+    tiff = (
+        b"MM\x00*\x00\x00\x00\x08"
+        + b"\x00\x01"
+        + b"\x01\x12\x00\x03\x00\x00\x00\x01"
+        + orientation.to_bytes(2, "big")
+        + b"\x00\x00"
+        + b"\x00\x00\x00\x00"
+    )
+    payload = b"Exif\x00\x00" + tiff
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def test_exif_orientation_is_honoured():
+    photo = cv2.imread(str(FUNDUS_DIR / "hrf_12_h.jpg"))
+    ok, encoded = cv2.imencode(".jpg", photo)
+    rotated = decode_bytes(_with_exif_orientation(encoded.tobytes(), 6))  # 90° clockwise
+    upright = decode_bytes(encoded.tobytes())
+    assert upright.pixels.shape[:2] == (701, 1051)
+    assert rotated.pixels.shape[:2] == (1051, 701)
+    np.testing.assert_allclose(rotated.pixels, np.rot90(upright.pixels, k=-1), atol=0.02)
+
+
+def test_png_16_bit_grey_keeps_its_depth(tmp_path):
+    ramp = np.arange(256 * 64, dtype=np.uint16).reshape(64, 256) * 4
+    ok, encoded = cv2.imencode(".png", ramp)
+    decoded = decode_bytes(encoded.tobytes())
+    assert not decoded.is_colour
+    np.testing.assert_allclose(decoded.pixels, ramp / 65535.0, atol=1e-6)
+
+
+def _truncated(name: str, fraction: float) -> bytes:
+    raw = testdata(name).read_bytes()
+    return raw[: int(len(raw) * fraction)]
+
+
+def _without_pixels() -> bytes:
+    from io import BytesIO
+
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    del ds.PixelData
+    out = BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def _absurd() -> bytes:
+    from io import BytesIO
+
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    ds.Rows = ds.Columns = 60000
+    out = BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make, error, reason",
+    [
+        (lambda: b"", UnsupportedFileError, "empty"),
+        (lambda: _truncated("RG1_UNCR.dcm", 0.5), DecodeError, "incomplete"),
+        (lambda: _truncated("RG1_J2KR.dcm", 0.7), DecodeError, "incomplete"),
+        (lambda: _truncated("RG1_UNCR.dcm", 0.01), DecodeError, "incomplete"),
+        (lambda: (FUNDUS_DIR / "hrf_12_h.jpg").read_bytes()[:30000], DecodeError, "incomplete"),
+        (_without_pixels, UnsupportedFileError, "holds no image"),
+        (lambda: testdata("test-SR.dcm").read_bytes(), UnsupportedFileError, "structured report"),
+        (lambda: testdata("rtplan.dcm").read_bytes(), UnsupportedFileError, "holds no image"),
+        (
+            lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n",
+            UnsupportedFileError,
+            "PDF document",
+        ),
+        (_absurd, UnsupportedFileError, "far larger than any X-ray"),
+        (lambda: b"Patient notes: cough for 3 weeks\n", UnsupportedFileError, "text file"),
+        (lambda: bytes(range(256)) * 4, UnsupportedFileError, "not an image the box can read"),
+    ],
+)
+def test_broken_inputs_get_a_plain_reason(make, error, reason):
+    with pytest.raises(error) as caught:
+        decode_bytes(make())
+    assert reason in caught.value.reason

@@ -1,0 +1,188 @@
+"""``appliance serve`` as a real process: clean SIGTERM, and kill -9 losing nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import free_port, require_tool, testdata
+from pydicom.uid import generate_uid
+
+from appliance.store.files import sha256_file
+
+
+class Served:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.dicom_port = free_port()
+        self.log = open(data_dir.parent / "serve.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                "--dicom-port",
+                str(self.dicom_port),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=2
+                ) as r:
+                    return json.load(r)
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("serve did not become healthy")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(
+        {
+            "APPLIANCE_USB_ROOTS": "",  # no USB bus here
+            "APPLIANCE_JOB_LEASE_SECONDS": "2",
+            "APPLIANCE_MIN_FREE_MB": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def test_sigterm_stops_cleanly(tmp_path, env):
+    served = Served(tmp_path / "data", env)
+    try:
+        health = served.wait_healthy()
+        assert health["status"] == "ok" and "dicom" in health["components"]
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=20) == 0
+    finally:
+        served.close()
+    assert "appliance stopped" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def many_instances(tmp_path_factory) -> list[Path]:
+    """40 distinct instances of a real radiograph (RG1 at 1/4 scale, new UIDs)."""
+    require_tool("dcmscale")
+    out = tmp_path_factory.mktemp("instances")
+    small = out / "small.dcm"
+    subprocess.run(
+        ["dcmscale", "+Sxf", "0.25", testdata("RG1_UNCR.dcm"), small],
+        check=True,
+        capture_output=True,
+    )
+    ds = pydicom.dcmread(small)
+    files = []
+    for n in range(40):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = n + 1
+        path = out / f"img{n:03d}.dcm"
+        ds.save_as(path)
+        files.append(path)
+    return files
+
+
+def acknowledged(storescu_output: str) -> list[str]:
+    """SOP Instance UIDs the SCP answered with success (from storescu -d's response dumps)."""
+    found = []
+    for block in storescu_output.split("INCOMING DIMSE MESSAGE")[1:]:
+        uid = re.search(r"Affected SOP Instance UID\s*:\s*([0-9.]+)", block)
+        status = re.search(r"DIMSE Status\s*:\s*(0x[0-9a-fA-F]{4})", block)
+        if uid and status and status.group(1) == "0x0000":
+            found.append(uid.group(1))
+    return found
+
+
+def test_kill_9_mid_transfer_loses_no_acknowledged_image(tmp_path, env, many_instances):
+    require_tool("storescu")
+    data_dir = tmp_path / "data"
+    served = Served(data_dir, env)
+    out_path = tmp_path / "storescu.log"
+    try:
+        with open(out_path, "w") as out:
+            sender = subprocess.Popen(
+                [
+                    "storescu",
+                    "-d",
+                    "-aec",
+                    "APPLIANCE",
+                    "127.0.0.1",
+                    str(served.dicom_port),
+                    *map(str, many_instances),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            deadline = time.monotonic() + 60
+            while len(acknowledged(out_path.read_text())) < 12 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            served.proc.kill()  # kill -9: no cleanup of any kind
+            served.proc.wait()
+            sender.wait(timeout=60)
+    finally:
+        served.close()
+
+    acked = acknowledged(out_path.read_text())
+    assert 12 <= len(acked) < len(many_instances), "the kill should land mid-transfer"
+
+    # Restart on the same data directory: everything acknowledged is there, intact.
+    served = Served(data_dir, env)
+    try:
+        conn = sqlite3.connect(data_dir / "appliance.db")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = dict(conn.execute("SELECT sop_instance_uid, stored_path FROM images"))
+        missing = [uid for uid in acked if uid not in rows]
+        assert missing == []
+        for uid in acked:
+            stored = data_dir / rows[uid]
+            assert pydicom.dcmread(stored).SOPInstanceUID == uid
+            sha = conn.execute(
+                "SELECT sha256 FROM images WHERE sop_instance_uid=?", (uid,)
+            ).fetchone()[0]
+            assert sha256_file(stored) == sha
+        # Jobs interrupted by the kill are re-claimed after their lease; all get done.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+            if set(states) == {"done"}:
+                break
+            time.sleep(0.5)
+        assert set(states) == {"done"}, states
+        assert states["done"] == len(rows) >= len(acked)
+        conn.close()
+    finally:
+        served.close()
