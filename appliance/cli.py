@@ -44,6 +44,9 @@ def _config(data_dir: Path, **overrides) -> Config:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.log_level.upper() != "DEBUG":
+        # pynetdicom logs every PDU at INFO; the box's own log says what matters.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     return config
 
 

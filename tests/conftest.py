@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,18 @@ def require_tool(name: str) -> str:
             f"{name} is not installed (apt-get install dcmtk); the test command installs it"
         )
     return path
+
+
+def scaled_rg1(folder: Path, factor: float) -> Path:
+    """The real RG1 chest CR resized by dcmtk's dcmscale (smaller files, faster tests)."""
+    require_tool("dcmscale")
+    target = folder / f"rg1_x{factor}.dcm"
+    subprocess.run(
+        ["dcmscale", "+Sxf", str(factor), str(testdata("RG1_UNCR.dcm")), str(target)],
+        check=True,
+        capture_output=True,
+    )
+    return target
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool, testdata
+from conftest import free_port, require_tool, scaled_rg1
 from pydicom.uid import generate_uid
 
 from appliance.store.files import sha256_file
@@ -96,14 +96,8 @@ def test_sigterm_stops_cleanly(tmp_path, env):
 @pytest.fixture(scope="module")
 def many_instances(tmp_path_factory) -> list[Path]:
     """40 distinct instances of a real radiograph (RG1 at 1/4 scale, new UIDs)."""
-    require_tool("dcmscale")
     out = tmp_path_factory.mktemp("instances")
-    small = out / "small.dcm"
-    subprocess.run(
-        ["dcmscale", "+Sxf", "0.25", testdata("RG1_UNCR.dcm"), small],
-        check=True,
-        capture_output=True,
-    )
+    small = scaled_rg1(out, 0.25)
     ds = pydicom.dcmread(small)
     files = []
     for n in range(40):

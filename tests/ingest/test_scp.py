@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool, testdata
+from conftest import free_port, require_tool, scaled_rg1, testdata
 from pydicom.encaps import encapsulate, generate_frames
 
 from appliance.ingest.importer import Importer
@@ -96,13 +96,7 @@ def test_echo(scp):
 def syntax_files(tmp_path_factory) -> dict[str, tuple[list[str], Path, str]]:
     """(storescu flag, file, expected stored transfer syntax) per syntax, made by dcmtk."""
     out = tmp_path_factory.mktemp("syntaxes")
-    # A real, smaller radiograph keeps the test fast: RG1 halved by dcmtk's dcmscale.
-    small = out / "rg1_small.dcm"
-    subprocess.run(
-        ["dcmscale", "+Sxf", "0.5", testdata("RG1_UNCR.dcm"), small],
-        check=True,
-        capture_output=True,
-    )
+    small = scaled_rg1(out, 0.5)
 
     def made(tool: list[str], name: str) -> Path:
         target = out / name
