@@ -45,7 +45,13 @@ class Service:
         app = create_app(self.config)
         app.extensions["appliance_status"] = self.status
         self.web_server = create_server(
-            app, host=self.config.host, port=self.config.port, threads=4, ident="appliance"
+            app,
+            host=self.config.host,
+            port=self.config.port,
+            threads=4,
+            ident="appliance",
+            # Waitress would otherwise read up to 1 GB before the app (and its auth) runs.
+            max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
         )
         self._thread("web", self.web_server.run)
         self.status["web"] = f"http://{self.config.host}:{self.config.port}"

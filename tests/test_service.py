@@ -180,3 +180,27 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_image(tmp_path, env, many_ins
         conn.close()
     finally:
         served.close()
+
+
+def test_a_2_gb_upload_is_refused_at_once_by_the_real_server(tmp_path, env):
+    import http.client
+
+    served = Served(tmp_path / "data", env)
+    try:
+        token = (tmp_path / "data" / "secrets" / "api_token").read_text().strip()
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        conn.putrequest("POST", "/api/upload")
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Length", str(2 * 1024**3))
+        conn.endheaders()
+        conn.send(b"\0" * 65536)  # a client that really starts sending 2 GB
+        started = time.monotonic()
+        response = conn.getresponse()
+        assert response.status == 413
+        assert time.monotonic() - started < 5
+        conn.close()
+        assert served.wait_healthy()["status"] == "ok"  # and the box carries on
+        assert not any((tmp_path / "data" / "tmp").iterdir())
+    finally:
+        served.close()

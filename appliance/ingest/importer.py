@@ -185,6 +185,12 @@ class Importer:
         stick): where it is and why, so the nurse sees it in the quarantine list. Nothing
         is copied; the file stays where it is."""
         with self.store.write() as conn:
+            existing = conn.execute(
+                "SELECT id FROM quarantine WHERE sha256='' AND source_detail=? AND reason=?",
+                (source_detail or str(path), reason),
+            ).fetchone()
+            if existing is not None:  # the same stick again: one row is enough
+                return ImportOutcome("refused", path.name, quarantine_id=existing[0], reason=reason)
             qid = insert_quarantine(
                 conn,
                 sha256="",

@@ -42,11 +42,14 @@ def sniff(header: bytes) -> str:
 
 
 def _looks_like_bare_dicom(header: bytes) -> bool:
-    """Old DICOM files without the 128-byte preamble start with a group 0x0008 element."""
+    """DICOM without the 128-byte preamble: the file meta group (0002) first, as some
+    DICOMDIR exports write it, or an old file starting straight with group 0008."""
     if len(header) < 8:
         return False
     group = int.from_bytes(header[0:2], "little")
     element = int.from_bytes(header[2:4], "little")
+    if group == 0x0002:
+        return element in (0x0000, 0x0001, 0x0002)
     return group == 0x0008 and element in (0x0000, 0x0005, 0x0008, 0x0016)
 
 

@@ -37,7 +37,7 @@ SKIP_DIRS = {
 }
 
 
-LINK_NOT_FOLLOWED = "This is a link to another file, not a file on the stick; it was not read."
+LINK_NOT_FOLLOWED = "This is a link to a file elsewhere, not a file on the stick; it was not read."
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ def find_volumes(roots: list[str], require_mountpoint: bool = True) -> list[Volu
     """Mounted volumes under the roots: /media/LABEL or /media/USER/LABEL style."""
     found: list[Volume] = []
     for root in map(Path, roots):
+        if require_mountpoint and root != Path("/") and os.path.ismount(root):
+            found.append(Volume(root, root.name))  # e.g. `mount /dev/sdb1 /mnt`
+            continue
         for child in _subfolders(root):
             if not require_mountpoint:
                 found.append(Volume(child, child.name))
@@ -88,6 +91,7 @@ def _subfolders(folder: Path) -> list[Path]:
 def list_importable(folder: Path) -> Listing:
     listing = Listing()
     seen: set[Path] = set()
+    inside = folder.resolve()
     for referenced in _dicomdir_files(folder):
         if referenced not in seen:  # a DICOMDIR may name a file twice
             listing.importable.append(referenced)
@@ -100,7 +104,8 @@ def list_importable(folder: Path) -> Listing:
             path = Path(dirpath) / name
             if path in seen or name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
-            if path.is_symlink():  # may point anywhere on the box's own disk
+            # A link on the stick may point anywhere on the box's own disk.
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
                 listing.skipped.append((path, LINK_NOT_FOLLOWED))
                 continue
             try:
@@ -221,10 +226,14 @@ class UsbWatcher:
         volume_rows.mark_absent_except(self.store, [str(v.path) for v in found])
         # Listing reads the first bytes of every file on the volume: do it once when the
         # volume appears, not every poll (a camera card holds thousands of files).
-        present = {row["path"] for row in volume_rows.list_volumes(self.store)}
+        known = {row["path"]: row for row in volume_rows.list_volumes(self.store)}
         new = []
         for volume in found:
-            if str(volume.path) in present:
+            row = known.get(str(volume.path))
+            # An auto-import that failed (disk full, restart with the stick still in) is
+            # tried again; otherwise a volume already listed is left alone.
+            retry = row is not None and self.config.usb_auto_import and row["state"] != "imported"
+            if row is not None and not retry:
                 continue
             listing = list_importable(volume.path)
             is_new = volume_rows.mark_present(
@@ -234,15 +243,14 @@ class UsbWatcher:
                 len(listing.importable),
                 len(listing.skipped),
             )
-            if not is_new:
-                continue
-            new.append(volume)
-            log.info(
-                "volume %s: %d importable, %d other files",
-                volume.path,
-                len(listing.importable),
-                len(listing.skipped),
-            )
+            if is_new:
+                new.append(volume)
+                log.info(
+                    "volume %s: %d importable, %d other files",
+                    volume.path,
+                    len(listing.importable),
+                    len(listing.skipped),
+                )
             if self.config.usb_auto_import:
                 self.import_volume(volume, listing)
         return new
