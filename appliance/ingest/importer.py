@@ -32,6 +32,7 @@ from appliance.store.images import (
     insert_quarantine,
     quarantined_sha,
 )
+from appliance.store.jobs import PRIORITY_NORMAL
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,13 @@ class Importer:
         )
 
     def import_bytes(
-        self, raw: bytes, *, source: str, source_detail: str = "", original_name: str = ""
+        self,
+        raw: bytes,
+        *,
+        source: str,
+        source_detail: str = "",
+        original_name: str = "",
+        priority: int = PRIORITY_NORMAL,
     ) -> ImportOutcome:
         sha = sha256_bytes(raw)
         kind = sniff(raw[:512])
@@ -105,7 +112,7 @@ class Importer:
                 duplicate = find_duplicate(conn, record.sop_instance_uid, sha)
                 if duplicate is not None:  # another sender won the race
                     return ImportOutcome("duplicate", original_name, image_id=duplicate)
-                image_id = insert_image(conn, record, str(relative))
+                image_id = insert_image(conn, record, str(relative), priority)
         except sqlite3.Error as exc:
             raise StoreError(f"could not record {original_name or sha[:12]}: {exc}") from exc
         log.info("stored image %s from %s (%s)", image_id, source, source_detail)

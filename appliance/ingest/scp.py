@@ -40,6 +40,7 @@ from pynetdicom.sop_class import (
 
 from appliance.errors import StorageFullError
 from appliance.ingest.importer import Importer
+from appliance.store.jobs import PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_URGENT
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
+
+
+# C-STORE request Priority (PS3.7 9.3.1.1): 0 MEDIUM, 1 HIGH, 2 LOW.
+_DIMSE_PRIORITY = {1: PRIORITY_URGENT, 0: PRIORITY_NORMAL, 2: PRIORITY_LOW}
+
+
+def _priority(event: evt.Event) -> int:
+    return _DIMSE_PRIORITY.get(getattr(event.request, "Priority", 0), PRIORITY_NORMAL)
 
 
 class StoreSCP:
@@ -125,7 +134,9 @@ class StoreSCP:
             log.exception("C-STORE from %s: dataset could not be read", sender)
             return CANNOT_UNDERSTAND
         try:
-            outcome = self.importer.import_bytes(raw, source="dicom", source_detail=sender)
+            outcome = self.importer.import_bytes(
+                raw, source="dicom", source_detail=sender, priority=_priority(event)
+            )
         except StorageFullError as exc:
             log.error("C-STORE from %s refused: %s", sender, exc)
             return OUT_OF_RESOURCES

@@ -84,7 +84,10 @@ def find_duplicate(
 
 
 def insert_image(
-    conn: sqlite3.Connection, record: ImageRecord, stored_path: str, priority: int = 100
+    conn: sqlite3.Connection,
+    record: ImageRecord,
+    stored_path: str,
+    priority: int = jobs.PRIORITY_NORMAL,
 ) -> int:
     """Insert study (if new), image, screening job and audit line: call inside one transaction."""
     now = utc_now()

@@ -14,6 +14,13 @@ from appliance.store.db import Store, utc_now
 
 SCREEN = "screen"
 
+# Lower runs first. A C-STORE marked HIGH (a sender's "stat") and an upload someone is
+# waiting for at the screen go before a USB stick's backlog.
+PRIORITY_URGENT = 10
+PRIORITY_INTERACTIVE = 50
+PRIORITY_NORMAL = 100
+PRIORITY_LOW = 200
+
 
 @dataclass(frozen=True)
 class Job:
@@ -24,7 +31,9 @@ class Job:
     lease_owner: str
 
 
-def enqueue(conn: sqlite3.Connection, kind: str, image_id: int, priority: int = 100) -> None:
+def enqueue(
+    conn: sqlite3.Connection, kind: str, image_id: int, priority: int = PRIORITY_NORMAL
+) -> None:
     """Add a job inside the caller's transaction (idempotent per kind and image)."""
     now = utc_now()
     conn.execute(

@@ -16,6 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from appliance.ingest.importer import Importer
 from appliance.store.files import ensure_free_space
+from appliance.store.jobs import PRIORITY_INTERACTIVE
 from appliance.web.api_errors import error_response
 
 bp = Blueprint("upload", __name__, url_prefix="/api")
@@ -65,6 +66,10 @@ def _import_stream(importer: Importer, stream, name: str) -> dict:
     finally:
         Path(tmp_name).unlink(missing_ok=True)
     outcome = importer.import_bytes(
-        raw, source="upload", source_detail=request.remote_addr or "", original_name=name
+        raw,
+        source="upload",
+        source_detail=request.remote_addr or "",
+        original_name=name,
+        priority=PRIORITY_INTERACTIVE,  # someone is at the screen waiting for it
     )
     return outcome.as_dict()

@@ -207,3 +207,26 @@ def test_handler_never_raises_into_the_network_layer(scp, store):
     output = storescu(scp, "-xw", str(testdata("RG3_J2KI.dcm")))
     assert statuses(output) == ["0x0000"]
     assert len(_stored(store)) == 1
+
+
+def test_a_high_priority_store_is_screened_first(scp, store):
+    """storescu has no priority flag, so pynetdicom's SCU sends the HIGH request."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    ae = AE(ae_title="XRAY1")
+    ae.add_requested_context(ComputedRadiographyImageStorage, "1.2.840.10008.1.2.4.91")
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="APPLIANCE")
+    assert assoc.is_established
+    normal = assoc.send_c_store(pydicom.dcmread(testdata("RG3_J2KI.dcm")), priority=0)
+    urgent = assoc.send_c_store(pydicom.dcmread(testdata("RG1_J2KI.dcm")), priority=1)
+    assoc.release()
+    assert (normal.Status, urgent.Status) == (0, 0)
+    order = [
+        r[0]
+        for r in store.conn().execute(
+            "SELECT i.body_part FROM jobs j JOIN images i ON i.id = j.image_id"
+            " ORDER BY j.priority, j.id"
+        )
+    ]
+    assert order == ["CHEST", "EXTREMITY"]
