@@ -8,6 +8,11 @@
     │   ├── UnsupportedFileError   not an image the box can screen (PDF, SR, text...)
     │   └── DecodeError            an image whose pixels cannot be read
     └── BundleError            a model bundle is missing, corrupt or inconsistent
+        ├── BundleNotFoundError    no bundle where one was expected (inference/bundle.py)
+        ├── ManifestError          manifest.json missing fields or malformed
+        ├── BundleIntegrityError   a file's sha256 differs from the manifest
+        └── EngineBuildError       a TensorRT engine cannot be built (inference/tensorrt_build.py)
+            └── TensorRTUnavailableError   tensorrt/pycuda not installed or no GPU
 
 The CLI turns these into ``click.ClickException``, the web layer into one JSON error
 shape, and the DICOM layer into C-STORE status codes. ``IngestError.reason`` is written

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, testdata
 
 from appliance.cli import main
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool, scaled_rg1
+from helpers import free_port, require_tool, scaled_rg1
 from pydicom.uid import generate_uid
 
 from appliance.store.files import sha256_file

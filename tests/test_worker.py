@@ -8,7 +8,7 @@ from io import BytesIO
 import cv2
 import numpy as np
 import pydicom
-from conftest import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, testdata
 from pydicom.encaps import encapsulate, generate_frames
 
 from appliance.store import jobs

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from conftest import FUNDUS_DIR, require_tool, testdata
+from helpers import FUNDUS_DIR, require_tool, testdata
 
 from appliance.errors import DecodeError, UnsupportedFileError
 from appliance.ingest.decode import decode_bytes

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FUNDUS_DIR
+from helpers import FUNDUS_DIR
 
 from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer

@@ -7,7 +7,7 @@ from io import BytesIO
 
 import pydicom
 import pytest
-from conftest import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, testdata
 
 from appliance.errors import StorageFullError
 from appliance.ingest.importer import Importer, recover

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, require_tool, scaled_rg1, testdata
+from helpers import free_port, require_tool, scaled_rg1, testdata
 from pydicom.encaps import encapsulate, generate_frames
 
 from appliance.ingest.importer import Importer

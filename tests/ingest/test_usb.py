@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import pydicom
 import pytest
-from conftest import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, testdata
 
 from appliance.errors import StorageFullError
 from appliance.ingest.importer import Importer

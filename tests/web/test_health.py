@@ -6,7 +6,7 @@ import io
 import stat
 
 import pytest
-from conftest import FUNDUS_DIR
+from helpers import FUNDUS_DIR
 
 from appliance.web import create_app
 from appliance.web.auth import ensure_api_token, token_path

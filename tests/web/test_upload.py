@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import FUNDUS_DIR, free_port
+from helpers import FUNDUS_DIR, free_port
 from waitress import create_server
 from werkzeug.datastructures import FileStorage
 from werkzeug.serving import make_server

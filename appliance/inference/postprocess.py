@@ -1,0 +1,87 @@
+"""Pure post-processing: calibrated probabilities, operating points, heatmaps.
+
+The build pipeline fits the calibration and the operating-point table on validation
+and writes them into ``manifest.json``; these functions apply them at serve time and
+are the ones the pipeline itself used to compute the table (no skew).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis``."""
+    x = np.asarray(x, dtype=np.float64)
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def calibrated_probabilities(logits: np.ndarray, calibration: Mapping[str, Any]) -> np.ndarray:
+    """Map raw model logits to calibrated probabilities.
+
+    ``platt`` (binary, logits ``N`` or ``Nx1``): ``sigmoid(a * logit + b)``.
+    ``temperature`` (multi-class, logits ``NxK``): ``softmax(logits / T)``.
+    """
+    method = calibration["method"]
+    logits = np.asarray(logits, dtype=np.float64)
+    if method == "platt":
+        return sigmoid(calibration["a"] * logits.reshape(len(logits)) + calibration["b"])
+    if method == "temperature":
+        return softmax(logits / calibration["temperature"], axis=1)
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def operating_point(
+    table: Sequence[Mapping[str, float]],
+    *,
+    min_sensitivity: float | None = None,
+    min_specificity: float | None = None,
+) -> Mapping[str, float]:
+    """Pick a row of a manifest's operating-point table.
+
+    With ``min_sensitivity``: the most specific row that still reaches it; with
+    ``min_specificity``: the most sensitive row that reaches it.
+    """
+    if (min_sensitivity is None) == (min_specificity is None):
+        raise ValueError("give exactly one of min_sensitivity / min_specificity")
+    if min_sensitivity is not None:
+        rows = [r for r in table if r["sensitivity"] >= min_sensitivity]
+        key = "specificity"
+    else:
+        rows = [r for r in table if r["specificity"] >= min_specificity]
+        key = "sensitivity"
+    if not rows:
+        raise ValueError("no operating point meets that requirement")
+    return max(rows, key=lambda r: (r[key], r["threshold"]))
+
+
+def heatmap(cam: np.ndarray, height: int, width: int, scale: float | None = None) -> np.ndarray:
+    """One class activation map (h x w logits) -> ``height x width`` in [0, 1].
+
+    Only positive evidence is shown (negative CAM values are clipped). By default the
+    map is scaled by its own maximum, which makes faint evidence on a negative image
+    look as strong as a real finding: show such maps only for positive results, or pass
+    a fixed ``scale`` (in logit units) so that weak evidence stays faint.
+    """
+    cam = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
+    peak = float(cam.max()) if scale is None else float(scale)
+    if peak > 0:
+        cam = cam / peak
+    return cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR).clip(0.0, 1.0)

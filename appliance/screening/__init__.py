@@ -1,0 +1,1 @@
+"""Screening: the fitness gate, image quality checks and the per-image pipeline."""

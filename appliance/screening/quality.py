@@ -1,0 +1,158 @@
+"""Fundus photo gradability: focus, illumination and field-of-view coverage.
+
+Pure functions on the decoded RGB array (float32 in [0, 1]); no I/O. The thresholds
+are measured, not guessed: ``models/quality/calibrate_fundus.py`` computes these
+measures on the real IDRiD/HRF photographs and on deliberately degraded copies of them
+(blurred, darkened, over-exposed, shifted off the frame) and writes the thresholds with
+the separation they achieve to ``fundus_quality.json`` beside this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from appliance.inference.preprocess import crop_disc, find_fundus_disc, to_rgb
+
+THRESHOLDS_FILE = Path(__file__).with_name("fundus_quality.json")
+DISC_PX = 512  # measures are taken on the disc resized to this, so any camera compares
+
+# What the nurse reads, per failed check.
+MESSAGES = {
+    "focus": "Image blurred: clean the lens, focus and retake.",
+    "too_dark": "Image too dark: dilate the pupil or increase the flash, and retake.",
+    "too_bright": "Image over-exposed: reduce the flash and retake.",
+    "coverage": "Retina not fully in the picture: centre the eye and retake.",
+}
+
+
+@dataclass
+class FundusQuality:
+    measures: dict[str, float]
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def gradable(self) -> bool:
+        return not self.failed
+
+    @property
+    def messages(self) -> list[str]:
+        return [MESSAGES[name] for name in self.failed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gradable": self.gradable,
+            "failed": self.failed,
+            "messages": self.messages,
+            "measures": {k: round(v, 4) for k, v in self.measures.items()},
+        }
+
+
+def measure_fundus(image: np.ndarray) -> dict[str, float]:
+    """Scale-free quality measures of a fundus photograph."""
+    rgb = to_rgb(image)
+    h, w = rgb.shape[:2]
+    cx, cy, radius = find_fundus_disc(rgb)
+    disc = crop_disc(rgb, cx, cy, radius, DISC_PX)
+
+    yy, xx = np.mgrid[0:DISC_PX, 0:DISC_PX]
+    centre = (DISC_PX - 1) / 2.0
+    inner = (xx - centre) ** 2 + (yy - centre) ** 2 <= (0.85 * DISC_PX / 2) ** 2
+    # Where the disc leaves the camera frame (black after the crop) there is no retina
+    # to judge: keep only the lit part.
+    value = disc.max(axis=2)
+    lit = value > 0.15 * max(float(np.percentile(value, 99)), 1e-6)
+    coverage = _lit_coverage(rgb, radius)
+    region = inner & lit
+    if region.sum() < 1000:
+        return {
+            "coverage": coverage,
+            "focus": 0.0,
+            "brightness": 0.0,
+            "dark_fraction": 1.0,
+            "bright_fraction": 0.0,
+        }
+    luminance = disc @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    values = luminance[region]
+    green = cv2.GaussianBlur(disc[:, :, 1], (0, 0), 1.0)
+    laplacian = cv2.Laplacian(green, cv2.CV_32F, ksize=3)
+    # Erode so the field's own edge (a strong, always-sharp contour) is not counted.
+    core = cv2.erode(region.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    spread = float(green[core].std()) + 1e-3
+    focus = float(laplacian[core].std()) / spread
+    return {
+        "coverage": coverage,
+        "focus": focus,
+        "brightness": float(np.median(values)),
+        "dark_fraction": float((values < 0.06).mean()),
+        "bright_fraction": float((values > 0.9).mean()),
+    }
+
+
+def _lit_coverage(rgb: np.ndarray, radius: float) -> float:
+    """Lit area of the frame over the area of the whole fundus circle.
+
+    The circle is fitted (least squares) to the lit field's outline where it does not
+    touch the picture's edge, so it is found even when the camera clips the circle top
+    and bottom and the eye is off-centre as well. A clipping camera gives about 0.9; an
+    eye off-centre, with retina outside the picture, much less.
+    """
+    h, w = rgb.shape[:2]
+    scale = min(1.0, 512.0 / max(h, w))
+    small = cv2.resize(
+        rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
+    value = small.max(axis=2)
+    lit = (value > 0.15 * max(float(np.percentile(value, 99)), 1e-6)).astype(np.uint8)
+    lit = cv2.morphologyEx(lit, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    contours, _ = cv2.findContours(lit, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return 0.0
+    points = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+    sh, sw = lit.shape
+    away = (
+        (points[:, 0] > 2) & (points[:, 0] < sw - 3) & (points[:, 1] > 2) & (points[:, 1] < sh - 3)
+    )
+    fit_radius = radius * scale
+    if away.sum() >= 20:
+        x, y = points[away, 0], points[away, 1]
+        design = np.column_stack([x, y, np.ones_like(x)])
+        (d, e, f), *_ = np.linalg.lstsq(design, -(x**2 + y**2), rcond=None)
+        cx, cy = -d / 2, -e / 2
+        squared = cx**2 + cy**2 - f
+        if squared > 0:
+            fit_radius = max(fit_radius, float(np.sqrt(squared)))
+    return float(min(1.0, lit.sum() / (np.pi * fit_radius**2)))
+
+
+@lru_cache(maxsize=1)
+def default_thresholds() -> dict[str, float]:
+    return json.loads(THRESHOLDS_FILE.read_text())["thresholds"]
+
+
+def assess(measures: dict[str, float], thresholds: dict[str, float] | None = None) -> FundusQuality:
+    t = default_thresholds() if thresholds is None else thresholds
+    failed = []
+    if measures["coverage"] < t["min_coverage"]:
+        failed.append("coverage")
+    if measures["focus"] < t["min_focus"]:
+        failed.append("focus")
+    if measures["brightness"] < t["min_brightness"] or (
+        measures["dark_fraction"] > t["max_dark_fraction"]
+    ):
+        failed.append("too_dark")
+    if measures["brightness"] > t["max_brightness"] or (
+        measures["bright_fraction"] > t["max_bright_fraction"]
+    ):
+        failed.append("too_bright")
+    return FundusQuality(measures, failed)
+
+
+def assess_fundus(image: np.ndarray, thresholds: dict[str, float] | None = None) -> FundusQuality:
+    return assess(measure_fundus(image), thresholds)

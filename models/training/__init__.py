@@ -1,0 +1,1 @@
+"""Training recipes for the shipped models (needs the ``[train]`` extra: torch)."""

@@ -1,0 +1,45 @@
+"""Small CNNs whose class activation map is a second output.
+
+The classifier is a 1x1 convolution applied to the last feature map *before* global
+average pooling; because both are linear, ``mean(conv1x1(F)) == linear(mean(F))``, so
+the logits are exactly those of a GAP + linear head and the per-location map is the
+CAM (Zhou et al. 2016). Exported to ONNX it is an ordinary output: no gradients are
+needed on the box to draw a heatmap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CamNet(nn.Module):
+    """``widths[i]`` channels at stage i; each stage after the first halves the size.
+
+    Stage 0 is one convolution (cheap at full resolution, which is where the CPU time
+    goes); later stages have two. ``stem_stride`` > 1 downsamples large inputs early.
+    """
+
+    def __init__(self, in_channels: int, widths: Sequence[int], num_outputs: int,
+                 stem_stride: int = 1, dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, widths[0], stride=stem_stride)]
+        for cin, cout in zip(widths[:-1], widths[1:], strict=False):
+            layers += [nn.MaxPool2d(2), conv_bn_relu(cin, cout), conv_bn_relu(cout, cout)]
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(widths[-1], num_outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cam = self.classifier(self.dropout(self.features(x)))
+        return cam.mean(dim=(2, 3)), cam

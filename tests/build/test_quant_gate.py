@@ -1,0 +1,70 @@
+"""INT8 quantization and the accuracy gate, on real radiographs (tests/data/cxr64)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from appliance.inference.preprocess import cxr_preprocess
+from build.gate import AccuracyGateError, check_accuracy_gate, gate_models
+from build.quantize_int8 import quantize_int8
+
+ROOT = Path(__file__).resolve().parents[2]
+CXR = ROOT / "models" / "cxr-pneumonia" / "1.0.0"
+DATA = ROOT / "tests" / "data" / "cxr64"
+
+
+@pytest.fixture(scope="module")
+def cxr_val() -> tuple[np.ndarray, np.ndarray]:
+    """60 real validation radiographs (never trained on), preprocessed as served."""
+    with open(DATA / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    x = np.stack([cxr_preprocess(cv2.imread(str(DATA / r["file"]), cv2.IMREAD_GRAYSCALE)
+                                 .astype(np.float32) / 255) for r in rows])
+    return x, np.array([int(r["pneumonia"]) for r in rows])
+
+
+def test_gate_arithmetic_and_message() -> None:
+    assert check_accuracy_gate(0.950, 0.945) == pytest.approx(-0.005)
+    with pytest.raises(AccuracyGateError, match=r"differs by 0\.0200, 0\.0100 more than"):
+        check_accuracy_gate(0.95, 0.93)
+
+
+def test_committed_int8_passes_the_gate(cxr_val: tuple) -> None:
+    fp32, int8, delta = gate_models(CXR / "model.onnx", CXR / "model.int8.onnx", *cxr_val)
+    assert fp32 > 0.9 and abs(delta) <= 0.01
+
+
+def test_gate_fails_on_a_broken_int8_model(cxr_val: tuple, tmp_path: Path) -> None:
+    """Negating the quantized weights of the first convolution keeps a valid model
+    that runs — only the gate can tell it is wrong."""
+    proto = onnx.load(str(CXR / "model.int8.onnx"))
+    weights = [i for i in proto.graph.initializer
+               if i.data_type == TensorProto.INT8 and len(i.dims) == 4]
+    first = weights[0]
+    first.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(first), first.name))
+    broken = tmp_path / "broken.int8.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(AccuracyGateError, match="accuracy gate failed"):
+        gate_models(CXR / "model.onnx", broken, *cxr_val)
+
+
+def test_quantize_writes_symmetric_qdq_for_tensorrt(cxr_val: tuple, tmp_path: Path) -> None:
+    x, y = cxr_val
+    out = tmp_path / "q.onnx"
+    quantize_int8(CXR / "model.onnx", out, x[:32])
+    proto = onnx.load(str(out))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ, not QOperator
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in proto.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    _, _, delta = gate_models(CXR / "model.onnx", out, x, y)
+    assert abs(delta) <= 0.01

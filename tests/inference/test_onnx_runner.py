@@ -1,0 +1,36 @@
+"""The ONNX Runtime runner checks its inputs against the model before running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.inference.onnx_runner import OnnxRunner
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "cxr-pneumonia" / "1.0.0" / "model.onnx"
+
+
+def test_infer_returns_logits_and_cam_for_any_batch() -> None:
+    with OnnxRunner(MODEL, threads=1) as runner:
+        assert runner.input_metadata["input"][0][1:] == [1, 64, 64]
+        for n in (1, 3):
+            out = runner.infer({"input": np.zeros((n, 1, 64, 64), np.float32)})
+            assert out["logits"].shape == (n, 1) and out["cam"].shape[:2] == (n, 1)
+
+
+@pytest.mark.parametrize(("feed", "match"), [
+    ({"image": np.zeros((1, 1, 64, 64), np.float32)}, "do not match"),
+    ({"input": np.zeros((1, 1, 64, 64), np.float64)}, "dtype"),
+    ({"input": np.zeros((1, 3, 64, 64), np.float32)}, "shape"),
+    ({"input": np.zeros((1, 64, 64), np.float32)}, "shape"),
+])
+def test_wrong_inputs_are_clear_errors(feed: dict, match: str) -> None:
+    with OnnxRunner(MODEL) as runner, pytest.raises(ValueError, match=match):
+        runner.infer(feed)
+
+
+def test_runner_outside_with_block() -> None:
+    with pytest.raises(RuntimeError, match="outside"):
+        OnnxRunner(MODEL).infer({})

@@ -1,0 +1,95 @@
+"""The committed bundles: complete manifests, gate passed, and sane on real images
+that none of them trained on (a table of expected routes, as in pydicom's tests)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from pydicom.data import get_testdata_file
+
+from appliance.inference.bundle import find_bundles, load_bundle
+from appliance.inference.onnx_runner import run_batched
+from appliance.inference.postprocess import calibrated_probabilities
+from appliance.inference.preprocess import PREPROCESSORS, preprocess_batch
+from build.metrics import roc_auc
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+DATA = ROOT / "tests" / "data"
+BUNDLES = find_bundles(MODELS)
+
+
+def decoded_dicom(name: str) -> np.ndarray:
+    """A DICOM as the appliance's decoder presents it (float [0,1], MONOCHROME1 inverted)."""
+    from models.training.data import dicom_frames01
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} needs pydicom-data")
+    return dicom_frames01(Path(path), max_frames=1)[0]
+
+
+def rgb01(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+
+
+def infer(bundle_name: str, images: list[np.ndarray]) -> np.ndarray:
+    bundle = load_bundle(next(p for p in BUNDLES if p.parent.name == bundle_name))
+    x = preprocess_batch(bundle.manifest["preprocessing"], images)
+    logits = run_batched(bundle.file("model.int8.onnx"), x)["logits"]
+    return calibrated_probabilities(logits, bundle.manifest["calibration"])
+
+
+@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.parent.name)
+def test_manifest_is_complete_and_consistent(path: Path) -> None:
+    m = load_bundle(path).manifest
+    assert "not a diagnosis" in m["intended_use"]
+    assert m["preprocessing"]["function"] in PREPROCESSORS
+    assert m["provenance"]["training_data"] and m["licence"]["data"]
+    v = m["validation"]
+    assert abs(v["int8_minus_fp32"]) <= v["gate_tolerance"] == 0.01
+    assert m["operating_points"]["table"]
+    proto = onnx.load(str(path / "model.int8.onnx"))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == m["input"]["shape"] and proto.graph.input[0].name == m["input"]["name"]
+    assert [o.name for o in proto.graph.output] == list(m["outputs"])
+    assert (path / "MODEL_CARD.md").read_text().count("95% CI") >= 2
+
+
+def test_committed_artefacts_stay_small() -> None:
+    total = sum(f.stat().st_size for p in BUNDLES for f in p.iterdir())
+    assert total < 8 * 1024 * 1024
+
+
+def test_cxr_on_held_out_real_radiographs() -> None:
+    with open(DATA / "cxr64" / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    imgs = [cv2.imread(str(DATA / "cxr64" / r["file"]), cv2.IMREAD_GRAYSCALE)
+            .astype(np.float32) / 255 for r in rows]
+    prob = infer("cxr-pneumonia", imgs)
+    assert roc_auc(np.array([int(r["pneumonia"]) for r in rows]), prob) > 0.95
+
+
+ROUTES = [  # (what, image loader, expected label)
+    ("adult chest CR, full size, MONOCHROME1", lambda: decoded_dicom("RG1_UNCR.dcm"),
+     "chest_xray"),
+    ("IDRiD fundus (Kowa)", lambda: rgb01(DATA / "fundus" / "IDRiD_003.jpg"), "fundus_photo"),
+    ("HRF fundus (Canon)", lambda: rgb01(DATA / "fundus" / "hrf_12_h.jpg"), "fundus_photo"),
+    ("extremity CR (in router training: the only one there is)",
+     lambda: decoded_dicom("RG3_UNCR.dcm"), "other"),
+    ("CT slice", lambda: decoded_dicom("CT_small.dcm"), "other"),
+    ("MR slice", lambda: decoded_dicom("MR_small.dcm"), "other"),
+    ("ultrasound", lambda: decoded_dicom("US1_UNCR.dcm"), "other"),
+]
+
+
+@pytest.mark.parametrize(("what", "load", "expected"), ROUTES, ids=[r[0] for r in ROUTES])
+def test_router_routes_real_images(what: str, load, expected: str) -> None:
+    bundle = load_bundle(MODELS / "modality-router" / "1.0.0")
+    prob = infer("modality-router", [load()])[0]
+    assert bundle.manifest["labels"][int(prob.argmax())] == expected, (what, prob)
