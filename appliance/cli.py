@@ -50,6 +50,18 @@ def _config(data_dir: Path, **overrides) -> Config:
     return config
 
 
+def _screener(config: Config, required: bool = True):
+    """Load the bundled models once; a broken installation is an error when required."""
+    from appliance.screening.models import ModelSet
+    from appliance.screening.pipeline import Screener
+
+    models = ModelSet(config, log_progress=lambda line: click.echo(line, err=True)).load()
+    if required and models.errors:
+        problems = "; ".join(f"{name}: {error}" for name, error in models.errors.items())
+        raise click.ClickException(f"models not usable ({problems}); run `appliance doctor`")
+    return Screener(models, config)
+
+
 def _print_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
@@ -121,7 +133,11 @@ def ingest(paths, data_dir, process, as_json) -> None:
             counts[outcome.status] += 1
             outcomes.append(outcome)
     if process:
-        Worker(store, config, name="cli").drain()
+        screener = _screener(config, required=False)
+        if screener.ready:
+            Worker(store, config, screener, name="cli").drain()
+        else:
+            click.echo("models not loaded: the images wait for `appliance serve`", err=True)
     if as_json:
         _print_json({"counts": dict(counts), "files": [o.as_dict() for o in outcomes]})
         return
@@ -217,7 +233,7 @@ def work(data_dir, drain) -> None:
     from appliance.worker import Worker
 
     config = _config(data_dir)
-    worker = Worker(Store.open(config.data_dir), config, name="cli")
+    worker = Worker(Store.open(config.data_dir), config, _screener(config), name="cli")
     if drain:
         click.echo(f"{worker.drain()} job(s) processed")
     else:
@@ -237,3 +253,77 @@ def settings(data_dir, as_json) -> None:
         return
     for setting in SETTINGS:
         click.echo(f"{setting.name} = {values[setting.name]!r}    # {setting.help}")
+
+
+@main.command()
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@data_dir_option
+@json_option
+@translate_errors
+def screen(files, data_dir, as_json) -> None:
+    """Screen image files directly (no service, nothing stored). Decision support only."""
+    from appliance.screening.direct import screen_file
+
+    config = _config(data_dir)
+    screener = _screener(config)
+    for path in files:
+        result = screen_file(screener, path, config.max_image_pixels)
+        if as_json:
+            click.echo(json.dumps(result, default=str))
+            continue
+        if result["route"] == "refused":
+            click.echo(f"{path}: REFUSED - {result['reason']}")
+        else:
+            click.echo(
+                f"{path}: {result['route']} score {result['score']}/100 "
+                f"({result['triage']}) - decision support, not a diagnosis"
+            )
+
+
+@main.command()
+@data_dir_option
+@click.option("--limit", default=500, show_default=True)
+@json_option
+@translate_errors
+def results(data_dir, limit, as_json) -> None:
+    """List stored screening results, newest first."""
+    from appliance.store.db import Store
+    from appliance.store.results import list_results
+
+    rows = list_results(Store.open(_config(data_dir).data_dir), limit)
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        what = (
+            f"score {row['score']:>3}/100 {row['triage']:<8}"
+            if row["route"] != "refused"
+            else f"refused: {row['reason']}"
+        )
+        click.echo(
+            f"{row['created_at'][:19]}  #{row['image_id']:<6} {row['patient_id'] or '-':<14}"
+            f" {row['route']:<10} {what}"
+        )
+
+
+@main.command()
+@data_dir_option
+@json_option
+def doctor(data_dir, as_json) -> None:
+    """Check the installation: backends, model bundles, data directory, disk."""
+    from appliance.doctor import run_checks
+
+    config = load_config(data_dir)
+    report = run_checks(config)
+    if as_json:
+        _print_json(report)
+    else:
+        for section in ("backends", "models", "storage"):
+            click.echo(f"[{section}]")
+            for item in report[section]:
+                mark = "ok " if item["ok"] else "!! "
+                click.echo(f"  {mark}{item['name']}: {item['detail']}")
+        click.echo("all good" if report["ok"] else "problems found (marked !!)")
+    sys.exit(0 if report["ok"] else 1)

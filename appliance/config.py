@@ -84,6 +84,44 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("job_lease_seconds", float, 120.0, "A claimed job is re-offered after this long."),
     Setting("job_max_attempts", int, 3, "Attempts before a job is marked failed."),
     Setting("preview_max_px", int, 1024, "Longest side of the stored preview image."),
+    Setting(
+        "models_dir",
+        str,
+        "",
+        "Folder of model bundles (`<name>/<version>/`); empty uses the bundled models.",
+    ),
+    Setting(
+        "inference_backend",
+        str,
+        "auto",
+        "auto (TensorRT where usable, else ONNX Runtime), onnxruntime or tensorrt.",
+    ),
+    Setting("inference_threads", int, 0, "CPU threads per model for ONNX Runtime; 0 = all cores."),
+    Setting("model_precision", str, "int8", "Model file to serve: int8 (default) or fp32."),
+    Setting(
+        "cxr_threshold",
+        float,
+        0.0,
+        "Chest X-ray operating point (probability); 0 uses the bundle's suggested one.",
+    ),
+    Setting(
+        "fundus_threshold",
+        float,
+        0.0,
+        "Fundus operating point (probability); 0 uses the bundle's suggested one.",
+    ),
+    Setting(
+        "router_min_confidence",
+        float,
+        0.0,
+        "Least router confidence to route an image; 0 uses the bundle's suggested one.",
+    ),
+    Setting(
+        "urgent_min_specificity",
+        float,
+        0.95,
+        "A score at or above the threshold with this validation specificity is urgent.",
+    ),
     Setting("log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
 )
 

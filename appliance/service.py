@@ -19,6 +19,8 @@ from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer, recover
 from appliance.ingest.scp import StoreSCP
 from appliance.ingest.usb import UsbWatcher
+from appliance.screening.models import ModelSet
+from appliance.screening.pipeline import Screener
 from appliance.store.db import Store
 from appliance.web import create_app
 from appliance.worker import Worker
@@ -35,6 +37,7 @@ class Service:
         self.threads: list[threading.Thread] = []
         self.scp: StoreSCP | None = None
         self.web_server = None
+        self.models: ModelSet | None = None
         self.status: dict[str, str] = {}
 
     def start(self) -> None:
@@ -42,8 +45,18 @@ class Service:
         if any(recovered.values()):
             log.warning("recovered after an unclean stop: %s", recovered)
 
+        # Loaded once, shared by every worker; a bundle that fails leaves the box running.
+        self.models = ModelSet(self.config).load()
+        screener = Screener(self.models, self.config)
+        self.status["models"] = (
+            "ok"
+            if not self.models.errors
+            else "; ".join(f"{k}: {v}" for k, v in self.models.errors.items())
+        )
+
         app = create_app(self.config)
         app.extensions["appliance_status"] = self.status
+        app.extensions["appliance_models"] = self.models
         self.web_server = create_server(
             app,
             host=self.config.host,
@@ -73,7 +86,7 @@ class Service:
             self.status["hot_folder"] = self.config.hot_folder
 
         for index in range(self.config.workers):
-            worker = Worker(self.store, self.config, name=f"worker-{index}")
+            worker = Worker(self.store, self.config, screener, name=f"worker-{index}")
             self._thread(f"worker-{index}", worker.run_forever, self.stop_event)
         self.status["workers"] = str(self.config.workers)
         log.info("appliance serving data dir %s", self.config.data_dir)
@@ -89,8 +102,11 @@ class Service:
             self.scp.stop()
         if self.web_server is not None:
             self.web_server.close()
+        self.store.jobs_waiting.set()  # wake idle workers so they see the stop
         for thread in self.threads:
             thread.join(timeout=10)
+        if self.models is not None:
+            self.models.close()
         self.store.close()
         log.info("appliance stopped")
 

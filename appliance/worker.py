@@ -1,8 +1,9 @@
-"""Background workers: claim a job, process its image, complete it in one transaction.
+"""Background workers: claim a job, screen its image, complete it in one transaction.
 
-Today a screening job decodes the stored original (so damaged pixels are caught and the
-image quarantined with a reason) and stores a preview for the viewer. The screening
-models hook in here (issue 4): decode -> fitness gate -> preprocess -> infer -> store.
+decode the stored original -> preview -> screen (gate, quality, model) -> heatmap ->
+one transaction: image decoded + result row + job done. Pixels that cannot be read
+send the image to quarantine with the reason instead. A worker does not claim jobs
+while the models it needs are not loaded: the jobs wait, nothing is lost.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -20,38 +22,57 @@ import numpy as np
 from appliance.config import Config
 from appliance.errors import IngestError
 from appliance.ingest.decode import DecodedImage, decode_bytes
+from appliance.screening.pipeline import Screener
 from appliance.store import jobs
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.files import atomic_write_bytes
 from appliance.store.images import insert_quarantine
+from appliance.store.results import insert_result
 
 log = logging.getLogger(__name__)
 
+TAG_COLUMNS = ("modality", "body_part", "view_position", "laterality", "sop_class_uid")
 
-def preview_png(image: DecodedImage, max_px: int) -> bytes:
-    """An 8-bit PNG no larger than ``max_px`` on its longest side (for the viewer)."""
-    pixels = image.pixels
-    scale = max_px / max(pixels.shape[:2])
-    if scale < 1:
-        size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-    eight_bit = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if eight_bit.ndim == 3:
-        eight_bit = cv2.cvtColor(eight_bit, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", eight_bit)
+
+def preview_size(image: DecodedImage, max_px: int) -> tuple[int, int]:
+    """(width, height) of the preview: the image shrunk to ``max_px`` on its longest side."""
+    height, width = image.pixels.shape[:2]
+    scale = min(1.0, max_px / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return encoded.tobytes()
 
 
+def preview_png(image: DecodedImage, max_px: int) -> bytes:
+    """An 8-bit PNG no larger than ``max_px`` on its longest side (for the viewer)."""
+    size = preview_size(image, max_px)
+    pixels = image.pixels
+    if size != (pixels.shape[1], pixels.shape[0]):
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    eight_bit = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if eight_bit.ndim == 3:
+        eight_bit = cv2.cvtColor(eight_bit, cv2.COLOR_RGB2BGR)
+    return encode_png(eight_bit)
+
+
 class Worker:
-    def __init__(self, store: Store, config: Config, name: str | None = None) -> None:
+    def __init__(
+        self, store: Store, config: Config, screener: Screener, name: str | None = None
+    ) -> None:
         self.store = store
         self.config = config
+        self.screener = screener
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
     def run_once(self) -> bool:
-        """Process one job if there is one; returns False when the queue was empty."""
+        """Process one job if there is one; returns False when there was nothing to do."""
+        if not self.screener.ready:
+            return False
         job = jobs.claim(
             self.store, self.name, self.config.job_lease_seconds, self.config.job_max_attempts
         )
@@ -72,7 +93,7 @@ class Worker:
             done += 1
         return done
 
-    def run_forever(self, stop: threading.Event, idle_wait: float = 0.5) -> None:
+    def run_forever(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         while not stop.is_set():
             try:
                 busy = self.run_once()
@@ -80,38 +101,56 @@ class Worker:
                 log.exception("worker loop error")
                 busy = False
             if not busy:
-                stop.wait(idle_wait)
+                # Woken at once when an image is stored; the timeout catches lease expiry.
+                self.store.jobs_waiting.wait(idle_wait)
+                self.store.jobs_waiting.clear()
 
     def process(self, job: jobs.Job) -> None:
         image = (
-            self.store.conn()
-            .execute(
-                "SELECT id, stored_path, source, source_detail, original_name, sha256, size_bytes"
-                " FROM images WHERE id=?",
-                (job.image_id,),
-            )
-            .fetchone()
+            self.store.conn().execute("SELECT * FROM images WHERE id=?", (job.image_id,)).fetchone()
         )
+        started = time.perf_counter()
         raw = (self.store.data_dir / image["stored_path"]).read_bytes()
         try:
             decoded = decode_bytes(raw, self.config.max_image_pixels)
         except IngestError as exc:
             self._quarantine(job, image, exc)
             return
+        decode_ms = (time.perf_counter() - started) * 1000
+
         preview = Path("previews") / f"{image['id']}.png"
         atomic_write_bytes(
             self.store.data_dir / preview,
             preview_png(decoded, self.config.preview_max_px),
             self.store.tmp_dir,
         )
+        tags = {column: image[column] for column in TAG_COLUMNS}
+        result = self.screener.screen(
+            decoded, tags, preview_size(decoded, self.config.preview_max_px)
+        )
+        result.timings_ms = {"decode": decode_ms, **result.timings_ms}
+        heatmap_path = None
+        if result.heatmap is not None:
+            heatmap_path = Path("heatmaps") / f"{image['id']}.png"
+            overlay = cv2.cvtColor(result.heatmap, cv2.COLOR_RGBA2BGRA)
+            atomic_write_bytes(
+                self.store.data_dir / heatmap_path, encode_png(overlay), self.store.tmp_dir
+            )
         with self.store.write() as conn:
             conn.execute(
                 "UPDATE images SET state='decoded', decoded_at=?, decode_info=?, preview_path=?"
                 " WHERE id=?",
                 (utc_now(), json.dumps(decoded.summary()), str(preview), image["id"]),
             )
+            insert_result(
+                conn,
+                image["id"],
+                job.id,
+                result.as_dict(),
+                str(heatmap_path) if heatmap_path else None,
+            )
             if not jobs.complete(conn, job):
-                raise RuntimeError("lease lost while processing")
+                raise RuntimeError("lease lost while processing")  # rolls the result back
 
     def _quarantine(self, job: jobs.Job, image, exc: IngestError) -> None:
         """Pixels that cannot be read: keep the file, say why, never screen it."""
@@ -129,6 +168,13 @@ class Worker:
                 image_id=image["id"],
             )
             conn.execute("UPDATE images SET state='quarantined' WHERE id=?", (image["id"],))
+            insert_result(
+                conn,
+                image["id"],
+                job.id,
+                {"route": "refused", "reason": exc.reason, "hints": []},
+                None,
+            )
             audit(conn, "worker", "image.refused", f"image:{image['id']}", exc.reason)
             jobs.complete(conn, job)
         log.warning("image %s quarantined: %s (%s)", image["id"], exc.reason, exc.detail)

@@ -32,3 +32,22 @@ def store(config):
 @pytest.fixture
 def importer(store, config) -> Importer:
     return Importer(store, config)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """The committed bundles, loaded once for the whole run (ONNX Runtime on the CPU)."""
+    from appliance.screening.models import ModelSet
+
+    config = load_config(tmp_path_factory.mktemp("models-data"), environ={})
+    loaded = ModelSet(config, log_progress=lambda line: None).load()
+    assert not loaded.errors, loaded.errors
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def screener(models, config):
+    from appliance.screening.pipeline import Screener
+
+    return Screener(models, config)

@@ -10,12 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import free_port, require_tool, scaled_rg1
+from helpers import free_port, require_tool, scaled_rg1, testdata
 from pydicom.uid import generate_uid
 
 from appliance.store.files import sha256_file
@@ -56,6 +57,8 @@ class Served:
                     f"http://127.0.0.1:{self.port}/healthz", timeout=2
                 ) as r:
                     return json.load(r)
+            except urllib.error.HTTPError as degraded:  # up, and saying what is wrong
+                return json.load(degraded)
             except OSError:
                 time.sleep(0.2)
         raise AssertionError("serve did not become healthy")
@@ -204,3 +207,73 @@ def test_a_2_gb_upload_is_refused_at_once_by_the_real_server(tmp_path, env):
         assert not any((tmp_path / "data" / "tmp").iterdir())
     finally:
         served.close()
+
+
+def test_storescu_to_result_row_end_to_end(tmp_path, env):
+    require_tool("storescu")
+    served = Served(tmp_path / "data", env)
+    try:
+        subprocess.run(
+            [
+                "storescu",
+                "-aec",
+                "APPLIANCE",
+                "127.0.0.1",
+                str(served.dicom_port),
+                str(testdata("RG1_UNCR.dcm")),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        conn = sqlite3.connect(tmp_path / "data" / "appliance.db")
+        deadline = time.monotonic() + 20
+        row = None
+        while row is None and time.monotonic() < deadline:
+            row = conn.execute("SELECT route, score, triage, heatmap_path FROM results").fetchone()
+            time.sleep(0.05)
+        assert row is not None and row[0] == "chest_xray" and 0 <= row[1] <= 100
+        assert (tmp_path / "data" / row[3]).exists()
+        health = served.wait_healthy()
+        assert health["models"]["cxr-pneumonia"]["loaded"] is True
+        conn.close()
+    finally:
+        served.close()
+
+
+def test_a_tampered_bundle_leaves_the_box_running_and_says_so(tmp_path, env):
+    import shutil
+
+    from appliance.screening.models import default_models_dir
+
+    models = tmp_path / "models"
+    shutil.copytree(
+        default_models_dir(),
+        models,
+        ignore=shutil.ignore_patterns("training", "quality", "*.py", "__pycache__"),
+    )
+    onnx = models / "cxr-pneumonia" / "1.0.0" / "model.int8.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte
+    onnx.write_bytes(bytes(data))
+    env = {**env, "APPLIANCE_MODELS_DIR": str(models)}
+
+    served = Served(tmp_path / "data", env)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://127.0.0.1:{served.port}/healthz", timeout=5)
+        assert caught.value.code == 503
+        health = json.load(caught.value)
+        assert health["status"] == "degraded"
+        assert "sha256 mismatch" in health["models"]["cxr-pneumonia"]["error"]
+        assert health["models"]["modality-router"]["loaded"] is True
+    finally:
+        served.close()
+
+    doctor = subprocess.run(
+        [sys.executable, "-m", "appliance", "doctor", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert doctor.returncode == 1
+    assert "!! cxr-pneumonia: refused:" in doctor.stdout and "sha256 mismatch" in doctor.stdout

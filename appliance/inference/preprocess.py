@@ -112,9 +112,16 @@ def crop_disc(image: np.ndarray, cx: float, cy: float, radius: float, size: int)
     h, w = image.shape[:2]
     side = max(1, int(round(2.0 * radius)))
     x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
-    crop = image[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
-    crop = cv2.copyMakeBorder(crop, max(0, -y0), max(0, y0 + side - h), max(0, -x0),
-                              max(0, x0 + side - w), cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    crop = image[max(0, y0) : min(h, y0 + side), max(0, x0) : min(w, x0 + side)]
+    crop = cv2.copyMakeBorder(
+        crop,
+        max(0, -y0),
+        max(0, y0 + side - h),
+        max(0, -x0),
+        max(0, x0 + side - w),
+        cv2.BORDER_CONSTANT,
+        value=(0, 0, 0),
+    )
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)
 

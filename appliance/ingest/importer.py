@@ -115,6 +115,7 @@ class Importer:
                 image_id = insert_image(conn, record, str(relative), priority)
         except sqlite3.Error as exc:
             raise StoreError(f"could not record {original_name or sha[:12]}: {exc}") from exc
+        self.store.jobs_waiting.set()
         log.info("stored image %s from %s (%s)", image_id, source, source_detail)
         return ImportOutcome("stored", original_name, image_id=image_id)
 

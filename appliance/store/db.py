@@ -54,6 +54,8 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Set when a job is enqueued, so idle workers in this process start at once.
+        self.jobs_waiting = threading.Event()
 
     @classmethod
     def open(cls, data_dir: Path, *, migrate: bool = True) -> Store:

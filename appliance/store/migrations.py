@@ -116,3 +116,39 @@ def m001_initial(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m002_results(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE results (
+            id INTEGER PRIMARY KEY,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            job_id INTEGER REFERENCES jobs(id),
+            route TEXT NOT NULL CHECK (route IN ('chest_xray', 'fundus', 'refused')),
+            reason TEXT,
+            hints TEXT,
+            probability REAL,
+            score INTEGER,
+            threshold REAL,
+            triage TEXT CHECK (triage IN ('urgent', 'review', 'routine')),
+            model_name TEXT,
+            model_version TEXT,
+            model_sha256 TEXT,
+            backend TEXT,
+            router TEXT,
+            quality TEXT,
+            heatmap_path TEXT,
+            timings TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX results_image ON results(image_id);
+        CREATE INDEX results_triage ON results(triage, created_at);
+        -- An AI result is evidence: reviews are stored beside it, never over it.
+        CREATE TRIGGER results_no_update BEFORE UPDATE ON results
+            BEGIN SELECT RAISE(ABORT, 'results are never changed'); END;
+        CREATE TRIGGER results_no_delete BEFORE DELETE ON results
+            BEGIN SELECT RAISE(ABORT, 'results are never deleted'); END;
+        """
+    )

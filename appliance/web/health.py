@@ -29,4 +29,9 @@ def healthz():
         body["status"] = "degraded"
         body["disk"] = "full: new images are refused"
     body["components"] = dict(current_app.extensions.get("appliance_status", {}))
+    models = current_app.extensions.get("appliance_models")
+    if models is not None:  # set by `appliance serve`, which runs the workers
+        body["models"] = models.status()
+        if models.errors:
+            body["status"] = "degraded"
     return jsonify(body), 200 if body["status"] == "ok" else 503

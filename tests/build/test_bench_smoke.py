@@ -14,10 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_json_reports_each_model_and_batch() -> None:
     pytest.importorskip("torch")
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "models.py"), "--json",
-                          "--repeats", "2"], check=True, capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "models.py"), "--json", "--repeats", "2"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     rows = json.loads(out.stdout)
-    assert {(r["model"], r["batch"]) for r in rows} >= {("cxr-pneumonia", 1),
-                                                          ("cxr-pneumonia", 8)}
+    assert {(r["model"], r["batch"]) for r in rows} >= {("cxr-pneumonia", 1), ("cxr-pneumonia", 8)}
     assert all(r["ort_int8_ms"] > 0 and "torch_fp32_ms" in r for r in rows)

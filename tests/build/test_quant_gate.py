@@ -25,8 +25,14 @@ def cxr_val() -> tuple[np.ndarray, np.ndarray]:
     """60 real validation radiographs (never trained on), preprocessed as served."""
     with open(DATA / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    x = np.stack([cxr_preprocess(cv2.imread(str(DATA / r["file"]), cv2.IMREAD_GRAYSCALE)
-                                 .astype(np.float32) / 255) for r in rows])
+    x = np.stack(
+        [
+            cxr_preprocess(
+                cv2.imread(str(DATA / r["file"]), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+            )
+            for r in rows
+        ]
+    )
     return x, np.array([int(r["pneumonia"]) for r in rows])
 
 
@@ -45,8 +51,9 @@ def test_gate_fails_on_a_broken_int8_model(cxr_val: tuple, tmp_path: Path) -> No
     """Negating the quantized weights of the first convolution keeps a valid model
     that runs — only the gate can tell it is wrong."""
     proto = onnx.load(str(CXR / "model.int8.onnx"))
-    weights = [i for i in proto.graph.initializer
-               if i.data_type == TensorProto.INT8 and len(i.dims) == 4]
+    weights = [
+        i for i in proto.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) == 4
+    ]
     first = weights[0]
     first.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(first), first.name))
     broken = tmp_path / "broken.int8.onnx"
@@ -63,8 +70,11 @@ def test_quantize_writes_symmetric_qdq_for_tensorrt(cxr_val: tuple, tmp_path: Pa
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ, not QOperator
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    zero_points = [inits[n.input[2]] for n in proto.graph.node
-                   if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    zero_points = [
+        inits[n.input[2]]
+        for n in proto.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
     _, _, delta = gate_models(CXR / "model.onnx", out, x, y)
     assert abs(delta) <= 0.01

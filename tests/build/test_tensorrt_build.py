@@ -29,10 +29,12 @@ def tiny_onnx(tmp_path: Path) -> Path:
     """A 1-conv model with a dynamic batch, as our exporter writes them."""
     w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "w"], ["logits"], pads=[1, 1, 1, 1])], "tiny",
+        [helper.make_node("Conv", ["input", "w"], ["logits"], pads=[1, 1, 1, 1])],
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2, 8, 8])],
-        [w])
+        [w],
+    )
     path = tmp_path / "tiny.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
@@ -50,12 +52,14 @@ def test_engine_filename_names_model_trt_gpu_and_precision() -> None:
 
 
 def test_int8_build_sets_flags_profile_cache_and_writes_atomically(
-        tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     trt, rec = make_standin()
     engines = tmp_path / "engines"
     cache = engines / "timing.cache"
-    path = build_engine(tiny_onnx, SHA, engines, trt=trt, compute_capability=(8, 7),
-                        timing_cache=cache)
+    path = build_engine(
+        tiny_onnx, SHA, engines, trt=trt, compute_capability=(8, 7), timing_cache=cache
+    )
     assert path.name == f"{SHA[:16]}_trt10.3.0_sm87_int8.engine"
     assert json.loads(path.read_bytes())["inputs"] == ["input"]
     assert rec.flags == {"INT8", "FP16"}
@@ -69,23 +73,26 @@ def test_int8_build_sets_flags_profile_cache_and_writes_atomically(
 
 
 def test_existing_engine_is_reused_and_timing_cache_fed_back(
-        tiny_onnx: Path, tmp_path: Path) -> None:
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
     trt, rec = make_standin()
     cache = tmp_path / "timing.cache"
-    first = build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7),
-                         timing_cache=cache)
-    again = build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7),
-                         timing_cache=cache)
+    first = build_engine(
+        tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7), timing_cache=cache
+    )
+    again = build_engine(
+        tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7), timing_cache=cache
+    )
     assert again == first and rec.builds == 1
-    build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7),
-                 timing_cache=cache, force=True)
+    build_engine(
+        tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7), timing_cache=cache, force=True
+    )
     assert rec.builds == 2 and rec.timing_cache_in == b"+timings"
 
 
 def test_fp16_build_does_not_enable_int8(tiny_onnx: Path, tmp_path: Path) -> None:
     trt, rec = make_standin()
-    build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(7, 2),
-                 precision="fp16")
+    build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(7, 2), precision="fp16")
     assert rec.flags == {"FP16"}
 
 

@@ -19,8 +19,12 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 @pytest.mark.parametrize("path", find_bundles(MODELS), ids=lambda p: p.parent.name)
 def test_int8_engine_builds_and_deserialises(path: Path, tmp_path: Path) -> None:
     bundle = load_bundle(path)
-    engine_path = build_engine(bundle.file("model.int8.onnx"), bundle.sha256("model.int8.onnx"),
-                               tmp_path, timing_cache=tmp_path / "timing.cache")
+    engine_path = build_engine(
+        bundle.file("model.int8.onnx"),
+        bundle.sha256("model.int8.onnx"),
+        tmp_path,
+        timing_cache=tmp_path / "timing.cache",
+    )
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     assert engine is not None

@@ -131,8 +131,10 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
                 self.errors.append(f"ModelImporter: failed to parse: {exc}")
                 return False
             for inp in model.graph.input:
-                dims = tuple(d.dim_value if d.HasField("dim_value") else -1
-                             for d in inp.type.tensor_type.shape.dim)
+                dims = tuple(
+                    d.dim_value if d.HasField("dim_value") else -1
+                    for d in inp.type.tensor_type.shape.dim
+                )
                 self.network.inputs.append(_Tensor(inp.name, dims))
             return True
 
@@ -152,8 +154,11 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
 
         def build_serialized_network(self, network: _Network, config: _Config) -> bytes | None:
             rec.builds += 1
-            missing = [t.name for t in network.inputs
-                       if not any(t.name in p.shapes for p in config.profiles)]
+            missing = [
+                t.name
+                for t in network.inputs
+                if not any(t.name in p.shapes for p in config.profiles)
+            ]
             if rec.fail_build or missing:
                 return None
             mon = config.progress_monitor
@@ -166,12 +171,21 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
                 for step in range(2):
                     assert mon.step_complete("Building engine", step) is True
                 mon.phase_finish("Building engine")
-            return json.dumps({"flags": sorted(rec.flags),
-                               "inputs": [t.name for t in network.inputs]}).encode()
+            return json.dumps(
+                {"flags": sorted(rec.flags), "inputs": [t.name for t in network.inputs]}
+            ).encode()
 
-    trt = type("tensorrt_standin", (), {
-        "__version__": version, "Logger": Logger, "Builder": Builder,
-        "OnnxParser": OnnxParser, "BuilderFlag": BuilderFlag,
-        "MemoryPoolType": MemoryPoolType, "IProgressMonitor": IProgressMonitor,
-    })
+    trt = type(
+        "tensorrt_standin",
+        (),
+        {
+            "__version__": version,
+            "Logger": Logger,
+            "Builder": Builder,
+            "OnnxParser": OnnxParser,
+            "BuilderFlag": BuilderFlag,
+            "MemoryPoolType": MemoryPoolType,
+            "IProgressMonitor": IProgressMonitor,
+        },
+    )
     return trt, rec

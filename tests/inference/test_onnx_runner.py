@@ -20,12 +20,15 @@ def test_infer_returns_logits_and_cam_for_any_batch() -> None:
             assert out["logits"].shape == (n, 1) and out["cam"].shape[:2] == (n, 1)
 
 
-@pytest.mark.parametrize(("feed", "match"), [
-    ({"image": np.zeros((1, 1, 64, 64), np.float32)}, "do not match"),
-    ({"input": np.zeros((1, 1, 64, 64), np.float64)}, "dtype"),
-    ({"input": np.zeros((1, 3, 64, 64), np.float32)}, "shape"),
-    ({"input": np.zeros((1, 64, 64), np.float32)}, "shape"),
-])
+@pytest.mark.parametrize(
+    ("feed", "match"),
+    [
+        ({"image": np.zeros((1, 1, 64, 64), np.float32)}, "do not match"),
+        ({"input": np.zeros((1, 1, 64, 64), np.float64)}, "dtype"),
+        ({"input": np.zeros((1, 3, 64, 64), np.float32)}, "shape"),
+        ({"input": np.zeros((1, 64, 64), np.float32)}, "shape"),
+    ],
+)
 def test_wrong_inputs_are_clear_errors(feed: dict, match: str) -> None:
     with OnnxRunner(MODEL) as runner, pytest.raises(ValueError, match=match):
         runner.infer(feed)

@@ -7,14 +7,15 @@ import pytest
 
 from appliance.inference.postprocess import calibrated_probabilities, heatmap, operating_point
 
-TABLE = [{"threshold": 0.2, "sensitivity": 0.99, "specificity": 0.70},
-         {"threshold": 0.4, "sensitivity": 0.95, "specificity": 0.85},
-         {"threshold": 0.6, "sensitivity": 0.90, "specificity": 0.93}]
+TABLE = [
+    {"threshold": 0.2, "sensitivity": 0.99, "specificity": 0.70},
+    {"threshold": 0.4, "sensitivity": 0.95, "specificity": 0.85},
+    {"threshold": 0.6, "sensitivity": 0.90, "specificity": 0.93},
+]
 
 
 def test_platt_and_temperature() -> None:
-    p = calibrated_probabilities(np.array([[0.0], [2.0]]), {"method": "platt", "a": 1.0,
-                                                            "b": 0.0})
+    p = calibrated_probabilities(np.array([[0.0], [2.0]]), {"method": "platt", "a": 1.0, "b": 0.0})
     np.testing.assert_allclose(p, [0.5, 1 / (1 + np.exp(-2))])
     logits = np.array([[1.0, 0.0, -1.0]])
     sharp = calibrated_probabilities(logits, {"method": "temperature", "temperature": 0.5})

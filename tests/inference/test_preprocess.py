@@ -52,8 +52,7 @@ def test_cxr_on_the_datasets_own_64px_images_only_standardises() -> None:
 
 def test_cxr_is_exposure_invariant_and_accepts_rgb() -> None:
     img = np.random.default_rng(1).random((300, 250)).astype(np.float32) * 0.5
-    np.testing.assert_allclose(cxr_preprocess(img), cxr_preprocess(img * 1.8 + 0.05),
-                               atol=1e-4)
+    np.testing.assert_allclose(cxr_preprocess(img), cxr_preprocess(img * 1.8 + 0.05), atol=1e-4)
     rgb = np.repeat(img[:, :, None], 3, axis=2)
     np.testing.assert_allclose(cxr_preprocess(rgb), cxr_preprocess(img), atol=1e-4)
 
@@ -63,11 +62,12 @@ def test_functions_are_pure(hrf: np.ndarray) -> None:
     a = fundus_preprocess(hrf, size=128)
     b = fundus_preprocess(hrf, size=128)
     np.testing.assert_array_equal(hrf, before)  # input untouched
-    np.testing.assert_array_equal(a, b)          # deterministic
+    np.testing.assert_array_equal(a, b)  # deterministic
 
 
-@pytest.mark.parametrize(("name", "radius"), [("hrf_07_h.jpg", 490), ("hrf_12_h.jpg", 490),
-                                              ("IDRiD_003.jpg", 570)])
+@pytest.mark.parametrize(
+    ("name", "radius"), [("hrf_07_h.jpg", 490), ("hrf_12_h.jpg", 490), ("IDRiD_003.jpg", 570)]
+)
 def test_fundus_disc_found_on_real_cameras(name: str, radius: float) -> None:
     img = rgb01(DATA / "fundus" / name)
     h, w = img.shape[:2]
@@ -79,7 +79,7 @@ def test_fundus_disc_found_on_real_cameras(name: str, radius: float) -> None:
 def test_fundus_crop_follows_the_disc_not_the_frame(hrf: np.ndarray) -> None:
     """The same eye placed elsewhere in a bigger black frame gives the same input."""
     moved = np.zeros((hrf.shape[0] + 300, hrf.shape[1] + 400, 3), np.float32)
-    moved[200:200 + hrf.shape[0], 350:350 + hrf.shape[1]] = hrf
+    moved[200 : 200 + hrf.shape[0], 350 : 350 + hrf.shape[1]] = hrf
     cx0, cy0, r0 = find_fundus_disc(hrf)
     cx1, cy1, r1 = find_fundus_disc(moved)
     assert abs(cx1 - cx0 - 350) < 3 and abs(cy1 - cy0 - 200) < 3 and abs(r1 - r0) < 3
@@ -115,11 +115,13 @@ def test_spec_dispatch_and_input_contract() -> None:
 
 
 def test_inference_package_never_imports_torch_or_tensorrt() -> None:
-    code = ("import sys, appliance.inference.preprocess, appliance.inference.postprocess, "
-            "appliance.inference.bundle, appliance.inference.onnx_runner, "
-            "appliance.inference.tensorrt_build; "
-            "bad = [m for m in ('torch', 'tensorrt') if m in sys.modules]; "
-            "sys.exit(str(bad) if bad else 0)")
+    code = (
+        "import sys, appliance.inference.preprocess, appliance.inference.postprocess, "
+        "appliance.inference.bundle, appliance.inference.onnx_runner, "
+        "appliance.inference.tensorrt_build; "
+        "bad = [m for m in ('torch', 'tensorrt') if m in sys.modules]; "
+        "sys.exit(str(bad) if bad else 0)"
+    )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 

@@ -69,19 +69,23 @@ def test_committed_artefacts_stay_small() -> None:
 def test_cxr_on_held_out_real_radiographs() -> None:
     with open(DATA / "cxr64" / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    imgs = [cv2.imread(str(DATA / "cxr64" / r["file"]), cv2.IMREAD_GRAYSCALE)
-            .astype(np.float32) / 255 for r in rows]
+    imgs = [
+        cv2.imread(str(DATA / "cxr64" / r["file"]), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+        for r in rows
+    ]
     prob = infer("cxr-pneumonia", imgs)
     assert roc_auc(np.array([int(r["pneumonia"]) for r in rows]), prob) > 0.95
 
 
 ROUTES = [  # (what, image loader, expected label)
-    ("adult chest CR, full size, MONOCHROME1", lambda: decoded_dicom("RG1_UNCR.dcm"),
-     "chest_xray"),
+    ("adult chest CR, full size, MONOCHROME1", lambda: decoded_dicom("RG1_UNCR.dcm"), "chest_xray"),
     ("IDRiD fundus (Kowa)", lambda: rgb01(DATA / "fundus" / "IDRiD_003.jpg"), "fundus_photo"),
     ("HRF fundus (Canon)", lambda: rgb01(DATA / "fundus" / "hrf_12_h.jpg"), "fundus_photo"),
-    ("extremity CR (in router training: the only one there is)",
-     lambda: decoded_dicom("RG3_UNCR.dcm"), "other"),
+    (
+        "extremity CR (in router training: the only one there is)",
+        lambda: decoded_dicom("RG3_UNCR.dcm"),
+        "other",
+    ),
     ("CT slice", lambda: decoded_dicom("CT_small.dcm"), "other"),
     ("MR slice", lambda: decoded_dicom("MR_small.dcm"), "other"),
     ("ultrasound", lambda: decoded_dicom("US1_UNCR.dcm"), "other"),

@@ -1,0 +1,136 @@
+"""The fitness gate: is this a chest X-ray, a fundus photograph, or neither?
+
+Two witnesses: the DICOM tags the device wrote (modality, body part, view position,
+SOP class) and the router model, which looks at the pixels. Tags that rule an image
+out are trusted (a CT is never screened as a chest film); tags that say "chest" or
+"eye" make the router's agreement enough at a lower confidence; with no tags (a JPEG
+from a camera card) the router decides alone and must be confident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CHEST, FUNDUS, REFUSED = "chest_xray", "fundus", "refused"
+ROUTER_LABELS = {"chest_xray": CHEST, "fundus_photo": FUNDUS, "other": "other"}
+
+NOT_PROJECTION_XRAY = {
+    "CT": "a CT scan",
+    "MR": "an MRI scan",
+    "US": "an ultrasound image",
+    "NM": "a nuclear medicine image",
+    "PT": "a PET scan",
+    "MG": "a mammogram",
+    "XA": "an angiogram",
+    "RF": "a fluoroscopy image",
+    "ECG": "an ECG",
+    "SR": "a report",
+    "DOC": "a document",
+    "RTIMAGE": "a radiotherapy image",
+    "RTDOSE": "a radiotherapy plan",
+    "RTPLAN": "a radiotherapy plan",
+    "RTSTRUCT": "a radiotherapy plan",
+    "SEG": "a segmentation",
+    "IVUS": "an ultrasound image",
+    "OCT": "an OCT scan (not a fundus photograph)",
+}
+XRAY = {"CR", "DX", "DR"}
+CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "CHEST_TO_PELVIS", "RIB"}
+LATERAL_VIEWS = {"LAT", "LL", "RL", "LLD", "RLD", "LATERAL"}
+OPHTHALMIC_SOP = "1.2.840.10008.5.1.4.1.1.77.1.5."
+
+RETAKE_CHEST = "Send a front-view (PA or AP) chest X-ray, or a photograph of the retina."
+
+
+@dataclass
+class GateDecision:
+    route: str  # chest_xray, fundus or refused
+    reason: str | None = None
+    hints: list[str] = field(default_factory=list)
+    router: dict[str, float] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+
+
+def expectation_from_tags(tags: dict[str, Any]) -> tuple[str | None, GateDecision | None]:
+    """What the tags say: (CHEST | FUNDUS | None, a refusal if they rule the image out)."""
+    modality = (tags.get("modality") or "").upper()
+    body_part = (tags.get("body_part") or "").upper().replace(" ", "_")
+    view = (tags.get("view_position") or "").upper()
+    sop_class = tags.get("sop_class_uid") or ""
+    if modality in NOT_PROJECTION_XRAY:
+        what = NOT_PROJECTION_XRAY[modality]
+        return None, GateDecision(
+            REFUSED,
+            f"This is {what}, not a chest X-ray or an eye photograph.",
+            [RETAKE_CHEST],
+            evidence=[f"Modality {modality}"],
+        )
+    if modality in XRAY:
+        if body_part and body_part not in CHEST_PARTS:
+            part = body_part.lower().replace("_", " ")
+            return None, GateDecision(
+                REFUSED,
+                f"Not a chest X-ray: this X-ray is of the {part}.",
+                [RETAKE_CHEST],
+                evidence=[f"BodyPartExamined {body_part}"],
+            )
+        if view in LATERAL_VIEWS:
+            return None, GateDecision(
+                REFUSED,
+                "This is a side (lateral) view of the chest.",
+                ["Send the front view (PA or AP) of the same patient."],
+                evidence=[f"ViewPosition {view}"],
+            )
+        return CHEST, None
+    if modality == "OP" or sop_class.startswith(OPHTHALMIC_SOP):
+        return FUNDUS, None
+    return None, None
+
+
+def decide(
+    router_probs: dict[str, float], tags: dict[str, Any], min_confidence: float
+) -> GateDecision:
+    expected, refusal = expectation_from_tags(tags)
+    if refusal is not None:
+        refusal.router = router_probs
+        return refusal
+    label, confidence = max(router_probs.items(), key=lambda item: item[1])
+    seen = ROUTER_LABELS.get(label, "other")
+    evidence = [f"router {label} {confidence:.2f}"]
+    if expected is not None:
+        agree = router_probs.get(_router_label(expected), 0.0)
+        evidence.append(f"tags say {expected}")
+        # Tags and pixels agree enough: route. Pixels confidently say otherwise: refuse.
+        if agree >= 0.5 or not (seen != expected and confidence >= min_confidence):
+            return GateDecision(expected, router=router_probs, evidence=evidence)
+        return GateDecision(
+            REFUSED, _not_what_it_claims(expected), [RETAKE_CHEST], router_probs, evidence
+        )
+    if confidence < min_confidence:
+        return GateDecision(
+            REFUSED,
+            "The box cannot tell what this image shows.",
+            ["Check it is a chest X-ray or a retina photograph, well exposed, and send it again."],
+            router_probs,
+            evidence,
+        )
+    if seen == "other":
+        return GateDecision(
+            REFUSED,
+            "Not a chest X-ray or a retina photograph: it cannot be screened.",
+            [RETAKE_CHEST],
+            router_probs,
+            evidence,
+        )
+    return GateDecision(seen, router=router_probs, evidence=evidence)
+
+
+def _router_label(route: str) -> str:
+    return next(label for label, value in ROUTER_LABELS.items() if value == route)
+
+
+def _not_what_it_claims(expected: str) -> str:
+    if expected == CHEST:
+        return "Labelled as a chest X-ray, but the image does not look like one."
+    return "Labelled as an eye photograph, but the image does not look like a retina."

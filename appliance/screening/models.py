@@ -1,0 +1,131 @@
+"""The models the box carries, loaded once per process and shared by the workers.
+
+A bundle that fails to load (missing, sha256 mismatch, backend error) is recorded with
+its reason and the rest keep working: the box stays up and says so on /healthz and in
+``appliance doctor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import appliance
+from appliance.config import Config
+from appliance.errors import ApplianceError
+from appliance.inference.bundle import Bundle, find_bundles, load_bundle
+from appliance.inference.runner import Runner
+
+log = logging.getLogger(__name__)
+
+ROUTER = "modality-router"
+CXR = "cxr-pneumonia"
+FUNDUS = "fundus-referable-dr"
+REQUIRED = (ROUTER, CXR, FUNDUS)
+
+
+def default_models_dir() -> Path:
+    """Bundles shipped in the wheel (appliance/_models) or the source checkout's models/."""
+    package = Path(appliance.__file__).parent
+    for candidate in (package / "_models", package.parent / "models"):
+        if candidate.is_dir() and find_bundles(candidate):
+            return candidate
+    return package.parent / "models"
+
+
+def models_dir(config: Config) -> Path:
+    return Path(config.models_dir) if config.models_dir else default_models_dir()
+
+
+def _version_key(path: Path) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in path.name.split("."))
+
+
+def newest_bundles(folder: Path) -> dict[str, Path]:
+    """name -> newest version's folder."""
+    newest: dict[str, Path] = {}
+    for path in find_bundles(folder):
+        name = path.parent.name
+        if name not in newest or _version_key(path) > _version_key(newest[name]):
+            newest[name] = path
+    return newest
+
+
+@dataclass
+class LoadedModel:
+    bundle: Bundle
+    runner: Runner
+    lock: threading.Lock
+
+    def infer(self, batch: Any) -> dict[str, Any]:
+        return self.runner.infer({self.runner.input_name: batch})
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return {
+            "name": self.bundle.name,
+            "version": self.bundle.version,
+            "sha256": self.runner.model_sha256,
+            "file": self.runner.model_file,
+        }
+
+
+class ModelSet:
+    def __init__(self, config: Config, log_progress=log.info) -> None:
+        self.config = config
+        self.folder = models_dir(config)
+        self.models: dict[str, LoadedModel] = {}
+        self.errors: dict[str, str] = {}
+        self._log = log_progress
+
+    def load(self) -> ModelSet:
+        from appliance.inference.backends import open_runner
+
+        found = newest_bundles(self.folder)
+        for name in REQUIRED:
+            if name not in found:
+                self.errors[name] = f"no bundle named {name} in {self.folder}"
+                continue
+            try:
+                bundle = load_bundle(found[name])
+                runner = open_runner(
+                    bundle,
+                    backend=self.config.inference_backend,
+                    precision=self.config.model_precision,
+                    threads=self.config.inference_threads,
+                    engine_dir=self.config.data_dir / "engines",
+                    log=self._log,
+                )
+                runner.__enter__()
+            except (ApplianceError, ValueError, OSError, RuntimeError) as exc:
+                self.errors[name] = str(exc)
+                log.error("model %s not loaded: %s", name, exc)
+                continue
+            self.models[name] = LoadedModel(bundle, runner, threading.Lock())
+        return self
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self.models.get(name)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in REQUIRED:
+            if name in self.models:
+                model = self.models[name]
+                out[name] = {
+                    "loaded": True,
+                    "version": model.bundle.version,
+                    "backend": model.runner.backend,
+                    "sha256": model.runner.model_sha256,
+                }
+            else:
+                out[name] = {"loaded": False, "error": self.errors.get(name, "not loaded")}
+        return out
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.runner.__exit__(None, None, None)
+        self.models.clear()

@@ -1,0 +1,78 @@
+"""Screening results: written once, in the transaction that completes their job."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from appliance.store.db import Store, audit, utc_now
+
+_JSON_FIELDS = ("hints", "router", "quality", "timings")
+
+
+def insert_result(
+    conn: sqlite3.Connection,
+    image_id: int,
+    job_id: int | None,
+    result: dict[str, Any],
+    heatmap_path: str | None,
+) -> int:
+    model = result.get("model") or {}
+    cur = conn.execute(
+        "INSERT INTO results (image_id, job_id, route, reason, hints, probability, score,"
+        " threshold, triage, model_name, model_version, model_sha256, backend, router,"
+        " quality, heatmap_path, timings, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            image_id,
+            job_id,
+            result["route"],
+            result.get("reason"),
+            json.dumps(result.get("hints") or []),
+            result.get("probability"),
+            result.get("score"),
+            result.get("threshold"),
+            result.get("triage"),
+            model.get("name"),
+            model.get("version"),
+            model.get("sha256"),
+            result.get("backend"),
+            json.dumps(result.get("router") or {}),
+            json.dumps(result.get("quality")) if result.get("quality") is not None else None,
+            heatmap_path,
+            json.dumps(result.get("timings_ms") or {}),
+            utc_now(),
+        ),
+    )
+    result_id = int(cur.lastrowid)
+    audit(
+        conn,
+        "worker",
+        "result.created",
+        f"image:{image_id}",
+        json.dumps(
+            {"route": result["route"], "score": result.get("score"), "triage": result.get("triage")}
+        ),
+    )
+    return result_id
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    item = dict(row)
+    for name in _JSON_FIELDS:
+        if item.get(name):
+            item[name] = json.loads(item[name])
+    return item
+
+
+def list_results(store: Store, limit: int = 500) -> list[dict[str, Any]]:
+    """Newest first, with the image's patient and source (for ``appliance results``)."""
+    rows = store.conn().execute(
+        "SELECT r.*, i.modality, i.body_part, i.source, i.original_name, i.sop_instance_uid,"
+        " s.patient_id, s.patient_name FROM results r"
+        " JOIN images i ON i.id = r.image_id JOIN studies s ON s.id = i.study_id"
+        " ORDER BY r.id DESC LIMIT ?",
+        (limit,),
+    )
+    return [_decode(row) for row in rows]

@@ -1,0 +1,49 @@
+"""The fitness gate's decisions from DICOM tags and router probabilities (pure logic)."""
+
+import pytest
+
+from appliance.screening.gate import CHEST, FUNDUS, REFUSED, decide
+
+CHESTY = {"chest_xray": 0.97, "fundus_photo": 0.01, "other": 0.02}
+EYE = {"chest_xray": 0.0, "fundus_photo": 0.99, "other": 0.01}
+OTHER = {"chest_xray": 0.01, "fundus_photo": 0.01, "other": 0.98}
+UNSURE = {"chest_xray": 0.45, "fundus_photo": 0.15, "other": 0.40}
+
+
+@pytest.mark.parametrize(
+    "tags, router, route, reason",
+    [
+        ({"modality": "CR", "body_part": "CHEST", "view_position": "PA"}, CHESTY, CHEST, None),
+        ({"modality": "DX", "body_part": None}, CHESTY, CHEST, None),
+        ({}, CHESTY, CHEST, None),
+        ({}, EYE, FUNDUS, None),
+        ({"modality": "OP"}, EYE, FUNDUS, None),
+        ({"modality": "CT"}, CHESTY, REFUSED, "This is a CT scan"),
+        ({"modality": "US"}, OTHER, REFUSED, "ultrasound"),
+        ({"modality": "CR", "body_part": "HAND"}, CHESTY, REFUSED, "this X-ray is of the hand"),
+        (
+            {"modality": "CR", "body_part": "CHEST", "view_position": "LL"},
+            CHESTY,
+            REFUSED,
+            "side (lateral) view",
+        ),
+        ({"modality": "CR", "body_part": "CHEST"}, EYE, REFUSED, "does not look like one"),
+        ({"modality": "OP"}, OTHER, REFUSED, "does not look like a retina"),
+        ({}, OTHER, REFUSED, "Not a chest X-ray or a retina photograph"),
+        ({}, UNSURE, REFUSED, "cannot tell what this image shows"),
+    ],
+)
+def test_gate_decisions(tags, router, route, reason):
+    decision = decide(router, tags, min_confidence=0.6)
+    assert decision.route == route
+    if reason is None:
+        assert decision.reason is None
+    else:
+        assert reason in decision.reason and decision.hints  # always a retake hint
+
+
+def test_tags_that_agree_lower_the_confidence_needed():
+    """A chest-tagged CR the router is only half sure of is still screened as a chest."""
+    half = {"chest_xray": 0.55, "fundus_photo": 0.05, "other": 0.40}
+    assert decide(half, {"modality": "CR", "body_part": "CHEST"}, 0.6).route == CHEST
+    assert decide(half, {}, 0.6).route == REFUSED

@@ -1,0 +1,96 @@
+"""The screener on real images with the committed bundles (ONNX Runtime, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import FUNDUS_DIR, TESTS, testdata
+
+from appliance.ingest.decode import decode_bytes
+from appliance.ingest.dicom import dicom_record, read_dicom
+
+CXR64 = sorted((TESTS / "data" / "cxr64").rglob("*.png"))
+
+
+def tags_of(raw: bytes) -> dict:
+    record = dicom_record(read_dicom(raw), sha256="0" * 64, size_bytes=len(raw), source="t")
+    return {k: getattr(record, k) for k in ("modality", "body_part", "view_position",
+                                            "sop_class_uid")}
+
+
+def test_adult_chest_cr_is_screened_with_score_triage_heatmap_and_timings(screener):
+    raw = testdata("RG1_UNCR.dcm").read_bytes()
+    image = decode_bytes(raw)
+    result = screener.screen(image, tags_of(raw), overlay_size=(512, 543))
+    assert result.route == "chest_xray" and result.reason is None
+    assert 0.0 <= result.probability <= 1.0 and result.score == round(result.probability * 100)
+    assert result.triage in {"urgent", "review", "routine"}
+    assert result.threshold == 0.14  # the bundle's suggested operating point
+    assert result.model["name"] == "cxr-pneumonia" and len(result.model["sha256"]) == 64
+    assert result.backend == "onnxruntime"
+    assert set(result.timings_ms) == {"gate", "preprocess", "infer", "postprocess"}
+    assert result.heatmap.shape == (543, 512, 4) and result.heatmap.dtype == np.uint8
+    assert "decision support" in result.as_dict()["decision_support"].lower()
+
+
+def test_site_threshold_and_triage_levels(screener, config):
+    from appliance.screening.pipeline import Screener
+
+    image = decode_bytes(CXR64[0].read_bytes())
+    strict = Screener(screener.models, config.with_overrides(cxr_threshold=0.999,
+                                                              urgent_min_specificity=1.0))
+    lenient = Screener(screener.models, config.with_overrides(cxr_threshold=0.0001,
+                                                               urgent_min_specificity=1.0))
+    assert strict.screen(image, {}).triage == "routine"
+    assert lenient.screen(image, {}).triage == "review"  # above threshold, below urgent
+
+
+def test_paediatric_validation_images_get_sensible_scores(screener):
+    """Kermany validation images (one per held-out patient): the model separates them."""
+    import csv
+
+    with open(TESTS / "data" / "cxr64" / "labels.csv") as fh:
+        labels = {row["file"]: int(row["pneumonia"]) for row in csv.DictReader(fh)}
+    scores = {0: [], 1: []}
+    for path in CXR64:
+        key = path.relative_to(TESTS / "data" / "cxr64").as_posix()
+        if key not in labels:
+            continue
+        result = screener.screen(decode_bytes(path.read_bytes()), {})
+        assert result.route == "chest_xray"
+        scores[labels[key]].append(result.probability)
+    assert scores[0] and scores[1]
+    assert np.median(scores[1]) > 0.5 > np.median(scores[0])
+
+
+@pytest.mark.parametrize("name", ["hrf_07_h.jpg", "IDRiD_003.jpg"])
+def test_fundus_photo_goes_through_quality_then_the_fundus_model(screener, name):
+    image = decode_bytes((FUNDUS_DIR / name).read_bytes())
+    result = screener.screen(image, {}, overlay_size=(512, 341))
+    assert result.route == "fundus" and result.quality["gradable"]
+    assert result.model["name"] == "fundus-referable-dr"
+    assert "quality" in result.timings_ms and result.heatmap.shape == (341, 512, 4)
+
+
+def test_blurred_fundus_is_refused_with_a_retake_hint_and_no_score(screener):
+    import cv2
+
+    image = decode_bytes((FUNDUS_DIR / "hrf_07_h.jpg").read_bytes())
+    image.pixels = cv2.GaussianBlur(image.pixels, (0, 0), 12)
+    result = screener.screen(image, {})
+    assert result.route == "refused"
+    assert "blurred" in result.reason and "retake" in result.reason
+    assert result.score is None and result.probability is None and result.triage is None
+
+
+@pytest.mark.parametrize("name, words", [
+    ("RG3_UNCR.dcm", "this X-ray is of the extremity"),
+    ("CT_small.dcm", "CT scan"),
+    ("US1_UNCR.dcm", "ultrasound"),
+    ("SC_rgb.dcm", "Not a chest X-ray or a retina photograph"),
+])
+def test_what_the_models_are_not_for_is_refused_politely(screener, name, words):
+    raw = testdata(name).read_bytes()
+    result = screener.screen(decode_bytes(raw), tags_of(raw))
+    assert result.route == "refused" and words in result.reason
+    assert result.score is None and result.hints
