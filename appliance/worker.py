@@ -41,15 +41,21 @@ def preview_size(image: DecodedImage, max_px: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+# The heatmap is smooth (an 8x8 map upsampled), so a small overlay loses nothing: the
+# page stretches it over the preview. Small keeps PNG encoding off the critical path.
+HEATMAP_MAX_PX = 256
+
+
+def encode(extension: str, pixels: np.ndarray, params: list[int]) -> bytes:
+    ok, encoded = cv2.imencode(extension, pixels, params)
     if not ok:
-        raise RuntimeError("PNG encoding failed")
+        raise RuntimeError(f"{extension} encoding failed")
     return encoded.tobytes()
 
 
-def preview_png(image: DecodedImage, max_px: int) -> bytes:
-    """An 8-bit PNG no larger than ``max_px`` on its longest side (for the viewer)."""
+def preview_jpeg(image: DecodedImage, max_px: int) -> bytes:
+    """An 8-bit JPEG (quality 92) no larger than ``max_px`` on its longest side, for the
+    viewer; the original stays untouched for anything diagnostic."""
     size = preview_size(image, max_px)
     pixels = image.pixels
     if size != (pixels.shape[1], pixels.shape[0]):
@@ -57,7 +63,7 @@ def preview_png(image: DecodedImage, max_px: int) -> bytes:
     eight_bit = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if eight_bit.ndim == 3:
         eight_bit = cv2.cvtColor(eight_bit, cv2.COLOR_RGB2BGR)
-    return encode_png(eight_bit)
+    return encode(".jpg", eight_bit, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
 class Worker:
@@ -118,23 +124,23 @@ class Worker:
             return
         decode_ms = (time.perf_counter() - started) * 1000
 
-        preview = Path("previews") / f"{image['id']}.png"
+        preview = Path("previews") / f"{image['id']}.jpg"
         atomic_write_bytes(
             self.store.data_dir / preview,
-            preview_png(decoded, self.config.preview_max_px),
+            preview_jpeg(decoded, self.config.preview_max_px),
             self.store.tmp_dir,
         )
         tags = {column: image[column] for column in TAG_COLUMNS}
-        result = self.screener.screen(
-            decoded, tags, preview_size(decoded, self.config.preview_max_px)
-        )
+        result = self.screener.screen(decoded, tags, preview_size(decoded, HEATMAP_MAX_PX))
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None
         if result.heatmap is not None:
             heatmap_path = Path("heatmaps") / f"{image['id']}.png"
             overlay = cv2.cvtColor(result.heatmap, cv2.COLOR_RGBA2BGRA)
             atomic_write_bytes(
-                self.store.data_dir / heatmap_path, encode_png(overlay), self.store.tmp_dir
+                self.store.data_dir / heatmap_path,
+                encode(".png", overlay, [cv2.IMWRITE_PNG_COMPRESSION, 3]),
+                self.store.tmp_dir,
             )
         with self.store.write() as conn:
             conn.execute(

@@ -31,9 +31,11 @@ from appliance.inference.bundle import find_bundles, load_bundle  # noqa: E402
 from appliance.inference.onnx_runner import OnnxRunner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_FOR = {"cxr-pneumonia": "models.training.cxr",
-              "fundus-referable-dr": "models.training.fundus",
-              "modality-router": "models.training.router"}
+RECIPE_FOR = {
+    "cxr-pneumonia": "models.training.cxr",
+    "fundus-referable-dr": "models.training.fundus",
+    "modality-router": "models.training.router",
+}
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -76,6 +78,7 @@ def bench_bundle(path: Path, threads: int, repeats: int) -> list[dict[str, Any]]
     sizes = {"fp32_kb": fp32.stat().st_size // 1024, "int8_kb": int8.stat().st_size // 1024}
     try:
         import torch
+
         torch.set_num_threads(threads)
         net = torch_from_onnx(bundle.name, fp32)
     except ImportError:
@@ -102,15 +105,19 @@ def bench_bundle(path: Path, threads: int, repeats: int) -> list[dict[str, Any]]
 
 def print_table(rows: list[dict[str, Any]], threads: int) -> None:
     print(f"median latency per call, ms ({threads} thread(s)); speed-up = PyTorch / ORT INT8")
-    head = (f"{'model':<22}{'batch':>6}{'torch fp32':>12}{'ort fp32':>10}{'ort int8':>10}"
-            f"{'speed-up':>10}{'fp32 KB':>9}{'int8 KB':>9}")
+    head = (
+        f"{'model':<22}{'batch':>6}{'torch fp32':>12}{'ort fp32':>10}{'ort int8':>10}"
+        f"{'speed-up':>10}{'fp32 KB':>9}{'int8 KB':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         torch_ms = f"{r['torch_fp32_ms']:.2f}" if "torch_fp32_ms" in r else "n/a"
         speed = f"{r['int8_speedup_vs_torch']:.1f}x" if "int8_speedup_vs_torch" in r else "n/a"
-        print(f"{r['model']:<22}{r['batch']:>6}{torch_ms:>12}{r['ort_fp32_ms']:>10.2f}"
-              f"{r['ort_int8_ms']:>10.2f}{speed:>10}{r['fp32_kb']:>9}{r['int8_kb']:>9}")
+        print(
+            f"{r['model']:<22}{r['batch']:>6}{torch_ms:>12}{r['ort_fp32_ms']:>10.2f}"
+            f"{r['ort_int8_ms']:>10.2f}{speed:>10}{r['fp32_kb']:>9}{r['int8_kb']:>9}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--models-dir", type=Path, default=REPO / "models")
     args = p.parse_args(argv)
-    rows = [row for path in find_bundles(args.models_dir)
-            for row in bench_bundle(path, args.threads, args.repeats)]
+    rows = [
+        row
+        for path in find_bundles(args.models_dir)
+        for row in bench_bundle(path, args.threads, args.repeats)
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

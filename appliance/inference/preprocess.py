@@ -163,7 +163,9 @@ def fundus_preprocess(
 def router_preprocess(image: np.ndarray, size: int = 64) -> np.ndarray:
     """Any image -> 3 x size x size RGB squashed, centred on 0.5 (colour is a cue:
     fundus photos are orange-red, radiographs grey), no per-image normalisation."""
-    rgb = squash(to_rgb(image), size)
+    # Squash first, then replicate grey into RGB: resizing works per channel, so the
+    # result is identical, and a 2000x2000 radiograph is not copied three times.
+    rgb = to_rgb(squash(_as_float01(image), size))
     return np.ascontiguousarray(((rgb - 0.5) / 0.25).transpose(2, 0, 1), dtype=np.float32)
 
 

@@ -124,15 +124,24 @@ class TensorRTRunner(Runner):
 
     def activate(self) -> None:
         self._trt = self._trt_injected or import_tensorrt()
-        self._cuda = self._cuda_injected or import_pycuda_driver()
-        cuda = self._cuda
-        cuda.init()
-        gpu = cuda.Device(self.device)
-        self._cuda_context = gpu.retain_primary_context()
+        self._cuda = cuda = self._cuda_injected or import_pycuda_driver()
+        cuda_error = getattr(cuda, "Error", RuntimeError)  # pycuda's errors are not ours
+        try:
+            cuda.init()
+            gpu = cuda.Device(self.device)
+            capability = tuple(gpu.compute_capability())
+            self._cuda_context = gpu.retain_primary_context()
+        except cuda_error as exc:
+            raise TensorRTUnavailableError(f"no usable NVIDIA GPU (CUDA: {exc})") from exc
         self._cuda_context.push()
         try:
-            self.engine_path = self._find_or_build(tuple(gpu.compute_capability()))
+            self.engine_path = self._find_or_build(capability)
             self._load_engine(self.engine_path)
+        except cuda_error as exc:
+            self._release()
+            raise EngineBuildError(
+                f"CUDA failed while loading {self.bundle.name} on the GPU: {exc}"
+            ) from exc
         except BaseException:
             self._release()  # frees what was made and lets the context go
             raise
@@ -256,8 +265,11 @@ class TensorRTRunner(Runner):
         for binding in self._bindings.values():
             if binding.is_input:
                 continue
-            shapes[binding.name] = tuple(int(d) for d in context.get_tensor_shape(binding.name))
-            size = int(np.prod(shapes[binding.name]))
+            shape = tuple(int(d) for d in context.get_tensor_shape(binding.name))
+            if any(d < 0 for d in shape) or shape[1:] != binding.item_shape:
+                raise RuntimeError(f"TensorRT gives {binding.name} the unresolved shape {shape}")
+            shapes[binding.name] = shape
+            size = int(np.prod(shape))
             cuda.memcpy_dtoh_async(binding.host[:size], binding.device, stream)
         stream.synchronize()
         # copies: the page-locked buffers are overwritten by the next call

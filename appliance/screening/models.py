@@ -15,7 +15,6 @@ from typing import Any
 
 import appliance
 from appliance.config import Config
-from appliance.errors import ApplianceError
 from appliance.inference.bundle import Bundle, find_bundles, load_bundle
 from appliance.inference.runner import Runner
 
@@ -100,7 +99,7 @@ class ModelSet:
                     log=self._log,
                 )
                 runner.__enter__()
-            except (ApplianceError, ValueError, OSError, RuntimeError) as exc:
+            except Exception as exc:  # whatever breaks one model, the box stays up
                 self.errors[name] = str(exc)
                 log.error("model %s not loaded: %s", name, exc)
                 continue

@@ -20,7 +20,11 @@ from appliance.inference.backends import probe_tensorrt
 from appliance.inference.bundle import Bundle, BundleIntegrityError, find_bundles, load_bundle
 from appliance.inference.ort_runner import OnnxRuntimeRunner
 from appliance.inference.runner import InferenceInputError
-from appliance.inference.tensorrt_build import EngineBuildError, engine_filename
+from appliance.inference.tensorrt_build import (
+    EngineBuildError,
+    TensorRTUnavailableError,
+    engine_filename,
+)
 from appliance.inference.tensorrt_runner import TensorRTRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +141,13 @@ def test_missing_engine_is_an_error_when_building_is_not_allowed(
     with pytest.raises(EngineBuildError, match="compile_tensorrt.py"):
         runner.__enter__()
     assert not runner.active and standins[2].builds == 0
+    assert_gpu_released(standins[1])
+
+
+def test_cuda_errors_become_appliance_errors(bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    standins = make_standins(init_error="no CUDA-capable device is detected")
+    with pytest.raises(TensorRTUnavailableError, match="no usable NVIDIA GPU"):
+        runner_for(bundles["cxr-pneumonia"], tmp_path, standins).__enter__()
     assert_gpu_released(standins[1])
 
 
