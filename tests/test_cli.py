@@ -79,3 +79,58 @@ def test_every_command_is_documented_in_the_readme():
     documented = set(re.findall(r"appliance ([a-z]+)", readme))
     missing = set(main.commands) - documented
     assert not missing, f"README does not mention: {sorted(missing)}"
+
+
+SCREEN_KEYS = {
+    "file",
+    "route",
+    "reason",
+    "probability",
+    "score",
+    "triage",
+    "model",
+    "backend",
+    "timings_ms",
+}
+
+
+def test_screen_prints_one_json_object_per_file_and_exits_0_when_refusing(tmp_path):
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    files = [testdata("RG1_J2KI.dcm"), FUNDUS_DIR / "hrf_07_h.jpg", testdata("CT_small.dcm"), pdf]
+    result = run("screen", *map(str, files), "--json", "--data-dir", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [line["route"] for line in lines] == ["chest_xray", "fundus", "refused", "refused"]
+    assert all(SCREEN_KEYS <= set(line) for line in lines)
+    chest, fundus, ct, letter = lines
+    assert 0 <= chest["score"] <= 100 and chest["triage"] in ("urgent", "review", "routine")
+    assert chest["model"]["name"] == "cxr-pneumonia" and chest["backend"] == "onnxruntime"
+    assert fundus["model"]["name"] == "fundus-referable-dr"
+    assert "CT scan" in ct["reason"] and ct["score"] is None
+    assert letter["reason"] == "This is a PDF document, not an image."
+    assert not (tmp_path / "none").exists()  # nothing stored, no data dir made
+
+
+def test_screen_with_a_broken_installation_exits_non_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPLIANCE_MODELS_DIR", str(tmp_path / "empty"))
+    result = CliRunner().invoke(main, ["screen", str(FUNDUS_DIR / "hrf_07_h.jpg")])
+    assert result.exit_code == 1
+    assert "models not usable" in result.output and "appliance doctor" in result.output
+
+
+def test_results_lists_what_the_worker_stored(tmp_path):
+    data = str(tmp_path / "data")
+    run(
+        "ingest",
+        str(testdata("RG1_J2KI.dcm")),
+        str(FUNDUS_DIR / "hrf_12_h.jpg"),
+        "--data-dir",
+        data,
+        "--process",
+    )
+    rows = json.loads(run("results", "--data-dir", data, "--json").output)
+    assert {r["route"] for r in rows} == {"chest_xray", "fundus"}
+    assert all(r["model_sha256"] and r["timings"]["decode"] > 0 for r in rows)
+    text = run("results", "--data-dir", data).output
+    assert "score" in text and "9RG1" in text
