@@ -7,6 +7,7 @@ Command-line flags such as ``serve --port`` override the result for that run onl
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -123,6 +124,18 @@ SETTINGS: tuple[Setting, ...] = (
         "A score at or above the threshold with this validation specificity is urgent.",
     ),
     Setting("log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
+    Setting(
+        "site_name", str, "Clinic", "The clinic's name, shown on every page and referral slip."
+    ),
+    Setting("language", str, "en", "Language for the login page and new users: en, fr or pt."),
+    Setting("timezone", str, "UTC", "Time zone for dates on pages and slips, e.g. Africa/Maputo."),
+    Setting("session_idle_minutes", int, 30, "Minutes without use before a login expires."),
+    Setting(
+        "secure_cookies",
+        bool,
+        False,
+        "Send the session cookie over HTTPS only (turn on when the page is served by HTTPS).",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -210,3 +223,43 @@ def load_config(
         values[name] = _coerce(_setting(name), value, f"environment {key}")
 
     return Config(data_dir, values).with_overrides(**overrides)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(str(v)) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def save_settings(
+    config: Config, updates: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Write ``updates`` into ``DATA_DIR/config.toml`` (atomically) and apply them to
+    ``config`` in place. Returns the names the environment overrides (not applied live).
+    """
+    environ = os.environ if environ is None else environ
+    coerced = {
+        name: _coerce(_setting(name), value, "settings page") for name, value in updates.items()
+    }
+    path = config.data_dir / CONFIG_FILE
+    current: dict[str, Any] = {}
+    if path.exists():
+        current = tomllib.loads(path.read_text(encoding="utf-8"))
+    current.update(coerced)
+    text = "".join(f"{name} = {_toml_value(value)}\n" for name, value in sorted(current.items()))
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    overridden = [name for name in coerced if ENV_PREFIX + name.upper() in environ]
+    for name, value in coerced.items():
+        if name not in overridden:
+            config.values[name] = value
+    return overridden

@@ -63,7 +63,9 @@ def test_ingest_a_single_bad_file_keeps_a_copy_in_quarantine(tmp_path):
 
 def test_migrate_is_idempotent(tmp_path):
     data = str(tmp_path / "data")
-    assert "applied: m001_initial, m002_results" in run("migrate", "--data-dir", data).output
+    assert "applied: m001_initial, m002_results, m003_users_reviews" in run(
+        "migrate", "--data-dir", data
+    ).output
     assert "up to date" in run("migrate", "--data-dir", data).output
 
 

@@ -152,3 +152,38 @@ def m002_results(db: Database) -> None:
             BEGIN SELECT RAISE(ABORT, 'results are never deleted'); END;
         """
     )
+
+
+@migrations()
+def m003_users_reviews(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            pin_hash TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('operator', 'clinician', 'admin')),
+            language TEXT NOT NULL DEFAULT 'en',
+            active INTEGER NOT NULL DEFAULT 1,
+            failed_attempts INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL,
+            created_at TEXT NOT NULL,
+            last_login_at TEXT
+        );
+
+        -- A clinician's reading of an AI result, stored beside it (never over it).
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY,
+            result_id INTEGER NOT NULL REFERENCES results(id),
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree')),
+            reasons TEXT NOT NULL DEFAULT '[]',
+            note TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX reviews_image ON reviews(image_id, id);
+        CREATE INDEX results_image_id ON results(image_id, id);
+        CREATE INDEX images_state ON images(state);
+        """
+    )

@@ -1,13 +1,36 @@
-"""The web app: ``create_app()`` factory, one blueprint per area (flaskr style)."""
+"""The web app: ``create_app()`` factory, one blueprint per area (flaskr style).
+
+Server-rendered pages for a 7-10" touchscreen; small vanilla JS only where touch needs
+it; every asset (CSS, JS, icons) ships in the package, nothing from another origin.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g
+from flask_babel import Babel
 
 from appliance.config import Config, load_config
 from appliance.store.db import Store
+from appliance.store.users import LANGUAGES
+
+
+def select_locale() -> str:
+    user = getattr(g, "user", None)
+    if user and user.get("language") in LANGUAGES:
+        return user["language"]
+    from flask import current_app
+
+    # Before login (the login page itself): the site's language, not the browser's,
+    # since a kiosk browser's own language says nothing about the clinic.
+    return current_app.config["APPLIANCE"].language
+
+
+def select_timezone() -> str:
+    from flask import current_app
+
+    return current_app.config["APPLIANCE"].timezone
 
 
 def create_app(config: Config | None = None, test_config: dict[str, Any] | None = None) -> Flask:
@@ -26,20 +49,26 @@ def create_app(config: Config | None = None, test_config: dict[str, Any] | None 
     store = Store.open(config.data_dir)
     app.extensions["appliance_store"] = store
     app.extensions.setdefault("appliance_status", {})
+    Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
 
-    from appliance.web import api_errors, auth, health, upload
+    from appliance.web import (
+        admin,
+        api_errors,
+        auth,
+        health,
+        imports,
+        security,
+        study,
+        system,
+        upload,
+        views,
+        worklist,
+    )
 
     api_errors.init_app(app)
-    auth.init_app(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(upload.bp)
-
-    @app.after_request
-    def security_headers(response):
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Content-Security-Policy", "default-src 'self'")
-        return response
-
+    auth.init_app(app)  # before security: CSRF checks need to know who is asking
+    security.init_app(app)
+    views.init_app(app)
+    for blueprint in (health.bp, upload.bp, worklist.bp, study.bp, imports.bp, admin.bp, system.bp):
+        app.register_blueprint(blueprint)
     return app

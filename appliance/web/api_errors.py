@@ -1,8 +1,13 @@
-"""One JSON error shape for every API error: {"error": {"code": ..., "message": ...}}."""
+"""Errors at the web edge: one JSON shape for the API, a plain page for people.
+
+API clients (paths under /api/, or asking for JSON) always get
+``{"error": {"code": ..., "message": ...}}``; a browser gets the error page, translated.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
+from flask_babel import gettext as _
 from werkzeug.exceptions import HTTPException
 
 from appliance.errors import ApplianceError, IngestError, StorageFullError
@@ -14,6 +19,16 @@ def error_response(status: int, code: str, message: str):
     return response
 
 
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def _respond(status: int, code: str, message: str):
+    if _wants_json():
+        return error_response(status, code, message)
+    return render_template("error.html", code=status, message=message), status
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -22,16 +37,18 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config["APPLIANCE"].upload_max_mb
             message = f"The file is larger than the {limit} MB limit for one image."
-        return error_response(exc.code or 500, code, message)
+        elif exc.code == 404 and not _wants_json():
+            message = _("This page or image does not exist.")
+        return _respond(exc.code or 500, code, message)
 
     @app.errorhandler(StorageFullError)
     def storage_full(exc: StorageFullError):
-        return error_response(507, "storage_full", "The box's disk is full; nothing was stored.")
+        return _respond(507, "storage_full", _("The box's disk is full; nothing was stored."))
 
     @app.errorhandler(IngestError)
     def ingest_error(exc: IngestError):
-        return error_response(422, "not_importable", exc.reason)
+        return _respond(422, "not_importable", exc.reason)
 
     @app.errorhandler(ApplianceError)
     def appliance_error(exc: ApplianceError):
-        return error_response(500, "appliance_error", str(exc))
+        return _respond(500, "appliance_error", str(exc))

@@ -1,24 +1,69 @@
-"""Who may call the API before the login pages exist (issue 5): a device token.
+"""Who is asking: staff logged in with user + PIN, or a device holding the API token.
 
-The token lives in ``DATA_DIR/secrets/api_token`` (mode 0600), created on first start;
-clients send ``Authorization: Bearer <token>``. Every route except ``/healthz`` requires
-it. A custom header cannot be sent cross-site without CORS, which we never allow, so
-token-authenticated requests need no CSRF token.
+- Staff: first run creates the admin (``/setup``); ``/login`` by user + PIN (five wrong
+  PINs lock the account for five minutes); the session expires after
+  ``session_idle_minutes`` without use; ``/logout``.
+- Devices/scripts: ``Authorization: Bearer <token>`` with the token from
+  ``DATA_DIR/secrets/api_token`` (0600), for ``/api/`` routes only. A custom header
+  cannot be sent cross-site without CORS, which is never allowed, so token requests
+  need no CSRF token; every browser form does (see security.py).
+Every route needs one of the two, except ``/healthz``, ``/login``, ``/setup`` and static.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
-from flask import Flask, current_app, request
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import gettext as _
 
+from appliance.store import users
 from appliance.web.api_errors import error_response
 
-PUBLIC_ENDPOINTS = {"health.healthz", "static"}
+bp = Blueprint("auth", __name__)
+
+PUBLIC_ENDPOINTS = {"health.healthz", "static", "auth.login", "auth.setup"}
+API_USER = {"id": None, "username": "api-token", "role": "api", "language": "en"}
+
+
+def _secret_file(data_dir: Path, name: str, make) -> str:
+    """Read a secret from DATA_DIR/secrets, creating it (0600, atomically) if absent."""
+    path = Path(data_dir) / "secrets" / name
+    if path.exists():
+        value = path.read_text(encoding="ascii").strip()
+        if value:  # an empty file (power cut mid-create) must never mean "no secret"
+            return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    value = make()
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(value + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return value
 
 
 def token_path(data_dir: Path) -> Path:
@@ -26,45 +71,154 @@ def token_path(data_dir: Path) -> Path:
 
 
 def ensure_api_token(data_dir: Path) -> str:
-    path = token_path(data_dir)
-    if path.exists():
-        token = path.read_text(encoding="ascii").strip()
-        if token:
-            return token
-        # An empty file (power cut between creating and writing it) must never mean
-        # "no token": make a new one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    token = secrets.token_urlsafe(32)
-    # mkstemp creates the file 0600; write, fsync, rename: the token file is whole or absent.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".api_token-")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(token + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return token
+    return _secret_file(data_dir, "api_token", lambda: secrets.token_urlsafe(32))
+
+
+def _store():
+    return current_app.extensions["appliance_store"]
+
+
+def _bearer_ok() -> bool:
+    expected = current_app.extensions["appliance_api_token"]
+    scheme, _sep, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
+    # Compare bytes: compare_digest refuses str with non-ASCII characters (a 500).
+    return (
+        scheme.lower() == "bearer"
+        and bool(given)
+        and hmac.compare_digest(given.encode(), expected.encode())
+    )
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["appliance_api_token"] = ensure_api_token(app.config["APPLIANCE"].data_dir)
+    config = app.config["APPLIANCE"]
+    app.extensions["appliance_api_token"] = ensure_api_token(config.data_dir)
+    app.secret_key = _secret_file(config.data_dir, "session_key", lambda: secrets.token_hex(32))
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=config.secure_cookies,
+        SESSION_COOKIE_NAME="appliance_session",
+    )
+    app.register_blueprint(bp)
 
     @app.before_request
-    def require_token():
+    def load_user():
+        g.user = None
+        g.via_token = False
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
-        expected = current_app.extensions["appliance_api_token"]
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        given = given.strip()
-        # Compare bytes: compare_digest refuses str with non-ASCII characters (a 500).
-        if (
-            scheme.lower() == "bearer"
-            and given
-            and hmac.compare_digest(given.encode(), expected.encode())
-        ):
-            return None
-        return error_response(401, "unauthorized", "Log in or send the device token.")
+        if request.headers.get("Authorization"):
+            if request.path.startswith("/api/") and _bearer_ok():
+                g.user, g.via_token = API_USER, True
+                return None
+            return error_response(401, "unauthorized", "Log in or send the device token.")
+        user_id = session.get("user_id")
+        idle = current_app.config["APPLIANCE"].session_idle_minutes * 60
+        if user_id is not None and time.time() - session.get("seen", 0) <= idle:
+            user = users.get_user(_store(), user_id)
+            if user and user["active"] and user["pin_hash"][-16:] == session.get("pin"):
+                g.user = user
+                session["seen"] = time.time()
+                return None
+        session.clear()
+        if _wants_json():
+            return error_response(401, "unauthorized", "Log in or send the device token.")
+        if users.count_users(_store()) == 0:
+            return redirect(url_for("auth.setup"))
+        return redirect(url_for("auth.login"))
+
+
+def requires(*roles: str):
+    """Only these roles (admin may always) reach the view; others get 403."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            role = g.user["role"] if g.user else None
+            if role != "admin" and role not in roles:
+                if _wants_json():
+                    return error_response(403, "forbidden", "Your role may not do this.")
+                return render_template(
+                    "error.html", code=403, message=_("Your role may not open this page.")
+                ), 403
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def _start_session(user: dict) -> None:
+    session.clear()
+    session.permanent = False  # ends when the kiosk browser closes, and on idle timeout
+    session["user_id"] = user["id"]
+    session["seen"] = time.time()
+    # A PIN change or deactivation ends existing sessions: the cookie must still match.
+    session["pin"] = user["pin_hash"][-16:]
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+def setup():
+    """First run: create the admin account (only while there are no users)."""
+    store = _store()
+    if users.count_users(store) > 0:
+        return redirect(url_for("auth.login"))
+    if request.method == "POST":
+        try:
+            pin = request.form.get("pin", "")
+            if pin != request.form.get("pin2", ""):
+                raise users.UserError(_("The two PINs are not the same."))
+            user_id = users.create_user(
+                store,
+                request.form.get("username", ""),
+                pin,
+                "admin",
+                request.form.get("language", "en"),
+            )
+        except users.UserError as exc:
+            flash(str(exc), "error")
+        else:
+            _start_session(users.get_user(store, user_id))
+            return redirect(url_for("worklist.index"))
+    return render_template("auth/setup.html")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    store = _store()
+    if users.count_users(store) == 0:
+        return redirect(url_for("auth.setup"))
+    if request.method == "POST":
+        user, why = users.authenticate(
+            store, request.form.get("username", ""), request.form.get("pin", "")
+        )
+        if user is not None:
+            _start_session(user)
+            return redirect(url_for("worklist.index"))
+        if why == "locked":
+            flash(_("Too many wrong PINs: this account is locked for 5 minutes."), "error")
+        else:
+            flash(_("Wrong user name or PIN."), "error")
+        return render_template("auth/login.html"), 401
+    return render_template("auth/login.html")
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+@bp.post("/me/language")
+def my_language():
+    language = request.form.get("language", "en")
+    try:
+        users.update_user(_store(), g.user["id"], g.user["username"], language=language)
+    except users.UserError as exc:
+        flash(str(exc), "error")
+    return redirect(request.referrer or url_for("worklist.index"))

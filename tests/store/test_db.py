@@ -11,7 +11,7 @@ def test_database_is_wal_with_full_sync_and_migrations_are_idempotent(data_dir):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     applied = store.applied_migrations()
-    assert applied == ["m001_initial", "m002_results"]
+    assert applied == ["m001_initial", "m002_results", "m003_users_reviews"]
     assert store.migrate() == []  # nothing left to apply
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"studies", "images", "jobs", "quarantine", "audit_log", "volumes", "results"} <= tables

@@ -134,13 +134,16 @@ def test_an_empty_token_file_is_replaced_not_accepted(config):
         "Bearer caf\u00e9",  # not ASCII: must be a 401, not a crash
     ],
 )
-def test_every_route_but_healthz_needs_the_token(app, client, header):
+def test_every_route_but_healthz_and_login_needs_a_login_or_the_token(app, client, header):
+    """API routes answer 401 in the JSON shape; pages send a person to the login page
+    (or to first-run setup while the box has no users). A wrong token is a 401 anywhere."""
     headers = {} if header is None else {"Authorization": header}
+    public = {"health.healthz", "static", "auth.login", "auth.setup"}
     checked = 0
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in ("health.healthz", "static"):
+        if rule.endpoint in public:
             continue
-        url = rule.rule.replace("<", "").replace(">", "")
+        url = rule.rule.replace("<int:", "1").replace("<", "").replace(">", "")
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             response = client.open(
                 url,
@@ -148,20 +151,27 @@ def test_every_route_but_healthz_needs_the_token(app, client, header):
                 headers=headers,
                 data=io.BytesIO(JPEG) if method == "POST" else None,
             )
-            error = assert_error_shape(response, 401)
-            assert error["code"] == "unauthorized"
+            if header or url.startswith("/api/"):  # an empty header is no header
+                error = assert_error_shape(response, 401)
+                assert error["code"] == "unauthorized"
+            else:
+                assert response.status_code == 302, (method, url)
+                assert response.location in ("/setup", "/login")
             checked += 1
-    assert checked >= 1
-    # Unknown addresses answer 401 too, so they do not reveal which routes exist.
+    assert checked >= 20
+    # Unknown addresses are not revealed either.
     assert_error_shape(client.get("/api/studies", headers=headers), 401)
-    assert_error_shape(client.get("/no/such/page", headers=headers), 401)
+    unknown = client.get("/no/such/page", headers=headers)
+    assert unknown.status_code == (401 if header else 302)
 
 
 def test_responses_carry_the_security_headers(client):
     headers = client.get("/healthz").headers
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["X-Frame-Options"] == "DENY"
-    assert headers["Content-Security-Policy"] == "default-src 'self'"
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "http" not in policy  # no third-party origin
 
 
 # -- one error shape -------------------------------------------------------------------
@@ -177,7 +187,7 @@ def test_every_api_error_has_the_same_json_shape(config, auth):
         errors = {
             400: client.post("/api/upload", headers=auth),
             401: client.post("/api/upload", data=JPEG),
-            404: client.get("/no/such/page", headers=auth),
+            404: client.get("/api/no/such/thing", headers=auth),
             405: client.get("/api/upload", headers=auth),
             413: client.post("/api/upload", data=b"\0" * (2 << 20), headers=auth),
             507: full.test_client().post(

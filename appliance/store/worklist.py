@@ -1,0 +1,95 @@
+"""The queries behind the worklist and the study view (read-only)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from appliance.store.db import Store
+
+PAGE_SIZE = 50
+
+# What needs a person first: urgent and review findings, then refusals (a retake is
+# needed), then images still being screened, then routine, then what is reviewed.
+_STATUS_SQL = """
+    CASE
+        WHEN r.id IS NULL THEN 'waiting'
+        WHEN v.id IS NOT NULL THEN 'reviewed'
+        WHEN r.route = 'refused' THEN 'refused'
+        ELSE 'screened'
+    END
+"""
+_RANK_SQL = f"""
+    CASE
+        WHEN ({_STATUS_SQL}) = 'reviewed' THEN 6
+        WHEN r.triage = 'urgent' THEN 0
+        WHEN r.triage = 'review' THEN 1
+        WHEN r.route = 'refused' THEN 2
+        WHEN r.id IS NULL THEN 3
+        ELSE 4
+    END
+"""
+_FROM = """
+    FROM images i
+    JOIN studies s ON s.id = i.study_id
+    LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)
+    LEFT JOIN reviews v ON v.id = (SELECT MAX(id) FROM reviews WHERE image_id = i.id)
+"""
+FILTERS = {
+    "all": "1",
+    "today": "i.received_at >= date('now')",
+    "needs_review": "r.triage IN ('urgent', 'review') AND v.id IS NULL",
+    "refused": "r.route = 'refused'",
+}
+
+
+def worklist(store: Store, filter_name: str = "all", page: int = 1) -> dict[str, Any]:
+    where = FILTERS.get(filter_name, "1")
+    conn = store.conn()
+    total = conn.execute(f"SELECT COUNT(*) {_FROM} WHERE {where}").fetchone()[0]
+    rows = conn.execute(
+        f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
+                   s.patient_id, s.patient_name, r.route, r.score, r.triage,
+                   ({_STATUS_SQL}) AS status, v.verdict
+            {_FROM} WHERE {where}
+            ORDER BY {_RANK_SQL}, i.id DESC LIMIT ? OFFSET ?""",
+        (PAGE_SIZE, max(0, page - 1) * PAGE_SIZE),
+    ).fetchall()
+    return {
+        "rows": [dict(r) for r in rows],
+        "total": total,
+        "page": page,
+        "pages": max(1, -(-total // PAGE_SIZE)),
+    }
+
+
+def latest_marker(store: Store) -> str:
+    """Changes whenever a result, review or image lands: the page polls it to refresh."""
+    conn = store.conn()
+    parts = [
+        conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]
+        for t in ("images", "results", "reviews")
+    ]
+    return "-".join(map(str, parts))
+
+
+def study(store: Store, image_id: int) -> dict[str, Any] | None:
+    conn = store.conn()
+    row = conn.execute(
+        "SELECT i.*, s.patient_id, s.patient_name, s.study_instance_uid, s.study_date,"
+        " s.accession_number FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id=?",
+        (image_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    item = dict(row)
+    result = conn.execute(
+        "SELECT * FROM results WHERE image_id=? ORDER BY id DESC LIMIT 1", (image_id,)
+    ).fetchone()
+    item["result"] = None
+    if result is not None:
+        item["result"] = dict(result)
+        for name in ("hints", "router", "quality", "timings"):
+            value = item["result"].get(name)
+            item["result"][name] = json.loads(value) if value else None
+    return item

@@ -1,0 +1,174 @@
+"""The Import page: USB volumes and what they hold, import with progress, upload, quarantine."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_babel import gettext as _
+
+from appliance.errors import ApplianceError
+from appliance.ingest.importer import Importer
+from appliance.ingest.usb import Listing, UsbWatcher, import_listing, list_importable
+from appliance.store import volumes as volume_rows
+from appliance.store.images import list_quarantine
+from appliance.store.jobs import PRIORITY_INTERACTIVE
+from appliance.web.auth import requires
+
+bp = Blueprint("imports", __name__, url_prefix="/import")
+
+
+def _importer() -> Importer:
+    return Importer(current_app.extensions["appliance_store"], current_app.config["APPLIANCE"])
+
+
+def _tasks() -> dict:
+    return current_app.extensions.setdefault("appliance_import_tasks", {})
+
+
+def _volume(volume_id: int) -> dict:
+    rows = [
+        v
+        for v in volume_rows.list_volumes(current_app.extensions["appliance_store"])
+        if v["id"] == volume_id
+    ]
+    if not rows:
+        abort(404)
+    return rows[0]
+
+
+@bp.get("/")
+@requires("operator", "clinician")
+def index():
+    store = current_app.extensions["appliance_store"]
+    return render_template(
+        "imports/index.html",
+        volumes=volume_rows.list_volumes(store),
+        quarantine=list_quarantine(store, limit=50),
+        tasks=sorted(_tasks().values(), key=lambda t: t["started"])[-5:],
+    )
+
+
+@bp.post("/scan")
+@requires("operator", "clinician")
+def scan():
+    """Look for sticks now (the service also looks every few seconds by itself)."""
+    try:
+        UsbWatcher(_importer(), threading.Event()).poll_once()
+    except ApplianceError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("imports.index"))
+
+
+@bp.get("/volume/<int:volume_id>")
+@requires("operator", "clinician")
+def volume(volume_id: int):
+    row = _volume(volume_id)
+    root = Path(row["path"])
+    listing = list_importable(root) if root.is_dir() else Listing()
+    files = [p.relative_to(root).as_posix() for p in listing.importable]
+    skipped = [(p.relative_to(root).as_posix(), reason) for p, reason in listing.skipped]
+    return render_template(
+        "imports/volume.html", volume=row, files=files, skipped=skipped, present=root.is_dir()
+    )
+
+
+@bp.post("/volume/<int:volume_id>")
+@requires("operator", "clinician")
+def start_import(volume_id: int):
+    row = _volume(volume_id)
+    root = Path(row["path"])
+    if not root.is_dir():
+        flash(_("The stick was removed."), "error")
+        return redirect(url_for("imports.index"))
+    listing = list_importable(root)
+    chosen = set(request.form.getlist("file"))
+    if request.form.get("all") != "1":
+        # Only files the listing offered: a form cannot name a path off the stick.
+        listing = Listing(
+            [p for p in listing.importable if p.relative_to(root).as_posix() in chosen], []
+        )
+    task_id = secrets.token_hex(8)
+    task = {
+        "id": task_id,
+        "label": row["label"],
+        "done": 0,
+        "total": len(listing.importable) + len(listing.skipped),
+        "counts": {},
+        "finished": False,
+        "error": None,
+        "started": threading.get_ident(),
+    }
+    _tasks()[task_id] = task
+    importer, store, path = _importer(), current_app.extensions["appliance_store"], row["path"]
+
+    def run() -> None:
+        def progress(done: int, total: int, outcome) -> None:
+            task["done"] = done
+            task["counts"][outcome.status] = task["counts"].get(outcome.status, 0) + 1
+
+        try:
+            counts, _outcomes = import_listing(
+                importer, listing, source="usb", source_detail=row["label"], progress=progress
+            )
+            volume_rows.record_import(store, path, counts)
+        except ApplianceError as exc:
+            task["error"] = str(exc)
+        finally:
+            task["finished"] = True
+
+    threading.Thread(target=run, name=f"import-{task_id}", daemon=True).start()
+    return redirect(url_for("imports.progress", task_id=task_id))
+
+
+@bp.get("/task/<task_id>")
+@requires("operator", "clinician")
+def progress(task_id: str):
+    task = _tasks().get(task_id) or abort(404)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify({k: v for k, v in task.items() if k != "started"})
+    return render_template("imports/progress.html", task=task)
+
+
+@bp.post("/upload")
+@requires("operator", "clinician")
+def upload():
+    importer = _importer()
+    results = []
+    for storage in request.files.getlist("file"):
+        if not storage.filename:
+            continue
+        try:
+            outcome = importer.import_bytes(
+                storage.read(),
+                source="upload",
+                source_detail=request.remote_addr or "",
+                original_name=Path(storage.filename).name,
+                priority=PRIORITY_INTERACTIVE,
+            )
+        except ApplianceError as exc:
+            flash(str(exc), "error")
+            break
+        results.append(outcome)
+    if not results:
+        flash(_("Choose at least one file."), "error")
+    for outcome in results:
+        if outcome.status == "stored":
+            flash(_("%(name)s: imported.", name=outcome.name), "ok")
+        elif outcome.status == "duplicate":
+            flash(_("%(name)s: already on the box.", name=outcome.name), "ok")
+        else:
+            flash(f"{outcome.name}: {outcome.reason}", "error")
+    return redirect(url_for("imports.index"))

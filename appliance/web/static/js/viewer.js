@@ -1,0 +1,77 @@
+// Image viewer: pinch / drag zoom and pan with pointer events; heatmap toggle and opacity.
+(function () {
+  "use strict";
+  var stage = document.getElementById("stage");
+  var image = document.getElementById("image");
+  if (!stage || !image) { return; }
+  var heat = document.getElementById("heatmap");
+  var layers = heat ? [image, heat] : [image];
+  var view = { scale: 1, x: 0, y: 0 };
+  var pointers = new Map();
+  var last = null;
+
+  function fit() {
+    var w = image.naturalWidth || 1, h = image.naturalHeight || 1;
+    view.scale = Math.min(stage.clientWidth / w, stage.clientHeight / h);
+    view.x = (stage.clientWidth - w * view.scale) / 2;
+    view.y = (stage.clientHeight - h * view.scale) / 2;
+    apply();
+  }
+  function apply() {
+    layers.forEach(function (el) {
+      // The heatmap is stored small: stretch it to the image's size before zooming.
+      el.style.width = image.naturalWidth + "px";
+      el.style.height = image.naturalHeight + "px";
+      el.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.scale + ")";
+    });
+  }
+  function zoomAt(factor, cx, cy) {
+    var next = Math.max(0.1, Math.min(20, view.scale * factor));
+    factor = next / view.scale;
+    view.x = cx - (cx - view.x) * factor;
+    view.y = cy - (cy - view.y) * factor;
+    view.scale = next;
+    apply();
+  }
+  function state() {
+    var pts = Array.from(pointers.values());
+    if (pts.length === 1) { return { x: pts[0].x, y: pts[0].y, d: 0 }; }
+    var dx = pts[1].x - pts[0].x, dy = pts[1].y - pts[0].y;
+    return { x: (pts[0].x + pts[1].x) / 2, y: (pts[0].y + pts[1].y) / 2, d: Math.hypot(dx, dy) };
+  }
+  stage.addEventListener("pointerdown", function (e) {
+    stage.setPointerCapture(e.pointerId);
+    pointers.set(e.pointerId, { x: e.offsetX, y: e.offsetY });
+    last = state();
+  });
+  stage.addEventListener("pointermove", function (e) {
+    if (!pointers.has(e.pointerId)) { return; }
+    pointers.set(e.pointerId, { x: e.offsetX, y: e.offsetY });
+    var now = state();
+    if (last) {
+      view.x += now.x - last.x;
+      view.y += now.y - last.y;
+      if (now.d && last.d) { zoomAt(now.d / last.d, now.x, now.y); } else { apply(); }
+    }
+    last = now;
+  });
+  function up(e) { pointers.delete(e.pointerId); last = pointers.size ? state() : null; }
+  stage.addEventListener("pointerup", up);
+  stage.addEventListener("pointercancel", up);
+  stage.addEventListener("wheel", function (e) {
+    e.preventDefault();
+    zoomAt(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.offsetX, e.offsetY);
+  }, { passive: false });
+  stage.addEventListener("dblclick", fit);
+  document.getElementById("zoom-reset").addEventListener("click", fit);
+  var toggle = document.getElementById("heatmap-toggle");
+  var opacity = document.getElementById("heatmap-opacity");
+  if (heat && toggle && opacity) {
+    var paint = function () { heat.style.opacity = toggle.checked ? opacity.value / 100 : 0; };
+    toggle.addEventListener("change", paint);
+    opacity.addEventListener("input", paint);
+    paint();
+  }
+  if (image.complete) { fit(); } else { image.addEventListener("load", fit); }
+  window.addEventListener("resize", fit);
+})();

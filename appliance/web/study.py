@@ -1,0 +1,101 @@
+"""One image: viewer with heatmap, the score, the fitness messages, review, referral slip."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import segno
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from flask_babel import gettext as _
+from markupsafe import Markup
+
+from appliance.store import worklist as queries
+from appliance.store.reviews import ReviewError, add_review, reviews_for
+from appliance.web.auth import requires
+
+bp = Blueprint("study", __name__, url_prefix="/study")
+
+
+def _store():
+    return current_app.extensions["appliance_store"]
+
+
+def _load(image_id: int) -> dict:
+    item = queries.study(_store(), image_id)
+    if item is None:
+        abort(404)
+    return item
+
+
+@bp.get("/<int:image_id>")
+def view(image_id: int):
+    item = _load(image_id)
+    return render_template("study/view.html", item=item, reviews=reviews_for(_store(), image_id))
+
+
+@bp.get("/<int:image_id>/<any(preview, heatmap):kind>")
+def media(image_id: int, kind: str):
+    item = _load(image_id)
+    relative = (
+        item["preview_path"] if kind == "preview" else ((item["result"] or {}).get("heatmap_path"))
+    )
+    if not relative:
+        abort(404)
+    path = _store().data_dir / relative
+    if not path.is_file():
+        abort(404)
+    mimetype = "image/jpeg" if Path(relative).suffix == ".jpg" else "image/png"
+    return send_file(path, mimetype=mimetype, max_age=0)
+
+
+@bp.post("/<int:image_id>/review")
+@requires("clinician")
+def review(image_id: int):
+    _load(image_id)
+    try:
+        add_review(
+            _store(),
+            image_id=image_id,
+            user=g.user,
+            verdict=request.form.get("verdict", ""),
+            reasons=request.form.getlist("reason"),
+            note=request.form.get("note", ""),
+        )
+    except ReviewError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(_("Review saved."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+def study_reference(item: dict) -> str:
+    """What the slip's QR code holds: enough to find the study again, nothing more."""
+    return f"{item['study_instance_uid']}|{item['sop_instance_uid'] or item['sha256'][:16]}"
+
+
+@bp.get("/<int:image_id>/slip")
+def slip(image_id: int):
+    item = _load(image_id)
+    buffer = io.BytesIO()
+    segno.make(study_reference(item), error="m").save(
+        buffer, kind="svg", scale=4, border=2, xmldecl=False, svgns=True
+    )
+    return render_template(
+        "study/slip.html",
+        item=item,
+        qr=Markup(buffer.getvalue().decode()),
+        reviews=reviews_for(_store(), image_id),
+        paper=request.args.get("paper", "a5"),
+    )

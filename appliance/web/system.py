@@ -1,0 +1,55 @@
+"""The System page: what runs, what is loaded, how full the disk and the queue are."""
+
+from __future__ import annotations
+
+import shutil
+
+from flask import Blueprint, current_app, render_template
+
+from appliance.inference.backends import backend_report
+from appliance.screening.models import REQUIRED, models_dir, newest_bundles
+from appliance.store import jobs
+
+bp = Blueprint("system", __name__)
+
+
+@bp.get("/system")
+def index():
+    store = current_app.extensions["appliance_store"]
+    config = current_app.config["APPLIANCE"]
+    loaded = current_app.extensions.get("appliance_models")
+    if loaded is not None:
+        models = loaded.status()
+    else:  # the page served without the workers (e.g. tests): what is installed
+        found = newest_bundles(models_dir(config))
+        models = {
+            name: {
+                "loaded": False,
+                "version": found[name].name if name in found else None,
+                "error": "not loaded in this process" if name in found else "missing",
+            }
+            for name in REQUIRED
+        }
+    conn = store.conn()
+    failed = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT id, image_id, last_error, updated_at FROM jobs WHERE state='failed'"
+            " ORDER BY id DESC LIMIT 10"
+        )
+    ]
+    usage = shutil.disk_usage(store.data_dir)
+    return render_template(
+        "system/index.html",
+        backends=backend_report(),
+        models=models,
+        queue=jobs.counts(store),
+        failed=failed,
+        disk={
+            "free_mb": usage.free // 2**20,
+            "total_mb": usage.total // 2**20,
+            "reserve_mb": config.min_free_mb,
+        },
+        components=current_app.extensions.get("appliance_status", {}),
+        engines=current_app.extensions.get("appliance_engines"),
+    )
