@@ -60,9 +60,9 @@ REJECTED = ".rejected"
 CHECK_IMAGES = Path(__file__).parent / "engine_check"
 # A score is round(100 * probability): two points is the most an engine may move it.
 PROBABILITY_TOLERANCE = 0.02
-# Heat maps are in logit units; relative, since their range differs per model.
-CAM_RELATIVE_TOLERANCE = 0.10
-CAM_ABSOLUTE_TOLERANCE = 0.10
+# Logits and heat maps (logit units): 10% of the reference's largest value, plus 0.1.
+RAW_RELATIVE_TOLERANCE = 0.10
+RAW_ABSOLUTE_TOLERANCE = 0.10
 MAX_BUILD_ATTEMPTS = 3  # a build that keeps failing is not retried at every boot
 STATUS_WRITE_EVERY_S = 1.0
 
@@ -147,7 +147,7 @@ class CheckResult:
     passed: bool
     images: int
     max_probability_diff: float
-    max_cam_diff: float
+    max_raw_diff: float  # logits or heat map, whichever differs most
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class CheckResult:
             "passed": self.passed,
             "images": self.images,
             "max_probability_diff": round(self.max_probability_diff, 6),
-            "max_cam_diff": round(self.max_cam_diff, 6),
+            "max_raw_diff": round(self.max_raw_diff, 6),
             "probability_tolerance": PROBABILITY_TOLERANCE,
             "reason": self.reason,
         }
@@ -174,32 +174,47 @@ def check_batch(bundle: Bundle, folder: Path = CHECK_IMAGES) -> np.ndarray:
     return np.stack(inputs).astype(np.float32)
 
 
+def _raw_diff(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """Largest difference of a raw output (logits, heat map: logit units) and its limit,
+    relative to the reference's range since that differs per model."""
+    reference = np.asarray(reference, np.float64)
+    diff = float(np.max(np.abs(reference - candidate)))
+    return diff, RAW_RELATIVE_TOLERANCE * float(np.max(np.abs(reference))) + RAW_ABSOLUTE_TOLERANCE
+
+
 def compare_outputs(
     bundle: Bundle, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
 ) -> CheckResult:
-    """Same result as the reference within tolerance? (pure: arrays in, verdict out)"""
-    calibration = bundle.manifest["calibration"]
+    """Same result as the reference within tolerance? (pure: arrays in, verdict out)
+
+    Calibrated probabilities are what a score is made of; raw logits and heat maps are
+    compared too, because saturated probabilities hide a shifted logit.
+    """
     images = int(len(reference["logits"]))
+    if set(candidate) != set(reference) or any(
+        np.shape(candidate[k]) != np.shape(reference[k]) for k in reference
+    ):
+        return CheckResult(False, images, float("inf"), float("inf"), "outputs differ in shape")
     for name, value in candidate.items():
         if not np.all(np.isfinite(value)):
             return CheckResult(False, images, float("inf"), float("inf"), f"{name} has NaN/inf")
+    calibration = bundle.manifest["calibration"]
     p_ref = calibrated_probabilities(reference["logits"], calibration)
-    p_new = calibrated_probabilities(candidate["logits"], calibration)
-    if p_ref.shape != p_new.shape:
-        return CheckResult(False, images, float("inf"), float("inf"), "output shapes differ")
-    p_diff = float(np.max(np.abs(p_ref - p_new)))
-    cam_diff, cam_limit = 0.0, 0.0
-    if "cam" in reference:
-        cam_ref = np.asarray(reference["cam"], np.float64)
-        cam_diff = float(np.max(np.abs(cam_ref - candidate["cam"])))
-        cam_limit = CAM_RELATIVE_TOLERANCE * float(np.max(np.abs(cam_ref))) + CAM_ABSOLUTE_TOLERANCE
+    p_diff = float(
+        np.max(np.abs(p_ref - calibrated_probabilities(candidate["logits"], calibration)))
+    )
     problems = []
     if p_diff > PROBABILITY_TOLERANCE:
         problems.append(f"probabilities differ by {p_diff:.4f} (> {PROBABILITY_TOLERANCE})")
-    if cam_diff > cam_limit:
-        problems.append(f"heat maps differ by {cam_diff:.3f} (> {cam_limit:.3f})")
+    worst = 0.0
+    for name, label in (("logits", "logits"), ("cam", "heat maps")):
+        if name in reference:
+            diff, limit = _raw_diff(reference[name], candidate[name])
+            worst = max(worst, diff)
+            if diff > limit:
+                problems.append(f"{label} differ by {diff:.3f} (> {limit:.3f})")
     reason = "; ".join(problems) or f"matches ONNX Runtime on {images} check images"
-    return CheckResult(not problems, images, p_diff, cam_diff, reason)
+    return CheckResult(not problems, images, p_diff, worst, reason)
 
 
 def check_engine(bundle: Bundle, candidate: Runner, reference: Runner) -> CheckResult:
@@ -314,6 +329,7 @@ class EngineRefresher:
         self.staging = self.engine_dir / STAGING
         self.precision = str(config.model_precision)
         self.status: dict[str, Any] = {}
+        self.device = Device(reason="not probed yet")
         self.thread: threading.Thread | None = None
         self._last_write = 0.0
 
@@ -353,7 +369,7 @@ class EngineRefresher:
                 detail=f"inference_backend is {self.config.inference_backend}: "
                 "engines are not refreshed in the background",
             )
-        device = probe_device(self.trt, self.cuda)
+        self.device = device = probe_device(self.trt, self.cuda)
         if device.usable:
             assert device.compute_capability is not None
             major, minor = device.compute_capability
@@ -407,52 +423,63 @@ class EngineRefresher:
     # -- one bundle ------------------------------------------------------------------
 
     def _refresh(self, model: Any, decision: Decision) -> None:
-        record = self.status["bundles"][decision.bundle]
         if decision.action == "skip":
             return
-        assert decision.engine is not None
-        final = self.engine_dir / decision.engine
+        record = self.status["bundles"][decision.bundle]
         record["started"] = utc_now()
         started = time.monotonic()
         try:
-            if decision.action == "build":
-                self._update(record, state="building", detail="building the TensorRT engine")
-                try:
-                    candidate = self._build(model.bundle, record)
-                except Exception as exc:  # noqa: BLE001 — TensorRT failures of every kind
-                    failed = dict(record.get("failed_builds") or {})
-                    failed[decision.engine] = int(failed.get(decision.engine, 0)) + 1
-                    self._update(
-                        record, state="failed", failed_builds=failed, error=str(exc),
-                        detail=f"build failed: {exc}; screening continues on ONNX Runtime",
-                    )  # fmt: skip
-                    log.error("building the %s engine failed: %s", decision.bundle, exc)
-                    return
-            else:
-                candidate = final
-            if decision.action in ("build", "check"):
-                self._update(record, state="checking", detail="comparing with ONNX Runtime")
-                result = self._check(model.bundle, candidate)
-                record["check"] = result.as_dict()
-                if not result.passed:
-                    candidate.replace(final.with_name(final.name + REJECTED))
-                    self._update(
-                        record, state="failed", error=result.reason,
-                        detail=f"engine rejected: {result.reason}; screening stays on ONNX Runtime",
-                    )  # fmt: skip
-                    log.error("the %s engine was rejected: %s", decision.bundle, result.reason)
-                    return
-                if candidate != final:
-                    candidate.replace(final)
-            old = record.get("verified")
-            record["verified"] = decision.engine
-            self._switch(model, record)
-            if old and old != decision.engine and not self._in_use_elsewhere(old, decision):
-                (self.engine_dir / old).unlink(missing_ok=True)
+            if self._checked_engine(model, decision, record) is not None:
+                self._switch(model, decision, record)
         finally:
             record["finished"] = utc_now()
             record["elapsed_s"] = round(time.monotonic() - started, 1)
             self._set()
+
+    def _checked_engine(self, model: Any, decision: Decision, record: dict) -> Path | None:
+        """The engine in ``engines/`` once it has passed its check, else None."""
+        assert decision.engine is not None
+        final = self.engine_dir / decision.engine
+        if decision.action == "use":
+            return final
+        candidate = final if decision.action == "check" else self._try_build(model, decision)
+        if candidate is None:
+            return None
+        self._update(record, state="checking", detail="comparing with ONNX Runtime")
+        result = self._check(model.bundle, candidate)
+        record["check"] = result.as_dict()
+        if not result.passed:
+            candidate.replace(final.with_name(final.name + REJECTED))
+            self._fall_back(model)
+            self._update(
+                record,
+                state="failed",
+                serving=model.runner.backend,
+                error=result.reason,
+                detail=f"engine rejected: {result.reason}; screening uses ONNX Runtime",
+            )
+            log.error("the %s engine was rejected: %s", decision.bundle, result.reason)
+            return None
+        candidate.replace(final)  # staging -> engines/ (a no-op when checked in place)
+        return final
+
+    def _try_build(self, model: Any, decision: Decision) -> Path | None:
+        record = self.status["bundles"][decision.bundle]
+        self._update(record, state="building", detail="building the TensorRT engine")
+        try:
+            return self._build(model.bundle, record)
+        except Exception as exc:  # noqa: BLE001 — TensorRT fails in many ways; none are fatal
+            failed = dict(record.get("failed_builds") or {})
+            failed[str(decision.engine)] = int(failed.get(str(decision.engine), 0)) + 1
+            self._update(
+                record,
+                state="failed",
+                failed_builds=failed,
+                error=str(exc),
+                detail=f"build failed: {exc}; screening continues on ONNX Runtime",
+            )
+            log.error("building the %s engine failed: %s", decision.bundle, exc)
+            return None
 
     def _build(self, bundle: Bundle, record: dict[str, Any]) -> Path:
         def progress(line: str) -> None:
@@ -461,7 +488,6 @@ class EngineRefresher:
             self._set(throttle=True)
 
         onnx = PRECISION_FILES[self.precision]
-        device = probe_device(self.trt, self.cuda) if self.trt is not None else None
         return self.build(
             bundle.file(onnx),
             bundle.sha256(onnx),
@@ -469,7 +495,7 @@ class EngineRefresher:
             precision=self.precision,
             batch=PROFILE_BATCH,
             timing_cache=self.engine_dir / "timing.cache",
-            compute_capability=device.compute_capability if device else None,
+            compute_capability=self.device.compute_capability,
             trt=self.trt,
             log=progress,
         )
@@ -494,32 +520,58 @@ class EngineRefresher:
         except Exception as exc:  # noqa: BLE001 — an engine that does not load fails
             return CheckResult(False, 0, float("inf"), float("inf"), f"does not load: {exc}")
 
-    def _switch(self, model: Any, record: dict[str, Any]) -> None:
-        """Serve from the checked engine; the ONNX Runtime runner is closed after."""
-        if model.runner.backend == "tensorrt":
-            self._update(record, state="ready", serving="tensorrt", detail="serving on TensorRT")
-            return
-        runner = self._runner(model.bundle, self.engine_dir)
-        try:
-            runner.__enter__()
-        except Exception as exc:  # noqa: BLE001
-            self._update(
-                record, state="failed", error=str(exc),
-                detail=f"checked engine does not load: {exc}; screening stays on ONNX Runtime",
-            )  # fmt: skip
-            return
+    def _switch(self, model: Any, decision: Decision, record: dict[str, Any]) -> None:
+        """Serve from the checked engine; then the engine it replaces may go."""
+        if model.runner.backend != "tensorrt":
+            runner = self._runner(model.bundle, self.engine_dir)
+            try:
+                runner.__enter__()
+            except Exception as exc:  # noqa: BLE001
+                self._update(
+                    record,
+                    state="failed",
+                    verified=None,
+                    error=str(exc),
+                    detail=f"engine does not load: {exc}; screening stays on ONNX Runtime",
+                )
+                return
+            if not self._swap(model, runner):
+                return
+            log.info("%s now screens on TensorRT (%s)", model.bundle.name, decision.engine)
+        old = record.get("verified")
+        self._update(
+            record,
+            state="ready",
+            serving="tensorrt",
+            verified=decision.engine,
+            error=None,
+            detail="serving on TensorRT",
+        )
+        if old and old != decision.engine and not self._in_use_elsewhere(old, decision):
+            (self.engine_dir / old).unlink(missing_ok=True)
+
+    def _swap(self, model: Any, runner: Runner) -> bool:
+        """Replace the model's runner under its lock; close the one it replaced."""
         with model.lock:
             stopping = self.stop_event.is_set()
             if not stopping:
                 old, model.runner = model.runner, runner
         if stopping:  # ModelSet.close() may already have run: do not hand it a new runner
             runner.__exit__(None, None, None)
-            return
+            return False
         old.__exit__(None, None, None)
-        self._update(
-            record, state="ready", serving="tensorrt", error=None, detail="serving on TensorRT"
+        return True
+
+    def _fall_back(self, model: Any) -> None:
+        """A rejected engine that is already serving (built at start-up by an older
+        ModelSet, or a lost status file) is replaced by ONNX Runtime at once."""
+        if model.runner.backend != "tensorrt":
+            return
+        runner = OnnxRuntimeRunner(
+            model.bundle, precision=self.precision, threads=int(self.config.inference_threads)
         )
-        log.info("%s now screens on TensorRT (%s)", model.bundle.name, record["engine"])
+        runner.__enter__()
+        self._swap(model, runner)
 
     def _in_use_elsewhere(self, engine: str, decision: Decision) -> bool:
         return any(

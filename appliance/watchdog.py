@@ -139,4 +139,5 @@ def start_watchdog(service: Any, environ: Mapping[str, str] | None = None) -> Wa
     if interval is None:
         return None
     log.info("systemd watchdog: checking health every %.1fs", interval)
-    return Watchdog(lambda: service_problems(service), interval, service.stop_event, environ).start()
+    watchdog = Watchdog(lambda: service_problems(service), interval, service.stop_event, environ)
+    return watchdog.start()

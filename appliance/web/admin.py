@@ -110,7 +110,7 @@ def user_list():
                     actor=g.user["username"],
                 )
                 flash(_("User added."), "ok")
-            else:
+            elif form.get("user_id", "").isdigit():
                 users.update_user(
                     store,
                     int(form["user_id"]),

@@ -8,6 +8,7 @@ from pathlib import Path
 import segno
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
@@ -15,7 +16,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    send_file,
     url_for,
 )
 from flask_babel import gettext as _
@@ -57,7 +57,8 @@ def media(image_id: int, kind: str):
     if not path.is_file():
         abort(404)
     mimetype = "image/jpeg" if Path(relative).suffix == ".jpg" else "image/png"
-    return send_file(path, mimetype=mimetype, max_age=0)
+    # Previews and overlays are small (~100 KB): read whole, no file handle left open.
+    return Response(path.read_bytes(), mimetype=mimetype)
 
 
 @bp.post("/<int:image_id>/review")

@@ -1,0 +1,362 @@
+"""Engine refresh: the pure decision, the check against ONNX Runtime, and the background
+refresher end to end — against the TensorRT/pycuda stand-ins (tests/inference/
+trt_runtime_standin.py and tests/build/trt_standin.py: NOT TensorRT; their "engine" runs
+the embedded ONNX model with onnxruntime on the bytes the runner put in stand-in GPU
+memory). A real Jetson run is not part of these tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from inference.trt_runtime_standin import make_standins, serialize_engine
+from onnx import helper, numpy_helper
+
+from appliance import engines
+from appliance.config import load_config
+from appliance.engines import (
+    REJECTED,
+    Decision,
+    Device,
+    EngineRefresher,
+    check_batch,
+    compare_outputs,
+    decide,
+    read_status,
+    startup_backend,
+)
+from appliance.inference.bundle import Bundle, find_bundles, load_bundle
+from appliance.inference.ort_runner import OnnxRuntimeRunner
+from appliance.inference.tensorrt_build import build_engine, engine_filename
+from appliance.screening.models import LoadedModel
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = {p.parent.name: p for p in find_bundles(REPO / "models")}
+CXR, ROUTER = "cxr-pneumonia", "modality-router"
+JETPACK_61 = Device("10.3.0", (8, 7))
+
+
+@pytest.fixture(scope="module")
+def bundles() -> dict[str, Bundle]:
+    return {name: load_bundle(path) for name, path in BUNDLES.items()}
+
+
+def engine_name(bundle: Bundle, device: Device = JETPACK_61) -> str:
+    assert device.trt_version and device.compute_capability
+    sha = bundle.sha256("model.int8.onnx")
+    return engine_filename(sha, device.trt_version, device.compute_capability, "int8")
+
+
+# -- decide(): facts in, action out --------------------------------------------------
+
+
+def test_decide_table(bundles: dict[str, Bundle]) -> None:
+    cxr = bundles[CXR]
+    name = engine_name(cxr)
+
+    def action(device=JETPACK_61, files=(), record=None, precision="int8") -> Decision:
+        return decide(cxr, precision, device, set(files), record or {})
+
+    assert action(Device(reason="no GPU")).action == "skip"
+    assert "no GPU" in action(Device(reason="no GPU")).reason
+    assert action().action == "build" and action().engine == name
+    assert action(files=[name]).action == "check"  # built offline, never checked here
+    assert action(files=[name], record={"verified": name}).action == "use"
+    assert action(files=[name + REJECTED]).action == "skip"
+    assert "delete" in action(files=[name + REJECTED]).reason
+    assert action(record={"failed_builds": {name: 2}}).action == "build"
+    assert action(record={"failed_builds": {name: 3}, "error": "oom"}).action == "skip"
+    # a JetPack upgrade (new TensorRT) or another GPU needs another engine: build it,
+    # even though the old one is present and was checked
+    upgraded = Device("10.7.0", (8, 7))
+    assert action(upgraded, files=[name], record={"verified": name}).action == "build"
+    other_gpu = Device("10.3.0", (7, 2))
+    assert action(other_gpu, files=[name], record={"verified": name}).engine != name
+    # a new model version has another sha256, hence another engine name
+    assert decide(bundles[ROUTER], "int8", JETPACK_61, {name}, {"verified": name}).action == (
+        "build"
+    )
+
+
+def test_decide_skips_a_precision_the_bundle_lacks(bundles: dict[str, Bundle]) -> None:
+    manifest = dict(bundles[CXR].manifest)
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k != "model.onnx"}
+    decision = decide(Bundle(bundles[CXR].path, manifest), "fp16", JETPACK_61, set(), {})
+    assert decision.action == "skip" and "fp16" in decision.reason
+
+
+# -- the check --------------------------------------------------------------------------
+
+
+def test_check_images_go_through_each_bundles_own_preprocessing(
+    bundles: dict[str, Bundle],
+) -> None:
+    for bundle in bundles.values():
+        batch = check_batch(bundle)
+        assert batch.shape[1:] == tuple(bundle.manifest["input"]["shape"][1:])
+        assert len(batch) == 4 and np.isfinite(batch).all()
+        assert np.array_equal(batch, check_batch(bundle))  # deterministic
+
+
+def test_compare_outputs_tolerance(bundles: dict[str, Bundle]) -> None:
+    bundle = bundles[CXR]
+    with OnnxRuntimeRunner(bundle, precision="int8") as runner:
+        ref = runner.infer({"input": check_batch(bundle)})
+    assert compare_outputs(bundle, ref, ref).passed
+    nudged = {"logits": ref["logits"] + 0.01, "cam": ref["cam"] + 0.01}
+    assert compare_outputs(bundle, ref, nudged).passed
+    # the normal radiograph sits mid-curve: +1 logit moves its probability a lot
+    shifted = {"logits": ref["logits"] + 1.0, "cam": ref["cam"]}
+    verdict = compare_outputs(bundle, ref, shifted)
+    assert not verdict.passed and "probabilities differ" in verdict.reason
+    scrambled = {"logits": ref["logits"], "cam": ref["cam"][:, :, ::-1, :] * 3}
+    assert "heat maps differ" in compare_outputs(bundle, ref, scrambled).reason
+    broken = {"logits": ref["logits"] * np.nan, "cam": ref["cam"]}
+    assert "NaN" in compare_outputs(bundle, ref, broken).reason
+
+
+# -- the refresher, end to end with the stand-ins ----------------------------------------
+
+
+class Models:
+    """What EngineRefresher uses of a ModelSet: ``models`` of LoadedModel, ORT-backed."""
+
+    def __init__(self, bundles: dict[str, Bundle], names: tuple[str, ...]) -> None:
+        self.models = {}
+        for name in names:
+            runner = OnnxRuntimeRunner(bundles[name], precision="int8", threads=1)
+            runner.__enter__()
+            self.models[name] = LoadedModel(bundles[name], runner, threading.Lock())
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.runner.__exit__(None, None, None)
+
+
+@pytest.fixture
+def config(tmp_path: Path):
+    return load_config(tmp_path / "data", environ={}, inference_backend="auto")
+
+
+@pytest.fixture
+def models(bundles: dict[str, Bundle]):
+    loaded = Models(bundles, (CXR, ROUTER))
+    yield loaded
+    loaded.close()
+
+
+def refresher(models: Models, config, version: str = "10.3.0", **kw: Any) -> EngineRefresher:
+    trt, cuda, _ = make_standins(version, compute_capability=(8, 7))
+    return EngineRefresher(models, config, trt=trt, cuda=cuda, **kw)
+
+
+def test_first_boot_builds_checks_and_switches_to_tensorrt(models: Models, config) -> None:
+    cxr = models.models[CXR]
+    x = check_batch(cxr.bundle)
+    expected = cxr.infer(x)
+
+    status = refresher(models, config).run()
+
+    engine_dir = config.data_dir / "engines"
+    for name, model in models.models.items():
+        assert model.runner.backend == "tensorrt"
+        record = status["bundles"][name]
+        assert record["state"] == "ready" and record["serving"] == "tensorrt"
+        assert record["verified"] == engine_name(model.bundle)
+        assert record["check"]["passed"] and record["check"]["images"] == 4
+        assert (engine_dir / record["verified"]).is_file()
+    assert list((engine_dir / "staging").iterdir()) == []
+    assert status["state"] == "done" and status["progress"] == {"done": 2, "total": 2}
+    assert status["tensorrt"] == {"version": "10.3.0", "compute_capability": "8.7"}
+    assert read_status(config.data_dir) == status  # what the System page reads
+    np.testing.assert_allclose(cxr.infer(x)["logits"], expected["logits"], atol=1e-5)
+
+    # next boot: ModelSet may open the engine directly; nothing is rebuilt or rechecked
+    assert startup_backend(config, cxr.bundle, JETPACK_61) == "tensorrt"
+    assert startup_backend(config, cxr.bundle, Device(reason="no GPU")) == "onnxruntime"
+    built = []
+    again = refresher(models, config, build=lambda *a, **k: built.append(a)).run()
+    assert built == [] and again["bundles"][CXR]["state"] == "ready"
+
+
+def test_screening_keeps_running_on_onnxruntime_while_the_engine_builds(
+    models: Models, config
+) -> None:
+    building, release = threading.Event(), threading.Event()
+
+    def slow_build(*args: Any, **kwargs: Any) -> Path:
+        kwargs["log"]("[trt] Building engine (2 steps)")
+        building.set()
+        assert release.wait(10)
+        return build_engine(*args, **kwargs)
+
+    worker = refresher(models, config, build=slow_build)
+    thread = worker.start()
+    assert building.wait(10)
+    cxr = models.models[CXR]
+    with cxr.lock:  # as the screening pipeline calls it
+        logits = cxr.infer(check_batch(cxr.bundle))["logits"]
+    assert cxr.runner.backend == "onnxruntime" and logits.shape == (4, 1)
+    during = read_status(config.data_dir)
+    assert during["state"] == "working"
+    building_now = [r for r in during["bundles"].values() if r["state"] == "building"]
+    assert len(building_now) == 1
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert read_status(config.data_dir)["state"] == "done"
+    assert cxr.runner.backend == "tensorrt"
+
+
+def perturbed_model(bundle: Bundle, folder: Path) -> Path:
+    """The bundle's INT8 model with +2 added to its first logit: loads, runs, disagrees
+    (on every logit, a softmax would not notice)."""
+    model = onnx.load(bundle.file("model.int8.onnx"))
+    for node in model.graph.node:
+        node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
+    classes = int(bundle.manifest["outputs"]["logits"]["shape"][1])
+    shift = np.zeros(classes, np.float32)
+    shift[0] = 2.0
+    model.graph.initializer.append(numpy_helper.from_array(shift, "shift"))
+    model.graph.node.append(helper.make_node("Add", ["logits_raw", "shift"], ["logits"]))
+    path = folder / "perturbed.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_an_engine_that_disagrees_is_rejected_and_not_rebuilt(
+    models: Models, config, tmp_path: Path
+) -> None:
+    def wrong_build(onnx_path, sha, engine_dir, *, compute_capability, trt, **kw) -> Path:
+        bundle = next(
+            m.bundle for m in models.models.values() if m.bundle.path in onnx_path.parents
+        )
+        name = engine_filename(sha, trt.__version__, compute_capability, "int8")
+        path = Path(engine_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(serialize_engine(perturbed_model(bundle, tmp_path), trt.__version__))
+        return path
+
+    status = refresher(models, config, build=wrong_build).run()
+
+    engine_dir = config.data_dir / "engines"
+    for name, model in models.models.items():
+        record = status["bundles"][name]
+        assert model.runner.backend == "onnxruntime"
+        assert record["state"] == "failed" and "logits differ by 2.000" in record["error"]
+        assert not record["check"]["passed"] and record.get("verified") is None
+        assert not (engine_dir / engine_name(model.bundle)).exists()
+        assert (engine_dir / (engine_name(model.bundle) + REJECTED)).is_file()
+    assert startup_backend(config, models.models[CXR].bundle, JETPACK_61) == "onnxruntime"
+    builds = []
+    again = refresher(models, config, build=lambda *a, **k: builds.append(a)).run()
+    assert builds == [] and again["bundles"][CXR]["state"] == "skipped"
+    assert "delete" in again["bundles"][CXR]["detail"]
+
+
+def test_failed_builds_are_retried_at_most_three_boots(models: Models, config) -> None:
+    def failing_build(*args: Any, **kwargs: Any) -> Path:
+        raise RuntimeError("out of memory")
+
+    for boot in range(1, 4):
+        status = refresher(models, config, build=failing_build).run()
+        record = status["bundles"][CXR]
+        assert record["state"] == "failed" and record["error"] == "out of memory"
+        assert record["failed_builds"] == {engine_name(models.models[CXR].bundle): boot}
+    fourth = refresher(models, config, build=failing_build).run()
+    assert fourth["bundles"][CXR]["state"] == "skipped"
+    assert models.models[CXR].runner.backend == "onnxruntime"
+
+
+def test_jetpack_upgrade_keeps_the_old_engine_until_the_new_one_passes(
+    models: Models, config
+) -> None:
+    refresher(models, config, "10.3.0").run()
+    engine_dir = config.data_dir / "engines"
+    old = {m.bundle.path: engine_dir / engine_name(m.bundle) for m in models.models.values()}
+    models.close()  # reboot after the upgrade: ModelSet starts on ONNX Runtime again
+    for model in models.models.values():
+        model.runner = OnnxRuntimeRunner(model.bundle, precision="int8", threads=1).__enter__()
+
+    old_present_during_build = []
+
+    def build_watching_old(onnx_path: Path, *args: Any, **kwargs: Any) -> Path:
+        old_present_during_build.append(old[onnx_path.parent].is_file())
+        return build_engine(onnx_path, *args, **kwargs)
+
+    status = refresher(models, config, "10.7.0", build=build_watching_old).run()
+
+    assert old_present_during_build == [True, True]
+    for model in models.models.values():
+        new = engine_name(model.bundle, Device("10.7.0", (8, 7)))
+        assert status["bundles"][model.bundle.name]["verified"] == new
+        assert (engine_dir / new).is_file()
+        assert not old[model.bundle.path].exists()  # removed only once the new one passed
+    assert models.models[CXR].runner.backend == "tensorrt"
+
+
+def test_an_engine_found_unchecked_is_checked_in_place(
+    models: Models, config, bundles: dict[str, Bundle]
+) -> None:
+    engine_dir = config.data_dir / "engines"
+    engine_dir.mkdir(parents=True)
+    cxr = bundles[CXR]
+    (engine_dir / engine_name(cxr)).write_bytes(  # e.g. from build/compile_tensorrt.py
+        serialize_engine(cxr.file("model.int8.onnx"), "10.3.0")
+    )
+    (engine_dir / "staging").mkdir()
+    (engine_dir / "staging" / "half-written.engine").write_bytes(b"power cut")
+    built = []
+
+    def counting_build(*args: Any, **kwargs: Any) -> Path:
+        built.append(Path(args[0]).parent.parent.name)
+        return build_engine(*args, **kwargs)
+
+    status = refresher(models, config, build=counting_build).run()
+
+    assert built == [ROUTER]  # the CXR engine was checked, not rebuilt
+    assert status["bundles"][CXR]["state"] == "ready" and status["bundles"][CXR]["check"]
+    assert not (engine_dir / "staging" / "half-written.engine").exists()
+
+
+def test_no_gpu_or_onnxruntime_setting_leaves_everything_on_onnxruntime(
+    models: Models, config
+) -> None:
+    trt, cuda, _ = make_standins(init_error="CUDA_ERROR_NO_DEVICE")
+    status = EngineRefresher(models, config, trt=trt, cuda=cuda).run()
+    assert status["state"] == "unavailable" and "NO_DEVICE" in status["detail"]
+    assert {r["state"] for r in status["bundles"].values()} == {"skipped"}
+    assert all(m.runner.backend == "onnxruntime" for m in models.models.values())
+
+    ort_only = config.with_overrides(inference_backend="onnxruntime")
+    assert refresher(models, ort_only).run()["state"] == "off"
+    assert startup_backend(ort_only, models.models[CXR].bundle, JETPACK_61) == "onnxruntime"
+
+
+def test_a_stopping_service_gets_no_new_runner(models: Models, config) -> None:
+    stop = threading.Event()
+
+    def build_then_stop(*args: Any, **kwargs: Any) -> Path:
+        path = build_engine(*args, **kwargs)
+        stop.set()  # SIGTERM arrives while the first engine is being checked
+        return path
+
+    status = refresher(models, config, stop_event=stop, build=build_then_stop).run()
+    assert all(m.runner.backend == "onnxruntime" for m in models.models.values())
+    assert status["state"] == "stopped"
+
+
+def test_status_file_is_replaced_atomically_and_tolerates_garbage(config) -> None:
+    assert read_status(config.data_dir)["state"] == "unknown"
+    path = engines.status_path(config.data_dir)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert read_status(config.data_dir)["state"] == "unknown"
+    engines.write_status(config.data_dir, {"state": "done", "bundles": {}})
+    assert json.loads(path.read_text())["state"] == "done"
+    assert [p.name for p in path.parent.iterdir()] == ["status.json"]

@@ -1,0 +1,365 @@
+"""Every page's permissions per role, CSRF refusal, login rules, review and settings."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from helpers import FUNDUS_DIR, testdata
+
+from appliance.config import load_config
+from appliance.ingest.importer import Importer
+from appliance.screening.pipeline import Screener
+from appliance.store import users
+from appliance.web import create_app
+from appliance.worker import Worker
+
+PIN = "2468"
+
+
+@pytest.fixture
+def app(tmp_path, models):
+    config = load_config(
+        tmp_path / "data",
+        environ={},
+        usb_roots=[str(tmp_path / "usb")],
+        usb_require_mountpoint=False,
+        usb_auto_import=False,
+    )
+    app = create_app(config)
+    store = app.extensions["appliance_store"]
+    importer = Importer(store, config)
+    importer.import_path(testdata("RG1_J2KI.dcm"), source="dicom")
+    importer.import_path(FUNDUS_DIR / "hrf_12_h.jpg", source="usb")
+    Worker(store, config, Screener(models, config), name="t").drain()
+    for role in users.ROLES:
+        users.create_user(store, role, PIN, role)
+    yield app
+    store.close()
+
+
+def csrf_from(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def login(client, username: str, pin: str = PIN):
+    token = csrf_from(client.get("/login").text)
+    return client.post("/login", data={"csrf_token": token, "username": username, "pin": pin})
+
+
+def logged_in(app, role: str):
+    client = app.test_client()
+    assert login(client, role).status_code == 302
+    return client
+
+
+# (method, url, who may) — every page of the box.
+PAGES = [
+    ("GET", "/", {"operator", "clinician", "admin"}),
+    ("GET", "/worklist/marker", {"operator", "clinician", "admin"}),
+    ("GET", "/study/1", {"operator", "clinician", "admin"}),
+    ("GET", "/study/1/preview", {"operator", "clinician", "admin"}),
+    ("GET", "/study/1/heatmap", {"operator", "clinician", "admin"}),
+    ("GET", "/study/1/slip", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/review", {"clinician", "admin"}),
+    ("GET", "/import/", {"operator", "clinician", "admin"}),
+    ("POST", "/import/scan", {"operator", "clinician", "admin"}),
+    ("POST", "/import/upload", {"operator", "clinician", "admin"}),
+    ("GET", "/settings", {"admin"}),
+    ("POST", "/settings", {"admin"}),
+    ("GET", "/users", {"admin"}),
+    ("POST", "/users", {"admin"}),
+    ("GET", "/system", {"operator", "clinician", "admin"}),
+]
+
+
+@pytest.mark.parametrize("role", [None, *users.ROLES])
+def test_every_page_permission_per_role(app, role):
+    client = app.test_client()
+    token = None
+    if role is not None:
+        login(client, role)
+        token = csrf_from(client.get("/").text)
+    for method, url, allowed in PAGES:
+        data = {"csrf_token": token} if method == "POST" and token else None
+        response = client.open(url, method=method, data=data)
+        if role is None:
+            assert response.status_code == 302 and response.location == "/login", url
+        elif role in allowed:
+            assert response.status_code in (200, 302), (role, method, url, response.status_code)
+        else:
+            assert response.status_code == 403, (role, method, url)
+
+
+def test_the_route_table_is_covered_by_the_permission_test(app):
+    covered = {url.replace("/1", "/<int:image_id>") for _, url, _ in PAGES}
+    covered |= {"/study/<int:image_id>/<any(preview, heatmap):kind>"}
+    skip = {
+        "/healthz",
+        "/login",
+        "/setup",
+        "/logout",
+        "/me/language",
+        "/api/upload",
+        "/static/<path:filename>",
+        "/import/volume/<int:volume_id>",
+        "/import/task/<task_id>",
+    }
+    rules = {rule.rule for rule in app.url_map.iter_rules()} - skip
+    missing = {r for r in rules if r not in covered and r.replace("preview", "kind") not in covered}
+    assert not missing, f"routes without a permission check in PAGES: {missing}"
+
+
+@pytest.mark.parametrize(
+    "url, data",
+    [
+        ("/study/1/review", {"verdict": "agree"}),
+        ("/settings", {"site_name": "Hijacked"}),
+        ("/users", {"action": "create", "username": "evil", "pin": "9999", "role": "admin"}),
+        ("/logout", {}),
+        ("/import/scan", {}),
+    ],
+)
+def test_state_changing_requests_without_the_csrf_token_are_refused(app, url, data):
+    client = logged_in(app, "admin")
+    assert client.post(url, data=data).status_code == 400
+    assert client.post(url, data={**data, "csrf_token": "forged"}).status_code == 400
+    store = app.extensions["appliance_store"]
+    assert store.conn().execute("SELECT COUNT(*) FROM reviews").fetchone()[0] == 0
+    assert (
+        store.conn().execute("SELECT COUNT(*) FROM users WHERE username='evil'").fetchone()[0] == 0
+    )
+    assert app.config["APPLIANCE"].site_name == "Clinic"
+
+
+def test_login_is_refused_with_a_wrong_pin_and_locked_after_five(app):
+    client = app.test_client()
+    for _ in range(5):
+        response = login(client, "clinician", "0000")
+        assert response.status_code == 401
+    assert "locked" in login(client, "clinician", PIN).text  # even the right PIN now
+    store = app.extensions["appliance_store"]
+    actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
+    assert actions.count("login.failed") == 5
+
+
+def test_first_run_setup_only_while_there_are_no_users(tmp_path):
+    config = load_config(tmp_path / "data", environ={}, usb_roots=[])
+    app = create_app(config)
+    client = app.test_client()
+    assert client.get("/").location == "/setup"
+    token = csrf_from(client.get("/setup").text)
+    short = client.post(
+        "/setup", data={"csrf_token": token, "username": "boss", "pin": "12", "pin2": "12"}
+    )
+    assert "4 to 12 digits" in short.text
+    done = client.post(
+        "/setup",
+        data={
+            "csrf_token": token,
+            "username": "boss",
+            "pin": "1357",
+            "pin2": "1357",
+            "language": "fr",
+        },
+    )
+    assert done.status_code == 302 and done.location == "/"
+    assert app.test_client().get("/setup").location == "/login"  # never again
+    app.extensions["appliance_store"].close()
+
+
+def test_session_cookie_flags_and_idle_expiry(app):
+    client = app.test_client()
+    response = login(client, "operator")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert client.get("/").status_code == 200
+    with client.session_transaction() as session:
+        session["seen"] = time.time() - 31 * 60  # 31 minutes without use
+    assert client.get("/").location == "/login"
+
+
+def test_a_pin_change_ends_existing_sessions(app):
+    client = logged_in(app, "operator")
+    store = app.extensions["appliance_store"]
+    user = store.conn().execute("SELECT id FROM users WHERE username='operator'").fetchone()
+    users.update_user(store, user["id"], "admin", pin="9753")
+    assert client.get("/").location == "/login"
+
+
+def test_urls_hold_no_patient_data(app):
+    client = logged_in(app, "clinician")
+    html = client.get("/").text
+    for href in re.findall(r'href="([^"]+)"', html):
+        assert "9RG1" not in href and "CompressedSamples" not in href
+    assert "9RG1" in html  # the patient is on the page, not in its links
+
+
+def test_review_is_structured_attributed_audited_and_never_overwrites_the_result(app):
+    client = logged_in(app, "clinician")
+    store = app.extensions["appliance_store"]
+    before = dict(store.conn().execute("SELECT * FROM results WHERE image_id=1").fetchone())
+    token = csrf_from(client.get("/study/1").text)
+    missing_reason = client.post(
+        "/study/1/review", data={"csrf_token": token, "verdict": "disagree"}
+    )
+    assert missing_reason.status_code == 302
+    assert store.conn().execute("SELECT COUNT(*) FROM reviews").fetchone()[0] == 0
+    client.post(
+        "/study/1/review",
+        data={
+            "csrf_token": token,
+            "verdict": "disagree",
+            "reason": ["false_alarm", "artefact"],
+            "note": "ECG lead over the right lung",
+        },
+    )
+    review = (
+        store.conn()
+        .execute("SELECT r.*, u.username FROM reviews r JOIN users u ON u.id=r.user_id")
+        .fetchone()
+    )
+    assert review["verdict"] == "disagree" and review["username"] == "clinician"
+    assert json.loads(review["reasons"]) == ["false_alarm", "artefact"]
+    assert review["result_id"] == before["id"] and review["created_at"]
+    after = dict(store.conn().execute("SELECT * FROM results WHERE image_id=1").fetchone())
+    assert after == before
+    audit = (
+        store.conn()
+        .execute("SELECT actor, detail FROM audit_log WHERE action='review.added'")
+        .fetchone()
+    )
+    assert audit["actor"] == "clinician" and "false_alarm" in audit["detail"]
+    page = client.get("/study/1").text
+    assert "ECG lead over the right lung" in page
+    status = client.get("/").text
+    assert "reviewed" in status
+
+
+def test_settings_save_to_config_toml_and_apply_at_once(app):
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    response = client.post(
+        "/settings",
+        data={
+            "csrf_token": token,
+            "site_name": "Centro de Saúde de Chamanculo",
+            "language": "pt",
+            "timezone": "Africa/Maputo",
+            "dicom_aet": "CLINIC1",
+            "dicom_port": "11113",
+            "dicom_allowed_aets": "XRAY1, FUNDUS",
+            "cxr_threshold": "0.2",
+            "fundus_threshold": "0.48",
+            "usb_auto_import": "on",
+        },
+    )
+    assert response.status_code == 302
+    config = app.config["APPLIANCE"]
+    assert config.site_name == "Centro de Saúde de Chamanculo" and config.cxr_threshold == 0.2
+    reread = load_config(config.data_dir, environ={})
+    assert reread.dicom_allowed_aets == ["XRAY1", "FUNDUS"] and reread.dicom_port == 11113
+    assert reread.timezone == "Africa/Maputo" and reread.usb_auto_import is True
+    assert "Centro de Saúde de Chamanculo" in client.get("/").text
+
+
+def test_settings_offer_the_manifest_operating_points(app):
+    html = logged_in(app, "admin").get("/settings").text
+    assert 'name="cxr_threshold"' in html and 'name="fundus_threshold"' in html
+    assert "sensitivity" in html and "specificity" in html and "suggested" in html
+
+
+def test_admin_manages_users_but_cannot_remove_the_last_admin(app):
+    client = logged_in(app, "admin")
+    store = app.extensions["appliance_store"]
+    token = csrf_from(client.get("/users").text)
+    client.post(
+        "/users",
+        data={
+            "csrf_token": token,
+            "action": "create",
+            "username": "nurse2",
+            "pin": "1111",
+            "role": "operator",
+            "language": "fr",
+        },
+    )
+    assert store.conn().execute(
+        "SELECT role, language FROM users WHERE username='nurse2'"
+    ).fetchone()[:] == ("operator", "fr")
+    admin_id = store.conn().execute("SELECT id FROM users WHERE username='admin'").fetchone()[0]
+    page = client.post(
+        "/users",
+        data={
+            "csrf_token": token,
+            "user_id": admin_id,
+            "role": "operator",
+            "active_shown": "1",
+            "active": "on",
+        },
+        follow_redirects=True,
+    )
+    assert "at least one active admin" in page.text
+    assert (
+        store.conn().execute("SELECT role FROM users WHERE id=?", (admin_id,)).fetchone()[0]
+        == "admin"
+    )
+
+
+def test_import_page_lists_a_stick_and_imports_a_chosen_image(app, tmp_path):
+    """The USB bus is simulated: a folder under the configured root stands for the stick."""
+    import shutil
+
+    stick = tmp_path / "usb" / "CAMERA"
+    stick.mkdir(parents=True)
+    shutil.copy(FUNDUS_DIR / "hrf_07_h.jpg", stick / "IMG_0001.JPG")
+    shutil.copy(FUNDUS_DIR / "IDRiD_003.jpg", stick / "IMG_0002.JPG")
+    (stick / "notes.txt").write_text("follow-up list")
+    client = logged_in(app, "operator")
+    token = csrf_from(client.get("/import/").text)
+    client.post("/import/scan", data={"csrf_token": token})
+    page = client.get("/import/").text
+    assert "CAMERA" in page and "2 images" in page
+    volume = client.get("/import/volume/1").text
+    assert "IMG_0001.JPG" in volume and "notes.txt" in volume
+    started = client.post("/import/volume/1", data={"csrf_token": token, "file": "IMG_0002.JPG"})
+    task = started.location.rsplit("/", 1)[-1]
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        state = client.get(f"/import/task/{task}", headers={"Accept": "application/json"}).json
+        if state["finished"]:
+            break
+        time.sleep(0.05)
+    assert state["finished"] and state["counts"] == {"stored": 1} and state["total"] == 1
+    names = [
+        r[0]
+        for r in app.extensions["appliance_store"]
+        .conn()
+        .execute("SELECT original_name FROM images")
+    ]
+    assert "IMG_0002.JPG" in names and "IMG_0001.JPG" not in names
+    forged = client.post("/import/volume/1", data={"csrf_token": token, "file": "../../etc/passwd"})
+    task = forged.location.rsplit("/", 1)[-1]
+    time.sleep(0.2)
+    assert (
+        client.get(f"/import/task/{task}", headers={"Accept": "application/json"}).json["total"]
+        == 0
+    )
+
+
+def test_upload_from_the_page(app):
+    client = logged_in(app, "operator")
+    token = csrf_from(client.get("/import/").text)
+    data = {"csrf_token": token, "file": [(open(FUNDUS_DIR / "IDRiD_003.jpg", "rb"), "eye.jpg")]}
+    response = client.post(
+        "/import/upload", data=data, content_type="multipart/form-data", follow_redirects=True
+    )
+    data["file"][0][0].close()
+    assert "eye.jpg: imported." in response.text
+
+
+def test_slip_has_a_qr_code_and_print_css(app):
+    html = logged_in(app, "operator").get("/study/1/slip").text
+    assert "<svg" in html and "slip.css" in html and "decision support" in html.lower()
