@@ -327,3 +327,15 @@ def doctor(data_dir, as_json) -> None:
                 click.echo(f"  {mark}{item['name']}: {item['detail']}")
         click.echo("all good" if report["ok"] else "problems found (marked !!)")
     sys.exit(0 if report["ok"] else 1)
+
+
+def _register_sync_commands() -> None:
+    # Imported here, at the bottom: both modules import this one for its shared options.
+    from appliance.hub.cli import hub
+    from appliance.sync.cli import sync
+
+    main.add_command(sync)
+    main.add_command(hub)
+
+
+_register_sync_commands()

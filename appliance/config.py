@@ -123,6 +123,12 @@ SETTINGS: tuple[Setting, ...] = (
         0.95,
         "A score at or above the threshold with this validation specificity is urgent.",
     ),
+    Setting(
+        "power_mode",
+        str,
+        "",
+        "Jetson power mode applied at boot: an nvpmodel mode ID or name; empty keeps the board's.",
+    ),
     Setting("log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
     Setting(
         "site_name", str, "Clinic", "The clinic's name, shown on every page and referral slip."
@@ -135,6 +141,53 @@ SETTINGS: tuple[Setting, ...] = (
         bool,
         False,
         "Send the session cookie over HTTPS only (turn on when the page is served by HTTPS).",
+    ),
+    Setting(
+        "sync_hub_url",
+        str,
+        "",
+        "Base URL of the central hub (https://...); empty: no sync. Set by `appliance sync enrol`.",
+    ),
+    Setting(
+        "sync_ca_bundle",
+        str,
+        "",
+        "PEM file of CA certificates to verify the hub's HTTPS certificate; empty: system CAs.",
+    ),
+    Setting("sync_interval_seconds", float, 60.0, "Pause between sync passes once all is sent."),
+    Setting("sync_batch_size", int, 200, "Results or reviews sent per request."),
+    Setting(
+        "sync_max_kbps",
+        int,
+        0,
+        "Most kilobits per second sync may use on average; 0 = no limit.",
+    ),
+    Setting("sync_timeout_seconds", float, 30.0, "Network timeout of one request to the hub."),
+    Setting(
+        "sync_retry_min_seconds",
+        float,
+        5.0,
+        "First wait after a failed request; doubles (with jitter) on each failure.",
+    ),
+    Setting("sync_retry_max_seconds", float, 900.0, "Longest wait between retries after failures."),
+    Setting(
+        "sync_images",
+        bool,
+        False,
+        "Also send the original images (after all results), in resumable chunks.",
+    ),
+    Setting("sync_image_chunk_kb", int, 1024, "Size of one image chunk sent to the hub."),
+    Setting(
+        "sync_deidentify",
+        bool,
+        False,
+        "Replace patient name, IDs and UIDs by keyed hashes before sync (images not sent).",
+    ),
+    Setting(
+        "hub_database_url",
+        str,
+        "",
+        "Hub only: postgresql://... database; empty: SQLite `hub.db` in the hub's data dir.",
     ),
 )
 

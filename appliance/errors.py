@@ -13,6 +13,15 @@
         ├── BundleIntegrityError   a file's sha256 differs from the manifest
         └── EngineBuildError       a TensorRT engine cannot be built (inference/tensorrt_build.py)
             └── TensorRTUnavailableError   tensorrt/pycuda not installed or no GPU
+    └── SyncError              results cannot reach the hub now (appliance/sync, appliance/hub)
+        ├── NotEnrolledError       no hub URL or device token: run `appliance sync enrol`
+        ├── HubUnreachableError    no answer, timeout, broken connection or 5xx: retry later
+        ├── HubCertificateError    the hub's HTTPS certificate does not verify
+        ├── HubAuthError           the hub refused this device (401 unknown, 403 revoked)
+        ├── HubRejectedError       the hub refused a request as malformed (400)
+        ├── EnrolmentError         an enrolment code is unknown, used or expired (hub side)
+        ├── HubDatabaseError       the hub's database cannot be opened or written (hub side)
+        └── MuleBundleError        a data-mule bundle is unreadable, tampered or unsigned
 
 The CLI turns these into ``click.ClickException``, the web layer into one JSON error
 shape, and the DICOM layer into C-STORE status codes. ``IngestError.reason`` is written
@@ -57,3 +66,43 @@ class DecodeError(IngestError):
 
 class BundleError(ApplianceError):
     """A model bundle is missing, corrupt or inconsistent."""
+
+
+class SyncError(ApplianceError):
+    """Results cannot reach the hub now."""
+
+
+class NotEnrolledError(SyncError):
+    """No hub URL or device token: the box is not enrolled with a hub."""
+
+
+class HubUnreachableError(SyncError):
+    """The hub did not answer usefully (network, timeout, 5xx): try again later."""
+
+
+class HubCertificateError(SyncError):
+    """The hub's HTTPS certificate cannot be verified."""
+
+
+class HubAuthError(SyncError):
+    """The hub does not accept this device (unknown token or revoked)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubRejectedError(SyncError):
+    """The hub refused a request as malformed."""
+
+
+class EnrolmentError(SyncError):
+    """An enrolment code is unknown, already used or expired."""
+
+
+class MuleBundleError(SyncError):
+    """A data-mule bundle is unreadable, tampered with, or from an unknown device."""
+
+
+class HubDatabaseError(SyncError):
+    """The hub's database cannot be opened or written."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from waitress import create_server
 
 from appliance.config import Config
+from appliance.engines import EngineRefresher
 from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer, recover
 from appliance.ingest.scp import StoreSCP
@@ -22,6 +23,7 @@ from appliance.ingest.usb import UsbWatcher
 from appliance.screening.models import ModelSet
 from appliance.screening.pipeline import Screener
 from appliance.store.db import Store
+from appliance.watchdog import start_watchdog
 from appliance.web import create_app
 from appliance.worker import Worker
 
@@ -53,6 +55,9 @@ class Service:
             if not self.models.errors
             else "; ".join(f"{k}: {v}" for k, v in self.models.errors.items())
         )
+
+        # Not a watched thread: it ends when the engines are done (or not needed).
+        EngineRefresher(self.models, self.config, self.stop_event).start()
 
         app = create_app(self.config)
         app.extensions["appliance_status"] = self.status
@@ -89,6 +94,13 @@ class Service:
             worker = Worker(self.store, self.config, screener, name=f"worker-{index}")
             self._thread(f"worker-{index}", worker.run_forever, self.stop_event)
         self.status["workers"] = str(self.config.workers)
+
+        if self.config.sync_hub_url:
+            from appliance.sync.worker import SyncWorker
+
+            syncer = SyncWorker(self.store, self.config)
+            self._thread("sync", syncer.run_forever, self.stop_event)
+            self.status["sync"] = f"to {self.config.sync_hub_url}"
         log.info("appliance serving data dir %s", self.config.data_dir)
 
     def _thread(self, name: str, target, *args) -> None:
@@ -120,6 +132,7 @@ class Service:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
+        start_watchdog(self)  # READY=1 and WATCHDOG=1 under systemd (Type=notify)
         print(
             f"appliance ready: web {self.status.get('web')}, "
             f"DICOM {self.status.get('dicom', 'off')}",

@@ -33,6 +33,7 @@ from appliance.engines import (
 from appliance.inference.bundle import Bundle, find_bundles, load_bundle
 from appliance.inference.ort_runner import OnnxRuntimeRunner
 from appliance.inference.tensorrt_build import build_engine, engine_filename
+from appliance.inference.tensorrt_runner import TensorRTRunner
 from appliance.screening.models import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,3 +361,29 @@ def test_status_file_is_replaced_atomically_and_tolerates_garbage(config) -> Non
     engines.write_status(config.data_dir, {"state": "done", "bundles": {}})
     assert json.loads(path.read_text())["state"] == "done"
     assert [p.name for p in path.parent.iterdir()] == ["status.json"]
+
+
+def test_a_serving_engine_that_fails_its_check_is_replaced_by_onnxruntime(
+    models: Models, config, tmp_path: Path
+) -> None:
+    """An engine built before the refresher existed (ModelSet built it at start-up) is
+    checked like any other, and taken out of service if it disagrees."""
+    cxr = models.models[CXR]
+    engine_dir = config.data_dir / "engines"
+    engine_dir.mkdir(parents=True)
+    name = engine_name(cxr.bundle)
+    (engine_dir / name).write_bytes(
+        serialize_engine(perturbed_model(cxr.bundle, tmp_path), "10.3.0")
+    )
+    trt, cuda, _ = make_standins("10.3.0", compute_capability=(8, 7))
+    serving = TensorRTRunner(cxr.bundle, engine_dir=engine_dir, trt=trt, cuda=cuda)
+    cxr.runner.__exit__(None, None, None)
+    cxr.runner = serving.__enter__()
+
+    status = EngineRefresher(models, config, trt=trt, cuda=cuda).run()
+
+    assert status["bundles"][CXR]["state"] == "failed"
+    assert cxr.runner.backend == "onnxruntime" and not serving.active
+    assert (engine_dir / (name + REJECTED)).is_file()
+    # the router's new engine is the only one left holding the (stand-in) GPU
+    assert models.models[ROUTER].runner.backend == "tensorrt" and cuda.state.retained == 1

@@ -81,8 +81,6 @@ class ModelSet:
         self._log = log_progress
 
     def load(self) -> ModelSet:
-        from appliance.inference.backends import open_runner
-
         found = newest_bundles(self.folder)
         for name in REQUIRED:
             if name not in found:
@@ -90,21 +88,38 @@ class ModelSet:
                 continue
             try:
                 bundle = load_bundle(found[name])
-                runner = open_runner(
-                    bundle,
-                    backend=self.config.inference_backend,
-                    precision=self.config.model_precision,
-                    threads=self.config.inference_threads,
-                    engine_dir=self.config.data_dir / "engines",
-                    log=self._log,
-                )
-                runner.__enter__()
+                runner = self._open(bundle)
             except Exception as exc:  # whatever breaks one model, the box stays up
                 self.errors[name] = str(exc)
                 log.error("model %s not loaded: %s", name, exc)
                 continue
             self.models[name] = LoadedModel(bundle, runner, threading.Lock())
         return self
+
+    def _open(self, bundle: Bundle) -> Runner:
+        """An active runner that never builds an engine at start-up (minutes on a Jetson,
+        past systemd's start timeout): engines.EngineRefresher builds them later."""
+        from appliance.engines import startup_backend
+        from appliance.inference.backends import open_runner
+
+        backend = startup_backend(self.config, bundle)
+        for attempt in (backend, "onnxruntime"):
+            runner = open_runner(
+                bundle,
+                backend=attempt,
+                precision=self.config.model_precision,
+                threads=self.config.inference_threads,
+                engine_dir=self.config.data_dir / "engines",
+                log=self._log,
+            )
+            try:
+                runner.__enter__()
+                return runner
+            except Exception as exc:
+                if attempt == "onnxruntime" or self.config.inference_backend != "auto":
+                    raise
+                log.error("%s: engine does not load (%s); using ONNX Runtime", bundle.name, exc)
+        raise AssertionError("unreachable")
 
     def get(self, name: str) -> LoadedModel | None:
         return self.models.get(name)

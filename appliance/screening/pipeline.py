@@ -104,8 +104,9 @@ class Screener:
         with timer.stage("gate"):
             manifest = router.bundle.manifest
             batch = preprocess(manifest["preprocessing"], image.pixels)[None]
-            with router.lock:
+            with router.lock:  # the backend may be swapped (TensorRT ready) between images
                 logits = router.infer(batch)["logits"]
+                router_backend = router.runner.backend
             probs = calibrated_probabilities(logits, manifest["calibration"])[0]
             router_probs = {
                 label: float(p) for label, p in zip(manifest["labels"], probs, strict=True)
@@ -120,7 +121,7 @@ class Screener:
             decision.hints,
             router=router_probs,
             evidence=decision.evidence,
-            backend=router.runner.backend,
+            backend=router_backend,
         )
         if decision.route == gate.REFUSED:
             result.timings_ms = timer.ms
@@ -147,6 +148,7 @@ class Screener:
         with timer.stage("infer"):
             with model.lock:
                 outputs = model.infer(batch)
+                backend, identity = model.runner.backend, model.identity
         with timer.stage("postprocess"):
             probability = float(
                 calibrated_probabilities(outputs["logits"], manifest["calibration"])[0]
@@ -163,8 +165,8 @@ class Screener:
                 if probability >= threshold
                 else "routine"
             )
-            result.model = model.identity
-            result.backend = model.runner.backend
+            result.model = identity
+            result.backend = backend
             if overlay_size is not None:
                 result.heatmap = render_overlay(
                     outputs["cam"][0, 0],

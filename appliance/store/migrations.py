@@ -187,3 +187,43 @@ def m003_users_reviews(db: Database) -> None:
         CREATE INDEX images_state ON images(state);
         """
     )
+
+
+@migrations()
+def m005_sync_outbox(db: Database) -> None:
+    db.executescript(
+        """
+        -- What the hub has not yet acknowledged, written in the transaction that creates
+        -- the result or review (appliance/sync/outbox.py). Rows are never deleted: an
+        -- acknowledged row only changes state.
+        CREATE TABLE sync_outbox (
+            id INTEGER PRIMARY KEY,
+            entry_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('result', 'review')),
+            local_id INTEGER NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'acked', 'superseded')),
+            created_at TEXT NOT NULL,
+            exported_at TEXT,
+            acked_at TEXT,
+            UNIQUE (entry_id, revision)
+        );
+        CREATE INDEX sync_outbox_send ON sync_outbox(state, kind, id);
+        CREATE INDEX sync_outbox_local ON sync_outbox(kind, local_id);
+
+        -- Originals the hub holds completely (only when sync_images is on).
+        CREATE TABLE sync_images (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id),
+            acked_at TEXT NOT NULL
+        );
+
+        -- Last attempt, last success, last error, consecutive failures.
+        CREATE TABLE sync_state (
+            key TEXT PRIMARY KEY,
+            value TEXT
+        );
+        """
+    )

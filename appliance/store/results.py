@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from appliance.store.db import Store, audit, utc_now
+from appliance.sync import outbox
 
 _JSON_FIELDS = ("hints", "router", "quality", "timings")
 
@@ -46,6 +47,7 @@ def insert_result(
         ),
     )
     result_id = int(cur.lastrowid)
+    outbox.record_result(conn, result_id)  # same transaction: never a result the hub misses
     audit(
         conn,
         "worker",

@@ -7,6 +7,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.store.db import Store, audit, utc_now
+from appliance.sync import outbox
 
 # Reason codes a clinician can tick when disagreeing (or qualifying agreement).
 REASON_CODES = (
@@ -59,6 +60,7 @@ def add_review(
                 utc_now(),
             ),
         )
+        outbox.record_review(conn, int(cur.lastrowid))  # same transaction as the review
         audit(
             conn,
             user["username"],

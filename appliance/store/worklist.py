@@ -35,18 +35,23 @@ _FROM = """
     LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)
     LEFT JOIN reviews v ON v.id = (SELECT MAX(id) FROM reviews WHERE image_id = i.id)
 """
+_IMAGES = "FROM images i JOIN studies s ON s.id = i.study_id"
 FILTERS = {
     "all": "1",
     "today": "i.received_at >= date('now')",
     "needs_review": "r.triage IN ('urgent', 'review') AND v.id IS NULL",
     "refused": "r.route = 'refused'",
 }
+# Filters on the image alone: their count skips the two per-image lookups of the latest
+# result and review (a LEFT JOIN adds no rows), which were half of the page's SQL time.
+_ON_IMAGES_ONLY = {"all", "today"}
 
 
 def worklist(store: Store, filter_name: str = "all", page: int = 1) -> dict[str, Any]:
     where = FILTERS.get(filter_name, "1")
     conn = store.conn()
-    total = conn.execute(f"SELECT COUNT(*) {_FROM} WHERE {where}").fetchone()[0]
+    count_from = _IMAGES if filter_name in _ON_IMAGES_ONLY else _FROM
+    total = conn.execute(f"SELECT COUNT(*) {count_from} WHERE {where}").fetchone()[0]
     rows = conn.execute(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
                    s.patient_id, s.patient_name, r.route, r.score, r.triage,

@@ -15,16 +15,24 @@ from appliance.config import Config, load_config
 from appliance.store.db import Store
 from appliance.store.users import LANGUAGES
 
+# Catalogs are per language; formats follow a region. Portuguese-speaking clinics in
+# Africa write dates and numbers the European way (28/11/2026, 1 234,5), not Brazil's.
+LOCALES = {"en": "en", "fr": "fr", "pt": "pt_PT"}
 
-def select_locale() -> str:
+
+def user_language() -> str:
+    """en, fr or pt: the signed-in user's, else the site's (the login page)."""
+    from flask import current_app
+
     user = getattr(g, "user", None)
     if user and user.get("language") in LANGUAGES:
         return user["language"]
-    from flask import current_app
-
-    # Before login (the login page itself): the site's language, not the browser's,
-    # since a kiosk browser's own language says nothing about the clinic.
+    # Not the browser's: a kiosk browser's own language says nothing about the clinic.
     return current_app.config["APPLIANCE"].language
+
+
+def select_locale() -> str:
+    return LOCALES.get(user_language(), "en")
 
 
 def select_timezone() -> str:

@@ -12,6 +12,7 @@ from appliance.store import users
 from appliance.store.db import audit
 from appliance.store.users import LANGUAGES, ROLES
 from appliance.web.auth import requires
+from appliance.web.reasons import translate_reason
 
 bp = Blueprint("admin", __name__)
 
@@ -65,7 +66,7 @@ def settings():
                 raise ConfigError(_("Unknown language."))
             overridden = save_settings(config, updates)
         except ConfigError as exc:
-            flash(str(exc), "error")
+            flash(translate_reason(str(exc)), "error")
         else:
             store = current_app.extensions["appliance_store"]
             with store.write() as conn:
@@ -122,7 +123,7 @@ def user_list():
                 )
                 flash(_("User changed."), "ok")
         except users.UserError as exc:
-            flash(str(exc), "error")
+            flash(translate_reason(str(exc)), "error")
         return redirect(url_for("admin.user_list"))
     return render_template(
         "admin/users.html", users=users.list_users(store), roles=ROLES, languages=LANGUAGES

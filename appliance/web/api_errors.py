@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, render_template, request
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import HTTPException
 
 from appliance.errors import ApplianceError, IngestError, StorageFullError
+from appliance.web.reasons import translate_reason
+
+# What a person sees instead of Werkzeug's English descriptions (API clients keep those).
+PAGE_MESSAGES = {
+    400: _l("The request was not understood. Go back and try again."),
+    404: _l("This page or image does not exist."),
+    405: _l("This page cannot be used that way. Go back and try again."),
+    500: _l(
+        "Something went wrong on the box. Try again; if it happens again, tell the administrator."
+    ),
+}
 
 
 def error_response(status: int, code: str, message: str):
@@ -36,9 +48,11 @@ def init_app(app: Flask) -> None:
         message = exc.description or exc.name
         if exc.code == 413:
             limit = app.config["APPLIANCE"].upload_max_mb
-            message = f"The file is larger than the {limit} MB limit for one image."
-        elif exc.code == 404 and not _wants_json():
-            message = _("This page or image does not exist.")
+            message = _(
+                "The file is larger than the %(limit)s MB limit for one image.", limit=limit
+            )
+        elif exc.code in PAGE_MESSAGES and not _wants_json():
+            message = str(PAGE_MESSAGES[exc.code])
         return _respond(exc.code or 500, code, message)
 
     @app.errorhandler(StorageFullError)
@@ -47,8 +61,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(IngestError)
     def ingest_error(exc: IngestError):
-        return _respond(422, "not_importable", exc.reason)
+        return _respond(422, "not_importable", translate_reason(exc.reason))
 
     @app.errorhandler(ApplianceError)
     def appliance_error(exc: ApplianceError):
-        return _respond(500, "appliance_error", str(exc))
+        return _respond(500, "appliance_error", translate_reason(str(exc)))

@@ -36,6 +36,7 @@ from flask_babel import gettext as _
 
 from appliance.store import users
 from appliance.web.api_errors import error_response
+from appliance.web.reasons import translate_reason
 
 bp = Blueprint("auth", __name__)
 
@@ -181,7 +182,7 @@ def setup():
                 request.form.get("language", "en"),
             )
         except users.UserError as exc:
-            flash(str(exc), "error")
+            flash(translate_reason(str(exc)), "error")
         else:
             _start_session(users.get_user(store, user_id))
             return redirect(url_for("worklist.index"))
@@ -220,5 +221,5 @@ def my_language():
     try:
         users.update_user(_store(), g.user["id"], g.user["username"], language=language)
     except users.UserError as exc:
-        flash(str(exc), "error")
+        flash(translate_reason(str(exc)), "error")
     return redirect(request.referrer or url_for("worklist.index"))

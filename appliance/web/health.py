@@ -6,6 +6,7 @@ import shutil
 
 from flask import Blueprint, current_app, jsonify
 
+from appliance.engines import read_status
 from appliance.store import jobs
 
 bp = Blueprint("health", __name__)
@@ -29,6 +30,10 @@ def healthz():
         body["status"] = "degraded"
         body["disk"] = "full: new images are refused"
     body["components"] = dict(current_app.extensions.get("appliance_status", {}))
+    # TensorRT engine builds report progress here; a build in progress is not a fault
+    # (screening runs on ONNX Runtime meanwhile).
+    engines = read_status(config.data_dir)
+    body["engines"] = {"state": engines.get("state"), "progress": engines.get("progress")}
     models = current_app.extensions.get("appliance_models")
     if models is not None:  # set by `appliance serve`, which runs the workers
         body["models"] = models.status()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from appliance.store import volumes as volume_rows
 from appliance.store.images import list_quarantine
 from appliance.store.jobs import PRIORITY_INTERACTIVE
 from appliance.web.auth import requires
+from appliance.web.reasons import translate_reason
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
@@ -55,6 +58,7 @@ def index():
     store = current_app.extensions["appliance_store"]
     return render_template(
         "imports/index.html",
+        can_eject=eject_available(),
         volumes=volume_rows.list_volumes(store),
         quarantine=list_quarantine(store, limit=50),
         tasks=sorted(_tasks().values(), key=lambda t: t["started"])[-5:],
@@ -68,7 +72,7 @@ def scan():
     try:
         UsbWatcher(_importer(), threading.Event()).poll_once()
     except ApplianceError as exc:
-        flash(str(exc), "error")
+        flash(translate_reason(str(exc)), "error")
     return redirect(url_for("imports.index"))
 
 
@@ -133,6 +137,42 @@ def start_import(volume_id: int):
     return redirect(url_for("imports.progress", task_id=task_id))
 
 
+EJECT_TOOL = "appliance-eject"  # installed by jetson/install.sh (udisks + polkit)
+
+
+def eject_available() -> bool:
+    return shutil.which(EJECT_TOOL) is not None
+
+
+@bp.post("/volume/<int:volume_id>/eject")
+@requires("operator", "clinician")
+def eject(volume_id: int):
+    """Unmount and power off the stick so it can be pulled out without damage."""
+    row = _volume(volume_id)
+    busy = [t for t in _tasks().values() if t["label"] == row["label"] and not t["finished"]]
+    if busy:
+        flash(_("Wait until the import from this stick has finished."), "error")
+    elif not eject_available():
+        flash(
+            _("Safe removal is not installed on this box: wait 10 seconds, then pull the stick."),
+            "error",
+        )
+    else:
+        done = subprocess.run([EJECT_TOOL, row["path"]], capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            flash(_("%(label)s can be removed now.", label=row["label"]), "ok")
+        else:
+            flash(
+                _(
+                    "%(label)s could not be removed safely: %(why)s",
+                    label=row["label"],
+                    why=done.stderr.strip() or done.returncode,
+                ),
+                "error",
+            )
+    return redirect(url_for("imports.index"))
+
+
 @bp.get("/task/<task_id>")
 @requires("operator", "clinician")
 def progress(task_id: str):
@@ -159,7 +199,7 @@ def upload():
                 priority=PRIORITY_INTERACTIVE,
             )
         except ApplianceError as exc:
-            flash(str(exc), "error")
+            flash(translate_reason(str(exc)), "error")
             break
         results.append(outcome)
     if not results:
@@ -170,5 +210,6 @@ def upload():
         elif outcome.status == "duplicate":
             flash(_("%(name)s: already on the box.", name=outcome.name), "ok")
         else:
-            flash(f"{outcome.name}: {outcome.reason}", "error")
+            reason = translate_reason(outcome.reason)
+            flash(_("%(name)s: %(reason)s", name=outcome.name, reason=reason), "error")
     return redirect(url_for("imports.index"))

@@ -24,6 +24,7 @@ from markupsafe import Markup
 from appliance.store import worklist as queries
 from appliance.store.reviews import ReviewError, add_review, reviews_for
 from appliance.web.auth import requires
+from appliance.web.reasons import translate_reason
 
 bp = Blueprint("study", __name__, url_prefix="/study")
 
@@ -75,7 +76,7 @@ def review(image_id: int):
             note=request.form.get("note", ""),
         )
     except ReviewError as exc:
-        flash(str(exc), "error")
+        flash(translate_reason(str(exc)), "error")
     else:
         flash(_("Review saved."), "ok")
     return redirect(url_for("study.view", image_id=image_id))

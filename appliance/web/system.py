@@ -5,12 +5,27 @@ from __future__ import annotations
 import shutil
 
 from flask import Blueprint, current_app, render_template
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 
+from appliance.engines import read_status
 from appliance.inference.backends import backend_report
 from appliance.screening.models import REQUIRED, models_dir, newest_bundles
 from appliance.store import jobs
+from appliance.sync.worker import sync_status
 
 bp = Blueprint("system", __name__)
+
+# The names ``appliance serve`` gives its parts (service.py), as the page shows them.
+SERVICES = {
+    "models": _l("Models"),
+    "web": _l("Web page"),
+    "dicom": _l("DICOM receiver"),
+    "usb": _l("USB sticks"),
+    "hot_folder": _l("Watched folder"),
+    "workers": _l("Screening workers"),
+    "sync": _l("Sync to the hub"),
+}
 
 
 @bp.get("/system")
@@ -26,7 +41,7 @@ def index():
             name: {
                 "loaded": False,
                 "version": found[name].name if name in found else None,
-                "error": "not loaded in this process" if name in found else "missing",
+                "error": _("not loaded in this process") if name in found else _("missing"),
             }
             for name in REQUIRED
         }
@@ -51,5 +66,7 @@ def index():
             "reserve_mb": config.min_free_mb,
         },
         components=current_app.extensions.get("appliance_status", {}),
-        engines=current_app.extensions.get("appliance_engines"),
+        engines=read_status(config.data_dir),
+        sync=sync_status(store, config),
+        services=SERVICES,
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from flask import Flask, current_app, g
-from flask_babel import format_datetime, format_decimal, get_locale
+from flask_babel import format_date, format_datetime, format_decimal, format_percent
 from flask_babel import lazy_gettext as _l
 
 from appliance.store.reviews import REASON_CODES
+from appliance.web import user_language
+from appliance.web.reasons import translate_reason
 
 STATUS = {
     "waiting": _l("waiting"),
@@ -22,6 +24,21 @@ IMPORT_STATUS = {
     "duplicate": _l("already on the box"),
     "quarantined": _l("refused, copy kept"),
     "refused": _l("refused"),
+}
+ENGINE_STATE = {
+    "unknown": _l("not started yet"),
+    "starting": _l("starting"),
+    "working": _l("building in the background"),
+    "waiting": _l("waiting"),
+    "building": _l("building"),
+    "checking": _l("checking against ONNX Runtime"),
+    "ready": _l("ready"),
+    "done": _l("done"),
+    "failed": _l("failed"),
+    "skipped": _l("not used on this box"),
+    "unavailable": _l("not available on this box"),
+    "off": _l("turned off"),
+    "stopped": _l("stopped"),
 }
 TRIAGE = {"urgent": _l("urgent"), "review": _l("review"), "routine": _l("routine")}
 ROUTE = {
@@ -62,18 +79,38 @@ def local_datetime(value: str | None, style: str = "short") -> str:
     return format_datetime(datetime.fromisoformat(value), style)
 
 
+def local_date(value: str | None, style: str = "medium") -> str:
+    """A DICOM date (YYYYMMDD) or ISO date in the reader's language; as sent if malformed."""
+    if not value:
+        return ""
+    text = value.strip()
+    try:
+        day = (
+            datetime.strptime(text, "%Y%m%d").date()
+            if len(text) == 8
+            else date.fromisoformat(text[:10])
+        )
+    except ValueError:
+        return value
+    return format_date(day, style)
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["local_datetime"] = local_datetime
+    app.jinja_env.filters["local_date"] = local_date
     app.jinja_env.filters["number"] = lambda v, digits=2: format_decimal(
         v, format=f"#,##0.{'0' * digits}" if digits else "#,##0"
     )
+    # 0.85 -> "85%" (en, pt), "85 %" (fr): the locale's own percent pattern.
+    app.jinja_env.filters["percent"] = lambda v: format_percent(v)
+    app.jinja_env.filters["translate_reason"] = translate_reason
 
     @app.context_processor
     def labels():
         return {
             "current_user": getattr(g, "user", None),
             "site_name": current_app.config["APPLIANCE"].site_name,
-            "locale": str(get_locale()),
+            "locale": user_language(),
             "STATUS": STATUS,
             "TRIAGE": TRIAGE,
             "ROUTE": ROUTE,
@@ -83,4 +120,5 @@ def init_app(app: Flask) -> None:
             "FINDING": FINDING,
             "RECOMMENDATION": RECOMMENDATION,
             "IMPORT_STATUS": IMPORT_STATUS,
+            "ENGINE_STATE": ENGINE_STATE,
         }

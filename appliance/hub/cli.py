@@ -1,0 +1,158 @@
+"""``appliance hub ...``: run the hub and administer it (codes, devices, admins, imports)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.cli import _config, data_dir_option, json_option, translate_errors
+from appliance.hub.db import HubDatabase
+
+database_option = click.option(
+    "--database-url",
+    default=None,
+    help="postgresql://user@host/db [default: setting hub_database_url, else SQLite hub.db].",
+)
+
+
+def _database(data_dir: Path, database_url: str | None) -> HubDatabase:
+    config = _config(data_dir)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    database = HubDatabase(config.data_dir, database_url or config.hub_database_url)
+    database.migrate()
+    return database
+
+
+@click.group()
+def hub() -> None:
+    """The central hub that boxes sync to (run it on a server, not on a box)."""
+
+
+@hub.command()
+@data_dir_option
+@database_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8090, show_default=True)
+@click.option("--threads", type=int, default=8, show_default=True)
+@click.option("--test-write-delay", type=float, default=0.0, hidden=True)
+@translate_errors
+def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None:
+    """Serve the hub's device API and dashboard (put HTTPS in front of it)."""
+    from waitress import create_server
+
+    from appliance.hub import create_app
+
+    config = _config(data_dir)
+    url = database_url or config.hub_database_url
+    app = create_app(config.data_dir, url, {"HUB_TEST_WRITE_DELAY": test_write_delay})
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="appliance-hub",
+        max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+    )
+    database = app.extensions["hub_database"]
+    click.echo(f"hub ready: http://{host}:{port} ({database.describe()})", err=True)
+    server.run()
+
+
+@hub.command("enrol-code")
+@data_dir_option
+@database_option
+@click.option("--site", required=True, help="The clinic the new box belongs to.")
+@click.option("--days", type=int, default=7, show_default=True, help="How long the code works.")
+@translate_errors
+def enrol_code(data_dir, database_url, site, days) -> None:
+    """Print a one-time code that enrols one box for SITE."""
+    from appliance.hub import records
+
+    conn = _database(data_dir, database_url).connect()
+    try:
+        click.echo(records.create_enrolment_code(conn, site, days))
+    finally:
+        conn.close()
+
+
+@hub.command()
+@data_dir_option
+@database_option
+@json_option
+@translate_errors
+def devices(data_dir, database_url, as_json) -> None:
+    """List enrolled boxes: site, last seen, revoked."""
+    from appliance.hub import records
+
+    conn = _database(data_dir, database_url).connect()
+    try:
+        rows = records.list_devices(conn)
+    finally:
+        conn.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        click.echo(
+            f"{row['id']}  {row['site']}  {row['name']}  {state}  last seen "
+            f"{row['last_seen_at'] or 'never'}"
+        )
+
+
+@hub.command()
+@click.argument("device_id")
+@data_dir_option
+@database_option
+@translate_errors
+def revoke(device_id, data_dir, database_url) -> None:
+    """Refuse DEVICE_ID from now on (its token gets 403)."""
+    from appliance.hub import records
+
+    conn = _database(data_dir, database_url).connect()
+    try:
+        if not records.revoke_device(conn, device_id):
+            raise click.ClickException(f"no device {device_id}")
+    finally:
+        conn.close()
+    click.echo(f"revoked {device_id}")
+
+
+@hub.command("create-admin")
+@data_dir_option
+@database_option
+@click.option("--username", default="admin", show_default=True)
+@click.password_option(help="At least 10 characters (asked for when not given).")
+@translate_errors
+def create_admin(data_dir, database_url, username, password) -> None:
+    """Create a dashboard login (or set its password)."""
+    from appliance.hub import records
+
+    conn = _database(data_dir, database_url).connect()
+    try:
+        records.set_admin(conn, username, password)
+    finally:
+        conn.close()
+    click.echo(f"hub admin {username} set")
+
+
+@hub.command("import")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@data_dir_option
+@database_option
+@json_option
+@translate_errors
+def import_(bundles, data_dir, database_url, as_json) -> None:
+    """Import data-mule bundles written by `appliance sync export` (again: no change)."""
+    from appliance.hub import records
+
+    database = _database(data_dir, database_url)
+    reports = [records.import_bundle(database, path) for path in bundles]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    for path, report in zip(bundles, reports, strict=True):
+        what = "already imported: nothing changed" if report["replay"] else "imported"
+        click.echo(f"{path}: {report['entries']} entries {what}")

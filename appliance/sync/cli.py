@@ -1,0 +1,108 @@
+"""``appliance sync ...``: enrol with a hub, sync now or forever, status, data-mule export."""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from appliance.cli import _config, data_dir_option, json_option, translate_errors
+
+
+@click.group(invoke_without_command=True)
+@data_dir_option
+@click.option("--once", is_flag=True, help="One pass: send what is pending, then exit.")
+@click.pass_context
+@translate_errors
+def sync(ctx, data_dir, once) -> None:
+    """Send results and reviews to the hub (forever, or --once)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from appliance.store.db import Store
+    from appliance.sync.worker import SyncWorker
+
+    config = _config(data_dir)
+    store = Store.open(config.data_dir)
+    worker = SyncWorker(store, config)
+    if once:
+        report = worker.sync_once()
+        click.echo(
+            f"sent {report['sent']}, acknowledged {report['acked'] + report['confirmed']},"
+            f" images {report['images']}"
+        )
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.run_forever(stop)
+
+
+@sync.command()
+@data_dir_option
+@click.option("--hub", "hub_url", required=True, help="The hub's base URL, e.g. https://hub.org")
+@click.option("--code", required=True, help="The one-time code from `appliance hub enrol-code`.")
+@click.option("--name", default=None, help="This box's name on the hub [default: host name].")
+@translate_errors
+def enrol(data_dir, hub_url, code, name) -> None:
+    """Enrol this box with a hub: stores the device token (0600) and the hub URL."""
+    from appliance.config import save_settings
+    from appliance.sync.client import HubClient
+    from appliance.sync.identity import Identity, device_key, public_key_text, save_identity
+
+    config = _config(data_dir)
+    key = device_key(config.data_dir)
+    client = HubClient(
+        hub_url, ca_bundle=config.sync_ca_bundle, timeout=config.sync_timeout_seconds
+    )
+    answer = client.enrol(code, name or platform.node() or "box", public_key_text(key))
+    identity = Identity(hub_url.rstrip("/"), answer["device_id"], answer["site"], answer["token"])
+    path = save_identity(config.data_dir, identity)
+    save_settings(config, {"sync_hub_url": identity.hub_url})
+    click.echo(f"enrolled as {identity.device_id} for site {identity.site} (token in {path})")
+
+
+@sync.command()
+@data_dir_option
+@json_option
+@translate_errors
+def status(data_dir, as_json) -> None:
+    """What is pending, acknowledged, and when the hub was last reached."""
+    from appliance.store.db import Store
+    from appliance.sync.worker import sync_status
+
+    config = _config(data_dir)
+    state = sync_status(Store.open(config.data_dir), config)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    if not state["hub_url"]:
+        click.echo("sync not set up (no sync_hub_url): every result stays on the box")
+    else:
+        click.echo(f"hub {state['hub_url']} as {state['device_id'] or 'NOT ENROLLED'}")
+    click.echo(
+        f"results: {state['result_pending']} pending, {state['result_acked']} acknowledged;"
+        f" reviews: {state['review_pending']} pending, {state['review_acked']} acknowledged"
+    )
+    click.echo(f"last success: {state['last_success_at'] or 'never'}")
+    if state["last_error"]:
+        click.echo(f"last error: {state['last_error']}")
+
+
+@sync.command()
+@data_dir_option
+@click.option(
+    "--to", "to", required=True, type=click.Path(path_type=Path), help="File or folder to write."
+)
+@translate_errors
+def export(data_dir, to) -> None:
+    """Write a signed bundle of everything the hub has not acknowledged (USB data-mule)."""
+    from appliance.store.db import Store
+    from appliance.sync.mule import export_bundle
+
+    config = _config(data_dir)
+    report = export_bundle(Store.open(config.data_dir), config, to)
+    click.echo(f"{report['entries']} entries written to {report['path']}")

@@ -1,0 +1,148 @@
+"""Talking to the hub over HTTP(S) with the standard library only.
+
+``http.client`` rather than ``urllib.request``: no proxy environment variables picked up
+behind the box's back, one explicit timeout per request, and the certificate verified
+against the system CAs or ``sync_ca_bundle``. Every failure becomes a ``SyncError``
+here, in one place, so the worker only decides *when* to try again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+from appliance import __version__
+from appliance.errors import (
+    HubAuthError,
+    HubCertificateError,
+    HubRejectedError,
+    HubUnreachableError,
+    NotEnrolledError,
+)
+
+API = "/api/v1"
+
+
+class HubClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str = "",
+        *,
+        ca_bundle: str = "",
+        timeout: float = 30.0,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise NotEnrolledError(f"hub URL {base_url!r} is not an http(s) URL")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.context: ssl.SSLContext | None = None
+        if self.scheme == "https":
+            # create_default_context verifies the certificate and the host name.
+            self.context = ssl.create_default_context(cafile=ca_bundle or None)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.context is not None:
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=self.context
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        compress: bool = False,
+    ) -> dict[str, Any]:
+        """One request; returns the decoded JSON answer or raises a ``SyncError``."""
+        send_headers = {"User-Agent": f"appliance/{__version__}", "Accept": "application/json"}
+        if self.token:
+            send_headers["Authorization"] = f"Bearer {self.token}"
+        data = raw
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            send_headers["Content-Type"] = "application/json"
+            if compress:
+                data = gzip.compress(data, compresslevel=6)
+                send_headers["Content-Encoding"] = "gzip"
+        elif raw is not None:
+            send_headers["Content-Type"] = "application/octet-stream"
+        send_headers.update(headers or {})
+        conn = self._connection()
+        url = f"{self.prefix}{API}{path}"
+        try:
+            conn.request(method, url, body=data, headers=send_headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except ssl.SSLCertVerificationError as exc:
+            raise HubCertificateError(
+                f"the hub's certificate does not verify ({exc.verify_message}); "
+                "set sync_ca_bundle for a private CA"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise HubUnreachableError(f"{self.host}:{self.port}: {reason}") from exc
+        finally:
+            conn.close()
+        self.bytes_sent += len(data or b"") + len(url) + 200  # request line and headers
+        self.bytes_received += len(payload) + 200
+        return self._answer(response.status, payload)
+
+    def _answer(self, status: int, payload: bytes) -> dict[str, Any]:
+        try:
+            answer = json.loads(payload) if payload else {}
+        except ValueError:
+            answer = None
+        message = ""
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            message = str(answer["error"].get("message", ""))
+        if status in (401, 403):
+            raise HubAuthError(message or f"the hub refused this device ({status})", status=status)
+        if 400 <= status < 500 and status not in (408, 429):
+            raise HubRejectedError(message or f"the hub refused the request ({status})")
+        if status != 200 or not isinstance(answer, dict):
+            raise HubUnreachableError(message or f"the hub answered {status}")
+        return answer
+
+    # -- the hub's API -------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return self.request("GET", "/ping")
+
+    def enrol(self, code: str, name: str, public_key: str) -> dict[str, Any]:
+        return self.request(
+            "POST", "/enrol", {"code": code, "name": name, "public_key": public_key}
+        )
+
+    def send_entries(self, entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        answer = self.request("POST", "/entries", {"entries": entries}, compress=True)
+        return [(str(e), int(r)) for e, r in answer.get("acked", [])]
+
+    def known(self, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        answer = self.request("POST", "/known", {"entries": [list(k) for k in keys]})
+        return [(str(e), int(r)) for e, r in answer.get("acked", [])]
+
+    def image_status(self, sha256: str) -> dict[str, Any]:
+        return self.request("GET", f"/images/{sha256}")
+
+    def put_chunk(self, sha256: str, index: int, data: bytes, digest: str) -> None:
+        self.request(
+            "PUT", f"/images/{sha256}/chunks/{index}", raw=data, headers={"X-Chunk-Sha256": digest}
+        )
+
+    def complete_image(self, sha256: str, size: int, chunks: int) -> dict[str, Any]:
+        return self.request("POST", f"/images/{sha256}/complete", {"size": size, "chunks": chunks})

@@ -1,0 +1,16 @@
+"""What one outbox entry looks like on the wire (online batches and mule bundles alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.config import Config
+from appliance.sync.deid import deidentify, linkage_key
+from appliance.sync.outbox import Entry
+
+
+def wire_entry(entry: Entry, config: Config) -> dict[str, Any]:
+    data = entry.payload
+    if config.sync_deidentify:
+        data = deidentify(data, linkage_key(config.data_dir))
+    return {"id": entry.entry_id, "rev": entry.revision, "kind": entry.kind, "data": data}

@@ -1,0 +1,274 @@
+"""The sync worker: drains the outbox to the hub, by itself, whenever the link allows.
+
+One pass (``sync_once``): probe the hub, confirm what a data-mule already delivered, send
+pending results then reviews in batches, then (``sync_images``) the originals in chunks.
+Each request that fails for a transient reason is retried with exponential backoff and
+full jitter; a pass that still fails leaves everything pending, and ``run_forever``
+tries again later (longer and longer, up to ``sync_retry_max_seconds``). Outbox rows only
+change state when the hub acknowledges them, so a crash at any moment just means the
+next pass resends, and the hub's idempotent upsert makes that harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from appliance.config import Config
+from appliance.errors import (
+    HubRejectedError,
+    HubUnreachableError,
+    NotEnrolledError,
+    SyncError,
+)
+from appliance.store.db import Store, utc_now
+from appliance.sync import outbox
+from appliance.sync.client import HubClient
+from appliance.sync.identity import load_identity
+from appliance.sync.wire import wire_entry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+REQUEST_ATTEMPTS = 5
+KNOWN_BATCH = 1000
+
+
+def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], float]) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(high, low * 2**failures)]."""
+    cap = min(high, low * (2 ** max(0, failures - 1)))
+    return max(low / 10, cap * rng())
+
+
+class SyncWorker:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        *,
+        client: HubClient | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._client = client
+        self.rng = rng
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+
+    # -- plumbing --------------------------------------------------------------------
+    def client(self) -> HubClient:
+        if self._client is None:
+            identity = load_identity(self.config.data_dir)
+            url = self.config.sync_hub_url or identity.hub_url
+            self._client = HubClient(
+                url,
+                identity.token,
+                ca_bundle=self.config.sync_ca_bundle,
+                timeout=self.config.sync_timeout_seconds,
+            )
+        return self._client
+
+    def _retry(self, call: Callable[[], T], what: str) -> T:
+        """Retry a transient failure a few times, waiting longer each time (with jitter)."""
+        for attempt in range(1, REQUEST_ATTEMPTS + 1):
+            try:
+                result = call()
+            except HubUnreachableError as exc:
+                if attempt == REQUEST_ATTEMPTS:
+                    raise
+                delay = backoff_delay(
+                    attempt,
+                    self.config.sync_retry_min_seconds,
+                    self.config.sync_retry_max_seconds,
+                    self.rng,
+                )
+                log.info("sync: %s failed (%s); retrying in %.2fs", what, exc, delay)
+                time.sleep(delay)
+            else:
+                self._throttle()
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _throttle(self) -> None:
+        """Keep the average rate under ``sync_max_kbps`` by pausing between requests."""
+        limit = self.config.sync_max_kbps
+        client = self.client()
+        total = client.bytes_sent + client.bytes_received
+        if limit <= 0:
+            return
+        sent = total - self._window_bytes
+        due = sent * 8 / (limit * 1000)
+        elapsed = time.monotonic() - self._window_start
+        if due > elapsed:
+            time.sleep(due - elapsed)
+
+    def _set_state(self, **values: Any) -> None:
+        with self.store.write() as conn:
+            conn.executemany(
+                "INSERT INTO sync_state (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(k, None if v is None else str(v)) for k, v in values.items()],
+            )
+
+    # -- one pass --------------------------------------------------------------------
+    def sync_once(self) -> dict[str, int]:
+        """Send everything pending now; raises a ``SyncError`` when the hub cannot be reached."""
+        started = utc_now()
+        self._set_state(last_attempt_at=started)
+        report = {"confirmed": 0, "sent": 0, "acked": 0, "images": 0}
+        try:
+            client = self.client()
+            self._window_start = time.monotonic()
+            self._window_bytes = client.bytes_sent + client.bytes_received
+            self._retry(client.ping, "probe")
+            report["confirmed"] = self._confirm_exported(client)
+            while True:
+                batch = outbox.pending(self.store.conn(), self.config.sync_batch_size)
+                if not batch:
+                    break
+                wire = [wire_entry(e, self.config) for e in batch]
+                acked = self._retry(lambda w=wire: client.send_entries(w), "batch")
+                report["sent"] += len(batch)
+                report["acked"] += outbox.mark_acked(self.store, acked)
+                missing = {e.key for e in batch} - set(acked)
+                if missing:  # never loop forever on something the hub will not take
+                    raise HubRejectedError(f"the hub did not acknowledge {len(missing)} entries")
+            if self.config.sync_images:
+                report["images"] = self._send_images(client)
+        except SyncError as exc:
+            failures = int(self.state().get("failures") or 0) + 1
+            self._set_state(last_error=f"{utc_now()} {exc}", failures=failures)
+            raise
+        self._set_state(last_success_at=utc_now(), last_error=None, failures=0)
+        if report["acked"]:
+            log.info("sync: %s entries acknowledged by the hub", report["acked"])
+        return report
+
+    def _confirm_exported(self, client: HubClient) -> int:
+        """Entries a data-mule carried: ask the hub which it holds instead of resending."""
+        confirmed = 0
+        after = 0
+        while True:
+            batch = outbox.pending_exported(self.store.conn(), KNOWN_BATCH, after)
+            if not batch:
+                return confirmed
+            after = batch[-1].row_id
+            keys = [e.key for e in batch]
+            acked = self._retry(lambda k=keys: client.known(k), "confirm")
+            confirmed += outbox.mark_acked(self.store, acked)
+
+    def _send_images(self, client: HubClient) -> int:
+        if self.config.sync_deidentify:
+            log.info("sync: images are not sent while sync_deidentify is on")
+            return 0
+        rows = (
+            self.store.conn()
+            .execute(
+                "SELECT DISTINCT i.id, i.sha256, i.stored_path, i.size_bytes FROM images i"
+                " JOIN sync_outbox o ON o.image_id = i.id AND o.kind = 'result'"
+                " AND o.state = 'acked'"
+                " WHERE i.stored_path != '' AND i.id NOT IN (SELECT image_id FROM sync_images)"
+                " ORDER BY i.id"
+            )
+            .fetchall()
+        )
+        for row in rows:
+            self._send_image(client, dict(row))
+            with self.store.write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO sync_images (image_id, acked_at) VALUES (?, ?)",
+                    (row["id"], utc_now()),
+                )
+        return len(rows)
+
+    def _send_image(self, client: HubClient, image: dict[str, Any]) -> None:
+        sha = image["sha256"]
+        status = self._retry(lambda: client.image_status(sha), "image status")
+        if status.get("complete"):
+            return
+        have = set(status.get("chunks", []))
+        chunk_size = max(1, self.config.sync_image_chunk_kb) * 1024
+        path = self.store.data_dir / image["stored_path"]
+        size = path.stat().st_size
+        count = max(1, -(-size // chunk_size))
+        with open(path, "rb") as fh:
+            for index in range(count):
+                if index in have:
+                    continue  # resumed: the hub verified this chunk already
+                fh.seek(index * chunk_size)
+                data = fh.read(chunk_size)
+                digest = hashlib.sha256(data).hexdigest()
+                self._retry(
+                    lambda i=index, d=data, h=digest: client.put_chunk(sha, i, d, h), "chunk"
+                )
+        self._retry(lambda: client.complete_image(sha, size, count), "image complete")
+
+    # -- forever ---------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event) -> None:
+        """The thread in ``appliance serve``: pass after pass, backing off while it fails."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.sync_once()
+                failures = 0
+                delay = self.config.sync_interval_seconds
+            except NotEnrolledError as exc:
+                log.warning("sync: %s", exc)
+                delay = max(self.config.sync_interval_seconds, 60.0)
+            except SyncError as exc:
+                failures += 1
+                self._client = None  # re-read the identity: the box may have been re-enrolled
+                delay = backoff_delay(
+                    failures,
+                    self.config.sync_retry_min_seconds,
+                    self.config.sync_retry_max_seconds,
+                    self.rng,
+                )
+                log.warning("sync: %s; next try in %.0fs", exc, delay)
+            except Exception:  # never let the sync thread die silently
+                failures += 1
+                log.exception("sync: unexpected failure")
+                delay = self.config.sync_retry_max_seconds
+            self._set_state(next_attempt_at=time.time() + delay)
+            stop.wait(delay)
+
+    def state(self) -> dict[str, str]:
+        rows = self.store.conn().execute("SELECT key, value FROM sync_state")
+        return {row["key"]: row["value"] for row in rows}
+
+
+def sync_status(store: Store, config: Config) -> dict[str, Any]:
+    """What the System page and ``appliance sync status`` show."""
+    conn = store.conn()
+    state = {row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM sync_state")}
+    try:
+        identity = load_identity(config.data_dir)
+        device = {"device_id": identity.device_id, "site": identity.site}
+    except NotEnrolledError:
+        device = {"device_id": None, "site": None}
+    next_at = state.get("next_attempt_at")
+    images_sent = conn.execute("SELECT COUNT(*) FROM sync_images").fetchone()[0]
+    return {
+        "hub_url": config.sync_hub_url,
+        "enrolled": device["device_id"] is not None,
+        **device,
+        **outbox.counts(conn),
+        "images": config.sync_images and not config.sync_deidentify,
+        "images_acked": images_sent,
+        "deidentify": config.sync_deidentify,
+        "last_attempt_at": state.get("last_attempt_at"),
+        "last_success_at": state.get("last_success_at"),
+        "last_error": state.get("last_error"),
+        "failures": int(state.get("failures") or 0),
+        "next_attempt_in_s": (max(0, round(float(next_at) - time.time())) if next_at else None),
+    }
+
+
+def status_json(status: dict[str, Any]) -> str:
+    return json.dumps(status, indent=2)

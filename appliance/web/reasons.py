@@ -1,0 +1,157 @@
+"""Show the English messages written deeper in the package in the reader's language.
+
+Ingest and screening write their reasons in English into the database
+(``results.reason``, ``results.hints``, ``quarantine.reason``), and the store raises
+errors with English messages. What is stored never depends on who reads it, so the pages
+translate at display time: every known text is listed below word for word as a msgid;
+a text with numbers or names in it is a msgid with ``%(name)s`` placeholders, matched by
+a pattern built from the msgid itself (so the English page shows exactly what was
+stored). A text not listed (a newer version's reason, an operating-system error) is
+shown as stored.
+
+Keep each entry identical to its source; ``tests/web/test_i18n.py`` checks that the
+sources' reasons are all recognised.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask_babel import gettext
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for extraction only; it is translated when shown."""
+    return message
+
+
+KNOWN = (
+    # appliance/ingest/sniff.py: NOT_AN_IMAGE (also dicom.read_dicom's empty file)
+    N_("The file is empty (0 bytes). Copy or send it again."),
+    N_("This is a PDF document, not an image."),
+    N_("This is a compressed archive (ZIP), not an image. Unpack it and import the images."),
+    N_("This is a text file, not an image."),
+    N_("This file is not an image the box can read (expected DICOM, JPEG, PNG or TIFF)."),
+    # appliance/ingest/dicom.py
+    N_("The file is incomplete (cut off while copying or sending). Copy or send it again."),
+    N_("The DICOM file is damaged and cannot be read. Send or copy it again."),
+    N_("This DICOM file holds no image."),
+    N_("This is a DICOM structured report (text), not an image."),
+    N_("This DICOM file holds a document (such as a PDF), not an image."),
+    N_("This DICOM file holds no image (%(kind)s)."),
+    N_("The image description in this DICOM file is missing or invalid."),
+    # appliance/ingest/dicom.py and raster.py
+    N_("The image is only %(width)s × %(height)s pixels: too small."),
+    N_(
+        "The image is %(width)s × %(height)s pixels, far larger than any X-ray or "
+        "photograph; it was not imported."
+    ),
+    # appliance/ingest/raster.py and decode.py
+    N_("The file is incomplete (cut off while copying). Copy it again."),
+    N_("The JPEG file is damaged and cannot be read."),
+    N_("The image file is damaged and cannot be decoded."),
+    N_("The image is far larger than any X-ray or photograph."),
+    N_("The image data is damaged and cannot be decoded."),
+    # appliance/ingest/importer.py and usb.py
+    N_("The file is %(size)s MB, larger than the %(limit)s MB limit for one image."),
+    N_("The file could not be read (%(error)s)."),
+    N_("This is a link to a file elsewhere, not a file on the stick; it was not read."),
+    N_("Cannot be read (%(error)s)."),
+    # appliance/screening/gate.py: one whole sentence per kind of image it refuses
+    # (its NOT_PROJECTION_XRAY), never a translated fragment put into a sentence.
+    N_("This is a CT scan, not a chest X-ray or an eye photograph."),
+    N_("This is an MRI scan, not a chest X-ray or an eye photograph."),
+    N_("This is an ultrasound image, not a chest X-ray or an eye photograph."),
+    N_("This is a nuclear medicine image, not a chest X-ray or an eye photograph."),
+    N_("This is a PET scan, not a chest X-ray or an eye photograph."),
+    N_("This is a mammogram, not a chest X-ray or an eye photograph."),
+    N_("This is an angiogram, not a chest X-ray or an eye photograph."),
+    N_("This is a fluoroscopy image, not a chest X-ray or an eye photograph."),
+    N_("This is an ECG, not a chest X-ray or an eye photograph."),
+    N_("This is a report, not a chest X-ray or an eye photograph."),
+    N_("This is a document, not a chest X-ray or an eye photograph."),
+    N_("This is a radiotherapy image, not a chest X-ray or an eye photograph."),
+    N_("This is a radiotherapy plan, not a chest X-ray or an eye photograph."),
+    N_("This is a segmentation, not a chest X-ray or an eye photograph."),
+    N_("This is an OCT scan (not a fundus photograph), not a chest X-ray or an eye photograph."),
+    # The body part is the DICOM tag's own term (hand, knee, skull...), shown as sent.
+    N_("Not a chest X-ray: this X-ray is of the %(part)s."),
+    N_("This is a side (lateral) view of the chest."),
+    N_("Send the front view (PA or AP) of the same patient."),
+    N_("Send a front-view (PA or AP) chest X-ray, or a photograph of the retina."),
+    N_("The box cannot tell what this image shows."),
+    N_("Check it is a chest X-ray or a retina photograph, well exposed, and send it again."),
+    N_("Not a chest X-ray or a retina photograph: it cannot be screened."),
+    N_("Labelled as a chest X-ray, but the image does not look like one."),
+    N_("Labelled as an eye photograph, but the image does not look like a retina."),
+    # appliance/screening/pipeline.py, with one of quality.py's MESSAGES
+    N_("Photo not gradable: %(problem)s"),
+    # appliance/screening/quality.py: MESSAGES
+    N_("Image blurred: clean the lens, focus and retake."),
+    N_("Image too dark: dilate the pupil or increase the flash, and retake."),
+    N_("Image over-exposed: reduce the flash and retake."),
+    N_("Retina not fully in the picture: centre the eye and retake."),
+    # appliance/store/users.py: UserError
+    N_("A user name of 1 to 40 characters is needed."),
+    N_("The PIN must be 4 to 12 digits."),
+    N_("Unknown role or language."),
+    N_("That user name is taken."),
+    N_("Unknown role."),
+    N_("Unknown language."),
+    N_("The box needs at least one active admin."),
+    # appliance/store/reviews.py: ReviewError
+    N_("Choose agree or disagree."),
+    N_("Unknown reason code: %(codes)s"),
+    N_("Give at least one reason when you disagree."),
+    N_("This image has no result to review yet."),
+    # appliance/store/files.py: StorageFullError
+    N_("disk nearly full: %(free)s MB free, %(reserve)s MB kept in reserve"),
+    N_("disk full while writing %(name)s"),
+    # appliance/config.py: ConfigError from the settings page
+    N_("setting %(name)s from %(source)s: %(value)s is not a valid %(kind)s"),
+    # appliance/service.py and screening/models.py: what the System page lists
+    N_("ok"),
+    N_("not loaded"),
+    N_("watching %(roots)s"),
+    N_("%(aet)s on port %(port)s"),
+)
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _pattern(msgid: str) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(msgid)  # literal, name, literal, name, ..., literal
+    return re.compile(
+        "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts)),
+        re.DOTALL,
+    )
+
+
+EXACT = frozenset(m for m in KNOWN if not _PLACEHOLDER.search(m))
+PATTERNS = tuple((_pattern(m), m) for m in KNOWN if _PLACEHOLDER.search(m))
+
+
+def known_msgid(text: str) -> str | None:
+    """The msgid ``text`` was made from, or None when it is not a known message."""
+    if text in EXACT:
+        return text
+    for pattern, msgid in PATTERNS:
+        if pattern.fullmatch(text):
+            return msgid
+    return None
+
+
+def translate_reason(text: object) -> str:
+    """``text`` in the current language when known; otherwise as it was stored."""
+    if text is None:
+        return ""
+    text = str(text)
+    if text in EXACT:
+        return gettext(text)
+    for pattern, msgid in PATTERNS:
+        match = pattern.fullmatch(text)
+        if match:
+            # A value may itself be a known message ("Photo not gradable: <problem>").
+            values = {name: translate_reason(value) for name, value in match.groupdict().items()}
+            return gettext(msgid, **values)
+    return text

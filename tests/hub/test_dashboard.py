@@ -1,0 +1,75 @@
+"""The hub's dashboard: login required, and the numbers a programme manager asks for."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sync.synckit import HubThread
+
+from appliance.hub import records
+from appliance.sync.client import HubClient
+
+
+@pytest.fixture
+def hub(tmp_path, database_url):
+    server = HubThread(tmp_path / "hub", database_url)
+    conn = server.conn()
+    try:
+        records.set_admin(conn, "manager", "correct horse battery")
+    finally:
+        conn.close()
+    yield server
+    server.close()
+
+
+def result(n: int, triage: str | None, route: str = "chest_xray", version: str = "1.0") -> dict:
+    data = {
+        "image": {"sha256": f"{n:064x}"},
+        "route": route,
+        "triage": triage,
+        "model": {"name": "cxr-pneumonia", "version": version},
+        "created_at": "2024-05-02T10:00:00+00:00",
+    }
+    return {"id": f"result:{n}", "rev": 1, "kind": "result", "data": data}
+
+
+def test_dashboard_needs_a_login_then_shows_sites_rates_and_models(hub):
+    client = hub.app.test_client()
+    assert client.get("/").status_code == 302
+    page = client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    bad = client.post("/login", data={"username": "manager", "password": "x", "csrf_token": csrf})
+    assert "Wrong user name or password." in bad.get_data(as_text=True)
+
+    box = HubClient(hub.url, HubClient(hub.url).enrol(hub.enrol_code("Ndola"), "b", "A")["token"])
+    box.ping()
+    box.send_entries(
+        [
+            result(1, "urgent"),
+            result(2, "routine"),
+            result(3, None, "refused"),
+            result(4, "review", version="1.1"),
+            {
+                "id": f"review:{1:064x}",
+                "rev": 1,
+                "kind": "review",
+                "data": {
+                    "image": {"sha256": f"{1:064x}"},
+                    "verdict": "agree",
+                    "created_at": "2024-05-02T11:00:00+00:00",
+                },
+            },
+        ]
+    )
+    ok = client.post(
+        "/login",
+        data={"username": "manager", "password": "correct horse battery", "csrf_token": csrf},
+    )
+    assert ok.status_code == 302
+    text = re.sub(r"\s+", " ", client.get("/").get_data(as_text=True))
+    # 4 results: 1 refused (25 %); of 3 screened, 2 positive (66.7 %); 1 of 2 positives reviewed
+    assert "<td>Ndola</td><td>1</td>" in text
+    assert "<td>4</td><td>66.7 %</td><td>25.0 %</td><td>1</td><td>1</td>" in text
+    assert "<td>2024-W18</td><td>4</td>" in text
+    assert "<td>cxr-pneumonia</td><td>1.1</td><td>1</td><td>1</td>" in text
