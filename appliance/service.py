@@ -71,7 +71,7 @@ class Service:
             # Waitress would otherwise read up to 1 GB before the app (and its auth) runs.
             max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
         )
-        self._thread("web", self.web_server.run)
+        self._thread("web", self._serve_web)
         self.status["web"] = f"http://{self.config.host}:{self.config.port}"
 
         if self.config.dicom_enabled:
@@ -102,6 +102,15 @@ class Service:
             self._thread("sync", syncer.run_forever, self.stop_event)
             self.status["sync"] = f"to {self.config.sync_hub_url}"
         log.info("appliance serving data dir %s", self.config.data_dir)
+
+    def _serve_web(self) -> None:
+        try:
+            self.web_server.run()
+        except OSError:
+            # close() from stop() pulls the socket out from under waitress's select():
+            # expected while stopping, a real fault otherwise.
+            if not self.stop_event.is_set():
+                raise
 
     def _thread(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

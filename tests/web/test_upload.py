@@ -254,9 +254,19 @@ def server(request, make_app):
         httpd.server_close()
     else:
         httpd = create_server(app, host="127.0.0.1", port=port, threads=2)
-        thread = threading.Thread(target=httpd.run, daemon=True)
+        stopping = threading.Event()
+
+        def run() -> None:
+            try:
+                httpd.run()
+            except OSError:  # close() below pulls the socket out from under select()
+                if not stopping.is_set():
+                    raise
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         yield request.param, port
+        stopping.set()
         httpd.close()
     thread.join(timeout=10)
 
