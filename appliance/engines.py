@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +50,7 @@ from appliance.inference.tensorrt_runner import (
     TensorRTRunner,
     engine_spec,
 )
+from appliance.store.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -243,18 +243,8 @@ def read_status(data_dir: Path) -> dict[str, Any]:
 def write_status(data_dir: Path, status: Mapping[str, Any]) -> None:
     """Atomic replace: the System page never reads half a file, a power cut never
     leaves one."""
-    path = status_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(status, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(status, indent=1, sort_keys=True)
+    atomic_write_bytes(status_path(data_dir), text.encode("utf-8"))
 
 
 # -- start-up ------------------------------------------------------------------------

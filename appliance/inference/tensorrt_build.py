@@ -14,9 +14,7 @@ calibrator is used (TensorRT 10 deprecated implicit calibration).
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from appliance.errors import BundleError
+from appliance.store.files import atomic_write_bytes
 
 PRECISIONS = ("int8", "fp16", "fp32")
 
@@ -118,21 +117,6 @@ def make_progress_monitor(trt: Any, log: Callable[[str], None]) -> Any | None:
     return PrintingMonitor()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write beside the target and rename: a crash never leaves a truncated engine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_engine(
     onnx_path: Path,
     model_sha256: str,
@@ -205,8 +189,8 @@ def build_engine(
         raise EngineBuildError(
             f"TensorRT failed to build an engine for {onnx_path} (see the TensorRT log above)"
         )
-    _atomic_write(engine_path, bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     if timing_cache is not None:
-        _atomic_write(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     log(f"[trt] wrote {engine_path} in {time.monotonic() - started:.0f}s")
     return engine_path

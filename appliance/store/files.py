@@ -49,13 +49,18 @@ def _translate(exc: OSError, target: Path) -> StoreError:
     return StoreError(f"cannot write {target}: {exc.strerror or exc}")
 
 
-def atomic_write_bytes(target: Path, data: bytes, tmp_dir: Path) -> None:
+def atomic_write_bytes(target: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write ``data`` to ``target`` so that ``target`` is either absent or complete.
 
-    temp file in the same filesystem -> fsync -> rename -> fsync the folder.
+    temp file on the same filesystem -> fsync -> rename -> fsync the folder. The temp
+    file is made 0600 and keeps that mode (secrets rely on it). ``tmp_dir`` (the data
+    dir's tmp/, cleared at start-up) defaults to a hidden name beside the target.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="incoming-")
+    if tmp_dir is None:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    else:
+        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="incoming-")
     try:
         try:
             view = memoryview(data)
@@ -70,6 +75,9 @@ def atomic_write_bytes(target: Path, data: bytes, tmp_dir: Path) -> None:
     except OSError as exc:
         _discard(tmp_name)
         raise _translate(exc, target) from exc
+    except BaseException:
+        _discard(tmp_name)
+        raise
 
 
 def _discard(path: str) -> None:

@@ -16,7 +16,6 @@ import functools
 import hmac
 import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from flask import (
 from flask_babel import gettext as _
 
 from appliance.store import users
+from appliance.store.files import atomic_write_bytes
 from appliance.web.api_errors import error_response
 from appliance.web.reasons import translate_reason
 
@@ -54,16 +54,7 @@ def _secret_file(data_dir: Path, name: str, make) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     value = make()
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(value + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (value + "\n").encode("ascii"))  # 0600 from the start
     return value
 
 

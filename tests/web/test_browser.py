@@ -374,7 +374,9 @@ def test_the_whole_flow_on_a_touchscreen(browser, served, usb_root, tmp_path, si
         page.tap("label.toggle")
         assert opacity(page) == pytest.approx(0.6)
         slider = page.locator("#heatmap-opacity").bounding_box()
-        page.mouse.click(slider["x"] + slider["width"] * 0.25, slider["y"] + slider["height"] / 2)
+        page.touchscreen.tap(
+            slider["x"] + slider["width"] * 0.25, slider["y"] + slider["height"] / 2
+        )
         value = int(page.input_value("#heatmap-opacity"))
         assert 15 <= value <= 35
         assert opacity(page) == pytest.approx(value / 100)
