@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.store.db import Store
 
@@ -38,7 +40,7 @@ _FROM = """
 _IMAGES = "FROM images i JOIN studies s ON s.id = i.study_id"
 FILTERS = {
     "all": "1",
-    "today": "i.received_at >= date('now')",
+    "today": "i.received_at >= :day_start",  # the site's midnight, in UTC
     "needs_review": "r.triage IN ('urgent', 'review') AND v.id IS NULL",
     "refused": "r.route = 'refused'",
 }
@@ -47,18 +49,35 @@ FILTERS = {
 _ON_IMAGES_ONLY = {"all", "today"}
 
 
-def worklist(store: Store, filter_name: str = "all", page: int = 1) -> dict[str, Any]:
+def local_midnight_utc(timezone_name: str) -> str:
+    """Start of today where the clinic is, as the UTC timestamp text images are stored with."""
+    try:
+        zone = ZoneInfo(timezone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    midnight = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def worklist(
+    store: Store, filter_name: str = "all", page: int = 1, timezone_name: str = "UTC"
+) -> dict[str, Any]:
     where = FILTERS.get(filter_name, "1")
     conn = store.conn()
     count_from = _IMAGES if filter_name in _ON_IMAGES_ONLY else _FROM
-    total = conn.execute(f"SELECT COUNT(*) {count_from} WHERE {where}").fetchone()[0]
+    params = {
+        "day_start": local_midnight_utc(timezone_name),
+        "limit": PAGE_SIZE,
+        "offset": max(0, page - 1) * PAGE_SIZE,
+    }
+    total = conn.execute(f"SELECT COUNT(*) {count_from} WHERE {where}", params).fetchone()[0]
     rows = conn.execute(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
                    s.patient_id, s.patient_name, r.route, r.score, r.triage,
                    ({_STATUS_SQL}) AS status, v.verdict
             {_FROM} WHERE {where}
-            ORDER BY {_RANK_SQL}, i.id DESC LIMIT ? OFFSET ?""",
-        (PAGE_SIZE, max(0, page - 1) * PAGE_SIZE),
+            ORDER BY {_RANK_SQL}, i.id DESC LIMIT :limit OFFSET :offset""",
+        params,
     ).fetchall()
     return {
         "rows": [dict(r) for r in rows],

@@ -117,7 +117,8 @@ def init_app(app: Flask) -> None:
                 g.user = user
                 session["seen"] = time.time()
                 return None
-        session.clear()
+        if user_id is not None:
+            session.clear()  # an expired or revoked login; keep an anonymous form's CSRF token
         if _wants_json():
             return error_response(401, "unauthorized", "Log in or send the device token.")
         if users.count_users(_store()) == 0:

@@ -16,7 +16,7 @@ def index():
     if current not in queries.FILTERS:
         current = "all"
     page = max(1, request.args.get("page", 1, type=int))
-    data = queries.worklist(store, current, page)
+    data = queries.worklist(store, current, page, current_app.config["APPLIANCE"].timezone)
     return render_template(
         "worklist/index.html", data=data, current=current, marker=queries.latest_marker(store)
     )

@@ -108,7 +108,11 @@ class Served:
             stderr=subprocess.STDOUT,
             env=env,
         )
-        self.wait_healthy()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.close()  # never leave a server behind when start-up fails
+            raise
 
     def wait_healthy(self, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout

@@ -364,3 +364,16 @@ def test_upload_from_the_page(app):
 def test_slip_has_a_qr_code_and_print_css(app):
     html = logged_in(app, "operator").get("/study/1/slip").text
     assert "<svg" in html and "slip.css" in html and "decision support" in html.lower()
+
+
+def test_today_means_today_where_the_clinic_is():
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from appliance.store.worklist import local_midnight_utc
+
+    maputo = datetime.fromisoformat(local_midnight_utc("Africa/Maputo"))
+    assert maputo.tzinfo == timezone.utc
+    local = maputo.astimezone(ZoneInfo("Africa/Maputo"))
+    assert (local.hour, local.minute) == (0, 0)
+    assert timedelta(0) <= datetime.now(timezone.utc) - maputo < timedelta(days=1)
