@@ -6,20 +6,59 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
+import threading
+import time
 from typing import Any
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from appliance.hub import get_db, records
 
 bp = Blueprint("dashboard", __name__)
 
 
+IDLE_SECONDS = 30 * 60
+MAX_FAILURES = 5
+LOCK_SECONDS = 300
+_failures_lock = threading.Lock()
+
+
+def _failures() -> dict[tuple[str, str], list[float]]:
+    """Failed logins per (user name, address), kept by this app: a password guesser gets
+    five tries, then waits."""
+    return current_app.extensions.setdefault("hub_login_failures", {})
+
+
+def _locked(key: tuple[str, str]) -> bool:
+    now = time.monotonic()
+    with _failures_lock:
+        failures = _failures()
+        recent = [t for t in failures.get(key, []) if now - t < LOCK_SECONDS]
+        failures[key] = recent
+        return len(recent) >= MAX_FAILURES
+
+
+def _failed(key: tuple[str, str]) -> None:
+    with _failures_lock:
+        _failures().setdefault(key, []).append(time.monotonic())
+
+
 def login_required(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        if not session.get("admin"):
+        if not session.get("admin") or time.time() - session.get("seen", 0) > IDLE_SECONDS:
+            session.clear()
             return redirect(url_for("dashboard.login", next=request.path))
+        session["seen"] = time.time()
         return view(*args, **kwargs)
 
     return wrapped
@@ -38,10 +77,16 @@ def login():
         if not hmac.compare_digest(request.form.get("csrf_token", ""), csrf_token()):
             abort(400)
         username = request.form.get("username", "")
+        key = (username.lower(), request.remote_addr or "")
+        if _locked(key):
+            error = "Too many wrong passwords: try again in 5 minutes."
+            return render_template("hub/login.html", error=error, csrf=csrf_token()), 429
         if records.check_admin(get_db(), username, request.form.get("password", "")):
             session.clear()
             session["admin"] = username
+            session["seen"] = time.time()
             return redirect(url_for("dashboard.index"))
+        _failed(key)
         error = "Wrong user name or password."
     return render_template("hub/login.html", error=error, csrf=csrf_token())
 

@@ -73,3 +73,41 @@ def test_dashboard_needs_a_login_then_shows_sites_rates_and_models(hub):
     assert "<td>4</td><td>66.7 %</td><td>25.0 %</td><td>1</td><td>1</td>" in text
     assert "<td>2024-W18</td><td>4</td>" in text
     assert "<td>cxr-pneumonia</td><td>1.1</td><td>1</td><td>1</td>" in text
+
+
+def test_five_wrong_passwords_lock_the_login_and_idle_sessions_expire(hub):
+    import time
+
+    client = hub.app.test_client()
+    csrf = re.search(
+        r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)
+    ).group(1)
+
+    def attempt(password: str):
+        return client.post(
+            "/login", data={"username": "Manager", "password": password, "csrf_token": csrf}
+        )
+
+    for _ in range(5):
+        assert attempt("guess").status_code == 200
+    locked = attempt("correct horse battery")  # even the right one, for now
+    assert locked.status_code == 429 and "try again in 5 minutes" in locked.get_data(as_text=True)
+
+    other = hub.app.test_client()  # another user name is not locked out with it
+    csrf2 = re.search(
+        r'name="csrf_token" value="([^"]+)"', other.get("/login").get_data(as_text=True)
+    ).group(1)
+    conn = hub.conn()
+    try:
+        records.set_admin(conn, "second", "another long password")
+    finally:
+        conn.close()
+    ok = other.post(
+        "/login",
+        data={"username": "second", "password": "another long password", "csrf_token": csrf2},
+    )
+    assert ok.status_code == 302
+    assert other.get("/").status_code == 200
+    with other.session_transaction() as session:
+        session["seen"] = time.time() - 31 * 60
+    assert other.get("/").status_code == 302  # idle too long: log in again
