@@ -227,3 +227,17 @@ def m005_sync_outbox(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m006_patient_entry(db: Database) -> None:
+    # A camera card's photo arrives with no patient: staff type the ID in. Kept beside
+    # what was received (which is never changed), with who and when.
+    db.executescript(
+        """
+        ALTER TABLE studies ADD COLUMN entered_patient_id TEXT;
+        ALTER TABLE studies ADD COLUMN entered_patient_name TEXT;
+        ALTER TABLE studies ADD COLUMN entered_by TEXT;
+        ALTER TABLE studies ADD COLUMN entered_at TEXT;
+        """
+    )

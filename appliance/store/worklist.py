@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.store.db import Store
+from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
 PAGE_SIZE = 50
 
@@ -73,18 +74,54 @@ def worklist(
     total = conn.execute(f"SELECT COUNT(*) {count_from} WHERE {where}", params).fetchone()[0]
     rows = conn.execute(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
-                   s.patient_id, s.patient_name, r.route, r.score, r.triage,
+                   {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
+                   r.route, r.score, r.triage, r.id AS result_id, v.id AS review_id,
                    ({_STATUS_SQL}) AS status, v.verdict
             {_FROM} WHERE {where}
             ORDER BY {_RANK_SQL}, i.id DESC LIMIT :limit OFFSET :offset""",
         params,
     ).fetchall()
+    rows = [dict(r) for r in rows]
+    _mark_synced(conn, rows)
     return {
-        "rows": [dict(r) for r in rows],
+        "rows": rows,
         "total": total,
         "page": page,
         "pages": max(1, -(-total // PAGE_SIZE)),
     }
+
+
+def _mark_synced(conn, rows: list[dict[str, Any]]) -> None:
+    """'synced' once the hub holds the latest result (and review) of a row: looked up for
+    the page's rows only, not for the whole store."""
+    ids = [
+        (kind, row[key])
+        for row in rows
+        for kind, key in (("result", "result_id"), ("review", "review_id"))
+        if row[key] is not None
+    ]
+    if not ids:
+        return
+    latest: dict[tuple[str, int], str] = {}
+    marks = ", ".join("(?, ?)" for _ in ids)
+    for kind, local_id, state in conn.execute(
+        f"SELECT kind, local_id, state FROM sync_outbox WHERE (kind, local_id) IN ({marks})"
+        " ORDER BY revision",
+        [value for pair in ids for value in pair],
+    ):
+        latest[(kind, local_id)] = state
+    for row in rows:
+        held = [
+            latest.get((k, row[key]))
+            for k, key in (("result", "result_id"), ("review", "review_id"))
+            if row[key] is not None
+        ]
+        if (
+            row["status"] in ("screened", "reviewed", "refused")
+            and held
+            and all(state == "acked" for state in held)
+        ):
+            row["status"] = "synced"
 
 
 def latest_marker(store: Store) -> str:
@@ -100,8 +137,10 @@ def latest_marker(store: Store) -> str:
 def study(store: Store, image_id: int) -> dict[str, Any] | None:
     conn = store.conn()
     row = conn.execute(
-        "SELECT i.*, s.patient_id, s.patient_name, s.study_instance_uid, s.study_date,"
-        " s.accession_number FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id=?",
+        f"SELECT i.*, {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,"
+        " s.patient_id AS received_patient_id, s.entered_by, s.entered_at,"
+        " s.study_instance_uid, s.study_date, s.accession_number"
+        " FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id=?",
         (image_id,),
     ).fetchone()
     if row is None:

@@ -41,7 +41,10 @@ def _image_facts(conn: sqlite3.Connection, image_id: int) -> dict[str, Any]:
     row = conn.execute(
         "SELECT i.sha256, i.sop_instance_uid, i.modality, i.body_part, i.view_position,"
         " i.laterality, i.file_format, i.source, i.original_name, i.received_at,"
-        " s.study_instance_uid, s.patient_id, s.patient_name, s.study_date,"
+        " s.study_instance_uid,"
+        " COALESCE(NULLIF(s.patient_id, ''), s.entered_patient_id) AS patient_id,"
+        " COALESCE(NULLIF(s.patient_name, ''), s.entered_patient_name) AS patient_name,"
+        " s.study_date,"
         " s.accession_number"
         " FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
         (image_id,),
@@ -74,12 +77,10 @@ def _add(
     )
 
 
-def record_result(conn: sqlite3.Connection, result_id: int) -> str:
-    """Queue a stored result for the hub (call inside the transaction that stored it)."""
+def _result_payload(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
     row = dict(conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone())
-    image = _image_facts(conn, row["image_id"])
-    payload = {
-        "image": image,
+    return {
+        "image": _image_facts(conn, row["image_id"]),
         "route": row["route"],
         "reason": row["reason"],
         "probability": row["probability"],
@@ -94,7 +95,13 @@ def record_result(conn: sqlite3.Connection, result_id: int) -> str:
         "backend": row["backend"],
         "created_at": row["created_at"],
         "local_id": result_id,
+        "image_id": row["image_id"],
     }
+
+
+def record_result(conn: sqlite3.Connection, result_id: int) -> str:
+    """Queue a stored result for the hub (call inside the transaction that stored it)."""
+    payload = _result_payload(conn, result_id)
     entry_id = f"result:{uuid.uuid4().hex}"
     _add(
         conn,
@@ -102,10 +109,41 @@ def record_result(conn: sqlite3.Connection, result_id: int) -> str:
         revision=1,
         kind="result",
         local_id=result_id,
-        image_id=row["image_id"],
+        image_id=payload.pop("image_id"),
         payload=payload,
     )
     return entry_id
+
+
+def refresh_result(conn: sqlite3.Connection, result_id: int) -> tuple[str, int] | None:
+    """Send a result again with what is now known of its image (e.g. a patient typed in
+    later): same entry id, next revision; a pending older revision is superseded."""
+    first = conn.execute(
+        "SELECT entry_id FROM sync_outbox WHERE kind = 'result' AND local_id = ?"
+        " ORDER BY revision LIMIT 1",
+        (result_id,),
+    ).fetchone()
+    if first is None:
+        return None
+    entry_id = first["entry_id"]
+    revision = conn.execute(
+        "SELECT MAX(revision) + 1 FROM sync_outbox WHERE entry_id = ?", (entry_id,)
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE sync_outbox SET state = 'superseded' WHERE entry_id = ? AND state = 'pending'",
+        (entry_id,),
+    )
+    payload = _result_payload(conn, result_id)
+    _add(
+        conn,
+        entry_id=entry_id,
+        revision=revision,
+        kind="result",
+        local_id=result_id,
+        image_id=payload.pop("image_id"),
+        payload=payload,
+    )
+    return entry_id, revision
 
 
 def record_review(conn: sqlite3.Connection, review_id: int) -> tuple[str, int]:

@@ -104,6 +104,10 @@ KNOWN = (
     N_("Unknown reason code: %(codes)s"),
     N_("Give at least one reason when you disagree."),
     N_("This image has no result to review yet."),
+    # appliance/store/patients.py: PatientError
+    N_("Type the patient ID (up to 64 characters)."),
+    N_("No such image."),
+    N_("This image came with a patient ID from the device; it is kept."),
     # appliance/store/files.py: StorageFullError
     N_("disk nearly full: %(free)s MB free, %(reserve)s MB kept in reserve"),
     N_("disk full while writing %(name)s"),

@@ -22,6 +22,7 @@ from flask_babel import gettext as _
 from markupsafe import Markup
 
 from appliance.store import worklist as queries
+from appliance.store.patients import PatientError, set_patient
 from appliance.store.reviews import ReviewError, add_review, reviews_for
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
@@ -79,6 +80,26 @@ def review(image_id: int):
         flash(translate_reason(str(exc)), "error")
     else:
         flash(_("Review saved."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/patient")
+@requires("operator", "clinician")
+def patient(image_id: int):
+    """Type in the patient of an image that came without one (a camera card's photo)."""
+    _load(image_id)
+    try:
+        set_patient(
+            _store(),
+            image_id,
+            request.form.get("patient_id", ""),
+            request.form.get("patient_name", ""),
+            g.user,
+        )
+    except PatientError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Patient saved."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
 
 

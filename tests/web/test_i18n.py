@@ -146,6 +146,7 @@ SOURCES = [
     "ingest/usb.py",
     "store/users.py",
     "store/reviews.py",
+    "store/patients.py",
 ]
 
 

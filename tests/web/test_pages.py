@@ -64,6 +64,7 @@ PAGES = [
     ("GET", "/study/1/heatmap", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/slip", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/review", {"clinician", "admin"}),
+    ("POST", "/study/1/patient", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
     ("POST", "/import/upload", {"operator", "clinician", "admin"}),
@@ -377,3 +378,61 @@ def test_today_means_today_where_the_clinic_is():
     local = maputo.astimezone(ZoneInfo("Africa/Maputo"))
     assert (local.hour, local.minute) == (0, 0)
     assert timedelta(0) <= datetime.now(timezone.utc) - maputo < timedelta(days=1)
+
+
+def test_a_photo_without_a_patient_gets_one_typed_in_and_the_hub_hears_of_it(app):
+    store = app.extensions["appliance_store"]
+    photo = store.conn().execute("SELECT id FROM images WHERE file_format='jpeg'").fetchone()[0]
+    chest = store.conn().execute("SELECT id FROM images WHERE file_format='dicom'").fetchone()[0]
+    client = logged_in(app, "operator")
+    page = client.get(f"/study/{photo}").text
+    assert 'name="patient_id"' in page
+    assert 'name="patient_id"' not in client.get(f"/study/{chest}").text  # came from DICOM
+    token = csrf_from(page)
+    client.post(
+        f"/study/{photo}/patient",
+        data={"csrf_token": token, "patient_id": "MZ-0042", "patient_name": "Maria A."},
+    )
+    assert (
+        "MZ-0042" in client.get("/").text and "MZ-0042" in client.get(f"/study/{photo}/slip").text
+    )
+    assert "typed in by operator" in client.get(f"/study/{photo}").text
+    # What the device sent is kept apart and never changed.
+    row = (
+        store.conn()
+        .execute(
+            "SELECT s.patient_id, s.entered_patient_id, s.entered_by FROM images i"
+            " JOIN studies s ON s.id = i.study_id WHERE i.id=?",
+            (photo,),
+        )
+        .fetchone()
+    )
+    assert tuple(row) == (None, "MZ-0042", "operator")
+    # The result goes to the hub again, as the next revision of the same entry.
+    rows = (
+        store.conn()
+        .execute(
+            "SELECT entry_id, revision, state, payload FROM sync_outbox o JOIN results r"
+            " ON r.id = o.local_id WHERE o.kind='result' AND r.image_id=? ORDER BY revision",
+            (photo,),
+        )
+        .fetchall()
+    )
+    assert [(r["revision"], r["state"]) for r in rows] == [(1, "superseded"), (2, "pending")]
+    assert rows[0]["entry_id"] == rows[1]["entry_id"]
+    assert json.loads(rows[1]["payload"])["image"]["patient_id"] == "MZ-0042"
+    refused = client.post(
+        f"/study/{chest}/patient",
+        data={"csrf_token": token, "patient_id": "X"},
+        follow_redirects=True,
+    )
+    assert "came with a patient ID from the device" in refused.text
+
+
+def test_worklist_says_synced_once_the_hub_holds_the_result(app):
+    store = app.extensions["appliance_store"]
+    client = logged_in(app, "operator")
+    assert "synced" not in client.get("/").text
+    with store.write() as conn:
+        conn.execute("UPDATE sync_outbox SET state='acked' WHERE kind='result'")
+    assert client.get("/").text.count('class="status synced"') == 2
