@@ -118,7 +118,9 @@ class Worker:
         started = time.perf_counter()
         raw = (self.store.data_dir / image["stored_path"]).read_bytes()
         try:
-            decoded = decode_bytes(raw, self.config.max_image_pixels)
+            # Nothing downstream needs more than the preview's size: JPEG 2000 may stop
+            # decoding one wavelet level early (4x faster for a 2000 px CR).
+            decoded = decode_bytes(raw, self.config.max_image_pixels, self.config.preview_max_px)
         except IngestError as exc:
             self._quarantine(job, image, exc)
             return

@@ -202,7 +202,9 @@ check_pc_release() {
 # --- apt -------------------------------------------------------------------------------
 
 apt_packages() {
-  local pkgs=(python3 python3-venv python3-dev build-essential sqlite3 curl udisks2 ntfs-3g)
+  # libopenjp2-7: JPEG 2000 at reduced resolution for screening (glymur).
+  local pkgs=(python3 python3-venv python3-dev build-essential sqlite3 curl udisks2 ntfs-3g
+    libopenjp2-7)
   # polkit: Ubuntu 22.04 (and JetPack 6) still call it policykit-1
   if [ "$PLATFORM" = jetson ] || [ "$DISTRO" = "ubuntu 22.04" ]; then
     pkgs+=(policykit-1)

@@ -23,13 +23,18 @@ def test_worker_decodes_and_stores_a_preview(importer, store, config, screener):
     photo = importer.import_path(FUNDUS_DIR / "IDRiD_003.jpg", source="usb")
     assert Worker(store, config, screener, name="t").drain() == 2
     rows = {r["id"]: r for r in store.conn().execute("SELECT * FROM images")}
-    for image_id, shape in ((chest.image_id, (1024, 964)), (photo.image_id, (680, 1024, 3))):
+    for image_id, shape in ((chest.image_id, (978, 921)), (photo.image_id, (680, 1024, 3))):
         row = rows[image_id]
         assert row["state"] == "decoded"
         preview = cv2.imread(str(store.data_dir / row["preview_path"]), cv2.IMREAD_UNCHANGED)
         assert preview.shape == shape
     info = json.loads(rows[chest.image_id]["decode_info"])
-    assert info["inverted"] is True and info["voi"] == "window" and info["height"] == 1955
+    assert (
+        info["inverted"] is True
+        and info["voi"] == "window"
+        and info["height"] == 978
+        and info["reduced_by"] == 2
+    )
     assert jobs.counts(store) == {"queued": 0, "running": 0, "done": 2, "failed": 0}
 
 

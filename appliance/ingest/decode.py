@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
 from appliance.errors import DecodeError, IngestError, UnsupportedFileError
 from appliance.ingest import raster
 from appliance.ingest.dicom import DAMAGED, check_image_dataset, read_dicom, transfer_syntax
+from appliance.ingest.j2k import J2K_SYNTAXES, decode_reduced
 from appliance.ingest.sniff import NOT_AN_IMAGE, sniff
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -53,16 +55,23 @@ class DecodedImage:
             "inverted": self.inverted,
             "voi": self.voi,
             "transfer_syntax_uid": self.transfer_syntax_uid,
+            # >1 when decoded at reduced resolution (JPEG 2000): the original is intact.
+            "reduced_by": self.info.get("reduced_by", 1),
         }
 
 
-def decode_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_bytes(
+    raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> DecodedImage:
+    """Decode a stored file. ``max_side``: the caller needs no more than about this many
+    pixels on the longest side, so a JPEG 2000 image may be decoded at reduced
+    resolution (the screening path and the preview); None decodes in full."""
     kind = sniff(raw[:512])
     if kind == "dicom":
         ds = read_dicom(raw)
         try:
             check_image_dataset(ds, max_pixels)
-            return decode_dataset(ds)
+            return decode_dataset(ds, max_side)
         except IngestError:
             raise
         except Exception as exc:  # a malformed value pydicom accepted but we cannot use
@@ -74,10 +83,23 @@ def decode_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIma
     raise UnsupportedFileError(NOT_AN_IMAGE.get(kind, NOT_AN_IMAGE["unknown"]))
 
 
-def decode_dataset(ds: Dataset) -> DecodedImage:
+def decode_dataset(ds: Dataset, max_side: int | None = None) -> DecodedImage:
     frames = int(ds.get("NumberOfFrames") or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     tsyntax = transfer_syntax(ds)
+    info: dict[str, Any] = {}
+    reduced = None
+    if (
+        max_side
+        and str(tsyntax) in J2K_SYNTAXES
+        and frames == 1
+        and int(ds.get("SamplesPerPixel") or 1) == 1
+    ):
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        reduced = decode_reduced(frame, max_side)
+    if reduced is not None:
+        arr, info["reduced_by"] = reduced
+        return _grey(arr, ds, frames, photometric, tsyntax, info)
     try:
         # index=0 decodes only the first frame of a multi-frame object; as_rgb (the
         # default) converts YBR_FULL/YBR_FULL_422 to RGB. Decoder warnings (odd but
@@ -95,7 +117,6 @@ def decode_dataset(ds: Dataset) -> DecodedImage:
     if frames > 1 and arr.ndim == 4:  # defensive: some plugins ignore index
         arr = arr[0]
 
-    info: dict[str, Any] = {}
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -116,6 +137,13 @@ def decode_dataset(ds: Dataset) -> DecodedImage:
             info=info,
         )
 
+    return _grey(arr, ds, frames, photometric, tsyntax, info)
+
+
+def _grey(
+    arr: np.ndarray, ds: Dataset, frames: int, photometric: str, tsyntax: Any, info: dict
+) -> DecodedImage:
+    """Modality LUT, then VOI/window, then MONOCHROME1 inversion, for greyscale pixels."""
     values = apply_modality_lut(arr, ds)
     values = values.astype(np.float32, copy=values.dtype != np.float32)
     inverted = photometric == "MONOCHROME1"

@@ -215,3 +215,34 @@ def test_broken_inputs_get_a_plain_reason(make, error, reason):
     with pytest.raises(error) as caught:
         decode_bytes(make())
     assert reason in caught.value.reason
+
+
+def test_jpeg2000_decodes_at_reduced_resolution_when_less_is_needed(rg1_reference):
+    """glymur over the system's libopenjp2 skips the finest wavelet level."""
+    pytest.importorskip("glymur")
+    import time
+
+    raw = testdata("RG1_J2KR.dcm").read_bytes()
+    started = time.perf_counter()
+    reduced = decode_bytes(raw, max_side=1024)
+    reduced_s = time.perf_counter() - started
+    started = time.perf_counter()
+    full = decode_bytes(raw)
+    full_s = time.perf_counter() - started
+    if reduced.summary()["reduced_by"] == 1:
+        pytest.skip("libopenjp2 is not installed: the full decode is used (apt libopenjp2-7)")
+    assert reduced.pixels.shape == (978, 921) and reduced.summary()["reduced_by"] == 2
+    assert full.summary()["reduced_by"] == 1 and full.pixels.shape == (1955, 1841)
+    shrunk = cv2.resize(full.pixels, (921, 978), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.pixels - shrunk).mean() < 0.01  # same picture, same grey levels
+    assert reduced.inverted and reduced.voi == "window"
+    assert reduced_s < full_s  # ~0.13 s against ~0.5 s here
+
+
+def test_levels_to_skip_keeps_the_preview_size():
+    from appliance.ingest.j2k import levels_to_skip
+
+    assert levels_to_skip(1955, 1024, 5) == 1  # 978 px is close enough to 1024
+    assert levels_to_skip(4000, 1024, 5) == 2
+    assert levels_to_skip(4000, 1024, 1) == 1  # no more levels than the stream has
+    assert levels_to_skip(800, 1024, 5) == 0
