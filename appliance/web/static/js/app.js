@@ -22,13 +22,21 @@
   // Worklist: reload when new results land (polls a tiny marker, not the whole list).
   var list = document.getElementById("worklist");
   if (list) {
+    list.querySelector(".newresults").addEventListener("click", function () {
+      window.location.reload();
+    });
     setInterval(function () {
       fetch(list.dataset.markerUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.json() : null; })
         .then(function (data) {
           if (data && data.marker !== list.dataset.marker) {
-            list.querySelector(".newresults").hidden = false;
-            window.location.reload();
+            var notice = list.querySelector(".newresults");
+            notice.hidden = false;
+            // Refresh at once only when it loses nothing: at the top of the list and
+            // not in the middle of a touch. Otherwise the notice is a button.
+            if (window.scrollY < 40 && !document.querySelector(":active")) {
+              window.location.reload();
+            }
           }
         }).catch(function () {});
     }, 5000);
