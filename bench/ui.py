@@ -37,6 +37,7 @@ from appliance.config import load_config
 from appliance.store import users
 from appliance.store import worklist as queries
 from appliance.store.db import Store
+from appliance.store.worklist_items import rebuild
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -262,6 +263,8 @@ def measure(work: Path, count: int, requests: int) -> dict:
     real = screen_real_images(store, config)
     started = time.perf_counter()
     fill(store, real, count - len(real), user_id)
+    with store.write() as conn:  # rows written with plain SQL: place them in the worklist
+        rebuild(conn)
     fill_s = time.perf_counter() - started
     conn = store.conn()
     counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}

@@ -9,6 +9,7 @@ from typing import Any
 
 from appliance.store import jobs
 from appliance.store.db import Store, audit, utc_now
+from appliance.store.worklist_items import refresh_item
 
 
 @dataclass
@@ -112,6 +113,7 @@ def insert_image(
     )
     image_id = int(cur.lastrowid)
     jobs.enqueue(conn, jobs.SCREEN, image_id, priority)
+    refresh_item(conn, image_id)
     audit(
         conn,
         record.source,

@@ -241,3 +241,34 @@ def m006_patient_entry(db: Database) -> None:
         ALTER TABLE studies ADD COLUMN entered_at TEXT;
         """
     )
+
+
+@migrations()
+def m007_worklist_items(db: Database) -> None:
+    # Self-contained on purpose: a later change to the worklist code must not change
+    # what this migration did.
+    db.executescript(
+        """
+        CREATE TABLE worklist_items (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id),
+            status TEXT NOT NULL,
+            rank INTEGER NOT NULL,
+            received_at TEXT NOT NULL,
+            result_id INTEGER REFERENCES results(id),
+            review_id INTEGER REFERENCES reviews(id)
+        );
+        CREATE INDEX worklist_items_order ON worklist_items(rank, image_id DESC);
+        CREATE INDEX worklist_items_received ON worklist_items(received_at);
+        INSERT INTO worklist_items (image_id, status, rank, received_at, result_id, review_id)
+        SELECT i.id,
+               CASE WHEN r.id IS NULL THEN 'waiting' WHEN v.id IS NOT NULL THEN 'reviewed'
+                    WHEN r.route = 'refused' THEN 'refused' ELSE 'screened' END,
+               CASE WHEN r.id IS NOT NULL AND v.id IS NOT NULL THEN 6
+                    WHEN r.triage = 'urgent' THEN 0 WHEN r.triage = 'review' THEN 1
+                    WHEN r.route = 'refused' THEN 2 WHEN r.id IS NULL THEN 3 ELSE 4 END,
+               i.received_at, r.id, v.id
+        FROM images i
+        LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)
+        LEFT JOIN reviews v ON v.id = (SELECT MAX(id) FROM reviews WHERE image_id = i.id);
+        """
+    )

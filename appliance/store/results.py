@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from appliance.store.db import Store, audit, utc_now
+from appliance.store.worklist_items import refresh_item
 from appliance.sync import outbox
 
 _JSON_FIELDS = ("hints", "router", "quality", "timings")
@@ -47,6 +48,7 @@ def insert_result(
         ),
     )
     result_id = int(cur.lastrowid)
+    refresh_item(conn, image_id)
     outbox.record_result(conn, result_id)  # same transaction: never a result the hub misses
     audit(
         conn,

@@ -7,6 +7,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.store.db import Store, audit, utc_now
+from appliance.store.worklist_items import refresh_item
 from appliance.sync import outbox
 
 # Reason codes a clinician can tick when disagreeing (or qualifying agreement).
@@ -61,6 +62,7 @@ def add_review(
             ),
         )
         outbox.record_review(conn, int(cur.lastrowid))  # same transaction as the review
+        refresh_item(conn, image_id)
         audit(
             conn,
             user["username"],

@@ -12,42 +12,22 @@ from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
 PAGE_SIZE = 50
 
-# What needs a person first: urgent and review findings, then refusals (a retake is
-# needed), then images still being screened, then routine, then what is reviewed.
-_STATUS_SQL = """
-    CASE
-        WHEN r.id IS NULL THEN 'waiting'
-        WHEN v.id IS NOT NULL THEN 'reviewed'
-        WHEN r.route = 'refused' THEN 'refused'
-        ELSE 'screened'
-    END
-"""
-_RANK_SQL = f"""
-    CASE
-        WHEN ({_STATUS_SQL}) = 'reviewed' THEN 6
-        WHEN r.triage = 'urgent' THEN 0
-        WHEN r.triage = 'review' THEN 1
-        WHEN r.route = 'refused' THEN 2
-        WHEN r.id IS NULL THEN 3
-        ELSE 4
-    END
-"""
+# The order (w.rank) and status come from worklist_items, kept in step with every write.
 _FROM = """
-    FROM images i
+    FROM worklist_items w
+    JOIN images i ON i.id = w.image_id
     JOIN studies s ON s.id = i.study_id
-    LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)
-    LEFT JOIN reviews v ON v.id = (SELECT MAX(id) FROM reviews WHERE image_id = i.id)
+    LEFT JOIN results r ON r.id = w.result_id
+    LEFT JOIN reviews v ON v.id = w.review_id
 """
-_IMAGES = "FROM images i JOIN studies s ON s.id = i.study_id"
 FILTERS = {
     "all": "1",
-    "today": "i.received_at >= :day_start",  # the site's midnight, in UTC
-    "needs_review": "r.triage IN ('urgent', 'review') AND v.id IS NULL",
+    "today": "w.received_at >= :day_start",  # the site's midnight, in UTC
+    "needs_review": "w.rank <= 1",  # urgent or review, not yet reviewed
     "refused": "r.route = 'refused'",
 }
-# Filters on the image alone: their count skips the two per-image lookups of the latest
-# result and review (a LEFT JOIN adds no rows), which were half of the page's SQL time.
-_ON_IMAGES_ONLY = {"all", "today"}
+# Filters on the item alone are counted without joining anything.
+_ON_ITEMS_ONLY = {"all", "today", "needs_review"}
 
 
 def local_midnight_utc(timezone_name: str) -> str:
@@ -65,7 +45,7 @@ def worklist(
 ) -> dict[str, Any]:
     where = FILTERS.get(filter_name, "1")
     conn = store.conn()
-    count_from = _IMAGES if filter_name in _ON_IMAGES_ONLY else _FROM
+    count_from = "FROM worklist_items w" if filter_name in _ON_ITEMS_ONLY else _FROM
     params = {
         "day_start": local_midnight_utc(timezone_name),
         "limit": PAGE_SIZE,
@@ -76,9 +56,9 @@ def worklist(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
                    {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
                    r.route, r.score, r.triage, r.id AS result_id, v.id AS review_id,
-                   ({_STATUS_SQL}) AS status, v.verdict
+                   w.status, v.verdict
             {_FROM} WHERE {where}
-            ORDER BY {_RANK_SQL}, i.id DESC LIMIT :limit OFFSET :offset""",
+            ORDER BY w.rank, w.image_id DESC LIMIT :limit OFFSET :offset""",
         params,
     ).fetchall()
     rows = [dict(r) for r in rows]
