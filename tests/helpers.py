@@ -6,9 +6,14 @@ one by name would pick whichever pytest loaded first.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,3 +56,61 @@ def scaled_rg1(folder: Path, factor: float) -> Path:
         capture_output=True,
     )
     return target
+
+
+class Served:
+    """A real ``python -m appliance serve`` on free ports, for tests that need the whole box."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.dicom_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / "serve.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                "--dicom-port",
+                str(self.dicom_port),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.close()  # never leave a server behind when start-up fails
+            raise
+
+    def wait_healthy(self, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                    return json.load(response)
+            except urllib.error.HTTPError as degraded:  # up, and saying what is wrong
+                return json.load(degraded)
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("serve did not become healthy")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

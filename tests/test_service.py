@@ -16,62 +16,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import free_port, require_tool, scaled_rg1, testdata
+from helpers import Served, require_tool, scaled_rg1, testdata
 from pydicom.uid import generate_uid
 
 from appliance.store.files import sha256_file
-
-
-class Served:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.dicom_port = free_port()
-        self.log = open(data_dir.parent / "serve.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "appliance",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(self.port),
-                "--dicom-port",
-                str(self.dicom_port),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.close()  # never leave a server behind when start-up fails
-            raise
-
-    def wait_healthy(self, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.port}/healthz", timeout=2
-                ) as r:
-                    return json.load(r)
-            except urllib.error.HTTPError as degraded:  # up, and saying what is wrong
-                return json.load(degraded)
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("serve did not become healthy")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

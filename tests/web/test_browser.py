@@ -14,15 +14,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import FUNDUS_DIR, TESTS, free_port, testdata
+from helpers import FUNDUS_DIR, TESTS, Served, testdata
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -91,52 +86,6 @@ PRINT_BOX_PX = {
     "a5": {"width": round(128 / 25.4 * 96), "height": round(190 / 25.4 * 96)},
     "a4": {"width": round(180 / 25.4 * 96), "height": round(267 / 25.4 * 96)},
 }
-
-
-class Served:
-    """``python -m appliance serve`` on a free port (the pattern of tests/test_service.py)."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / "serve.log"
-        self.log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--data-dir", str(data_dir)]
-            + ["--port", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.close()  # never leave a server behind when start-up fails
-            raise
-
-    def wait_healthy(self, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
-                    return json.load(r)
-            except urllib.error.HTTPError as degraded:
-                return json.load(degraded)
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("serve did not become healthy")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
