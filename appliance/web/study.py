@@ -21,11 +21,14 @@ from flask import (
 from flask_babel import gettext as _
 from markupsafe import Markup
 
+from appliance.ingest.decode import decode_bytes
 from appliance.store import worklist as queries
+from appliance.store.files import atomic_write_bytes
 from appliance.store.patients import PatientError, set_patient
 from appliance.store.reviews import ReviewError, add_review, reviews_for
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
+from appliance.worker import preview_jpeg
 
 bp = Blueprint("study", __name__, url_prefix="/study")
 
@@ -61,6 +64,29 @@ def media(image_id: int, kind: str):
     mimetype = "image/jpeg" if Path(relative).suffix == ".jpg" else "image/png"
     # Previews and overlays are small (~100 KB): read whole, no file handle left open.
     return Response(path.read_bytes(), mimetype=mimetype)
+
+
+# Longest side of the full-detail view: the whole original for any X-ray or fundus
+# camera in use (a 4288 px camera frame included).
+FULL_DETAIL_MAX_PX = 8192
+
+
+@bp.get("/<int:image_id>/full")
+def full_detail(image_id: int):
+    """The original at full resolution, on request (the preview is <= 1024 px): decoded
+    once, then kept beside the preview."""
+    item = _load(image_id)
+    store = _store()
+    cached = store.data_dir / "previews" / f"{image_id}-full.jpg"
+    if not cached.is_file():
+        if item["state"] == "quarantined":
+            abort(404)
+        config = current_app.config["APPLIANCE"]
+        decoded = decode_bytes(
+            (store.data_dir / item["stored_path"]).read_bytes(), config.max_image_pixels
+        )
+        atomic_write_bytes(cached, preview_jpeg(decoded, FULL_DETAIL_MAX_PX), store.tmp_dir)
+    return Response(cached.read_bytes(), mimetype="image/jpeg")
 
 
 @bp.post("/<int:image_id>/review")

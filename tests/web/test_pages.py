@@ -63,6 +63,7 @@ PAGES = [
     ("GET", "/study/1/preview", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/heatmap", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/slip", {"operator", "clinician", "admin"}),
+    ("GET", "/study/1/full", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/review", {"clinician", "admin"}),
     ("POST", "/study/1/patient", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
@@ -436,3 +437,18 @@ def test_worklist_says_synced_once_the_hub_holds_the_result(app):
     with store.write() as conn:
         conn.execute("UPDATE sync_outbox SET state='acked' WHERE kind='result'")
     assert client.get("/").text.count('class="status synced"') == 2
+
+
+def test_full_detail_decodes_the_original_once_on_request(app):
+    import cv2
+    import numpy as np
+
+    client = logged_in(app, "operator")
+    response = client.get("/study/1/full")  # RG1 J2K lossy: the preview was 978 px
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    full = cv2.imdecode(np.frombuffer(response.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert full.shape == (1955, 1841)
+    cached = app.extensions["appliance_store"].data_dir / "previews" / "1-full.jpg"
+    assert cached.is_file()
+    assert client.get("/study/1/full").data == response.data
+    assert "full-detail" in client.get("/study/1").text

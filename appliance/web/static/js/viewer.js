@@ -72,6 +72,21 @@
     opacity.addEventListener("input", paint);
     paint();
   }
-  if (image.complete) { fit(); } else { image.addEventListener("load", fit); }
+  // Full detail: swap in the full-resolution original, keeping what is on screen.
+  var full = document.getElementById("full-detail");
+  if (full) {
+    full.addEventListener("click", function () {
+      var before = image.naturalWidth;
+      full.disabled = true;
+      image.removeEventListener("load", fit);
+      image.addEventListener("load", function () {
+        view.scale *= before / image.naturalWidth;
+        apply();
+        full.hidden = true;
+      }, { once: true });
+      image.src = full.dataset.url;
+    });
+  }
+  if (image.complete) { fit(); } else { image.addEventListener("load", fit, { once: true }); }
   window.addEventListener("resize", fit);
 })();
