@@ -306,6 +306,8 @@ def results(data_dir, limit, as_json) -> None:
             f"{row['created_at'][:19]}  #{row['image_id']:<6} {row['patient_id'] or '-':<14}"
             f" {row['route']:<10} {what}"
         )
+    if rows:
+        click.echo("Decision support, not a diagnosis: a clinician reviews every result.")
 
 
 @main.command()

@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from appliance.store.db import Store, audit, utc_now
+from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 from appliance.store.worklist_items import refresh_item
 from appliance.sync import outbox
 
@@ -74,7 +75,7 @@ def list_results(store: Store, limit: int = 500) -> list[dict[str, Any]]:
     """Newest first, with the image's patient and source (for ``appliance results``)."""
     rows = store.conn().execute(
         "SELECT r.*, i.modality, i.body_part, i.source, i.original_name, i.sop_instance_uid,"
-        " s.patient_id, s.patient_name FROM results r"
+        f" {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name FROM results r"
         " JOIN images i ON i.id = r.image_id JOIN studies s ON s.id = i.study_id"
         " ORDER BY r.id DESC LIMIT ?",
         (limit,),
