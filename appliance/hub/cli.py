@@ -142,14 +142,19 @@ def create_admin(data_dir, database_url, username, password) -> None:
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @data_dir_option
 @database_option
+@click.option(
+    "--receipt-to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write a receipt per bundle here (e.g. the stick), for the box to read.",
+)
 @json_option
 @translate_errors
-def import_(bundles, data_dir, database_url, as_json) -> None:
+def import_(bundles, data_dir, database_url, receipt_to, as_json) -> None:
     """Import data-mule bundles written by `appliance sync export` (again: no change)."""
     from appliance.hub import records
 
     database = _database(data_dir, database_url)
-    reports = [records.import_bundle(database, path) for path in bundles]
+    reports = [records.import_bundle(database, path, receipt_to) for path in bundles]
     if as_json:
         click.echo(json.dumps(reports, indent=2))
         return

@@ -198,8 +198,29 @@ def known_entries(
 
 
 # -- data-mule bundles ------------------------------------------------------------
-def import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
-    """Verify and store a data-mule bundle; importing the same bundle again is a no-op."""
+def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -> dict[str, Any]:
+    """Verify and store a data-mule bundle; importing the same bundle again is a no-op.
+
+    With ``receipt_to``, also write the receipt a never-connected box reads to learn
+    what the hub now holds (written for a replay too: the hub holds it all the same)."""
+    report = _import_bundle(db, path)
+    if receipt_to is not None:
+        report["receipt"] = str(
+            mule.write_receipt(
+                receipt_to,
+                device_id=report["device_id"],
+                bundle_id=report["bundle_id"],
+                entries=report.pop("keys"),
+                token_hash_hex=report.pop("token_hash"),
+            )
+        )
+    else:
+        report.pop("keys")
+        report.pop("token_hash")
+    return report
+
+
+def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
     device_id, payload, signature = mule.read_bundle(path)
     conn = db.connect()
     try:
@@ -213,16 +234,24 @@ def import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
             entries = validate_entries(body)
         except ValueError as exc:
             raise MuleBundleError(f"signed bundle with malformed entries: {exc}") from exc
+        report = {
+            "bundle_id": body["bundle_id"],
+            "entries": len(entries),
+            "replay": True,
+            "device_id": device_id,
+            "token_hash": device["token_hash"],
+            "keys": [(e["id"], e["rev"]) for e in entries],
+        }
         with conn.transaction():
             if conn.one("SELECT bundle_id FROM imports WHERE bundle_id = ?", (body["bundle_id"],)):
-                return {"bundle_id": body["bundle_id"], "entries": len(entries), "replay": True}
+                return report
             store_entries(conn, device_id, entries)
             conn.execute(
                 "INSERT INTO imports (bundle_id, device_id, entries, imported_at)"
                 " VALUES (?, ?, ?, ?)",
                 (body["bundle_id"], device_id, len(entries), now()),
             )
-        return {"bundle_id": body["bundle_id"], "entries": len(entries), "replay": False}
+        return {**report, "replay": False}
     finally:
         conn.close()
 

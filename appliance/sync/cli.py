@@ -106,3 +106,27 @@ def export(data_dir, to) -> None:
     config = _config(data_dir)
     report = export_bundle(Store.open(config.data_dir), config, to)
     click.echo(f"{report['entries']} entries written to {report['path']}")
+
+
+@sync.command()
+@click.argument("receipts", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@data_dir_option
+@json_option
+@translate_errors
+def receipt(receipts, data_dir, as_json) -> None:
+    """Read the hub's receipts for exported bundles (written by `appliance hub import
+    --receipt-to`): what the hub holds is marked acknowledged, never sent again."""
+    from appliance.store.db import Store
+    from appliance.sync.mule import apply_receipt
+
+    config = _config(data_dir)
+    store = Store.open(config.data_dir)
+    reports = [apply_receipt(store, config, path) for path in receipts]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    for report in reports:
+        click.echo(
+            f"{report['path']}: the hub holds {report['entries']} entries "
+            f"({report['acked']} newly acknowledged)"
+        )

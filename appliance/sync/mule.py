@@ -9,13 +9,23 @@ The signature covers the exact payload bytes, so any change to them (or a swappe
 device id) is refused. The hub verifies with the public key it recorded when the box
 enrolled; the embedded entries go through the same idempotent upsert as online sync, and
 the bundle id makes a replay a no-op. Exported rows stay pending on the box (marked
-exported) until the hub confirms it holds them, online (``/known``) at the next link.
+exported) until the hub confirms it holds them: online (``/known``) at the next link,
+or, for a box that never has a link, by a *receipt* the hub writes when it imports the
+bundle and the stick carries back::
+
+    {"format": "appliance-sync-receipt/1", "device_id", "bundle_id", "entries": [[id, rev]],
+     "mac": HMAC-SHA256 keyed with sha256(device token)}
+
+Only the hub (which keeps that hash) and the box (which holds the token) can make one,
+so a receipt found on a stick cannot make a box believe the hub holds what it does not.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import hmac
 import json
 import os
 import uuid
@@ -100,3 +110,57 @@ def verify_bundle(
     if body.get("device_id") != device_id:
         raise MuleBundleError("the bundle's device does not match its signature: refused")
     return body
+
+
+RECEIPT_FORMAT = "appliance-sync-receipt/1"
+
+
+def _receipt_mac(token_hash_hex: str, body: dict[str, Any]) -> str:
+    message = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(bytes.fromhex(token_hash_hex), message, hashlib.sha256).hexdigest()
+
+
+def write_receipt(
+    to: Path,
+    *,
+    device_id: str,
+    bundle_id: str,
+    entries: list[tuple[str, int]],
+    token_hash_hex: str,
+) -> Path:
+    """The hub's side: what it now holds from one bundle, for the stick to carry back."""
+    body = {
+        "format": RECEIPT_FORMAT,
+        "device_id": device_id,
+        "bundle_id": bundle_id,
+        "entries": [[entry_id, revision] for entry_id, revision in entries],
+    }
+    envelope = {**body, "mac": _receipt_mac(token_hash_hex, body)}
+    to = Path(to)
+    if to.is_dir():
+        to = to / f"receipt-{device_id}-{bundle_id[:8]}.json"
+    tmp = to.with_name(to.name + ".tmp")
+    tmp.write_text(json.dumps(envelope), encoding="utf-8")
+    os.replace(tmp, to)
+    return to
+
+
+def apply_receipt(store: Store, config: Config, path: Path) -> dict[str, Any]:
+    """The box's side: verify a receipt and mark what the hub holds as acknowledged."""
+    identity = load_identity(config.data_dir)
+    try:
+        envelope = json.loads(Path(path).read_text(encoding="utf-8"))
+        body = {k: envelope[k] for k in ("format", "device_id", "bundle_id", "entries")}
+        given = str(envelope["mac"])
+        keys = [(str(entry_id), int(revision)) for entry_id, revision in body["entries"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MuleBundleError(f"{path}: unreadable receipt ({exc})") from exc
+    if body["format"] != RECEIPT_FORMAT:
+        raise MuleBundleError(f"{path}: not a sync receipt")
+    if body["device_id"] != identity.device_id:
+        raise MuleBundleError(f"{path}: a receipt for another box ({body['device_id']})")
+    token_hash = hashlib.sha256(identity.token.encode()).hexdigest()
+    if not hmac.compare_digest(given, _receipt_mac(token_hash, body)):
+        raise MuleBundleError(f"{path}: the receipt does not verify: refused")
+    acked = outbox.mark_acked(store, keys)
+    return {"path": str(path), "bundle_id": body["bundle_id"], "entries": len(keys), "acked": acked}

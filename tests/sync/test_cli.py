@@ -92,3 +92,28 @@ def test_system_page_shows_the_sync_state(box, hub):
     assert "Waiting to send: 3 results, 0 reviews" in page
     assert "Last successful sync: never" in page
     app.extensions["appliance_store"].close()
+
+
+def test_receipt_carried_back_on_the_stick(tmp_path, box, hub):
+    store, config = box
+    make_backlog(store, 15)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    run("sync", "export", "--data-dir", str(config.data_dir), "--to", str(stick))
+    [bundle] = stick.glob("*.bundle")
+    imported = run(
+        "hub",
+        "import",
+        str(bundle),
+        "--data-dir",
+        str(hub.data_dir),
+        "--receipt-to",
+        str(stick),
+        "--json",
+    )
+    [receipt] = stick.glob("receipt-*.json")
+    assert json.loads(imported.output)[0]["receipt"] == str(receipt)
+    read = run("sync", "receipt", str(receipt), "--data-dir", str(config.data_dir))
+    assert read.exit_code == 0 and "the hub holds 15 entries (15 newly acknowledged)" in read.output
+    status = run("sync", "status", "--data-dir", str(config.data_dir), "--json")
+    assert json.loads(status.output)["result_pending"] == 0
