@@ -322,7 +322,7 @@ def doctor(data_dir, as_json) -> None:
     if as_json:
         _print_json(report)
     else:
-        for section in ("backends", "models", "storage"):
+        for section in ("backends", "models", "storage", "engines"):
             click.echo(f"[{section}]")
             for item in report[section]:
                 mark = "ok " if item["ok"] else "!! "

@@ -7,6 +7,7 @@ import shutil
 from typing import Any
 
 from appliance.config import Config
+from appliance.engines import read_status
 from appliance.inference.backends import backend_report
 from appliance.inference.bundle import load_bundle
 from appliance.screening.models import REQUIRED, ModelSet, models_dir, newest_bundles
@@ -32,7 +33,22 @@ def run_checks(config: Config) -> dict[str, Any]:
         "backends": backends,
         "models": models,
         "storage": storage,
+        "engines": _engine_checks(config),
     }
+
+
+def _engine_checks(config: Config) -> list[dict[str, Any]]:
+    """TensorRT engines as the last `appliance serve` left them (informative: screening
+    runs on ONNX Runtime whenever an engine is missing, so none of this fails the check)."""
+    status = read_status(config.data_dir)
+    checks = [{"name": "engine builds", "ok": True,
+               "detail": f"{status.get('state', 'unknown')}: {status.get('detail') or '-'}"}]
+    for name, bundle in sorted(status.get("bundles", {}).items()):
+        detail = f"{bundle.get('state')}, serving on {bundle.get('serving') or '-'}"
+        if bundle.get("error"):
+            detail += f" ({bundle['error']})"
+        checks.append({"name": name, "ok": True, "detail": detail})
+    return checks
 
 
 def _model_checks(config: Config) -> list[dict[str, Any]]:

@@ -63,9 +63,10 @@ def test_ingest_a_single_bad_file_keeps_a_copy_in_quarantine(tmp_path):
 
 def test_migrate_is_idempotent(tmp_path):
     data = str(tmp_path / "data")
-    assert "applied: m001_initial, m002_results, m003_users_reviews" in run(
-        "migrate", "--data-dir", data
-    ).output
+    assert (
+        "applied: m001_initial, m002_results, m003_users_reviews"
+        in run("migrate", "--data-dir", data).output
+    )
     assert "up to date" in run("migrate", "--data-dir", data).output
 
 
@@ -136,3 +137,31 @@ def test_results_lists_what_the_worker_stored(tmp_path):
     assert all(r["model_sha256"] and r["timings"]["decode"] > 0 for r in rows)
     text = run("results", "--data-dir", data).output
     assert "score" in text and "9RG1" in text
+
+
+def test_doctor_reports_backends_models_storage_and_engines(tmp_path):
+    from appliance.engines import write_status
+
+    data = tmp_path / "data"
+    write_status(
+        data,
+        {
+            "state": "working",
+            "detail": "building 1 of 3",
+            "bundles": {
+                "cxr-pneumonia": {"state": "building", "serving": "onnxruntime", "error": None}
+            },
+        },
+    )
+    result = CliRunner().invoke(main, ["doctor", "--data-dir", str(data), "--json"])
+    assert result.exit_code == 0, result.output  # no TensorRT here is not a problem
+    report = json.loads(result.output)
+    assert {b["name"] for b in report["backends"]} == {"onnxruntime", "tensorrt"}
+    assert all(m["ok"] and "sha256 verified" in m["detail"] for m in report["models"])
+    assert report["engines"][1] == {
+        "name": "cxr-pneumonia",
+        "ok": True,
+        "detail": "building, serving on onnxruntime",
+    }
+    text = CliRunner().invoke(main, ["doctor", "--data-dir", str(data)]).output
+    assert "[engines]" in text and "all good" in text
