@@ -51,3 +51,29 @@ def screener(models, config):
     from appliance.screening.pipeline import Screener
 
     return Screener(models, config)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL cluster (Debian's postgresql) on a free loopback port."""
+    import shutil
+    import tempfile
+
+    from sync.synckit import PostgresServer, postgres_binaries
+
+    bindir = postgres_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not installed (apt-get install postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="hub-pg-"))
+    server = PostgresServer(bindir, base)
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str:
+    """The hub's database: "" for SQLite, or a fresh database on the test cluster."""
+    if request.param == "sqlite":
+        return ""
+    return request.getfixturevalue("postgres").create_database()

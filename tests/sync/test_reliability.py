@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 from helpers import free_port
 from sync.synckit import (
     FAST_RETRIES,
@@ -67,8 +68,20 @@ def run_in_background(worker: SyncWorker) -> threading.Event:
     return stop
 
 
-def test_10000_results_through_a_faulty_link_arrive_exactly_once(box, hub):
-    store, config = box
+@pytest.fixture
+def any_hub(tmp_path, database_url):
+    """The hub on SQLite and on a real PostgreSQL server."""
+    server = HubThread(tmp_path / "any-hub", database_url)
+    yield server
+    server.close()
+
+
+def test_10000_results_through_a_faulty_link_arrive_exactly_once(tmp_path, any_hub):
+    hub = any_hub
+    data_dir = tmp_path / "box"
+    store = Store.open(data_dir)
+    enrol(data_dir, hub.url, hub.enrol_code())
+    config = load_config(data_dir, environ={}, usb_roots=[], min_free_mb=1, **FAST_RETRIES)
     make_backlog(store, 10_000)
     proxy = FaultProxy(hub.port, drop=0.3, cut=0.15, delay=0.05)
     worker = SyncWorker(store, config.with_overrides(sync_hub_url=proxy.url))
@@ -83,6 +96,7 @@ def test_10000_results_through_a_faulty_link_arrive_exactly_once(box, hub):
     # The link really was bad: requests dropped, answers cut after the hub had committed.
     assert proxy.stats["dropped"] >= 5 and proxy.stats["cut"] >= 3
     assert_exactly_once(store, hub.app.extensions["hub_database"], 10_000)
+    store.close()
 
 
 def test_the_hub_down_the_whole_time_then_up_the_backlog_drains_by_itself(tmp_path):
