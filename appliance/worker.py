@@ -22,6 +22,7 @@ import numpy as np
 from appliance.config import Config
 from appliance.errors import IngestError
 from appliance.ingest.decode import DecodedImage, decode_bytes
+from appliance.screening.gate import age_in_years
 from appliance.screening.pipeline import Screener
 from appliance.store import jobs
 from appliance.store.db import Store, audit, utc_now
@@ -133,6 +134,15 @@ class Worker:
             self.store.tmp_dir,
         )
         tags = {column: image[column] for column in TAG_COLUMNS}
+        study = (
+            self.store.conn()
+            .execute(
+                "SELECT patient_age, patient_birth_date, study_date FROM studies WHERE id=?",
+                (image["study_id"],),
+            )
+            .fetchone()
+        )
+        tags["patient_age_years"] = age_in_years(*study)
         result = self.screener.screen(decoded, tags, preview_size(decoded, HEATMAP_MAX_PX))
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None

@@ -134,3 +134,13 @@ def test_workers_wait_while_the_models_are_missing(importer, store, config):
     importer.import_path(FUNDUS_DIR / "hrf_12_h.jpg", source="usb")
     assert Worker(store, config, Screener(empty, config), name="t").run_once() is False
     assert jobs.counts(store)["queued"] == 1
+
+
+def test_the_worker_reads_the_age_the_device_sent(importer, store, config, screener):
+    from appliance.screening.pipeline import ADULT_CAUTION
+
+    importer.import_path(testdata("RG1_J2KI.dcm"), source="dicom")
+    Worker(store, config, screener, name="t").drain()
+    study = store.conn().execute("SELECT patient_birth_date FROM studies").fetchone()[0]
+    hints = json.loads(store.conn().execute("SELECT hints FROM results").fetchone()[0])
+    assert study == "19400305" and ADULT_CAUTION in hints

@@ -152,6 +152,8 @@ def dicom_record(
         transfer_syntax_uid=str(tsyntax) if tsyntax else None,
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_age=_text(ds, "PatientAge"),
         study_date=_text(ds, "StudyDate"),
         study_description=_text(ds, "StudyDescription"),
         accession_number=_text(ds, "AccessionNumber"),

@@ -10,6 +10,7 @@ from appliance.errors import IngestError
 from appliance.ingest.decode import decode_bytes
 from appliance.ingest.dicom import dicom_record, read_dicom
 from appliance.ingest.sniff import sniff
+from appliance.screening.gate import age_in_years
 from appliance.screening.pipeline import DECISION_SUPPORT, Screener
 
 TAGS = ("modality", "body_part", "view_position", "laterality", "sop_class_uid")
@@ -27,6 +28,9 @@ def screen_file(screener: Screener, path: Path, max_pixels: int) -> dict[str, An
                 read_dicom(raw), sha256="0" * 64, size_bytes=len(raw), source="cli"
             )
             tags = {name: getattr(record, name) for name in TAGS}
+            tags["patient_age_years"] = age_in_years(
+                record.patient_age, record.patient_birth_date, record.study_date
+            )
     except IngestError as exc:
         return {
             "file": str(path),

@@ -10,6 +10,7 @@ from a camera card) the router decides alone and must be confident.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 CHEST, FUNDUS, REFUSED = "chest_xray", "fundus", "refused"
@@ -134,3 +135,25 @@ def _not_what_it_claims(expected: str) -> str:
     if expected == CHEST:
         return "Labelled as a chest X-ray, but the image does not look like one."
     return "Labelled as an eye photograph, but the image does not look like a retina."
+
+
+def age_in_years(
+    patient_age: str | None, birth_date: str | None, study_date: str | None
+) -> float | None:
+    """The patient's age at the study from DICOM PatientAge ("045Y", "018M", "030W",
+    "010D"), else from birth date and study date; None when the device did not say."""
+    units = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+    if (
+        patient_age
+        and len(patient_age) == 4
+        and patient_age[:3].isdigit()
+        and (patient_age[3].upper() in units)
+    ):
+        return int(patient_age[:3]) * units[patient_age[3].upper()]
+    try:
+        born = date(int(birth_date[:4]), int(birth_date[4:6]), int(birth_date[6:8]))
+        seen = date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:8]))
+    except (TypeError, ValueError, IndexError):
+        return None
+    years = (seen - born).days / 365.25
+    return years if 0 <= years < 130 else None

@@ -30,6 +30,15 @@ DECISION_SUPPORT = "Decision support, not a diagnosis: a clinician reviews every
 NEGATIVE_HEAT_SCALE = 4.0
 
 
+# The chest model learned from children aged 1-5 (Kermany): on an adult it still gives
+# a score, with this caution beside it for the clinician.
+ADULT_YEARS = 16
+ADULT_CAUTION = (
+    "Trained on X-rays of young children (1 to 5 years): for an adult, read this score "
+    "with extra caution."
+)
+
+
 class ScreeningUnavailableError(ApplianceError):
     """A model this image needs is not loaded (see /healthz or appliance doctor)."""
 
@@ -167,6 +176,9 @@ class Screener:
             )
             result.model = identity
             result.backend = backend
+            age = tags.get("patient_age_years")
+            if name == CXR and age is not None and age >= ADULT_YEARS:
+                result.hints.append(ADULT_CAUTION)
             if overlay_size is not None:
                 result.heatmap = render_overlay(
                     outputs["cam"][0, 0],

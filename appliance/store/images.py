@@ -29,6 +29,8 @@ class ImageRecord:
     transfer_syntax_uid: str | None = None
     patient_id: str | None = None
     patient_name: str | None = None
+    patient_birth_date: str | None = None  # DICOM DA, YYYYMMDD
+    patient_age: str | None = None  # DICOM AS, e.g. 045Y
     study_date: str | None = None
     study_description: str | None = None
     accession_number: str | None = None
@@ -48,6 +50,8 @@ _STUDY_FIELDS = (
     "study_date",
     "study_description",
     "accession_number",
+    "patient_birth_date",
+    "patient_age",
 )
 _IMAGE_FIELDS = (
     "sop_instance_uid",
@@ -97,8 +101,8 @@ def insert_image(
     ).fetchone()
     if study is None:
         cur = conn.execute(
-            "INSERT INTO studies (study_instance_uid, patient_id, patient_name, study_date,"
-            " study_description, accession_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO studies (study_instance_uid, {', '.join(_STUDY_FIELDS)}, created_at)"
+            f" VALUES (?, {', '.join('?' for _ in _STUDY_FIELDS)}, ?)",
             (record.study_instance_uid, *(getattr(record, f) for f in _STUDY_FIELDS), now),
         )
         study_id = cur.lastrowid

@@ -272,3 +272,14 @@ def m007_worklist_items(db: Database) -> None:
         LEFT JOIN reviews v ON v.id = (SELECT MAX(id) FROM reviews WHERE image_id = i.id);
         """
     )
+
+
+@migrations()
+def m008_patient_age(db: Database) -> None:
+    # The chest model was trained on children: the screen needs the patient's age.
+    db.executescript(
+        """
+        ALTER TABLE studies ADD COLUMN patient_birth_date TEXT;
+        ALTER TABLE studies ADD COLUMN patient_age TEXT;
+        """
+    )

@@ -104,6 +104,11 @@ KNOWN = (
     N_("Unknown reason code: %(codes)s"),
     N_("Give at least one reason when you disagree."),
     N_("This image has no result to review yet."),
+    # appliance/screening/pipeline.py: ADULT_CAUTION
+    N_(
+        "Trained on X-rays of young children (1 to 5 years): for an adult, read this score "
+        "with extra caution."
+    ),
     # appliance/store/patients.py: PatientError
     N_("Type the patient ID (up to 64 characters)."),
     N_("No such image."),

@@ -47,3 +47,23 @@ def test_tags_that_agree_lower_the_confidence_needed():
     half = {"chest_xray": 0.55, "fundus_photo": 0.05, "other": 0.40}
     assert decide(half, {"modality": "CR", "body_part": "CHEST"}, 0.6).route == CHEST
     assert decide(half, {}, 0.6).route == REFUSED
+
+
+@pytest.mark.parametrize(
+    "age, born, seen, years",
+    [
+        ("045Y", None, None, 45),
+        ("018M", None, None, 1.5),
+        ("030W", None, None, 30 * 7 / 365.25),
+        (None, "19400305", "20040826", 64.47),
+        (None, "20200101", "20230101", 3.0),
+        (None, None, "20230101", None),
+        ("bad", "1940", "2004", None),
+        (None, "20300101", "20040826", None),  # born after the study: nonsense, not an age
+    ],
+)
+def test_age_in_years_from_dicom_tags(age, born, seen, years):
+    from appliance.screening.gate import age_in_years
+
+    result = age_in_years(age, born, seen)
+    assert (result is None) if years is None else result == pytest.approx(years, abs=0.01)

@@ -14,8 +14,9 @@ CXR64 = sorted((TESTS / "data" / "cxr64").rglob("*.png"))
 
 def tags_of(raw: bytes) -> dict:
     record = dicom_record(read_dicom(raw), sha256="0" * 64, size_bytes=len(raw), source="t")
-    return {k: getattr(record, k) for k in ("modality", "body_part", "view_position",
-                                            "sop_class_uid")}
+    return {
+        k: getattr(record, k) for k in ("modality", "body_part", "view_position", "sop_class_uid")
+    }
 
 
 def test_adult_chest_cr_is_screened_with_score_triage_heatmap_and_timings(screener):
@@ -37,10 +38,12 @@ def test_site_threshold_and_triage_levels(screener, config):
     from appliance.screening.pipeline import Screener
 
     image = decode_bytes(CXR64[0].read_bytes())
-    strict = Screener(screener.models, config.with_overrides(cxr_threshold=0.999,
-                                                              urgent_min_specificity=1.0))
-    lenient = Screener(screener.models, config.with_overrides(cxr_threshold=0.0001,
-                                                               urgent_min_specificity=1.0))
+    strict = Screener(
+        screener.models, config.with_overrides(cxr_threshold=0.999, urgent_min_specificity=1.0)
+    )
+    lenient = Screener(
+        screener.models, config.with_overrides(cxr_threshold=0.0001, urgent_min_specificity=1.0)
+    )
     assert strict.screen(image, {}).triage == "routine"
     assert lenient.screen(image, {}).triage == "review"  # above threshold, below urgent
 
@@ -83,14 +86,30 @@ def test_blurred_fundus_is_refused_with_a_retake_hint_and_no_score(screener):
     assert result.score is None and result.probability is None and result.triage is None
 
 
-@pytest.mark.parametrize("name, words", [
-    ("RG3_UNCR.dcm", "this X-ray is of the extremity"),
-    ("CT_small.dcm", "CT scan"),
-    ("US1_UNCR.dcm", "ultrasound"),
-    ("SC_rgb.dcm", "Not a chest X-ray or a retina photograph"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("RG3_UNCR.dcm", "this X-ray is of the extremity"),
+        ("CT_small.dcm", "CT scan"),
+        ("US1_UNCR.dcm", "ultrasound"),
+        ("SC_rgb.dcm", "Not a chest X-ray or a retina photograph"),
+    ],
+)
 def test_what_the_models_are_not_for_is_refused_politely(screener, name, words):
     raw = testdata(name).read_bytes()
     result = screener.screen(decode_bytes(raw), tags_of(raw))
     assert result.route == "refused" and words in result.reason
     assert result.score is None and result.hints
+
+
+def test_an_adult_chest_gets_a_caution_beside_its_score(screener):
+    from appliance.screening.pipeline import ADULT_CAUTION
+
+    raw = testdata("RG1_UNCR.dcm").read_bytes()  # born 1940, X-rayed 2004
+    adult = screener.screen(decode_bytes(raw), {**tags_of(raw), "patient_age_years": 64.5})
+    assert adult.route == "chest_xray" and adult.score is not None
+    assert ADULT_CAUTION in adult.hints
+    child = screener.screen(decode_bytes(CXR64[0].read_bytes()), {"patient_age_years": 3.0})
+    assert ADULT_CAUTION not in child.hints
+    unknown = screener.screen(decode_bytes(CXR64[0].read_bytes()), {})
+    assert unknown.hints == []
