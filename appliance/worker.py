@@ -114,7 +114,13 @@ class Worker:
 
     def process(self, job: jobs.Job) -> None:
         image = (
-            self.store.conn().execute("SELECT * FROM images WHERE id=?", (job.image_id,)).fetchone()
+            self.store.conn()
+            .execute(
+                "SELECT i.*, s.patient_age, s.patient_birth_date, s.study_date FROM images i"
+                " JOIN studies s ON s.id = i.study_id WHERE i.id=?",
+                (job.image_id,),
+            )
+            .fetchone()
         )
         started = time.perf_counter()
         raw = (self.store.data_dir / image["stored_path"]).read_bytes()
@@ -134,15 +140,9 @@ class Worker:
             self.store.tmp_dir,
         )
         tags = {column: image[column] for column in TAG_COLUMNS}
-        study = (
-            self.store.conn()
-            .execute(
-                "SELECT patient_age, patient_birth_date, study_date FROM studies WHERE id=?",
-                (image["study_id"],),
-            )
-            .fetchone()
+        tags["patient_age_years"] = age_in_years(
+            image["patient_age"], image["patient_birth_date"], image["study_date"]
         )
-        tags["patient_age_years"] = age_in_years(*study)
         result = self.screener.screen(decoded, tags, preview_size(decoded, HEATMAP_MAX_PX))
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None

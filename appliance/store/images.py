@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.store import jobs
@@ -207,7 +207,3 @@ def list_quarantine(store: Store, limit: int = 500) -> list[dict[str, Any]]:
             "SELECT * FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
     ]
-
-
-def record_as_dict(record: ImageRecord) -> dict[str, Any]:
-    return asdict(record)

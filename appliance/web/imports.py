@@ -26,9 +26,9 @@ from appliance.ingest.importer import Importer
 from appliance.ingest.usb import Listing, UsbWatcher, import_listing, list_importable
 from appliance.store import volumes as volume_rows
 from appliance.store.images import list_quarantine
-from appliance.store.jobs import PRIORITY_INTERACTIVE
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
+from appliance.web.upload import import_upload
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
@@ -191,13 +191,7 @@ def upload():
         if not storage.filename:
             continue
         try:
-            outcome = importer.import_bytes(
-                storage.read(),
-                source="upload",
-                source_detail=request.remote_addr or "",
-                original_name=Path(storage.filename).name,
-                priority=PRIORITY_INTERACTIVE,
-            )
+            outcome = import_upload(importer, storage.stream, Path(storage.filename).name)
         except ApplianceError as exc:
             flash(translate_reason(str(exc)), "error")
             break

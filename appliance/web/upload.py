@@ -1,20 +1,18 @@
 """``POST /api/upload``: images from the page (multipart ``file`` fields) or a raw body.
 
-Bodies are streamed to the data directory's temp folder, and a body over
-``upload_max_mb`` is refused with 413 before it is stored. (The importer then reads the
-file whole: one image at most ``upload_max_mb`` is held in memory.)
+A body over ``upload_max_mb`` is refused with 413: by its Content-Length before it is
+read, else as soon as reading crosses the limit. One image of at most ``upload_max_mb``
+is held in memory while it is imported.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from appliance.ingest.importer import Importer
+from appliance.ingest.importer import Importer, ImportOutcome
 from appliance.store.files import ensure_free_space
 from appliance.store.jobs import PRIORITY_INTERACTIVE
 from appliance.web.api_errors import error_response
@@ -46,30 +44,24 @@ def upload():
     ensure_free_space(
         importer.store.data_dir, request.content_length or 0, importer.config.min_free_mb
     )
-    results = [_import_stream(importer, stream, name) for stream, name in uploads]
+    results = [import_upload(importer, stream, name).as_dict() for stream, name in uploads]
     status = 201 if any(r["status"] == "stored" for r in results) else 200
     return jsonify({"results": results}), status
 
 
-def _import_stream(importer: Importer, stream, name: str) -> dict:
+def import_upload(importer: Importer, stream, name: str) -> ImportOutcome:
+    """Read one uploaded file (refusing it past ``upload_max_mb`` as soon as the limit is
+    crossed, like a body refused by its Content-Length) and import it."""
     limit = importer.config.upload_max_mb * 1024 * 1024
-    fd, tmp_name = tempfile.mkstemp(dir=importer.store.tmp_dir, prefix="incoming-upload-")
-    try:
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            while chunk := stream.read(CHUNK):
-                size += len(chunk)
-                if size > limit:  # same answer as a body refused by its Content-Length
-                    raise RequestEntityTooLarge()
-                out.write(chunk)
-        raw = Path(tmp_name).read_bytes()
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    outcome = importer.import_bytes(
-        raw,
+    raw = bytearray()
+    while chunk := stream.read(CHUNK):
+        raw += chunk
+        if len(raw) > limit:
+            raise RequestEntityTooLarge()
+    return importer.import_bytes(
+        bytes(raw),
         source="upload",
         source_detail=request.remote_addr or "",
         original_name=name,
         priority=PRIORITY_INTERACTIVE,  # someone is at the screen waiting for it
     )
-    return outcome.as_dict()
