@@ -23,6 +23,18 @@ TESTS = Path(__file__).parent
 FUNDUS_DIR = TESTS / "data" / "fundus"
 
 
+# A small, valid PDF: what ends up on USB sticks beside the images.
+PDF = (
+    b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+    b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
+    b"trailer << /Root 1 0 R >>\n%%EOF\n"
+)
+
+
+def count_rows(store, table: str) -> int:
+    return store.conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
 def testdata(name: str) -> Path:
     """A file from pydicom's test files or the pydicom-data package (never downloaded)."""
     path = get_testdata_file(name, download=False)

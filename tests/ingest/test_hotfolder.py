@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FUNDUS_DIR
+from helpers import FUNDUS_DIR, PDF, count_rows
 
 from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer
@@ -20,15 +20,6 @@ from appliance.ingest.sniff import NOT_AN_IMAGE
 from appliance.store.images import list_quarantine
 
 JPEG = (FUNDUS_DIR / "hrf_12_h.jpg").read_bytes()
-PDF = (
-    b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
-    b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
-    b"trailer << /Root 1 0 R >>\n%%EOF\n"
-)
-
-
-def count(store, table: str) -> int:
-    return store.conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 @pytest.fixture
@@ -52,7 +43,7 @@ def test_a_file_is_taken_only_after_it_has_stayed_unchanged(store, config, folde
     photo.write_bytes(JPEG)  # copy finished: size changed, so the clock starts again
     assert watcher.scan_once(now=103.0) == 0
     assert watcher.scan_once(now=107.9) == 0
-    assert photo.exists() and count(store, "images") == 0
+    assert photo.exists() and count_rows(store, "images") == 0
 
     assert watcher.scan_once(now=108.0) == 1
 
@@ -60,7 +51,7 @@ def test_a_file_is_taken_only_after_it_has_stayed_unchanged(store, config, folde
     row = store.conn().execute("SELECT source, original_name, size_bytes FROM images").fetchone()
     assert tuple(row) == ("folder", "IMG_0001.JPG", len(JPEG))
     assert store.conn().execute("SELECT state FROM jobs").fetchone()[0] == "queued"
-    assert count(store, "quarantine") == 0  # the half-copied file was never looked at
+    assert count_rows(store, "quarantine") == 0  # the half-copied file was never looked at
 
 
 def test_files_in_sub_folders_are_taken_and_hidden_ones_left(store, config, folder: Path):
@@ -75,7 +66,7 @@ def test_files_in_sub_folders_are_taken_and_hidden_ones_left(store, config, fold
 
     assert not nested.exists()
     assert partial.exists()
-    assert count(store, "images") == 1
+    assert count_rows(store, "images") == 1
 
 
 def test_a_pdf_is_quarantined_with_a_copy_and_removed(store, config, folder: Path):
@@ -95,7 +86,7 @@ def test_a_pdf_is_quarantined_with_a_copy_and_removed(store, config, folder: Pat
     kept = store.data_dir / row["stored_path"]
     assert kept.is_relative_to(store.quarantine_dir)
     assert kept.read_bytes() == PDF
-    assert count(store, "images") == 0
+    assert count_rows(store, "images") == 0
 
 
 def test_the_same_file_dropped_twice_is_one_image(store, config, folder: Path):
@@ -107,8 +98,8 @@ def test_the_same_file_dropped_twice_is_one_image(store, config, folder: Path):
     assert watcher.scan_once(now=1.0) == 1
 
     assert list(folder.iterdir()) == []
-    assert count(store, "images") == 1
-    assert count(store, "jobs") == 1
+    assert count_rows(store, "images") == 1
+    assert count_rows(store, "jobs") == 1
 
 
 def test_a_file_over_the_size_limit_stays_and_is_not_retried(store, config, folder: Path):
@@ -129,7 +120,7 @@ def test_a_file_over_the_size_limit_stays_and_is_not_retried(store, config, fold
     big.write_bytes(JPEG)  # replaced by a file of acceptable size: taken this time
     assert watcher.scan_once(now=30.0) == 1
     assert not big.exists()
-    assert count(store, "images") == 1
+    assert count_rows(store, "images") == 1
 
 
 def test_a_full_disk_leaves_the_files_in_place(store, config, folder: Path):
@@ -143,8 +134,8 @@ def test_a_full_disk_leaves_the_files_in_place(store, config, folder: Path):
 
     assert all(p.exists() for p in photos)
     assert photos[0].read_bytes() == JPEG
-    assert count(store, "images") == 0
-    assert count(store, "quarantine") == 0
+    assert count_rows(store, "images") == 0
+    assert count_rows(store, "quarantine") == 0
     assert list(store.images_dir.rglob("*.*")) == []
 
     # Once there is room again, the same files are taken.
@@ -192,7 +183,7 @@ def test_the_watch_thread_imports_and_stops(store, config, tmp_path: Path):
         while (folder / "a.jpg").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not (folder / "a.jpg").exists()
-        assert count(store, "images") == 1
+        assert count_rows(store, "images") == 1
     finally:
         stop.set()
         watcher.thread.join(timeout=10)

@@ -7,15 +7,11 @@ from io import BytesIO
 
 import pydicom
 import pytest
-from helpers import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, count_rows, testdata
 
 from appliance.errors import StorageFullError
 from appliance.ingest.importer import Importer, recover
 from appliance.store.images import list_quarantine, list_studies
-
-
-def _count(store, table: str) -> int:
-    return store.conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 def test_stored_image_has_metadata_file_job_and_audit_in_one_go(importer, store):
@@ -32,7 +28,7 @@ def test_stored_image_has_metadata_file_job_and_audit_in_one_go(importer, store)
         .fetchone()
     )
     assert tuple(job) == ("screen", "queued")
-    assert _count(store, "audit_log") == 1
+    assert count_rows(store, "audit_log") == 1
     study = list_studies(store)[0]
     assert study["patient_id"] == "9RG1" and study["patient_name"] == "CompressedSamples^RG1"
 
@@ -47,7 +43,7 @@ def test_same_sop_instance_twice_is_one_image(importer, store):
     second = importer.import_bytes(buffer.getvalue(), source="dicom")
     assert (first.status, second.status) == ("stored", "duplicate")
     assert second.image_id == first.image_id
-    assert _count(store, "images") == 1 and _count(store, "jobs") == 1
+    assert count_rows(store, "images") == 1 and count_rows(store, "jobs") == 1
 
 
 def test_same_photo_twice_is_one_image_by_sha256(importer, store):
@@ -65,10 +61,10 @@ def test_refused_file_is_kept_in_quarantine_with_reason(importer, store):
     [row] = list_quarantine(store)
     assert row["original_name"] == "report.pdf"
     assert (store.data_dir / row["stored_path"]).read_bytes() == b"%PDF-1.5\n..."
-    assert _count(store, "images") == 0 and _count(store, "jobs") == 0
+    assert count_rows(store, "images") == 0 and count_rows(store, "jobs") == 0
     # the same bad file again adds no second copy
     importer.import_bytes(b"%PDF-1.5\n...", source="usb", original_name="report.pdf")
-    assert _count(store, "quarantine") == 1
+    assert count_rows(store, "quarantine") == 1
 
 
 def test_file_over_the_size_limit_is_refused_in_place(store, config, tmp_path):
@@ -84,7 +80,7 @@ def test_reserve_exhausted_refuses_and_stores_nothing(store, config):
     full = Importer(store, config.with_overrides(min_free_mb=10**9))
     with pytest.raises(StorageFullError, match="disk nearly full"):
         full.import_path(testdata("RG1_UNCR.dcm"), source="dicom")
-    assert _count(store, "images") == 0
+    assert count_rows(store, "images") == 0
     assert not any((store.data_dir / "images").rglob("*.dcm"))
 
 
@@ -112,7 +108,7 @@ def test_really_full_disk_raises_storage_full_and_leaves_no_partial_file(tiny_di
     with pytest.raises(StorageFullError):
         importer.import_path(testdata("RG1_UNCR.dcm"), source="dicom")  # 7 MB > 3 MB
     assert not list((store.data_dir / "tmp").iterdir())  # temp file cleaned up
-    assert _count(store, "images") == 0
+    assert count_rows(store, "images") == 0
     # and the box still works for what fits
     assert importer.import_path(FUNDUS_DIR / "hrf_12_h.jpg", source="usb").status == "stored"
     store.close()
@@ -129,5 +125,5 @@ def test_recover_clears_temp_files_and_keeps_orphaned_originals(importer, store,
     orphan.write_bytes(raw)
     (store.tmp_dir / "incoming-half-written").write_bytes(raw[:1000])
     assert recover(store, config) == {"temp_files_removed": 1, "files_recovered": 1}
-    assert _count(store, "images") == 1 and _count(store, "jobs") == 1
+    assert count_rows(store, "images") == 1 and count_rows(store, "jobs") == 1
     assert recover(store, config) == {"temp_files_removed": 0, "files_recovered": 0}

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import pydicom
 import pytest
-from helpers import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, PDF, count_rows, testdata
 
 from appliance.errors import StorageFullError
 from appliance.ingest.importer import Importer
@@ -39,13 +39,6 @@ from appliance.store.images import list_quarantine
 from appliance.store.volumes import list_volumes
 
 DICOMDIR_SET = Path(testdata("DICOMDIR")).parent  # pydicom's dicomdirtests folder
-PDF = (
-    b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
-    b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
-    b"trailer << /Root 1 0 R >>\n%%EOF\n"
-)
-
-
 # -- building sticks -------------------------------------------------------------------
 
 
@@ -169,10 +162,6 @@ def chmod_tree(volume: Path, read_only: bool) -> None:
         for name in filenames:
             os.chmod(Path(dirpath) / name, 0o444 if read_only else 0o644)
         os.chmod(dirpath, 0o555 if read_only else 0o755)
-
-
-def count(store, table: str) -> int:
-    return store.conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 @pytest.fixture
@@ -347,13 +336,13 @@ def test_import_a_chosen_subset_then_the_rest(tmp_path: Path, usb_importer, stor
         for r in store.conn().execute("SELECT original_name FROM images WHERE source='usb'")
     }
     assert stored == {"IMG_0001.JPG", "fundus_left.png"}
-    assert count(store, "quarantine") == 0
+    assert count_rows(store, "quarantine") == 0
 
     counts, outcomes = import_listing(usb_importer, listing, source="usb", source_detail="STICK")
 
     assert counts == {"stored": 4, "duplicate": 2, "refused": 3}
-    assert count(store, "images") == 6
-    assert count(store, "jobs") == 6  # every stored image has its screening job
+    assert count_rows(store, "images") == 6
+    assert count_rows(store, "jobs") == 6  # every stored image has its screening job
     details = [r[0] for r in store.conn().execute("SELECT source_detail FROM images")]
     assert all(d.startswith("STICK:") for d in details)
 
@@ -389,7 +378,7 @@ def test_the_same_stick_twice_gives_duplicates_and_no_new_images(
     first, _ = import_listing(
         usb_importer, list_importable(volume), source="usb", source_detail="PACS_CD"
     )
-    images, jobs = count(store, "images"), count(store, "jobs")
+    images, jobs = count_rows(store, "images"), count_rows(store, "jobs")
     files = sorted(store.images_dir.rglob("*"))
 
     second, outcomes = import_listing(
@@ -398,7 +387,7 @@ def test_the_same_stick_twice_gives_duplicates_and_no_new_images(
 
     assert first == {"stored": 31}
     assert second == {"duplicate": 31}
-    assert (count(store, "images"), count(store, "jobs")) == (images, jobs) == (31, 31)
+    assert (count_rows(store, "images"), count_rows(store, "jobs")) == (images, jobs) == (31, 31)
     assert sorted(store.images_dir.rglob("*")) == files
     assert all(o.image_id for o in outcomes)
 
@@ -432,7 +421,7 @@ def test_a_full_disk_stops_the_import_and_stores_nothing(tmp_path: Path, store, 
     with pytest.raises(StorageFullError):
         import_listing(importer, list_importable(volume), source="usb", source_detail="STICK")
 
-    assert count(store, "images") == 0
+    assert count_rows(store, "images") == 0
     assert list(store.images_dir.rglob("*.*")) == []
     assert snapshot(volume) == before
 
@@ -458,12 +447,12 @@ def test_watcher_notices_records_and_imports_a_new_volume(usb_root: Path, usb_im
     assert (row["label"], row["present"], row["state"]) == ("CANON_EOS", 1, "imported")
     assert (row["importable"], row["skipped"]) == (6, 3)
     assert (row["imported"], row["quarantined"], row["duplicates"]) == (6, 3, 0)
-    assert count(store, "images") == 6
+    assert count_rows(store, "images") == 6
 
     # Still there: not new, not listed or imported again.
     write(volume / "DCIM" / "100CANON" / "IMG_0002.JPG", (FUNDUS_DIR / "hrf_07_h.jpg").read_bytes())
     assert watcher.poll_once() == []
-    assert count(store, "images") == 6
+    assert count_rows(store, "images") == 6
     assert volume_row(store, volume)["importable"] == 6
 
 
@@ -487,7 +476,7 @@ def test_watcher_marks_a_removed_volume_absent_and_a_returning_one_new(
     assert watcher.poll_once() == [Volume(volume, "PACS_CD")]
     row = volume_row(store, volume)
     assert (row["present"], row["imported"], row["duplicates"]) == (1, 31, 31)
-    assert count(store, "images") == 31 + 6
+    assert count_rows(store, "images") == 31 + 6
 
 
 def test_watcher_only_lists_when_auto_import_is_off(usb_root: Path, store, usb_config):
@@ -500,8 +489,8 @@ def test_watcher_only_lists_when_auto_import_is_off(usb_root: Path, store, usb_c
 
     row = volume_row(store, volume)
     assert (row["state"], row["importable"], row["skipped"], row["imported"]) == ("seen", 6, 3, 0)
-    assert count(store, "images") == 0
-    assert count(store, "quarantine") == 0
+    assert count_rows(store, "images") == 0
+    assert count_rows(store, "quarantine") == 0
 
 
 def test_watcher_thread_imports_a_volume_and_stops(usb_root: Path, store, usb_config):
@@ -533,7 +522,7 @@ def test_refused_files_are_noted_once_however_often_the_stick_returns(
     make_camera_stick(volume)
     for _ in range(2):
         import_listing(usb_importer, list_importable(volume), source="usb", source_detail="STICK")
-    assert count(store, "quarantine") == 3
+    assert count_rows(store, "quarantine") == 3
 
 
 def test_a_failed_auto_import_is_retried_while_the_stick_stays(usb_root: Path, store, usb_config):
@@ -549,7 +538,7 @@ def test_a_failed_auto_import_is_retried_while_the_stick_stays(usb_root: Path, s
     watcher = UsbWatcher(Importer(store, usb_config), threading.Event())
     assert watcher.poll_once() == []  # not new...
     assert volume_row(store, volume)["state"] == "imported"  # ...but imported now
-    assert count(store, "images") == 6
+    assert count_rows(store, "images") == 6
 
 
 def test_a_stick_mounted_directly_on_a_root_is_a_volume(tmp_path: Path):

@@ -140,6 +140,27 @@ def write_config(data_dir, **values) -> None:
     (data_dir / "config.toml").write_text("\n".join(lines) + "\n")
 
 
+def enrol_code_from_cli(hub_dir) -> str:
+    """A one-time code, as a technician gets it: `appliance hub enrol-code`."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "hub",
+            "enrol-code",
+            "--data-dir",
+            str(hub_dir),
+            "--site",
+            "Clinic K",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    ).stdout.strip()
+
+
 def test_kill_9_of_the_box_during_a_batch_then_restart_sends_each_once(tmp_path):
     port = free_port()
     hub = HubProcess(tmp_path / "hub", port, write_delay=0.4)  # each batch sits in the hub
@@ -147,23 +168,7 @@ def test_kill_9_of_the_box_during_a_batch_then_restart_sends_each_once(tmp_path)
     data_dir = tmp_path / "box"
     store = Store.open(data_dir)
     try:
-        code = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "appliance",
-                "hub",
-                "enrol-code",
-                "--data-dir",
-                str(tmp_path / "hub"),
-                "--site",
-                "Clinic K",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=clean_env(),
-        ).stdout.strip()
+        code = enrol_code_from_cli(tmp_path / "hub")
         enrol(data_dir, hub_url := f"http://127.0.0.1:{port}", code)
         make_backlog(store, 2000)
         write_config(data_dir, sync_hub_url=hub_url, sync_batch_size=250, **FAST_RETRIES)
@@ -203,23 +208,7 @@ def test_kill_9_of_the_hub_mid_write_then_restart_still_exactly_once(tmp_path):
     database = HubDatabase(hub_dir)
     data_dir = tmp_path / "box"
     store = Store.open(data_dir)
-    code = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "appliance",
-            "hub",
-            "enrol-code",
-            "--data-dir",
-            str(hub_dir),
-            "--site",
-            "Clinic K",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=clean_env(),
-    ).stdout.strip()
+    code = enrol_code_from_cli(hub_dir)
     enrol(data_dir, f"http://127.0.0.1:{port}", code)
     make_backlog(store, 1500)
     config = load_config(

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import FUNDUS_DIR, TESTS, Served, testdata
+from helpers import FUNDUS_DIR, PDF, TESTS, Served, testdata
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,11 +45,6 @@ CXR_FILES = {
     "IM-0135-0001.png": "routine",
     "IM-0151-0001.png": "routine",
 }
-PDF = (
-    b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
-    b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
-    b"trailer << /Root 1 0 R >>\n%%EOF\n"
-)
 IMPORTABLE = 2 + 2 + len(CXR_FILES)  # two DICOM, two fundus JPEGs, the PNGs
 OTHER = 1  # the PDF
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from helpers import FUNDUS_DIR, free_port
+from helpers import FUNDUS_DIR, PDF, count_rows, free_port
 from waitress import create_server
 from werkzeug.datastructures import FileStorage
 from werkzeug.serving import make_server
@@ -24,15 +24,6 @@ from appliance.web.auth import ensure_api_token
 
 JPEG = (FUNDUS_DIR / "hrf_12_h.jpg").read_bytes()
 OTHER_JPEG = (FUNDUS_DIR / "hrf_07_h.jpg").read_bytes()
-PDF = (
-    b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
-    b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
-    b"trailer << /Root 1 0 R >>\n%%EOF\n"
-)
-
-
-def count(store, table: str) -> int:
-    return store.conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 @pytest.fixture
@@ -68,9 +59,9 @@ def error_of(response, status: int) -> dict:
 
 
 def assert_nothing_stored(store) -> None:
-    assert count(store, "images") == 0
-    assert count(store, "jobs") == 0
-    assert count(store, "quarantine") == 0
+    assert count_rows(store, "images") == 0
+    assert count_rows(store, "jobs") == 0
+    assert count_rows(store, "quarantine") == 0
     assert list(store.images_dir.rglob("*.*")) == []
     assert list(store.tmp_dir.iterdir()) == []  # no half-received upload left behind
 
@@ -111,7 +102,7 @@ def test_the_same_image_again_is_a_duplicate(client, auth, store):
     [result] = again.get_json()["results"]
     assert result["status"] == "duplicate"
     assert result["image_id"] == first.get_json()["results"][0]["image_id"]
-    assert (count(store, "images"), count(store, "jobs")) == (1, 1)
+    assert (count_rows(store, "images"), count_rows(store, "jobs")) == (1, 1)
 
 
 def test_several_files_in_one_request(client, auth, store):
@@ -130,7 +121,7 @@ def test_several_files_in_one_request(client, auth, store):
     assert response.status_code == 201
     statuses = [(r["name"], r["status"]) for r in response.get_json()["results"]]
     assert statuses == [("a.jpg", "stored"), ("b.jpg", "stored"), ("c.pdf", "quarantined")]
-    assert count(store, "images") == 2
+    assert count_rows(store, "images") == 2
 
 
 @pytest.mark.parametrize(
@@ -171,7 +162,7 @@ def test_a_pdf_is_quarantined_with_its_reason(client, auth, store):
         "referral.pdf",
     )
     assert (store.data_dir / row["stored_path"]).read_bytes() == PDF
-    assert count(store, "images") == 0
+    assert count_rows(store, "images") == 0
 
 
 def test_an_empty_file_is_quarantined_as_empty(client, auth, store):
@@ -288,7 +279,7 @@ def test_upload_through_a_real_server(server, auth, store):
 
     assert response.status == 201
     assert body["results"][0]["status"] == "stored"
-    assert count(store, "images") == 1
+    assert count_rows(store, "images") == 1
 
 
 def test_a_huge_claimed_body_is_refused_at_once(server, auth, store):
