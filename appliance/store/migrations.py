@@ -283,3 +283,41 @@ def m008_patient_age(db: Database) -> None:
         ALTER TABLE studies ADD COLUMN patient_age TEXT;
         """
     )
+
+
+@migrations()
+def m009_outbox_destinations(db: Database) -> None:
+    # The hub's outbox becomes the deliveries outbox: every row names the kind of
+    # receiver it is for (PACS and FHIR will join the hub), and an entry's revisions are
+    # unique per destination. SQLite cannot change a UNIQUE constraint in place, so the
+    # table is rebuilt; the rows keep their ids and all become the hub's. No CHECK on
+    # kind or destination: those are checked in appliance/store/outbox.py, so a new
+    # receiver does not need another rebuild.
+    db.executescript(
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            entry_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            local_id INTEGER NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'acked', 'superseded')),
+            created_at TEXT NOT NULL,
+            exported_at TEXT,
+            acked_at TEXT,
+            UNIQUE (destination, entry_id, revision)
+        );
+        INSERT INTO outbox (id, destination, entry_id, revision, kind, local_id, image_id,
+                            payload, state, created_at, exported_at, acked_at)
+        SELECT id, 'hub', entry_id, revision, kind, local_id, image_id,
+               payload, state, created_at, exported_at, acked_at
+        FROM sync_outbox;
+        DROP TABLE sync_outbox;
+        CREATE INDEX outbox_send ON outbox(destination, state, kind, id);
+        CREATE INDEX outbox_local ON outbox(destination, kind, local_id);
+        """
+    )

@@ -6,10 +6,10 @@ import json
 import sqlite3
 from typing import Any
 
+from appliance.store import outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 from appliance.store.worklist_items import refresh_item
-from appliance.sync import outbox
 
 _JSON_FIELDS = ("hints", "router", "quality", "timings")
 

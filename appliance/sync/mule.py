@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.config import Config
 from appliance.errors import MuleBundleError
+from appliance.store import outbox
 from appliance.store.db import Store, utc_now
-from appliance.sync import outbox
+from appliance.sync.entries import wire_entry
 from appliance.sync.identity import device_key, load_identity
-from appliance.sync.wire import wire_entry
 
 FORMAT = "appliance-sync-bundle/1"
 

@@ -75,7 +75,7 @@ def test_bundle_import_tamper_replay_and_the_box_learns_of_it(hub, tmp_path):
 
 def test_a_box_that_never_has_a_link_learns_from_the_receipt(hub, tmp_path):
     """Stick to the hub with a bundle, back to the box with a receipt: no network."""
-    from appliance.sync import outbox
+    from appliance.store import outbox
 
     data_dir = tmp_path / "box"
     store = Store.open(data_dir)

@@ -413,7 +413,7 @@ def test_a_photo_without_a_patient_gets_one_typed_in_and_the_hub_hears_of_it(app
     rows = (
         store.conn()
         .execute(
-            "SELECT entry_id, revision, state, payload FROM sync_outbox o JOIN results r"
+            "SELECT entry_id, revision, state, payload FROM outbox o JOIN results r"
             " ON r.id = o.local_id WHERE o.kind='result' AND r.image_id=? ORDER BY revision",
             (photo,),
         )
@@ -435,7 +435,7 @@ def test_worklist_says_synced_once_the_hub_holds_the_result(app):
     client = logged_in(app, "operator")
     assert "synced" not in client.get("/").text
     with store.write() as conn:
-        conn.execute("UPDATE sync_outbox SET state='acked' WHERE kind='result'")
+        conn.execute("UPDATE outbox SET state='acked' WHERE kind='result'")
     assert client.get("/").text.count('class="status synced"') == 2
 
 
