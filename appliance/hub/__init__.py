@@ -7,13 +7,13 @@ or PostgreSQL) and ``records.py``. One database connection per request, on ``g``
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, g, request
 
 from appliance.hub.db import Connection, HubDatabase
+from appliance.wire.secret_files import random_secret
 
 MAX_BODY = 80 * 1024 * 1024
 
@@ -33,12 +33,7 @@ def close_db(exc: BaseException | None = None) -> None:
 
 
 def session_key(data_dir: Path) -> bytes:
-    from appliance.sync.identity import write_secret
-
-    path = data_dir / "secrets" / "hub_session_key"
-    if not path.exists():
-        write_secret(path, secrets.token_bytes(32))
-    return path.read_bytes()
+    return random_secret(data_dir / "secrets" / "hub_session_key")
 
 
 def create_app(

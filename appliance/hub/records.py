@@ -19,7 +19,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
 from appliance.hub.db import Connection, HubDatabase
-from appliance.sync import mule
+from appliance.wire.bundle import read_bundle, verify_bundle
+from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
 ENTRY_KINDS = ("result", "review")
@@ -70,13 +71,13 @@ def enrol_device(conn: Connection, code: str, name: str, public_key: str) -> dic
         conn.execute(
             "INSERT INTO devices (id, site, name, token_hash, public_key, enrolled_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (device_id, row["site"], name[:100], sha256_text(token), public_key, now()),
+            (device_id, row["site"], name[:100], token_hash(token), public_key, now()),
         )
     return {"device_id": device_id, "token": token, "site": row["site"]}
 
 
 def device_for_token(conn: Connection, token: str) -> dict[str, Any] | None:
-    return conn.one("SELECT * FROM devices WHERE token_hash = ?", (sha256_text(token),))
+    return conn.one("SELECT * FROM devices WHERE token_hash = ?", (token_hash(token),))
 
 
 def revoke_device(conn: Connection, device_id: str) -> bool:
@@ -206,7 +207,7 @@ def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -
     report = _import_bundle(db, path)
     if receipt_to is not None:
         report["receipt"] = str(
-            mule.write_receipt(
+            write_receipt(
                 receipt_to,
                 device_id=report["device_id"],
                 bundle_id=report["bundle_id"],
@@ -221,7 +222,7 @@ def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -
 
 
 def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
-    device_id, payload, signature = mule.read_bundle(path)
+    device_id, payload, signature = read_bundle(path)
     conn = db.connect()
     try:
         device = conn.one("SELECT * FROM devices WHERE id = ?", (device_id,))
@@ -229,7 +230,7 @@ def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
             raise MuleBundleError(f"bundle from unknown device {device_id}: refused")
         if device["revoked_at"]:
             raise MuleBundleError(f"bundle from revoked device {device_id}: refused")
-        body = mule.verify_bundle(device_id, payload, signature, device["public_key"])
+        body = verify_bundle(device_id, payload, signature, device["public_key"])
         try:
             entries = validate_entries(body)
         except ValueError as exc:

@@ -51,7 +51,8 @@ def enrol(data_dir, hub_url, code, name) -> None:
     """Enrol this box with a hub: stores the device token (0600) and the hub URL."""
     from appliance.config import save_settings
     from appliance.sync.client import HubClient
-    from appliance.sync.identity import Identity, device_key, public_key_text, save_identity
+    from appliance.sync.identity import Identity, device_key, save_identity
+    from appliance.wire.bundle import public_key_text
 
     config = _config(data_dir)
     key = device_key(config.data_dir)
