@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import _config, data_dir_option, json_option, translate_errors
+from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
 from appliance.hub.db import HubDatabase
 
 database_option = click.option(
@@ -18,7 +18,7 @@ database_option = click.option(
 
 
 def _database(data_dir: Path, database_url: str | None) -> HubDatabase:
-    config = _config(data_dir)
+    config = configure(data_dir)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     database = HubDatabase(config.data_dir, database_url or config.hub_database_url)
     database.migrate()
@@ -44,7 +44,7 @@ def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None
 
     from appliance.hub import create_app
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     url = database_url or config.hub_database_url
     app = create_app(config.data_dir, url, {"HUB_TEST_WRITE_DELAY": test_write_delay})
     server = create_server(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import _config, data_dir_option, json_option, translate_errors
+from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
 
 
 @click.group(invoke_without_command=True)
@@ -25,7 +25,7 @@ def sync(ctx, data_dir, once) -> None:
     from appliance.store.db import Store
     from appliance.sync.worker import SyncWorker
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     store = Store.open(config.data_dir)
     worker = SyncWorker(store, config)
     if once:
@@ -54,7 +54,7 @@ def enrol(data_dir, hub_url, code, name) -> None:
     from appliance.sync.identity import Identity, device_key, save_identity
     from appliance.wire.bundle import public_key_text
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     key = device_key(config.data_dir)
     client = HubClient(
         hub_url, ca_bundle=config.sync_ca_bundle, timeout=config.sync_timeout_seconds
@@ -75,7 +75,7 @@ def status(data_dir, as_json) -> None:
     from appliance.store.db import Store
     from appliance.sync.worker import sync_status
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     state = sync_status(Store.open(config.data_dir), config)
     if as_json:
         click.echo(json.dumps(state, indent=2))
@@ -104,7 +104,7 @@ def export(data_dir, to) -> None:
     from appliance.store.db import Store
     from appliance.sync.mule import export_bundle
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     report = export_bundle(Store.open(config.data_dir), config, to)
     click.echo(f"{report['entries']} entries written to {report['path']}")
 
@@ -120,7 +120,7 @@ def receipt(receipts, data_dir, as_json) -> None:
     from appliance.store.db import Store
     from appliance.sync.mule import apply_receipt
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     store = Store.open(config.data_dir)
     reports = [apply_receipt(store, config, path) for path in receipts]
     if as_json:
