@@ -16,7 +16,7 @@ from pathlib import Path
 from waitress import create_server
 
 from appliance.config import Config
-from appliance.engines import EngineRefresher
+from appliance.inference.engines.refresh import EngineRefresher
 from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer, recover
 from appliance.ingest.scp import StoreSCP

@@ -98,9 +98,9 @@ class ModelSet:
 
     def _open(self, bundle: Bundle) -> Runner:
         """An active runner that never builds an engine at start-up (minutes on a Jetson,
-        past systemd's start timeout): engines.EngineRefresher builds them later."""
-        from appliance.engines import startup_backend
+        past systemd's start timeout): the engine refresher builds them later."""
         from appliance.inference.backends import open_runner
+        from appliance.inference.engines.decide import startup_backend
 
         backend = startup_backend(self.config, bundle)
         for attempt in (backend, "onnxruntime"):

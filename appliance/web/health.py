@@ -6,7 +6,7 @@ import shutil
 
 from flask import Blueprint, current_app, jsonify
 
-from appliance.engines import read_status
+from appliance.inference.engines.status import read_status
 from appliance.store import jobs
 
 bp = Blueprint("health", __name__)

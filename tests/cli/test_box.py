@@ -30,7 +30,7 @@ def test_bad_setting_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch):
 
 
 def test_doctor_reports_backends_models_storage_and_engines(tmp_path):
-    from appliance.engines import write_status
+    from appliance.inference.engines.status import write_status
 
     data = tmp_path / "data"
     write_status(

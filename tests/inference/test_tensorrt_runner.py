@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inference.trt_runtime_standin import CudaError, make_standins, serialize_engine
+from inference.cuda_standin import CudaError
+from inference.trt_runtime_standin import make_standins, serialize_engine
 
 from appliance.inference.backends import probe_tensorrt
 from appliance.inference.bundle import Bundle, BundleIntegrityError, find_bundles, load_bundle
