@@ -23,6 +23,7 @@ from appliance.ingest.scp import StoreSCP
 from appliance.ingest.usb import UsbWatcher
 from appliance.screening.models import ModelSet
 from appliance.screening.pipeline import Screener
+from appliance.store import jobs
 from appliance.store.db import Store
 from appliance.watchdog import start_watchdog
 from appliance.web import create_app
@@ -59,6 +60,11 @@ class Service:
         recovered = recover(self.store, self.config)
         if any(recovered.values()):
             log.warning("recovered after an unclean stop: %s", recovered)
+        # Before any worker of ours claims: what a dead process of this host was
+        # screening (a power cut, kill -9) is screened again now, not after its lease.
+        released = jobs.release_dead_leases(self.store, self.config.job_max_attempts)
+        if released:
+            log.warning("%s job(s) of a stopped process queued again", released)
 
         # Loaded once, shared by every worker; a bundle that fails leaves the box running.
         self.models = ModelSet(self.config).load()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -74,7 +72,8 @@ class Worker:
         self.store = store
         self.config = config
         self.screener = screener
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        # host:pid:name, so the next start-up can tell this process's leases (jobs.py)
+        self.name = jobs.lease_owner(name or str(threading.get_ident()))
 
     def run_once(self) -> bool:
         """Process one job if there is one; returns False when there was nothing to do."""

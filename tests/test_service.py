@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -135,6 +136,41 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_image(tmp_path, env, many_ins
         conn.close()
     finally:
         served.close()
+
+
+def test_a_job_its_dead_predecessor_was_screening_is_screened_at_once(tmp_path, env):
+    """After a power cut the lease of the process that died is not waited out (an hour
+    here): serve hands it back at start-up."""
+    from appliance.config import load_config
+    from appliance.ingest.importer import Importer
+    from appliance.store import jobs
+    from appliance.store.db import Store
+
+    data_dir = tmp_path / "data"
+    store = Store.open(data_dir)
+    Importer(store, load_config(data_dir, environ={})).import_path(
+        testdata("RG1_UNCR.dcm"), source="dicom"
+    )
+    predecessor = subprocess.Popen([sys.executable, "-c", "pass"])
+    predecessor.wait()  # gone, as after a power cut
+    owner = f"{socket.gethostname()}:{predecessor.pid}:worker-0"
+    assert jobs.claim(store, owner, lease_seconds=3600, max_attempts=3) is not None
+    store.close()
+
+    served = Served(data_dir, {**env, "APPLIANCE_JOB_LEASE_SECONDS": "3600"})
+    try:
+        conn = sqlite3.connect(data_dir / "appliance.db")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT state, attempts FROM jobs").fetchone()
+            if row[0] == "done":
+                break
+            time.sleep(0.2)
+        assert row == ("done", 2)
+        conn.close()
+    finally:
+        served.close()
+    assert "1 job(s) of a stopped process queued again" in (tmp_path / "serve.log").read_text()
 
 
 def test_a_2_gb_upload_is_refused_at_once_by_the_real_server(tmp_path, env):

@@ -321,3 +321,11 @@ def m009_outbox_destinations(db: Database) -> None:
         CREATE INDEX outbox_local ON outbox(destination, kind, local_id);
         """
     )
+
+
+@migrations()
+def m010_job_lease_clock(db: Database) -> None:
+    # Leases move to the monotonic clock (appliance/store/jobs.py says why): when a
+    # lease was taken, on that clock. A lease held at the upgrade has none and counts
+    # as run out, which is right: its holder was the process the upgrade stopped.
+    db.executescript("ALTER TABLE jobs ADD COLUMN lease_taken REAL;")
