@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -42,6 +43,16 @@ def test_sigterm_stops_cleanly(tmp_path, env):
     try:
         health = served.wait_healthy()
         assert health["status"] == "ok" and "dicom" in health["components"]
+        # made by serve itself (umask 077, database created 0600 before SQLite opens it)
+        data = tmp_path / "data"
+        for path, mode in [
+            (data, 0o700),
+            (data / "previews", 0o700),
+            (data / "appliance.db", 0o600),
+            (data / "appliance.db-wal", 0o600),
+            (data / "appliance.db-shm", 0o600),
+        ]:
+            assert stat.S_IMODE(path.stat().st_mode) == mode, path
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=20) == 0
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -28,6 +29,7 @@ def serve(data_dir, host, port, dicom_port, dicom_aet) -> None:
     """Run the box: web page, DICOM listener, USB and folder import, workers."""
     from appliance.service import Service
 
+    os.umask(0o077)  # what the service writes is patient data: the owner's alone
     config = configure(data_dir, host=host, port=port, dicom_port=dicom_port, dicom_aet=dicom_aet)
     Service(config).serve_forever()
 
