@@ -112,7 +112,7 @@ def claim(
     return Job(row["id"], row["kind"], row["image_id"], row["attempts"] + 1, owner)
 
 
-def process_alive(pid: int) -> bool:
+def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -122,13 +122,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def release_dead_leases(
-    store: Store,
-    max_attempts: int,
-    *,
-    host: str | None = None,
-    alive: Callable[[int], bool] = process_alive,
-) -> int:
+def release_dead_leases(store: Store, max_attempts: int) -> int:
     """Hand back now the leases this host's dead processes held; returns how many.
 
     Call at start-up, before this process's own workers claim anything: a lease that
@@ -136,7 +130,7 @@ def release_dead_leases(
     same pid. Leases of other hosts, of live processes and of unknown owners keep to
     their time. A job that has used up its attempts is given up on, as in ``claim``.
     """
-    host = host or socket.gethostname()
+    host, me = socket.gethostname(), os.getpid()
     dead = []
     with store.write() as conn:
         for row in conn.execute(
@@ -145,7 +139,7 @@ def release_dead_leases(
             owner_host, _, rest = (row["lease_owner"] or "").partition(":")
             pid = rest.partition(":")[0]
             if owner_host == host and pid.isdigit():
-                if int(pid) == os.getpid() or not alive(int(pid)):
+                if int(pid) == me or not _process_alive(int(pid)):
                     dead.append(row)
         conn.executemany(
             "UPDATE jobs SET state=:state, lease_owner=NULL, lease_taken=NULL,"
