@@ -35,6 +35,13 @@ def count_rows(store, table: str) -> int:
     return store.conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
+def bundle_dir(name: str) -> Path:
+    """The newest committed version of a model bundle (what the box loads)."""
+    from appliance.screening.models import newest_bundles
+
+    return newest_bundles(Path(__file__).resolve().parents[1] / "models")[name]
+
+
 def testdata(name: str) -> Path:
     """A file from pydicom's test files or the pydicom-data package (never downloaded)."""
     path = get_testdata_file(name, download=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import Served, require_tool, scaled_rg1, testdata
+from helpers import Served, bundle_dir, require_tool, scaled_rg1, testdata
 from pydicom.uid import generate_uid
 
 from appliance.store.files import sha256_file
@@ -250,7 +250,7 @@ def test_a_tampered_bundle_leaves_the_box_running_and_says_so(tmp_path, env):
         models,
         ignore=shutil.ignore_patterns("training", "quality", "*.py", "__pycache__"),
     )
-    onnx = models / "cxr-pneumonia" / "1.0.0" / "model.int8.onnx"
+    onnx = models / "cxr-pneumonia" / bundle_dir("cxr-pneumonia").name / "model.int8.onnx"
     data = bytearray(onnx.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte
     onnx.write_bytes(bytes(data))

@@ -285,7 +285,7 @@ def test_standin_catches_the_mistakes_it_exists_for(standins: tuple, tmp_path: P
 
 
 def test_tampered_bundle_is_refused_at_load(tmp_path: Path) -> None:
-    copy = tmp_path / "cxr-pneumonia" / "1.0.0"
+    copy = tmp_path / "cxr-pneumonia" / BUNDLE_DIRS["cxr-pneumonia"].name
     shutil.copytree(BUNDLE_DIRS["cxr-pneumonia"], copy)
     model = copy / "model.int8.onnx"
     data = bytearray(model.read_bytes())
