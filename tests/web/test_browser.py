@@ -104,8 +104,7 @@ def usb_root(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def served(tmp_path, usb_root):
+def serve(tmp_path, usb_root, chest_population: str) -> Served:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(
         {
@@ -119,10 +118,24 @@ def served(tmp_path, usb_root):
             "APPLIANCE_MIN_FREE_MB": "1",
             "APPLIANCE_INFERENCE_THREADS": "1",  # shared CI cores
             "APPLIANCE_SITE_NAME": "Riverside Health Centre",
+            "APPLIANCE_CHEST_POPULATION": chest_population,
             "PYTHONUNBUFFERED": "1",
         }
     )
-    server = Served(tmp_path / "data", env)
+    return Served(tmp_path / "data", env)
+
+
+@pytest.fixture
+def served(tmp_path, usb_root):
+    # The stick's PNGs are children's X-rays (Kermany) without an age: screened as such.
+    server = serve(tmp_path, usb_root, chest_population="child")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def served_asking(tmp_path, usb_root):
+    server = serve(tmp_path, usb_root, chest_population="ask")
     yield server
     server.close()
 
