@@ -100,10 +100,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inference_threads", int, 0, "CPU threads per model for ONNX Runtime; 0 = all cores."),
     Setting("model_precision", str, "int8", "Model file to serve: int8 (default) or fp32."),
     Setting(
+        "chest_population",
+        str,
+        "adult",
+        "Chest X-rays without a patient age (JPEG, PNG, DICOM without one): screened as "
+        "adult or child, or ask (they wait until staff choose on the study page).",
+    ),
+    Setting(
         "cxr_threshold",
         float,
         0.0,
-        "Chest X-ray operating point (probability); 0 uses the bundle's suggested one.",
+        "Children's chest X-ray (cxr-pneumonia) operating point (probability); 0 uses the "
+        "bundle's suggested one.",
+    ),
+    Setting(
+        "cxr_adult_threshold",
+        float,
+        0.0,
+        "Adults' chest X-ray (cxr-adult-abnormal) operating point (probability); 0 uses the "
+        "bundle's suggested one.",
     ),
     Setting(
         "fundus_threshold",

@@ -26,6 +26,7 @@ from appliance.store import jobs
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.files import atomic_write_bytes
 from appliance.store.images import insert_quarantine
+from appliance.store.population import park_for_population
 from appliance.store.results import insert_result
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,12 @@ class Worker:
         tags["patient_age_years"] = age_in_years(
             image["patient_age"], image["patient_birth_date"], image["study_date"]
         )
-        result = self.screener.screen(decoded, tags, preview_size(decoded, HEATMAP_MAX_PX))
+        result = self.screener.screen(
+            decoded,
+            tags,
+            preview_size(decoded, HEATMAP_MAX_PX),
+            population=image["population"],  # staff's choice, for an X-ray without an age
+        )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None
         if result.heatmap is not None:
@@ -159,13 +165,16 @@ class Worker:
                 " WHERE id=?",
                 (utc_now(), json.dumps(decoded.summary()), str(preview), image["id"]),
             )
-            insert_result(
-                conn,
-                image["id"],
-                job.id,
-                result.as_dict(),
-                str(heatmap_path) if heatmap_path else None,
-            )
+            if result.needs_population:  # no score until staff choose adult or child
+                park_for_population(conn, image["id"])
+            else:
+                insert_result(
+                    conn,
+                    image["id"],
+                    job.id,
+                    result.as_dict(),
+                    str(heatmap_path) if heatmap_path else None,
+                )
             if not jobs.complete(conn, job):
                 raise RuntimeError("lease lost while processing")  # rolls the result back
 

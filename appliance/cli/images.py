@@ -91,6 +91,11 @@ def studies(data_dir, limit, as_json) -> None:
             click.echo(
                 f"    #{image['id']:<6} {image['modality'] or image['file_format']:<6} "
                 f"{image['body_part'] or '':<10} {image['source']:<8} {image['state']}"
+                + (
+                    " (adult or child? choose on its page)"
+                    if image.get("waiting_for") == "population"
+                    else ""
+                )
             )
 
 
@@ -146,25 +151,39 @@ def volumes(data_dir, as_json) -> None:
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @data_dir_option
+@click.option(
+    "--population",
+    type=click.Choice(["adult", "child"]),
+    default=None,
+    help="Screen chest X-rays that give no patient age (JPEG, PNG, a DICOM without"
+    " PatientAge or BirthDate) as adult or child. A DICOM that gives an age is always"
+    " screened by its age. Without this flag the data dir's chest_population setting"
+    " decides; where it is `ask`, such an X-ray is reported as needing a choice.",
+)
 @json_option
 @translate_errors
-def screen(files, data_dir, as_json) -> None:
+def screen(files, data_dir, population, as_json) -> None:
     """Screen image files directly (no service, nothing stored). Decision support only."""
     from appliance.screening.direct import screen_file
 
     config = configure(data_dir)
     screener = load_screener(config)
     for path in files:
-        result = screen_file(screener, path, config.max_image_pixels)
+        result = screen_file(screener, path, config.max_image_pixels, population)
         if as_json:
             click.echo(json.dumps(result, default=str))
             continue
         if result["route"] == "refused":
             click.echo(f"{path}: REFUSED - {result['reason']}")
+        elif result["needs_population"]:
+            click.echo(f"{path}: NOT SCREENED - {result['reason']}")
         else:
+            model = result["model"]
+            scored_as = f"{result['population']}, " if result["population"] else ""
             click.echo(
-                f"{path}: {result['route']} score {result['score']}/100 "
-                f"({result['triage']}) - decision support, not a diagnosis"
+                f"{path}: {result['route']} ({scored_as}{model['name']} {model['version']})"
+                f" score {result['score']}/100 ({result['triage']})"
+                " - decision support, not a diagnosis"
             )
 
 
@@ -184,7 +203,8 @@ def results(data_dir, limit, as_json) -> None:
         return
     for row in rows:
         what = (
-            f"score {row['score']:>3}/100 {row['triage']:<8}"
+            f"score {row['score']:>3}/100 {row['triage']:<8} {row['model_name']}"
+            + (f" ({row['population']})" if row["population"] else "")
             if row["route"] != "refused"
             else f"refused: {row['reason']}"
         )

@@ -187,3 +187,19 @@ def counts(store: Store) -> dict[str, int]:
     result = {"queued": 0, "running": 0, "done": 0, "failed": 0}
     result.update({row["state"]: row["n"] for row in rows})
     return result
+
+
+def requeue(
+    conn: sqlite3.Connection, kind: str, image_id: int, priority: int = PRIORITY_INTERACTIVE
+) -> None:
+    """Screen an image again (inside the caller's transaction): its finished job goes
+    back to the queue with fresh attempts, or a job is added if it never had one. A job
+    still queued or running is left alone: it will read what the caller wrote."""
+    now = utc_now()
+    conn.execute(
+        "UPDATE jobs SET state='queued', attempts=0, priority=MIN(priority, ?), last_error=NULL,"
+        " lease_owner=NULL, lease_taken=NULL, lease_expires=NULL, updated_at=?"
+        " WHERE kind=? AND image_id=? AND state IN ('done', 'failed')",
+        (priority, now, kind, image_id),
+    )
+    enqueue(conn, kind, image_id, priority)

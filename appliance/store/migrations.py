@@ -329,3 +329,22 @@ def m010_job_lease_clock(db: Database) -> None:
     # lease was taken, on that clock. A lease held at the upgrade has none and counts
     # as run out, which is right: its holder was the process the upgrade stopped.
     db.executescript("ALTER TABLE jobs ADD COLUMN lease_taken REAL;")
+
+
+@migrations()
+def m011_chest_population(db: Database) -> None:
+    # Two chest models (adults, children): each result says which population it was
+    # screened as and how that was decided. An X-ray without an age waits for staff to
+    # choose where the site asks them to (images.waiting_for), and their choice is kept
+    # with the image, with who and when.
+    db.executescript(
+        """
+        ALTER TABLE results ADD COLUMN population TEXT;
+        ALTER TABLE results ADD COLUMN population_source TEXT;
+        ALTER TABLE images ADD COLUMN population TEXT
+            CHECK (population IS NULL OR population IN ('adult', 'child'));
+        ALTER TABLE images ADD COLUMN population_by TEXT;
+        ALTER TABLE images ADD COLUMN population_at TEXT;
+        ALTER TABLE images ADD COLUMN waiting_for TEXT;
+        """
+    )

@@ -111,6 +111,10 @@ def _result_payload(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
             "version": row["model_version"],
             "sha256": row["model_sha256"],
         },
+        # Which chest model scored (adult or child) and how that was decided; None for
+        # a fundus photo or a refusal. Older hubs keep them in the payload as they are.
+        "population": row["population"],
+        "population_source": row["population_source"],
         "backend": row["backend"],
         "created_at": row["created_at"],
         "local_id": result_id,

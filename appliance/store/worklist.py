@@ -56,7 +56,8 @@ def worklist(
     rows = conn.execute(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
                    {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
-                   r.route, r.score, r.triage, r.id AS result_id, v.id AS review_id,
+                   r.route, r.score, r.triage, r.population, r.id AS result_id,
+                   v.id AS review_id,
                    w.status, v.verdict
             {_FROM} WHERE {where}
             ORDER BY w.rank, w.image_id DESC LIMIT :limit OFFSET :offset""",

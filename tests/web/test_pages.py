@@ -66,6 +66,7 @@ PAGES = [
     ("GET", "/study/1/full", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/review", {"clinician", "admin"}),
     ("POST", "/study/1/patient", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/population", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
     ("POST", "/import/upload", {"operator", "clinician", "admin"}),
@@ -119,6 +120,7 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
     "url, data",
     [
         ("/study/1/review", {"verdict": "agree"}),
+        ("/study/1/population", {"population": "child"}),
         ("/settings", {"site_name": "Hijacked"}),
         ("/users", {"action": "create", "username": "evil", "pin": "9999", "role": "admin"}),
         ("/logout", {}),
@@ -255,7 +257,9 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
             "dicom_port": "11113",
             "dicom_allowed_aets": "XRAY1, FUNDUS",
             "cxr_threshold": "0.2",
+            "cxr_adult_threshold": "0.3",
             "fundus_threshold": "0.48",
+            "chest_population": "ask",
             "usb_auto_import": "on",
         },
     )
@@ -265,13 +269,34 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
     reread = load_config(config.data_dir, environ={})
     assert reread.dicom_allowed_aets == ["XRAY1", "FUNDUS"] and reread.dicom_port == 11113
     assert reread.timezone == "Africa/Maputo" and reread.usb_auto_import is True
+    assert reread.chest_population == "ask" and config.chest_population == "ask"
+    assert reread.cxr_adult_threshold == 0.3
     assert "Centro de Saúde de Chamanculo" in client.get("/").text
 
 
 def test_settings_offer_the_manifest_operating_points(app):
     html = logged_in(app, "admin").get("/settings").text
     assert 'name="cxr_threshold"' in html and 'name="fundus_threshold"' in html
+    assert 'name="cxr_adult_threshold"' in html
     assert "sensitivity" in html and "specificity" in html and "suggested" in html
+
+
+def test_settings_offer_three_choices_for_chest_x_rays_without_an_age(app):
+    client = logged_in(app, "admin")
+    html = client.get("/settings").text
+    choices = re.findall(r'name="chest_population" value="(\w+)"( checked)?', html)
+    assert choices == [("adult", " checked"), ("child", ""), ("ask", "")]  # adult: default
+    assert "waits on the worklist until staff choose adult or child" in html
+    token = csrf_from(html)
+    refused = client.post(
+        "/settings",
+        data={"csrf_token": token, "chest_population": "teenager"},
+        follow_redirects=True,
+    )
+    assert "Choose adult, child or ask" in refused.text
+    config = app.config["APPLIANCE"]
+    assert config.chest_population == "adult"
+    assert not (config.data_dir / "config.toml").exists()
 
 
 def test_admin_manages_users_but_cannot_remove_the_last_admin(app):
