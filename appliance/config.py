@@ -139,6 +139,55 @@ SETTINGS: tuple[Setting, ...] = (
         "A score at or above the threshold with this validation specificity is urgent.",
     ),
     Setting(
+        "calibration_min_positives",
+        int,
+        30,
+        "Fewest confirmed positives before `appliance calibrate` recommends a threshold.",
+    ),
+    Setting(
+        "calibration_min_negatives",
+        int,
+        30,
+        "Fewest confirmed negatives before `appliance calibrate` recommends a threshold.",
+    ),
+    Setting(
+        "outcome_match_days",
+        int,
+        14,
+        "An outcome imported by patient ID and date matches that patient's images taken "
+        "this many days before or after.",
+    ),
+    Setting(
+        "monitor_window",
+        int,
+        200,
+        "Drift monitoring compares each model's last this-many results with its reference.",
+    ),
+    Setting(
+        "monitor_min_results",
+        int,
+        30,
+        "Fewest results in a window before drift monitoring judges it.",
+    ),
+    Setting(
+        "monitor_interval_seconds",
+        float,
+        300.0,
+        "How often `appliance serve` recomputes the monitoring report and queues it for the hub.",
+    ),
+    Setting(
+        "monitor_max_queue_minutes",
+        float,
+        30.0,
+        "Warn when an image has waited longer than this to be screened.",
+    ),
+    Setting(
+        "monitor_max_temperature_c",
+        float,
+        85.0,
+        "Warn when a temperature sensor of the board reads this or more (degrees Celsius).",
+    ),
+    Setting(
         "power_mode",
         str,
         "",
