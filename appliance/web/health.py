@@ -34,6 +34,12 @@ def healthz():
     # (screening runs on ONNX Runtime meanwhile).
     engines = read_status(config.data_dir)
     body["engines"] = {"state": engines.get("state"), "progress": engines.get("progress")}
+    # Drift and health warnings say where to look; they never make the box "degraded"
+    # (it still screens), so a probe that restarts services is not set off by them.
+    try:
+        body["warnings"] = current_app.extensions["appliance_monitor"].current()["warnings"]
+    except Exception as exc:  # report, never crash the probe
+        body["warnings"] = [{"code": "monitoring_error", "message": f"monitoring failed: {exc}"}]
     models = current_app.extensions.get("appliance_models")
     if models is not None:  # set by `appliance serve`, which runs the workers
         body["models"] = models.status()

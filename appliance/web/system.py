@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 from flask import Blueprint, current_app, render_template
@@ -15,6 +16,7 @@ from appliance.store import jobs
 from appliance.sync.worker import sync_status
 
 bp = Blueprint("system", __name__)
+log = logging.getLogger(__name__)
 
 # The names ``appliance serve`` gives its parts (service.py), as the page shows them.
 SERVICES = {
@@ -69,4 +71,14 @@ def index():
         engines=read_status(config.data_dir),
         sync=sync_status(store, config),
         services=SERVICES,
+        monitoring=_monitoring(),
     )
+
+
+def _monitoring() -> dict | None:
+    """The drift and health report; the page still shows the rest if it fails."""
+    try:
+        return current_app.extensions["appliance_monitor"].current()
+    except Exception:
+        log.exception("monitoring report failed")
+        return None

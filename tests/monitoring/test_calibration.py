@@ -8,67 +8,12 @@ import shutil
 import numpy as np
 import pytest
 from helpers import bundle_dir
+from monitoring.cases import VERSION, confirm, population, scored
 
 from appliance.config import load_config
-from appliance.monitoring import calibration, outcomes
+from appliance.monitoring import calibration
 from appliance.monitoring.calibration import CalibrationError
 from appliance.screening.models import CXR
-from appliance.store.db import utc_now
-from appliance.store.results import insert_result
-
-VERSION = calibration.read_manifest(bundle_dir(CXR))["version"]
-
-
-def scored(store, scores, *, version: str = VERSION, threshold: float = 0.5) -> list[str]:
-    """One image per score with a result of the installed child chest model (through the
-    store's own insert_result); returns the images' file names."""
-    names = []
-    offset = store.conn().execute("SELECT COUNT(*) FROM images").fetchone()[0]
-    with store.write() as conn:
-        for n, score in enumerate(scores, start=offset):
-            study = conn.execute(
-                "INSERT INTO studies (study_instance_uid, created_at) VALUES (?, ?)",
-                (f"2.25.{n}", utc_now()),
-            ).lastrowid
-            image = conn.execute(
-                "INSERT INTO images (study_id, file_format, source, original_name, sha256,"
-                " size_bytes, stored_path, received_at, state)"
-                " VALUES (?, 'png', 'usb', ?, ?, 1, '', ?, 'decoded')",
-                (study, f"img{n}.png", f"{n:064x}", utc_now()),
-            ).lastrowid
-            result = {
-                "route": "chest_xray",
-                "probability": float(score),
-                "score": int(round(score * 100)),
-                "threshold": threshold,
-                "triage": "review" if score >= threshold else "routine",
-                "model": {"name": CXR, "version": version, "sha256": "0" * 64},
-            }
-            insert_result(conn, image, None, result, None)
-            names.append(f"img{n}.png")
-    return names
-
-
-def confirm(store, names, labels) -> None:
-    rows = "".join(
-        f"{name},xpert,{'positive' if y else 'negative'},2024-05-01\n"
-        for name, y in zip(names, labels, strict=True)
-    )
-    report = outcomes.import_csv(
-        store,
-        "original_name,test,result,date\n" + rows,
-        entered_by="lab",
-        source="csv",
-        match_days=14,
-    )
-    assert report.ok, report.problems
-
-
-def population(n: int, seed: int = 1):
-    rng = np.random.default_rng(seed)
-    labels = rng.random(n) < 0.4
-    scores = np.clip(rng.normal(0.3 + 0.4 * labels, 0.15), 0.001, 0.999).round(4)
-    return scores, labels
 
 
 def test_no_recommendation_below_the_minimum_of_confirmed_cases(store, config):

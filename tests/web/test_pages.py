@@ -75,6 +75,11 @@ PAGES = [
     ("GET", "/users", {"admin"}),
     ("POST", "/users", {"admin"}),
     ("GET", "/system", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/outcome", {"clinician", "admin"}),
+    ("GET", "/calibration", {"admin"}),
+    ("POST", "/calibration/apply", {"admin"}),
+    ("POST", "/calibration/rollback", {"admin"}),
+    ("POST", "/monitoring/accept", {"admin"}),
 ]
 
 
