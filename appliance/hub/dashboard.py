@@ -1,5 +1,7 @@
 """The hub's dashboard (login required): sites, last seen, results per week, positivity
-and refusal rates, reviews pending, model versions in the field."""
+and refusal rates, reviews pending, model versions in the field; and the programme view
+(``programme.py``): rates week by week per site, thresholds in force, calibration status
+and drift alarms."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from flask import (
     url_for,
 )
 
-from appliance.hub import get_db, records
+from appliance.hub import get_db, programme, records
 
 bp = Blueprint("dashboard", __name__)
 
@@ -155,6 +157,7 @@ def summary() -> dict[str, Any]:
         "weeks": weeks,
         "models": models,
         "devices": records.list_devices(conn),
+        "programme": programme.programme(conn),
     }
 
 

@@ -23,7 +23,7 @@ from appliance.wire.bundle import read_bundle, verify_bundle
 from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
-ENTRY_KINDS = ("result", "review")
+ENTRY_KINDS = ("result", "review", "outcome", "monitor")
 
 
 def now() -> str:
@@ -166,8 +166,8 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
         )
         if not ok:
             raise ValueError(
-                f"entry {index}: needs id (text), rev (integer >= 1), kind (result or review)"
-                " and data (object)"
+                f"entry {index}: needs id (text), rev (integer >= 1), kind (one of "
+                f"{', '.join(ENTRY_KINDS)}) and data (object)"
             )
     return entries
 
