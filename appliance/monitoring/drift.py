@@ -170,7 +170,7 @@ def images_vs_site(
     if moved:
         effect, name = max(moved)
         label = MEASURES[name.rstrip("0123456789")]
-        shown = f"{effect:.1f}" if np.isfinite(effect) else "many"
+        shown = f"{min(effect, 99.0):.1f}"  # a constant measure that changed: "99"
         notices.append(
             Notice("images_changed", {"model": model, "measure": label, "effect": shown}, model)
         )
