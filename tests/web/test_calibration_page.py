@@ -47,7 +47,7 @@ def app(tmp_path):
 
 def test_the_calibration_page_recommends_applies_and_rolls_back(app):
     store, config = app.extensions["appliance_store"], app.config["APPLIANCE"]
-    scores, labels = population(240, seed=9)
+    scores, labels = population(240, seed=8)  # recommends 0.561: not in the bundle table
     confirm(store, scored(store, scores), labels)
     admin = client_for(app, "admin")
     page = admin.get("/calibration?model=cxr-pneumonia&target=0.9").text
@@ -72,6 +72,14 @@ def test_the_calibration_page_recommends_applies_and_rolls_back(app):
     assert config.cxr_threshold == float(threshold)  # the running app's settings too
     assert load_config(config.data_dir, environ={}).cxr_threshold == float(threshold)
     assert "calibrated" in done.text and 'id="rollback"' in done.text
+    # Saving the Settings page untouched keeps the calibrated threshold (not in the
+    # bundle's table of operating points, so offered on its own).
+    settings = admin.get("/settings").text
+    select = re.search(r'<select name="cxr_threshold">(.*?)</select>', settings, re.S).group(1)
+    [chosen] = re.findall(r'<option value="([0-9.]+)" selected', select)
+    assert float(chosen) == float(threshold) and "this site's own" in select
+    admin.post("/settings", data={"csrf_token": token, "cxr_threshold": chosen})
+    assert config.cxr_threshold == float(threshold)
     back = admin.post("/calibration/rollback", data=form, follow_redirects=True)
     assert "Threshold back to the bundle&#39;s own for new results." in back.text
     assert config.cxr_threshold == 0.0
