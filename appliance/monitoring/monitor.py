@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 DECISION_SUPPORT = "Decision support, not a diagnosis: monitoring says where to look."
 SCOPES = (*THRESHOLD_SETTINGS, ROUTER, "fundus-quality")
-SUMMARY_EVERY_SECONDS = 24 * 3600  # a summary goes to the hub at least daily
+# A summary goes to the hub when its warnings or thresholds change, else at most every
+# few hours: counts move with every image, and each queued summary is a row kept.
+SUMMARY_EVERY_SECONDS = 6 * 3600
 
 
 class MonitorError(ApplianceError):
@@ -98,7 +100,8 @@ def _baseline_row(conn, scope: str, version: str | None):
 def windows(
     store: Store, config: Config, scope: str, version: str | None
 ) -> tuple[drift.Window, drift.Window, dict[str, Any]]:
-    """(baseline, recent, how the baseline was chosen) for a model version or scope."""
+    """(baseline, recent since the baseline, how the baseline was chosen) for a model
+    version or scope."""
     conn = store.conn()
     if scope in THRESHOLD_SETTINGS:
         sql, params, kind = _MODEL_SQL, (scope, version), "model"
@@ -120,6 +123,21 @@ def windows(
         sql + " AND r.id > ? ORDER BY r.id DESC LIMIT ?", (*params, after, size)
     ).fetchall()
     return _window(base_rows, kind), _window(recent_rows, kind), source
+
+
+def latest(store: Store, config: Config, scope: str, version: str | None) -> drift.Window:
+    """The last ``monitor_window`` results, wherever the baseline ends: what is compared
+    with the validation reference."""
+    if scope in THRESHOLD_SETTINGS:
+        sql, params, kind = _MODEL_SQL, (scope, version), "model"
+    else:
+        sql, params, kind = _ROUTER_SQL, (), scope
+    rows = (
+        store.conn()
+        .execute(sql + " ORDER BY r.id DESC LIMIT ?", (*params, config.monitor_window))
+        .fetchall()
+    )
+    return _window(rows, kind)
 
 
 def accept(store: Store, config: Config, scope: str, actor: str) -> dict[str, Any]:
@@ -173,14 +191,13 @@ def _model_report(store, config, name) -> tuple[dict[str, Any], list[Notice], li
     }
     warnings: list[Notice] = []
     info: list[Notice] = []
-    # Before the baseline fills, its results are the most recent ones too.
-    latest = recent if recent.n else baseline
     reference = manifest.get("reference")
+    last = latest(store, config, name, version)
     if not reference or "score_histogram" not in reference:
         info.append(Notice("no_reference", {"model": name, "version": version}, name))
         facts["validation"] = None
-    elif latest.n >= enough:
-        checked, found = drift.vs_validation(name, latest, reference, suggested)
+    elif last.n >= enough:
+        checked, found = drift.vs_validation(name, last, reference, suggested)
         facts["validation"] = checked
         if source["source"] == "accepted":
             facts["validation"]["accepted_instead"] = True  # the site said its own is normal
@@ -198,13 +215,13 @@ def _model_report(store, config, name) -> tuple[dict[str, Any], list[Notice], li
 def _router_report(store, config) -> tuple[dict[str, Any], list[Notice]]:
     manifest = calibration.installed_manifest(config, ROUTER)
     baseline, recent, source = windows(store, config, ROUTER, None)
-    latest = recent if recent.n else baseline
+    last = latest(store, config, ROUTER, None)
     facts: dict[str, Any] = {"recent": recent.n, "baseline": {**source, "results": baseline.n}}
     warnings: list[Notice] = []
     enough = config.monitor_min_results
     reference = manifest.get("reference")
-    if reference and latest.n >= enough and source["source"] != "accepted":
-        facts["validation"], found = drift.router_vs_validation(latest, reference)
+    if reference and last.n >= enough and source["source"] != "accepted":
+        facts["validation"], found = drift.router_vs_validation(last, reference)
         warnings += found
     if baseline.n >= enough and recent.n >= enough:
         facts["site"], found = drift.share_vs_site("refused_vs_site", "refused", baseline, recent)
@@ -301,10 +318,17 @@ def summary(full: dict[str, Any]) -> dict[str, Any]:
 
 
 def _meaning(payload: dict[str, Any] | None) -> Any:
-    """A summary without what changes on every pass (times, free disk, temperature)."""
+    """What makes a summary worth sending at once: which warnings are raised, and each
+    model's threshold, where it comes from and the version it applies to."""
     if payload is None:
         return None
-    return {k: v for k, v in payload.items() if k not in ("generated_at", "health")}
+    return {
+        "warnings": sorted((w["code"], w.get("model") or "") for w in payload["warnings"]),
+        "thresholds": {
+            name: [status.get("version"), status.get("threshold"), status.get("source")]
+            for name, status in payload["calibration"].items()
+        },
+    }
 
 
 def queue_summary(store: Store, full: dict[str, Any], force: bool = False) -> bool:

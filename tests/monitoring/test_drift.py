@@ -170,6 +170,10 @@ def test_the_report_reads_the_store_warns_queues_a_summary_and_accepts_a_baselin
     assert latest.payload["warnings"] == loud["warnings"]
     summary_text = json.dumps(latest.payload)
     assert "IM-0135" not in summary_text and "patient_id" not in summary_text
+    # More images, the same warnings: counts alone do not queue another summary (one
+    # goes every few hours at most), a changed set of warnings does.
+    store_results(store, config, screened["adults"][:5])
+    assert monitor.queue_summary(store, monitor.report(store, config)) is False
 
     monitor.accept(store, config, CXR, "admin")
     accepted = monitor.report(store, config)
