@@ -35,7 +35,7 @@ from appliance.store.db import Store, utc_now
 
 HUB = "hub"
 DESTINATIONS = (HUB,)
-KINDS = ("result", "review", "outcome", "monitor")  # sent in this order
+KINDS = ("result", "review", "outcome", "monitor")
 
 
 @dataclass(frozen=True)
@@ -233,16 +233,14 @@ def record_outcome(conn: sqlite3.Connection, outcome_id: int, destination: str =
         (row["image_id"],),
     ).fetchone()
     entry_id = f"outcome:{uuid.uuid4().hex}"
+    scored = result is not None and result["probability"] is not None
+    model = {"name": result["model_name"], "version": result["model_version"]} if scored else {}
     payload = {
         "image": {"sha256": image["sha256"]},
         "result_entry": _result_entry_id(conn, destination, result["id"]) if result else None,
-        "model": {"name": result["model_name"], "version": result["model_version"]}
-        if result
-        else {},
+        "model": model,
         # Whether the box had flagged the image: the hub can see verification bias.
-        "flagged": result["probability"] >= result["threshold"]
-        if result and result["probability"] is not None and result["threshold"] is not None
-        else None,
+        "flagged": result["probability"] >= result["threshold"] if scored else None,
         "test": row["test"],
         "result": row["result"],
         "positive": None if row["positive"] is None else bool(row["positive"]),
@@ -288,11 +286,8 @@ def record_monitor(
 
 def last_monitor_payload(conn: sqlite3.Connection, destination: str = HUB) -> dict | None:
     """The summary queued last (sent or not), to tell whether a new one says anything new."""
-    row = conn.execute(
-        "SELECT payload FROM outbox WHERE destination = ? AND entry_id = ?"
-        " ORDER BY revision DESC LIMIT 1",
-        (destination, MONITOR_ENTRY),
-    ).fetchone()
+    sql = "SELECT payload FROM outbox WHERE destination = ? AND entry_id = ? ORDER BY revision"
+    row = conn.execute(sql + " DESC LIMIT 1", (destination, MONITOR_ENTRY)).fetchone()
     return json.loads(row["payload"]) if row is not None else None
 
 
@@ -309,19 +304,25 @@ def _entry(row: sqlite3.Row) -> Entry:
     )
 
 
+# Sent in this order; each later kind in batches of its own, so a hub that does not know
+# it yet (a 400) still gets the results and reviews first, at every pass.
+BATCHES = (("result", "review"), ("outcome",), ("monitor",))
+
+
 def pending(conn: sqlite3.Connection, limit: int, destination: str = HUB) -> list[Entry]:
     """The next pending entries: every result before any review, then outcomes, then the
     monitoring summary; oldest first within each kind."""
-    rows: list[sqlite3.Row] = []
-    for kind in KINDS:
-        if len(rows) >= limit:
-            break
-        rows += conn.execute(
-            "SELECT * FROM outbox WHERE destination = ? AND state = 'pending' AND kind = ?"
-            " ORDER BY id LIMIT ?",
-            (destination, kind, limit - len(rows)),
-        ).fetchall()
-    return [_entry(row) for row in rows]
+    for kinds in BATCHES:
+        rows: list[sqlite3.Row] = []
+        for kind in kinds:  # a full batch asks the next kind for LIMIT 0: nothing
+            rows += conn.execute(
+                "SELECT * FROM outbox WHERE destination = ? AND state = 'pending' AND kind = ?"
+                " ORDER BY id LIMIT ?",
+                (destination, kind, limit - len(rows)),
+            ).fetchall()
+        if rows:
+            return [_entry(row) for row in rows]
+    return []
 
 
 def pending_exported(
