@@ -355,7 +355,9 @@ def m011_chest_population(db: Database) -> None:
 
 
 @migrations()
-def m012_outcomes_and_monitoring(db: Database) -> None:
+def m014_outcomes_and_monitoring(db: Database) -> None:
+    # Numbered after main's m012 and m013 (written meanwhile on other branches), so
+    # merged, the three apply in one order everywhere.
     # Confirmatory outcomes (a lab's or specialist's reference result per image), the
     # site threshold's history (kept for rollback), the site's drift baselines, and the
     # measures of each image that drift monitoring compares. History tables are
