@@ -33,6 +33,7 @@ from appliance.inference.onnx_runner import OnnxRunner  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_FOR = {
     "cxr-pneumonia": "models.training.cxr",
+    "cxr-adult-abnormal": "models.training.cxr_adult",
     "fundus-referable-dr": "models.training.fundus",
     "modality-router": "models.training.router",
 }
@@ -49,12 +50,16 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def torch_from_onnx(name: str, onnx_path: Path) -> Any:
-    """The recipe's network with BatchNorm removed and the ONNX (folded) weights
+def torch_from_onnx(name: str, onnx_path: Path, members: int) -> Any:
+    """The recipe's ensemble with BatchNorm removed and the ONNX (folded) weights
     loaded in graph order — the same weights the ONNX files carry."""
     import torch
 
-    model = importlib.import_module(RECIPE_FOR[name]).RECIPE.build_model()
+    from models.training.nets import HeadsEnsemble
+
+    recipe = importlib.import_module(RECIPE_FOR[name]).RECIPE
+    model = HeadsEnsemble([recipe.build_model() for _ in range(members)],
+                          recipe.serving_heads)
     for module in model.modules():
         for child_name, child in module.named_children():
             if isinstance(child, torch.nn.BatchNorm2d):
@@ -80,7 +85,8 @@ def bench_bundle(path: Path, threads: int, repeats: int) -> list[dict[str, Any]]
         import torch
 
         torch.set_num_threads(threads)
-        net = torch_from_onnx(bundle.name, fp32)
+        net = torch_from_onnx(bundle.name, fp32,
+                              bundle.manifest["validation"].get("members", 1))
     except ImportError:
         torch = net = None  # no [train] extra: ONNX Runtime columns only
     rows = []

@@ -177,7 +177,9 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
                               "HxW (MONOCHROME1 already inverted) or RGB HxWx3"},
             "labels": recipe.labels,
             "population": recipe.population,
-            "serving": {"default": "model.int8.onnx", "fp32": "model.onnx",
+            # why: an ensemble's FP32 file is several MB; the INT8 model is what the box
+            # serves and what TensorRT compiles, and the gate above holds it to FP32
+            "serving": {"default": "model.int8.onnx",
                         "tensorrt": "compile model.int8.onnx with build/compile_tensorrt.py"},
             "calibration": found["calibration"],
             "operating_points": found["operating_points"],
@@ -205,7 +207,7 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         card = render_card(manifest, list(recipe.limitations), getattr(recipe, "card", ""))
         dest = Path(args.models_dir) / recipe.name / recipe.version
-        write_bundle(dest, manifest, {"model.onnx": fp32, "model.int8.onnx": int8}, card)
+        write_bundle(dest, manifest, {"model.int8.onnx": int8}, card)
     log(f"[{recipe.name}] bundle written to {dest} in {time.perf_counter() - t0:.0f}s")
     return {"bundle": str(dest), "gate": {"fp32": g32, "int8": g8, "delta": delta},
             "operating_point": found["operating_points"].get("suggested"),
