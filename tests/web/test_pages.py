@@ -477,3 +477,66 @@ def test_full_detail_decodes_the_original_once_on_request(app):
     assert cached.is_file()
     assert client.get("/study/1/full").data == response.data
     assert "full-detail" in client.get("/study/1").text
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("timezone", "Mars/Olympus_Mons"),  # was saved, then a 500 on every page
+        ("site_name", "Clinic\x7f"),  # was written raw: config.toml no longer parsed
+        ("dicom_aet", "A_VERY_LONG_AE_TITLE"),  # crashed start-up
+        ("dicom_port", "99999"),  # crashed start-up
+        ("cxr_threshold", "nan"),
+        ("fundus_threshold", "-0.3"),
+    ],
+)
+def test_settings_page_refuses_what_the_service_could_not_start_with(app, field, value):
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    config = app.config["APPLIANCE"]
+    before = dict(config.values)
+    page = client.post("/settings", data={"csrf_token": token, field: value}, follow_redirects=True)
+    assert page.status_code == 200 and f"Not saved: setting &#39;{field}&#39;" in page.text
+    assert config.values == before
+    assert not (config.data_dir / "config.toml").exists()
+    for url in ("/", "/study/1", "/settings", "/system"):
+        assert client.get(url).status_code == 200, url
+
+
+def test_what_the_settings_page_saves_the_service_reads_at_start_up(app):
+    """Round trip through a real process: `appliance settings --json` loads config.toml
+    exactly as `appliance serve` does at start-up."""
+    import os
+    import subprocess
+    import sys
+
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    name = 'Posto "São João" \\ Ndola 🏥'
+    client.post(
+        "/settings",
+        data={
+            "csrf_token": token,
+            "site_name": name,
+            "timezone": "Africa/Maputo",
+            "dicom_aet": "CLINIC 1",
+            "dicom_port": "104",
+            "dicom_allowed_aets": "XRAY1, FUNDUS CAM",
+            "cxr_threshold": "0.2",
+        },
+    )
+    config = app.config["APPLIANCE"]
+    assert config.site_name == name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "settings", "--json", "--data-dir", config.data_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    loaded = json.loads(done.stdout)
+    for key in ("site_name", "timezone", "dicom_aet", "dicom_port", "dicom_allowed_aets"):
+        assert loaded[key] == getattr(config, key), key
+    assert loaded["cxr_threshold"] == 0.2
