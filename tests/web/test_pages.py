@@ -144,10 +144,12 @@ def test_login_is_refused_with_a_wrong_pin_and_locked_after_five(app):
     for _ in range(5):
         response = login(client, "clinician", "0000")
         assert response.status_code == 401
-    assert "locked" in login(client, "clinician", PIN).text  # even the right PIN now
+    locked = login(client, "clinician", PIN)  # even the right PIN, from this client, now
+    assert locked.status_code == 429 and "try again in 5 minutes" in locked.text
+    assert 295 <= int(locked.headers["Retry-After"]) <= 300
     store = app.extensions["appliance_store"]
     actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
-    assert actions.count("login.failed") == 5
+    assert actions.count("login.failed") == 5 and actions.count("login.locked") == 1
 
 
 def test_first_run_setup_only_while_there_are_no_users(tmp_path):
@@ -181,8 +183,9 @@ def test_session_cookie_flags_and_idle_expiry(app):
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/").status_code == 200
-    with client.session_transaction() as session:
-        session["seen"] = time.time() - 31 * 60  # 31 minutes without use
+    store = app.extensions["appliance_store"]
+    with store.write() as conn:  # 31 minutes without use, as the box counts it
+        conn.execute("UPDATE sessions SET seen_at = ?", (time.time() - 31 * 60,))
     assert client.get("/").location == "/login"
 
 
@@ -540,3 +543,33 @@ def test_what_the_settings_page_saves_the_service_reads_at_start_up(app):
     for key in ("site_name", "timezone", "dicom_aet", "dicom_port", "dicom_allowed_aets"):
         assert loaded[key] == getattr(config, key), key
     assert loaded["cxr_threshold"] == 0.2
+
+
+def test_the_language_switch_never_redirects_off_the_box(app):
+    client = logged_in(app, "operator")
+    page = client.get("/study/1").text
+    token = csrf_from(page)
+    assert 'name="next" value="/study/1"' in page
+    back = client.post(
+        "/me/language", data={"csrf_token": token, "language": "fr", "next": "/study/1"}
+    )
+    assert back.location == "/study/1"
+    for hostile in (
+        "//evil.example/",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/x\r\nSet-Cookie: a=b",
+    ):
+        response = client.post(
+            "/me/language",
+            data={"csrf_token": token, "language": "en", "next": hostile},
+            headers={"Referer": "https://evil.example/phish"},
+        )
+        assert response.status_code == 302 and response.location == "/", hostile
+    # The Referer alone is never followed.
+    response = client.post(
+        "/me/language",
+        data={"csrf_token": token, "language": "en"},
+        headers={"Referer": "https://evil.example/phish"},
+    )
+    assert response.location == "/"
