@@ -40,8 +40,7 @@ def hub() -> None:
 @translate_errors
 def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None:
     """Serve the hub's device API and dashboard (put HTTPS in front of it)."""
-    from waitress import create_server
-
+    from appliance.http_server import create_server
     from appliance.hub import create_app
 
     config = configure(data_dir)

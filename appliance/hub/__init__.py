@@ -13,9 +13,8 @@ from typing import Any
 from flask import Flask, g, request
 
 from appliance.hub.db import Connection, HubDatabase
+from appliance.hub.limits import LARGEST_BODY
 from appliance.wire.secret_files import random_secret
-
-MAX_BODY = 80 * 1024 * 1024
 
 
 def get_db() -> Connection:
@@ -48,7 +47,7 @@ def create_app(
     app.config.update(
         HUB_DATA_DIR=str(data_dir),
         SECRET_KEY=session_key(data_dir),
-        MAX_CONTENT_LENGTH=MAX_BODY,
+        MAX_CONTENT_LENGTH=LARGEST_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
     )
@@ -67,6 +66,11 @@ def create_app(
             code = (exc.name or "error").lower().replace(" ", "_")
             return api.error_response(exc.code, code, exc.description or exc.name)
         return exc
+
+    images = data_dir / "images"
+    if images.is_dir():  # partial images abandoned while the hub was down
+        for device_images in images.iterdir():
+            api.remove_abandoned_parts(device_images)
 
     app.register_error_handler(api.ApiError, api.api_error)
     app.register_blueprint(api.bp)

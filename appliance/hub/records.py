@@ -23,6 +23,7 @@ from appliance.wire.bundle import read_bundle, verify_bundle
 from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
+MAX_REVISION = 2**63 - 1  # a BIGINT / SQLite INTEGER; more overflowed into a 500
 ENTRY_KINDS = ("result", "review")
 
 
@@ -160,7 +161,7 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
             and isinstance(entry.get("id"), str)
             and 0 < len(entry["id"]) <= 200
             and type(entry.get("rev")) is int
-            and entry["rev"] >= 1
+            and 1 <= entry["rev"] <= MAX_REVISION
             and entry.get("kind") in ENTRY_KINDS
             and isinstance(entry.get("data"), dict)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sync.synckit import HubThread
+from sync.synckit import HubThread, box_public_key
 
 from appliance.hub import records
 from appliance.sync.client import HubClient
@@ -42,7 +42,9 @@ def test_dashboard_needs_a_login_then_shows_sites_rates_and_models(hub):
     bad = client.post("/login", data={"username": "manager", "password": "x", "csrf_token": csrf})
     assert "Wrong user name or password." in bad.get_data(as_text=True)
 
-    box = HubClient(hub.url, HubClient(hub.url).enrol(hub.enrol_code("Ndola"), "b", "A")["token"])
+    box = HubClient(
+        hub.url, HubClient(hub.url).enrol(hub.enrol_code("Ndola"), "b", box_public_key())["token"]
+    )
     box.ping()
     box.send_entries(
         [
