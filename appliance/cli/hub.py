@@ -45,7 +45,14 @@ def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None
 
     config = configure(data_dir)
     url = database_url or config.hub_database_url
-    app = create_app(config.data_dir, url, {"HUB_TEST_WRITE_DELAY": test_write_delay})
+    app = create_app(
+        config.data_dir,
+        url,
+        {
+            "HUB_TEST_WRITE_DELAY": test_write_delay,
+            "HUB_TRUSTED_PROXIES": config.hub_trusted_proxies,
+        },
+    )
     server = create_server(
         app,
         host=host,
@@ -53,6 +60,9 @@ def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None
         threads=threads,
         ident="appliance-hub",
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+        # X-Forwarded-* reach the app, which believes them only from hub_trusted_proxies
+        # (hub/proxy.py: a list of networks, where waitress's own takes one address).
+        clear_untrusted_proxy_headers=False,
     )
     database = app.extensions["hub_database"]
     click.echo(f"hub ready: http://{host}:{port} ({database.describe()})", err=True)

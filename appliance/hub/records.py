@@ -7,6 +7,7 @@ only when it is higher than the one held, so resending anything is a no-op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -19,6 +20,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
 from appliance.hub.db import Connection, HubDatabase
+from appliance.store import sessions
 from appliance.wire.bundle import read_bundle, verify_bundle
 from appliance.wire.receipt import token_hash, write_receipt
 
@@ -268,8 +270,16 @@ def set_admin(conn: Connection, username: str, password: str) -> None:
             " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash",
             (username, generate_password_hash(password), now()),
         )
+        sessions.end_all(conn, username)  # a new password logs the old sessions out
+
+
+@functools.cache
+def _no_such_admin_hash() -> str:
+    return generate_password_hash("no such admin")
 
 
 def check_admin(conn: Connection, username: str, password: str) -> bool:
     row = conn.one("SELECT password_hash FROM admins WHERE username = ?", (username,))
-    return row is not None and check_password_hash(row["password_hash"], password)
+    # The same hashing time whether or not the name exists: no user-name oracle.
+    stored = row["password_hash"] if row else _no_such_admin_hash()
+    return check_password_hash(stored, password) and row is not None
