@@ -9,6 +9,7 @@ import click
 
 from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
 from appliance.hub.db import HubDatabase
+from appliance.terminal import echo
 
 database_option = click.option(
     "--database-url",
@@ -105,7 +106,7 @@ def devices(data_dir, database_url, as_json) -> None:
         return
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
-        click.echo(
+        echo(
             f"{row['id']}  {row['site']}  {row['name']}  {state}  last seen "
             f"{row['last_seen_at'] or 'never'}"
         )
@@ -169,4 +170,4 @@ def import_(bundles, data_dir, database_url, receipt_to, as_json) -> None:
         return
     for path, report in zip(bundles, reports, strict=True):
         what = "already imported: nothing changed" if report["replay"] else "imported"
-        click.echo(f"{path}: {report['entries']} entries {what}")
+        echo(f"{path}: {report['entries']} entries {what}")
