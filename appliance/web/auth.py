@@ -147,6 +147,14 @@ def _session_user(token: str) -> dict | None:
     return user
 
 
+def signed_in() -> bool:
+    """For a public page that says more to staff: a live login or the device token."""
+    if request.headers.get("Authorization"):
+        return _bearer_ok()
+    token = session.get("sid")
+    return token is not None and _session_user(token) is not None
+
+
 def requires(*roles: str):
     """Only these roles (admin may always) reach the view; others get 403."""
 
