@@ -24,7 +24,9 @@ Why it is built this way:
 - **The client address is the peer's.** The hub believes X-Forwarded-For only from its
   ``hub_trusted_proxies``; were it believed from anyone, a guesser would pick a new
   address per try, and were the proxy's own address used, everyone behind the proxy
-  would be one client and anyone could lock the admin out again.
+  would be one client and anyone could lock the admin out again. The box believes no
+  forwarding header: it is reached directly (a proxy on the box itself would make every
+  client look like the kiosk).
 
 Counters untouched for a day start again. Works on any connection whose
 ``execute(sql, params)`` yields rows by column name (sqlite3, ``appliance.hub.db``);

@@ -116,6 +116,8 @@ def init_app(app: Flask) -> None:
                 g.user, g.via_token = API_USER, True
                 return None
             return error_response(401, "unauthorized", "Log in or send the device token.")
+        if "pin" in session:  # a cookie from before server-side sessions: PIN-hash material
+            session.clear()
         token = session.get("sid")
         if token is not None:
             user = _session_user(token)

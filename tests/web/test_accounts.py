@@ -114,3 +114,28 @@ def test_a_pin_change_logs_the_user_out_everywhere(box):
     status, response, _ = nurse.request("GET", "/")
     assert status == 302 and response.getheader("Location") == "/login"
     assert admin.request("GET", "/")[0] == 200  # the admin's own session is untouched
+
+
+def test_a_cookie_from_before_server_side_sessions_opens_nothing_and_is_dropped(box):
+    """The old cookie carried the user id and the tail of the PIN hash; it is refused and
+    replaced by one without them."""
+    import time
+
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+
+    store = Store.open(box.data_dir, migrate=False)
+    try:
+        pin_hash = users.get_user(store, 2)["pin_hash"]
+    finally:
+        store.close()
+    app = Flask("old")  # signs a cookie the way the box did, with the box's own key
+    app.secret_key = (box.data_dir / "secrets" / "session_key").read_text().strip()
+    serializer = SecureCookieSessionInterface().get_signing_serializer(app)
+    old = serializer.dumps({"user_id": 2, "seen": time.time(), "pin": pin_hash[-16:]})
+    browser = Browser(box)
+    browser.cookies["appliance_session"] = old
+    status, response, _ = browser.request("GET", "/")
+    assert status == 302 and response.getheader("Location") == "/login"
+    replaced = browser.cookies["appliance_session"]  # deleted (empty), or without the PIN
+    assert replaced != old and (not replaced or "pin" not in cookie_payload(replaced))
