@@ -214,6 +214,15 @@ def test_the_service_refuses_to_start_on_a_bad_config_toml_and_says_which_settin
     )
     assert done.returncode == 1
     assert "setting 'timezone'" in done.stderr and "config.toml" in done.stderr
+    doctor = subprocess.run(
+        [sys.executable, "-m", "appliance", "doctor", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    assert "setting 'timezone'" in doctor.stderr  # the first thing a technician runs
     flag = subprocess.run(
         [sys.executable, "-m", "appliance", "settings", "--data-dir", str(tmp_path / "other")] + [],
         capture_output=True,

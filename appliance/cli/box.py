@@ -84,6 +84,7 @@ def settings(data_dir, as_json) -> None:
 @click.command()
 @data_dir_option
 @json_option
+@translate_errors
 def doctor(data_dir, as_json) -> None:
     """Check the installation: backends, model bundles, data directory, disk."""
     from appliance.doctor import run_checks
