@@ -13,6 +13,9 @@ with a warning: a technician edits the file by hand and is there to read the mes
 and a silent fallback can be the unsafe choice (a mistyped ``sync_deidentify`` would
 send patient names to the hub, a mistyped ``secure_cookies`` would send the session over
 plain HTTP). ``save_settings`` writes only what the loader reads back.
+
+Why this is long: the ``SETTINGS`` table is every setting with its type, default,
+meaning and check, in one place (a split would put half a setting somewhere else).
 """
 
 from __future__ import annotations

@@ -41,13 +41,8 @@ def _engine_checks(config: Config) -> list[dict[str, Any]]:
     """TensorRT engines as the last `appliance serve` left them (informative: screening
     runs on ONNX Runtime whenever an engine is missing, so none of this fails the check)."""
     status = read_status(config.data_dir)
-    checks = [
-        {
-            "name": "engine builds",
-            "ok": True,
-            "detail": f"{status.get('state', 'unknown')}: {status.get('detail') or '-'}",
-        }
-    ]
+    checks = [{"name": "engine builds", "ok": True,
+               "detail": f"{status.get('state', 'unknown')}: {status.get('detail') or '-'}"}]
     for name, bundle in sorted(status.get("bundles", {}).items()):
         detail = f"{bundle.get('state')}, serving on {bundle.get('serving') or '-'}"
         if bundle.get("error"):

@@ -3,7 +3,7 @@
     ApplianceError
     ├── ConfigError            a setting is unknown or has a value of the wrong kind
     ├── LoginThrottledError    too many failed logins from this client (or for this account
-    │                          from many clients): wait ``retry_after`` seconds (store/throttle.py)
+    │                          from many clients): wait ``retry_after`` seconds (logins/throttle.py)
     ├── StoreError             the data directory or its database cannot do what was asked
     │   └── StorageFullError   not enough free disk to store safely
     ├── IngestError            an incoming file cannot be accepted

@@ -1,9 +1,9 @@
 """The hub's dashboard (login required): sites, last seen, results per week, positivity
 and refusal rates, reviews pending, model versions in the field.
 
-Logins work as on the box: a server-side session (``store.sessions``; sign-out ends it,
+Logins work as on the box: a server-side session (``logins.sessions``; sign-out ends it,
 a copied cookie is then refused) and failed sign-ins counted per client before the
-password is checked (``store.throttle``). The client is the real one behind a trusted
+password is checked (``logins.throttle``). The client is the real one behind a trusted
 proxy (``proxy.py``). Every form, sign-out included, carries a CSRF token.
 """
 
@@ -29,7 +29,7 @@ from flask import (
 
 from appliance.errors import LoginThrottledError
 from appliance.hub import get_db, records
-from appliance.store import sessions, throttle
+from appliance.logins import sessions, throttle
 
 bp = Blueprint("dashboard", __name__)
 

@@ -76,8 +76,8 @@ SCHEMA: tuple[str, ...] = (
         password_hash TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
-    # Dashboard logins (appliance.store.sessions) and failed-login counters
-    # (appliance.store.throttle): the same tables as on the box.
+    # Dashboard logins (appliance.logins.sessions) and failed-login counters
+    # (appliance.logins.throttle): the same tables as on the box.
     """CREATE TABLE IF NOT EXISTS sessions (
         id_hash TEXT PRIMARY KEY,
         subject TEXT NOT NULL,

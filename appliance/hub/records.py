@@ -20,7 +20,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
 from appliance.hub.db import Connection, HubDatabase
-from appliance.store import sessions
+from appliance.logins import sessions
 from appliance.wire.bundle import read_bundle, verify_bundle
 from appliance.wire.receipt import token_hash, write_receipt
 

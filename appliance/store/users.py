@@ -10,7 +10,7 @@ from typing import Any
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import ApplianceError
-from appliance.store import sessions, throttle
+from appliance.logins import sessions, throttle
 from appliance.store.db import Store, audit, utc_now
 
 ROLES = ("operator", "clinician", "admin")
@@ -79,7 +79,7 @@ def authenticate(
 
     Raises ``LoginThrottledError`` without checking the PIN when ``client`` may not try
     now: failed logins are counted before the PIN is checked, per client address (see
-    ``appliance.store.throttle`` for why)."""
+    ``appliance.logins.throttle`` for why)."""
     counters = throttle.keys(username, client)
     with store.write() as conn:
         for key, seconds in throttle.reserve(conn, counters, time.time()):

@@ -3,7 +3,7 @@
 - Staff: first run creates the admin (``/setup``); ``/login`` by user + PIN. Failed
   logins are counted per client address before the PIN is checked (five wrong PINs
   lock that client out of that account for 5 minutes, then longer; see
-  ``appliance.store.throttle``). The session lives in the database (``store.sessions``):
+  ``appliance.logins.throttle``). The session lives in the database (``logins.sessions``):
   the cookie holds only its random id, ``/logout`` deletes it (a copied cookie is then
   refused), and it expires after ``session_idle_minutes`` without use.
 - Devices/scripts: ``Authorization: Bearer <token>`` with the token from
@@ -40,7 +40,8 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
-from appliance.store import sessions, users
+from appliance.logins import sessions
+from appliance.store import users
 from appliance.store.files import atomic_write_bytes
 from appliance.web.api_errors import error_response
 from appliance.web.reasons import translate_reason

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.errors import LoginThrottledError
 from appliance.hub.db import HubDatabase
-from appliance.store import throttle
+from appliance.logins import throttle
 from appliance.store.db import Store
 
 T0 = 1_800_000_000.0
