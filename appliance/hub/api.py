@@ -83,7 +83,7 @@ def authenticate():
 
 
 def _ed25519_public_key(text: str) -> bool:
-    """The box sends the raw 32-byte Ed25519 public key, base64 (sync.identity)."""
+    """The box sends the raw 32-byte Ed25519 public key, base64 (wire.public_key_text)."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

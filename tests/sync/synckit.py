@@ -343,6 +343,6 @@ def box_public_key() -> str:
     """A real box's public key as enrolment sends it (the hub checks it is Ed25519)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.sync.identity import public_key_text
+    from appliance.wire.bundle import public_key_text
 
     return public_key_text(Ed25519PrivateKey.generate())
