@@ -152,6 +152,8 @@ CANDIDATES = {
         "DEBUG",
         "fp32",
         "tensorrt",
+        "adult",
+        "ask",
         "fr",
         "0.0.0.0",
         "box.local",
