@@ -76,6 +76,22 @@ SCHEMA: tuple[str, ...] = (
         password_hash TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
+    # Dashboard logins (appliance.logins.sessions) and failed-login counters
+    # (appliance.logins.throttle): the same tables as on the box.
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id_hash TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_subject ON sessions(subject)",
+    """CREATE TABLE IF NOT EXISTS login_throttle (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        blocked_until DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
 )
 
 

@@ -7,6 +7,7 @@ only when it is higher than the one held, so resending anything is a no-op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -19,10 +20,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
 from appliance.hub.db import Connection, HubDatabase
+from appliance.logins import sessions
 from appliance.wire.bundle import read_bundle, verify_bundle
 from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
+MAX_REVISION = 2**63 - 1  # a BIGINT / SQLite INTEGER; more overflowed into a 500
 ENTRY_KINDS = ("result", "review")
 
 
@@ -160,7 +163,7 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
             and isinstance(entry.get("id"), str)
             and 0 < len(entry["id"]) <= 200
             and type(entry.get("rev")) is int
-            and entry["rev"] >= 1
+            and 1 <= entry["rev"] <= MAX_REVISION
             and entry.get("kind") in ENTRY_KINDS
             and isinstance(entry.get("data"), dict)
         )
@@ -267,8 +270,16 @@ def set_admin(conn: Connection, username: str, password: str) -> None:
             " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash",
             (username, generate_password_hash(password), now()),
         )
+        sessions.end_all(conn, username)  # a new password logs the old sessions out
+
+
+@functools.cache
+def _no_such_admin_hash() -> str:
+    return generate_password_hash("no such admin")
 
 
 def check_admin(conn: Connection, username: str, password: str) -> bool:
     row = conn.one("SELECT password_hash FROM admins WHERE username = ?", (username,))
-    return row is not None and check_password_hash(row["password_hash"], password)
+    # The same hashing time whether or not the name exists: no user-name oracle.
+    stored = row["password_hash"] if row else _no_such_admin_hash()
+    return check_password_hash(stored, password) and row is not None

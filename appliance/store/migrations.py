@@ -348,3 +348,29 @@ def m011_chest_population(db: Database) -> None:
         ALTER TABLE images ADD COLUMN waiting_for TEXT;
         """
     )
+
+
+@migrations()
+def m012_sessions_login_throttle(db: Database) -> None:
+    # Logins live here, not in the cookie: logging out ends them for good (a copied
+    # cookie stops working), and failed logins are counted atomically per client.
+    # users.failed_attempts and users.locked_until are no longer used.
+    db.executescript(
+        """
+        CREATE TABLE sessions (
+            id_hash TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        );
+        CREATE INDEX sessions_subject ON sessions(subject);
+
+        CREATE TABLE login_throttle (
+            key TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            blocked_until REAL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX login_throttle_updated ON login_throttle(updated_at);
+        """
+    )
