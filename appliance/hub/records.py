@@ -205,8 +205,11 @@ def known_entries(
 def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -> dict[str, Any]:
     """Verify and store a data-mule bundle; importing the same bundle again is a no-op.
 
-    With ``receipt_to``, also write the receipt a never-connected box reads to learn
-    what the hub now holds (written for a replay too: the hub holds it all the same)."""
+    A bundle is known by its box and its id together: another box cannot claim an id
+    and make the hub skip the real bundle. With ``receipt_to``, also write the receipt
+    a never-connected box reads to learn what the hub now holds — the entries the hub's
+    own table holds at that revision or later, never merely what the bundle listed
+    (written for a replay too: the hub holds it all the same)."""
     report = _import_bundle(db, path)
     if receipt_to is not None:
         report["receipt"] = str(
@@ -241,21 +244,24 @@ def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
         report = {
             "bundle_id": body["bundle_id"],
             "entries": len(entries),
-            "replay": True,
             "device_id": device_id,
             "token_hash": device["token_hash"],
-            "keys": [(e["id"], e["rev"]) for e in entries],
         }
+        keys = [(e["id"], e["rev"]) for e in entries]
         with conn.transaction():
-            if conn.one("SELECT bundle_id FROM imports WHERE bundle_id = ?", (body["bundle_id"],)):
-                return report
-            store_entries(conn, device_id, entries)
-            conn.execute(
-                "INSERT INTO imports (bundle_id, device_id, entries, imported_at)"
-                " VALUES (?, ?, ?, ?)",
-                (body["bundle_id"], device_id, len(entries), now()),
+            replay = conn.one(
+                "SELECT bundle_id FROM bundle_imports WHERE device_id = ? AND bundle_id = ?",
+                (device_id, body["bundle_id"]),
             )
-        return {**report, "replay": False}
+            if not replay:
+                store_entries(conn, device_id, entries)
+                conn.execute(
+                    "INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (device_id, body["bundle_id"], len(entries), now()),
+                )
+            held = known_entries(conn, device_id, keys)
+        return {**report, "replay": bool(replay), "keys": held}
     finally:
         conn.close()
 
