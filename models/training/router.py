@@ -180,7 +180,7 @@ class RouterRecipe:
     serving_heads = None
     input_shape = (3, 64, 64)
     preprocessing = {"function": "router_preprocess", "params": {"size": 64}}
-    train_config = TrainConfig(epochs=16, batch_size=64, lr=3e-3, samples_per_epoch=3072,
+    train_config = TrainConfig(epochs=10, batch_size=64, lr=3e-3, samples_per_epoch=3072,
                                label_smoothing=0.05)
     provenance = {
         "training_data": [
