@@ -68,12 +68,25 @@ SETTINGS: tuple[Setting, ...] = (
         2.0,
         "A file must be unchanged this long before it is imported (still being copied).",
     ),
-    Setting("upload_max_mb", int, 512, "Largest file accepted by the upload endpoint."),
+    Setting(
+        "upload_max_mb",
+        int,
+        512,
+        "Largest file accepted through any door (upload, DICOM, USB, hot folder, ingest).",
+    ),
     Setting(
         "max_image_pixels",
         int,
         100_000_000,
-        "Images with more pixels than this are refused as absurd.",
+        "Images whose own headers declare more pixels than this are refused before decoding.",
+    ),
+    Setting("max_image_frames", int, 1000, "DICOM files declaring more frames are refused."),
+    Setting(
+        "max_decode_mb",
+        int,
+        600,
+        "Most memory decoding one image may take, estimated from its headers; a larger "
+        "image is refused as too large to process safely.",
     ),
     Setting(
         "min_free_mb",

@@ -140,10 +140,13 @@ def test_every_refusal_the_gate_gives_is_known():
 SOURCES = [
     "ingest/sniff.py",
     "ingest/dicom.py",
+    "ingest/headers.py",
     "ingest/raster.py",
     "ingest/decode.py",
     "ingest/importer.py",
+    "ingest/sources.py",
     "ingest/usb.py",
+    "ingest/hotfolder.py",
     "store/users.py",
     "store/reviews.py",
     "store/patients.py",
