@@ -38,6 +38,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address the web page listens on."),
     Setting("port", int, 8080, "TCP port of the web page."),
     Setting("dicom_port", int, 11112, "TCP port of the DICOM listener (C-ECHO, C-STORE)."),
+    Setting(
+        "dicom_host",
+        str,
+        "0.0.0.0",
+        "Address the DICOM listener binds to (0.0.0.0: every network interface).",
+    ),
     Setting("dicom_aet", str, "APPLIANCE", "AE title the DICOM listener answers to."),
     Setting(
         "dicom_allowed_aets",
