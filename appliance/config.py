@@ -95,6 +95,13 @@ SETTINGS: tuple[Setting, ...] = (
         "image is refused as too large to process safely.",
     ),
     Setting(
+        "decode_retry_memory_mb",
+        int,
+        1536,
+        "An image whose decoding stopped the box is read again only in a separate process "
+        "limited to this much memory; if that fails it is quarantined.",
+    ),
+    Setting(
         "min_free_mb",
         int,
         200,

@@ -283,3 +283,11 @@ def m008_patient_age(db: Database) -> None:
         ALTER TABLE studies ADD COLUMN patient_age TEXT;
         """
     )
+
+
+@migrations()
+def m009_job_decoding_since(db: Database) -> None:
+    # Set durably before a worker decodes, cleared when the decode is over: a job found
+    # with it set on its next attempt stopped the box mid-decode (an OOM kill, say), so
+    # it is decoded again only in a memory-limited child process, never straight away.
+    db.execute("ALTER TABLE jobs ADD COLUMN decoding_since TEXT")

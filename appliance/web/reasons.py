@@ -69,6 +69,8 @@ KNOWN = (
     N_("The file could not be read (%(error)s)."),
     N_("This is a link to a file elsewhere, not a file on the stick; it was not read."),
     N_("Cannot be read (%(error)s)."),
+    # appliance/ingest/sandbox.py: an image whose decoding stopped the box once
+    N_("Reading this image needs more memory than the box can spare; it was not screened."),
     # appliance/screening/gate.py: one whole sentence per kind of image it refuses
     # (its NOT_PROJECTION_XRAY), never a translated fragment put into a sentence.
     N_("This is a CT scan, not a chest X-ray or an eye photograph."),

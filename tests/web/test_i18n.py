@@ -147,6 +147,7 @@ SOURCES = [
     "ingest/sources.py",
     "ingest/usb.py",
     "ingest/hotfolder.py",
+    "ingest/sandbox.py",
     "store/users.py",
     "store/reviews.py",
     "store/patients.py",
