@@ -135,7 +135,9 @@ class Worker:
             return False
         try:
             self.process(job)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # also a native library's panic: the thread lives on
             state = jobs.fail(
                 self.store, job, f"{type(exc).__name__}: {exc}", self.config.job_max_attempts
             )

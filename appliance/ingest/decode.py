@@ -146,9 +146,11 @@ def decode_dataset(
                 arr = pixel_array(ds, index=index)
         for warning in caught:
             log.debug("decoder warning: %s", warning.message)
-    except MemoryError:
+    except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # every decoder plugin raises its own types
+    # Every decoder plugin raises its own types; pylibjpeg-rle, in Rust, panics on some
+    # damaged streams with pyo3's PanicException, which is no Exception subclass.
+    except BaseException as exc:
         raise DecodeError(
             "The image data is damaged and cannot be decoded.",
             detail=f"{type(exc).__name__}: {exc}",
