@@ -7,9 +7,9 @@ import shutil
 from typing import Any
 
 from appliance.config import Config
-from appliance.engines import read_status
 from appliance.inference.backends import backend_report
 from appliance.inference.bundle import load_bundle
+from appliance.inference.engines.status import read_status
 from appliance.screening.models import REQUIRED, ModelSet, models_dir, newest_bundles
 
 

@@ -2,6 +2,8 @@
 
     ApplianceError
     ├── ConfigError            a setting is unknown or has a value of the wrong kind
+    ├── LoginThrottledError    too many failed logins from this client (or for this account
+    │                          from many clients): wait ``retry_after`` seconds (logins/throttle.py)
     ├── StoreError             the data directory or its database cannot do what was asked
     │   └── StorageFullError   not enough free disk to store safely
     ├── IngestError            an incoming file cannot be accepted
@@ -38,6 +40,14 @@ class ApplianceError(Exception):
 
 class ConfigError(ApplianceError):
     """A setting is unknown or its value cannot be used."""
+
+
+class LoginThrottledError(ApplianceError):
+    """Too many failed logins: this attempt is refused unchecked for ``retry_after`` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed logins: try again in {retry_after:.0f} seconds")
+        self.retry_after = retry_after
 
 
 class StoreError(ApplianceError):

@@ -13,16 +13,16 @@ import signal
 import threading
 from pathlib import Path
 
-from waitress import create_server
-
 from appliance.config import Config
-from appliance.engines import EngineRefresher
+from appliance.http_server import create_server
+from appliance.inference.engines.refresh import EngineRefresher
 from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer, recover
 from appliance.ingest.scp import StoreSCP
 from appliance.ingest.usb import UsbWatcher
 from appliance.screening.models import ModelSet
 from appliance.screening.pipeline import Screener
+from appliance.store import jobs
 from appliance.store.db import Store
 from appliance.watchdog import start_watchdog
 from appliance.web import create_app
@@ -59,6 +59,11 @@ class Service:
         recovered = recover(self.store, self.config)
         if any(recovered.values()):
             log.warning("recovered after an unclean stop: %s", recovered)
+        # Before any worker of ours claims: what a dead process of this host was
+        # screening (a power cut, kill -9) is screened again now, not after its lease.
+        released = jobs.release_dead_leases(self.store, self.config.job_max_attempts)
+        if released:
+            log.warning("%s job(s) of a stopped process queued again", released)
 
         # Loaded once, shared by every worker; a bundle that fails leaves the box running.
         self.models = ModelSet(self.config).load()

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from appliance.store import jobs
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.files import atomic_write_bytes
 from appliance.store.images import insert_quarantine
+from appliance.store.population import park_for_population
 from appliance.store.results import insert_result
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,8 @@ class Worker:
         self.store = store
         self.config = config
         self.screener = screener
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        # host:pid:name, so the next start-up can tell this process's leases (jobs.py)
+        self.name = jobs.lease_owner(name or str(threading.get_ident()))
 
     def run_once(self) -> bool:
         """Process one job if there is one; returns False when there was nothing to do."""
@@ -194,7 +194,12 @@ class Worker:
         tags["patient_age_years"] = age_in_years(
             image["patient_age"], image["patient_birth_date"], image["study_date"]
         )
-        result = self.screener.screen(decoded, tags, preview_size(decoded, HEATMAP_MAX_PX))
+        result = self.screener.screen(
+            decoded,
+            tags,
+            preview_size(decoded, HEATMAP_MAX_PX),
+            population=image["population"],  # staff's choice, for an X-ray without an age
+        )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None
         if result.heatmap is not None:
@@ -211,13 +216,16 @@ class Worker:
                 " WHERE id=?",
                 (utc_now(), json.dumps(decoded.summary()), str(preview), image["id"]),
             )
-            insert_result(
-                conn,
-                image["id"],
-                job.id,
-                result.as_dict(),
-                str(heatmap_path) if heatmap_path else None,
-            )
+            if result.needs_population:  # no score until staff choose adult or child
+                park_for_population(conn, image["id"])
+            else:
+                insert_result(
+                    conn,
+                    image["id"],
+                    job.id,
+                    result.as_dict(),
+                    str(heatmap_path) if heatmap_path else None,
+                )
             _decode_over(conn, job)
             if not jobs.complete(conn, job):
                 raise RuntimeError("lease lost while processing")  # rolls the result back

@@ -51,18 +51,69 @@ def write_bundle(dest: Path, manifest: Mapping[str, Any], files: Mapping[str, Pa
     return dest
 
 
-def _fmt_ci(value: float, ci: list[float]) -> str:
-    return f"{value:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
 
-def render_card(manifest: Mapping[str, Any], limitations: list[str]) -> str:
-    """MODEL_CARD.md from the manifest's own numbers (one source of truth)."""
+def _band(ci: list[float] | None) -> str:
+    return f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+
+
+def _binary_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    out = ["| set | n (positive) | AUC (95% CI) | sensitivity | specificity | flagged |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = r.get("ci95_with_threshold_choice", {})
+        auc = f"{r['auc']:.3f}{_band(r.get('auc_ci95'))}" if "auc" in r else "—"
+        out.append(f"| {r['set']} | {r['n']} ({r['positives']}) | {auc} | "
+                   f"{_pct(r['sensitivity'])}{_band(ci.get('sensitivity'))} | "
+                   f"{_pct(r['specificity'])}{_band(ci.get('specificity'))} | "
+                   f"{_pct(r['flagged'])} |")
+    notes = [f"- *{r['set']}*: {r['note']}" for r in rows if r.get("note")]
+    cv = [r for r in rows if "cross_validated" in r]
+    if cv:
+        c = cv[0]["cross_validated"]
+        notes.append(f"- Nested check on the pool ({c['how']}): sensitivity "
+                     f"{_pct(c['sensitivity'])}, specificity {_pct(c['specificity'])}.")
+    return out + [""] + notes
+
+
+def _router_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for r in rows:
+        out += [f"**{r['set']}**" + (f" — {r['note']}" if r.get("note") else ""), "",
+                "| source | class | n | routed correctly | refused (unsure) | misrouted |",
+                "|---|---|---|---|---|---|"]
+        for s in r["per_source"]:
+            out.append(f"| {s['source']} | {s['label']} | {s['n']} | {s['correct']:.3f} | "
+                       f"{s['refused_unsure']:.3f} | {_pct(s.get('misrouted'))} |")
+        out.append("")
+    return out
+
+
+def _generic_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    out = ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+           "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [row.get(k, "") for k in keys]
+        out.append("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c)
+                                     for c in cells) + " |")
+    return out
+
+
+def render_card(manifest: Mapping[str, Any], limitations: list[str], story: str = "") -> str:
+    """MODEL_CARD.md from the manifest's own numbers (one source of truth), plus the
+    recipe's own account of its choices (``story``)."""
     v = manifest["validation"]
     prov = manifest["provenance"]
     lines = [
         f"# {manifest['name']} {manifest['version']}", "",
         f"**Task:** {manifest['task']}  ", f"**Modality:** {manifest['modality']}  ",
         f"**Labels:** {', '.join(manifest['labels'])}  ",
+        f"**Intended population:** {manifest['population']}  ",
         f"**Intended use:** {manifest['intended_use']}", "",
         "## Data", "",
     ]
@@ -70,34 +121,33 @@ def render_card(manifest: Mapping[str, Any], limitations: list[str]) -> str:
         lines.append(f"- {d['dataset']} — licence {d['licence']}. {d.get('citation', '')}")
     lines += ["", f"Split: {prov['validation']}.", "",
               "Counts: " + ", ".join(f"{k} {val}" for k, val in v["counts"].items()), "",
-              "## Validation metrics", "",
-              "Bootstrap 95% confidence intervals (1000 resamples, stratified by class). "
-              "Validation images were never trained on, but the same images fitted the "
-              "calibration and the operating-point table, so these are estimates from one "
-              "site, not external performance.", "",
-              "| model | metric | value |", "|---|---|---|"]
-    for precision in ("fp32", "int8"):
-        for metric, value in v[precision].items():
-            if metric.endswith("_ci95"):
-                continue
-            ci = v[precision].get(f"{metric}_ci95")
-            text = _fmt_ci(value, ci) if ci else f"{value:.4f}"
-            lines.append(f"| {precision} | {metric} | {text} |")
-    lines += ["", f"INT8 − FP32 gate metric: {v['int8_minus_fp32']:+.4f} (gate: within "
-              f"±{v['gate_tolerance']}).", ""]
-    extra = v.get("notes")
-    if extra:
-        lines += [f"- {n}" for n in extra] + [""]
+              "## What this model was never shown", ""]
+    lines += [f"- {item}" for item in manifest["never_shown"]]
+    lines += ["", "## Evaluation: in-source and out-of-source, side by side", "",
+              f"The shipped model is an ensemble of {v['members']} members trained by "
+              "cross-fitting. Calibration and the threshold were fitted on out-of-fold "
+              "scores only; every other row is data that took no part in any choice. "
+              "Intervals are bootstrap 95% (1000 resamples); for sensitivity and "
+              "specificity they include re-choosing the threshold on each resample.", ""]
+    rows = manifest["evaluation"]
+    lines += _binary_table(rows) if manifest["operating_points"]["kind"] == "binary" \
+        else _router_table(rows)
+    lines += ["", f"INT8 − FP32 {v['gate_metric']} on {v['on']}: {v['int8_minus_fp32']:+.4f} "
+              f"(gate: within ±{v['gate_tolerance']}).", ""]
+    if story:
+        lines += [story.strip(), ""]
+    loso = manifest.get("leave_one_source_out")
+    if loso:
+        lines += ["## Leave-one-source-out checks of each choice", "",
+                  "Single models, shorter runs than the shipped ensemble, each scored on "
+                  f"a source it never saw (`{loso['command']}`):", ""]
+        lines += _generic_table(loso["rows"]) + [""]
     op = manifest["operating_points"]
-    lines += ["## Operating points", "", op["description"], ""]
-    if op.get("suggested"):
-        s = op["suggested"]
-        lines += [f"Suggested: {s['why']} — threshold {s['threshold']}"
-                  + (f", sensitivity {s['sensitivity']:.3f}, specificity "
-                     f"{s['specificity']:.3f}" if "sensitivity" in s else ""), ""]
-    lines += ["The full table is in `manifest.json` (`operating_points.table`).", "",
-              "## Calibration", "",
-              f"`{json.dumps(manifest['calibration'])}`", "",
+    s = op["suggested"]
+    lines += ["## Operating point", "", op["description"], "",
+              f"Shipped threshold {s['threshold']}: {s['why']}. A site can choose another "
+              "row of `operating_points.table` in Settings.", "",
+              "## Calibration", "", f"`{json.dumps(manifest['calibration'])}`", "",
               "## Targets", "", json.dumps(manifest.get("targets", {})), "",
               "## Limitations", ""]
     lines += [f"- {item}" for item in limitations]

@@ -1,11 +1,13 @@
 """Rebuild a model bundle from the shared training data.
 
-    python build/pipeline.py --model cxr      # or fundus, router, all
+    python build/pipeline.py --model cxr      # or cxr-adult, fundus, router, all
 
-train (PyTorch) -> export ONNX (opset 17, dynamic batch, CAM output) -> onnx checker
--> parity ORT vs PyTorch on validation -> static INT8 QDQ (calibrated on training
-images) -> accuracy gate (INT8 within 0.01 of FP32 or the build fails) -> calibration,
-operating points, bootstrap CIs -> ``models/<name>/<version>/``.
+cross-fitted members (PyTorch) -> their ensemble exported to ONNX (opset 17, dynamic
+batch, CAM output) -> onnx checker -> parity ORT vs PyTorch -> static INT8 QDQ
+(calibrated on training images, biases left in float for TensorRT) -> accuracy gate
+(INT8 within 0.01 of FP32 or the build fails) -> calibration and threshold from
+out-of-fold scores -> evaluation on the report split and other sources, with intervals
+that include the threshold's choice -> ``models/<name>/<version>/``.
 """
 
 from __future__ import annotations
@@ -28,73 +30,89 @@ from appliance.inference.onnx_runner import run_batched  # noqa: E402
 from appliance.inference.postprocess import calibrated_probabilities  # noqa: E402
 from build import metrics  # noqa: E402
 from build.bundle_writer import INTENDED_USE, render_card, write_bundle  # noqa: E402
+from build.evaluate import binary_report, cross_validated_threshold  # noqa: E402
 from build.gate import DEFAULT_TOLERANCE, check_accuracy_gate  # noqa: E402
+from build.routing import router_evaluation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {"cxr": "models.training.cxr", "fundus": "models.training.fundus",
-           "router": "models.training.router"}
+RECIPES = {"cxr": "models.training.cxr", "cxr-adult": "models.training.cxr_adult",
+           "fundus": "models.training.fundus", "router": "models.training.router"}
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def evaluate(y: np.ndarray, logits: np.ndarray, num_outputs: int, *,
-             with_ci: bool) -> dict[str, Any]:
-    """Gate metric first: AUC (binary) or macro one-vs-rest AUC (multi-class)."""
+def gate_metric(y: np.ndarray, logits: np.ndarray, num_outputs: int) -> float:
     if num_outputs == 1:
-        score = logits[:, 0]
-        out: dict[str, Any] = {"auc": metrics.roc_auc(y, score)}
-        if with_ci:
-            out["auc_ci95"] = metrics.bootstrap_ci(metrics.roc_auc, y, score)
-        return out
-    out = {"macro_auc": metrics.macro_auc(y, logits), "accuracy": metrics.accuracy(y, logits)}
-    if with_ci:
-        out["macro_auc_ci95"] = metrics.bootstrap_ci(metrics.macro_auc, y, logits)
-        out["accuracy_ci95"] = metrics.bootstrap_ci(metrics.accuracy, y, logits)
+        return metrics.roc_auc(y, logits[:, 0])
+    return metrics.macro_auc(y, logits)
+
+
+def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any) -> np.ndarray:
+    """Each pool image scored by the one member that never trained on it."""
+    from models.training.nets import HeadsEnsemble
+    from models.training.train import predict
+
+    fold_of = prepared.folds[prepared.oof_index]
+    out = None
+    for k, member in enumerate(members):
+        rows = np.flatnonzero(fold_of == k)
+        if not rows.size:
+            continue
+        logits = predict(HeadsEnsemble([member], heads), prepared.oof_x[rows])
+        out = np.zeros((len(fold_of), logits.shape[1]), np.float32) if out is None else out
+        out[rows] = logits
     return out
 
 
-def binary_operating_points(y: np.ndarray, prob: np.ndarray,
-                            targets: dict[str, float]) -> dict[str, Any]:
-    table = metrics.operating_points(y, prob)
-    # why: a screening box should miss as little as possible, so suggest the most
-    # sensitive threshold that still keeps the target specificity
-    floor = targets.get("specificity", 0.8)
-    ok = [r for r in table if r["specificity"] >= floor]
-    best = max(ok, key=lambda r: (r["sensitivity"], r["specificity"])) if ok else None
-    suggested = dict(best, why=f"highest sensitivity with specificity >= {floor}") if best \
-        else None
-    return {"kind": "binary", "score": "calibrated probability of the positive label",
-            "description": "Positive when calibrated probability >= threshold; "
-                           "sensitivity/specificity measured on validation (INT8 model).",
-            "table": table, "suggested": suggested}
+def binary_evaluation(recipe: Any, prepared: Any, oof_logits: np.ndarray,
+                      score: Any) -> dict[str, Any]:
+    """Calibration and threshold on out-of-fold scores; everything reported elsewhere."""
+    y = prepared.oof_y
+    calibration = metrics.fit_platt(oof_logits[:, 0], y)
+    oof_prob = calibrated_probabilities(oof_logits, calibration)
+    rule = recipe.threshold_rule
+    threshold = rule.choose(y, oof_prob)
+    choose = (y, oof_prob)
+    rows = [dict(binary_report("out-of-fold (pool, each image scored by the member that "
+                               "did not train on it)", y, oof_prob, threshold),
+                 cross_validated=cross_validated_threshold(
+                     rule, y, oof_prob, prepared.folds[prepared.oof_index]))]
+    for eval_set in [prepared.report, *prepared.external]:
+        prob = calibrated_probabilities(score(eval_set.x), calibration)
+        rows.append(binary_report(eval_set.name, eval_set.y, prob, threshold, rule=rule,
+                                  choose=choose, note=eval_set.note))
+    calibration["fitted_on"] = "out-of-fold scores of the cross-fitting pool"
+    suggested = {"threshold": threshold, "why": rule.describe() + " on out-of-fold scores"}
+    table = metrics.operating_points(y, oof_prob)
+    return {
+        "calibration": calibration,
+        "operating_points": {
+            "kind": "binary", "score": "calibrated probability of the positive label",
+            "description": "Positive when calibrated probability >= threshold; the table's "
+                           "sensitivity/specificity are out-of-fold (pool images scored by "
+                           "members that never trained on them).",
+            "table": table, "suggested": suggested},
+        "evaluation": rows,
+        "reference": reference_distribution(oof_prob, threshold),
+    }
 
 
-def router_operating_points(y: np.ndarray, prob: np.ndarray,
-                            labels: list[str]) -> dict[str, Any]:
-    """For a router a 'threshold' is the minimum top-class probability to accept an
-    image; below it the image is refused as unsure."""
-    table = []
-    for t in np.round(np.arange(0.4, 0.99, 0.05), 2):
-        keep = prob.max(axis=1) >= t
-        acc = float((prob[keep].argmax(1) == y[keep]).mean()) if keep.any() else 1.0
-        table.append({"threshold": float(t), "coverage": round(float(keep.mean()), 4),
-                      "accuracy_of_accepted": round(acc, 4)})
-    recall = {labels[k]: round(float((prob[y == k].argmax(1) == k).mean()), 4)
-              for k in np.unique(y)}
-    return {"kind": "router", "score": "calibrated top-class probability",
-            "description": "Route an image to its top class when that class's calibrated "
-                           "probability >= threshold, otherwise refuse it as unsure; "
-                           f"per-class recall at argmax: {recall}.",
-            "table": table, "per_class_recall": recall,
-            "suggested": {"threshold": 0.6, "why": "refuse unsure images"}}
+def reference_distribution(prob: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What the box should expect to see: the out-of-fold score histogram (20 bins of
+    the calibrated probability) and the share flagged, for drift monitoring."""
+    counts, _ = np.histogram(prob, bins=20, range=(0.0, 1.0))
+    return {"score_histogram": (counts / max(len(prob), 1)).round(4).tolist(),
+            "bins": 20, "positivity": round(float((prob >= threshold).mean()), 4),
+            "n": int(len(prob))}
 
 
 def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
     from build.export_onnx import INPUT_NAME, OPSET, OUTPUT_NAMES, check_parity, export_onnx
     from build.quantize_int8 import quantize_int8
-    from models.training.train import fit, predict, seed_everything
+    from models.training.nets import HeadsEnsemble
+    from models.training.train import fit_members, predict, seed_everything
 
     recipe = importlib.import_module(RECIPES[model_key]).RECIPE
     t0 = time.perf_counter()
@@ -104,51 +122,42 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = recipe.train_config
     if args.epochs:
         cfg = type(cfg)(**{**cfg.__dict__, "epochs": args.epochs})
-    model = recipe.build_model()
-    log(f"[{recipe.name}] training {cfg}")
-    fit(model, prepared.n_train, prepared.make_batch, cfg, seed=args.seed,
-        num_outputs=recipe.num_outputs, sample_weights=prepared.sample_weights, log=log)
-    y = prepared.val_y
-    torch_logits = predict(model, prepared.val_x)
+    log(f"[{recipe.name}] training {int(prepared.folds.max()) + 1} members: {cfg}")
+    members = fit_members(recipe.build_model, prepared.folds, prepared.make_batch, cfg,
+                          seed=args.seed, num_outputs=recipe.num_outputs,
+                          sample_weights=prepared.sample_weights, log=log)
+    heads = recipe.serving_heads
+    oof_logits = out_of_fold_logits(members, heads, prepared)
+    ensemble = HeadsEnsemble(members, heads).eval()
+    report = prepared.report
+    torch_logits = predict(ensemble, report.x)
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        export_onnx(model, fp32, recipe.input_shape, doc=f"{recipe.name} {recipe.version}")
-        parity = check_parity(model, fp32, prepared.val_x)
+        export_onnx(ensemble, fp32, recipe.input_shape, doc=f"{recipe.name} {recipe.version}")
+        parity = check_parity(ensemble, fp32, report.x)
         log(f"[{recipe.name}] ONNX checker ok; parity max|ORT-PyTorch| {parity}")
         quantize_int8(fp32, int8, prepared.calibration_x, INPUT_NAME)
-        out32 = run_batched(fp32, prepared.val_x)
-        out8 = run_batched(int8, prepared.val_x)
-        m32 = evaluate(y, out32["logits"], recipe.num_outputs, with_ci=True)
-        m8 = evaluate(y, out8["logits"], recipe.num_outputs, with_ci=True)
-        gate_metric = "auc" if recipe.num_outputs == 1 else "macro_auc"
-        log(f"[{recipe.name}] FP32 {m32}\n[{recipe.name}] INT8 {m8}")
-        delta = check_accuracy_gate(m32[gate_metric], m8[gate_metric],
-                                    tolerance=args.tolerance, metric=gate_metric)
-        log(f"[{recipe.name}] accuracy gate passed: INT8-FP32 {gate_metric} {delta:+.4f}")
+        out32 = run_batched(fp32, report.x)
+        out8 = run_batched(int8, report.x)
+        g32 = gate_metric(report.y, out32["logits"], recipe.num_outputs)
+        g8 = gate_metric(report.y, out8["logits"], recipe.num_outputs)
+        metric_name = "auc" if recipe.num_outputs == 1 else "macro_auc"
+        delta = check_accuracy_gate(g32, g8, tolerance=args.tolerance, metric=metric_name)
+        log(f"[{recipe.name}] accuracy gate passed on the report split: INT8 {g8:.4f} "
+            f"FP32 {g32:.4f} ({delta:+.4f})")
 
-        # why: the box serves the INT8 model, so calibrate what it will actually output
+        def score_int8(x: np.ndarray) -> np.ndarray:  # the box serves the INT8 model
+            return run_batched(int8, x)["logits"]
+
         if recipe.num_outputs == 1:
-            calibration = metrics.fit_platt(out8["logits"][:, 0], y)
-            prob = calibrated_probabilities(out8["logits"], calibration)
-            ops = binary_operating_points(y, prob, dict(recipe.targets))
-            m8["ece_calibrated"] = metrics.expected_calibration_error(y, prob)
-            if ops["suggested"]:
-                s = ops["suggested"]
-                pred, pos = prob >= s["threshold"], y == 1
-                m8["sensitivity_at_suggested_ci95"] = metrics.bootstrap_ci(
-                    lambda yy, pp: float((pp[yy == 1] >= s["threshold"]).mean()), y, prob)
-                m8["specificity_at_suggested_ci95"] = metrics.bootstrap_ci(
-                    lambda yy, pp: float((pp[yy == 0] < s["threshold"]).mean()), y, prob)
-                m8["sensitivity_at_suggested"] = float(pred[pos].mean())
-                m8["specificity_at_suggested"] = float((~pred[~pos]).mean())
+            found = binary_evaluation(recipe, prepared, oof_logits, score_int8)
         else:
-            calibration = metrics.fit_temperature(out8["logits"], y)
-            prob = calibrated_probabilities(out8["logits"], calibration)
-            ops = router_operating_points(y, prob, recipe.labels)
-        calibration["fitted_on"] = "validation split, INT8 model logits"
+            found = router_evaluation(recipe, prepared, oof_logits, score_int8)
+        for row in found["evaluation"]:
+            log(f"[{recipe.name}] {json.dumps(row)}")
 
-        cam_shape = list(out32["cam"].shape[1:])
+        cam_shape = list(out32["cam"].shape[2:])
         command = (f"python build/pipeline.py --model {model_key} --seed {args.seed} "
                    f"--threads {args.threads}")
         manifest = {
@@ -159,7 +168,7 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
             "outputs": {
                 OUTPUT_NAMES[0]: {"shape": ["batch", recipe.num_outputs],
                                   "meaning": "uncalibrated logits; apply `calibration`"},
-                OUTPUT_NAMES[1]: {"shape": ["batch", recipe.num_outputs, *cam_shape[1:]],
+                OUTPUT_NAMES[1]: {"shape": ["batch", recipe.num_outputs, *cam_shape],
                                   "meaning": "class activation map in logit units "
                                              "(its spatial mean equals the logits)"}},
             "preprocessing": {**recipe.preprocessing,
@@ -167,14 +176,23 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
                               "input_contract": "decoded image, float32 in [0,1]: greyscale "
                               "HxW (MONOCHROME1 already inverted) or RGB HxWx3"},
             "labels": recipe.labels,
-            "serving": {"default": "model.int8.onnx", "fp32": "model.onnx",
+            "population": recipe.population,
+            # why: an ensemble's FP32 file is several MB; the INT8 model is what the box
+            # serves and what TensorRT compiles, and the gate above holds it to FP32
+            "serving": {"default": "model.int8.onnx",
                         "tensorrt": "compile model.int8.onnx with build/compile_tensorrt.py"},
-            "calibration": calibration, "operating_points": ops,
-            "validation": {"fp32": m32, "int8": m8, "gate_metric": gate_metric,
-                           "int8_minus_fp32": delta, "gate_tolerance": args.tolerance,
-                           "parity_max_abs_diff": parity, "counts": prepared.counts,
-                           "pytorch_vs_fp32_auc": evaluate(y, torch_logits, recipe.num_outputs,
-                                                           with_ci=False)},
+            "calibration": found["calibration"],
+            "operating_points": found["operating_points"],
+            "validation": {
+                "fp32": {metric_name: round(g32, 4)}, "int8": {metric_name: round(g8, 4)},
+                "on": report.name, "gate_metric": metric_name,
+                "int8_minus_fp32": delta, "gate_tolerance": args.tolerance,
+                "parity_max_abs_diff": parity, "counts": prepared.counts,
+                "members": len(members),
+                "pytorch_vs_fp32": round(gate_metric(report.y, torch_logits,
+                                                     recipe.num_outputs) - g32, 6)},
+            "evaluation": found["evaluation"],
+            "reference": found["reference"],
             "targets": dict(recipe.targets),
             "training": {"command": command, "seed": args.seed, "threads": args.threads,
                          "config": cfg.__dict__, "opset": OPSET, "versions": _versions()},
@@ -183,29 +201,43 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
                         "data": sorted({d["licence"] for d in
                                         recipe.provenance["training_data"]})},
             "intended_use": INTENDED_USE,
+            "never_shown": list(recipe.never_shown),
+            "leave_one_source_out": _loso(recipe.loso),
             "limitations": list(recipe.limitations),
         }
-        if prepared.val_sources:
-            manifest["validation"]["notes"] = _source_breakdown(prepared.val_sources, y,
-                                                                prob, recipe.labels)
-        card = render_card(manifest, list(recipe.limitations))
+        card = render_card(manifest, list(recipe.limitations), getattr(recipe, "card", ""))
         dest = Path(args.models_dir) / recipe.name / recipe.version
-        write_bundle(dest, manifest, {"model.onnx": fp32, "model.int8.onnx": int8}, card)
+        write_bundle(dest, manifest, {"model.int8.onnx": int8}, card)
     log(f"[{recipe.name}] bundle written to {dest} in {time.perf_counter() - t0:.0f}s")
-    return {"bundle": str(dest), "fp32": m32, "int8": m8, "gate_delta": delta,
-            "operating_point": ops.get("suggested")}
+    return {"bundle": str(dest), "gate": {"fp32": g32, "int8": g8, "delta": delta},
+            "operating_point": found["operating_points"].get("suggested"),
+            "evaluation": found["evaluation"]}
 
 
-def _source_breakdown(sources: list[str], y: np.ndarray, prob: np.ndarray,
-                      labels: list[str]) -> list[str]:
-    """Per-source accuracy lines for the router's card (which held-out sets it got)."""
-    src = np.array(sources)
-    notes = []
-    for s in sorted(set(sources)):
-        sel = src == s
-        ok = int((prob[sel].argmax(1) == y[sel]).sum())
-        notes.append(f"held-out {s} ({labels[int(y[sel][0])]}): {ok}/{int(sel.sum())} correct")
-    return notes
+def recard(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Re-write a built bundle's card and manifest with the latest leave-one-source-out
+    results and the recipe's words, keeping its model file byte for byte (no training)."""
+    from appliance.inference.bundle import load_bundle
+
+    recipe = importlib.import_module(RECIPES[model_key]).RECIPE
+    dest = Path(args.models_dir) / recipe.name / recipe.version
+    bundle = load_bundle(dest)
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema_version")}
+    manifest.update(leave_one_source_out=_loso(recipe.loso), never_shown=list(recipe.never_shown),
+                    limitations=list(recipe.limitations), population=recipe.population)
+    card = render_card(manifest, list(recipe.limitations), getattr(recipe, "card", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model.int8.onnx"
+        model.write_bytes(bundle.file("model.int8.onnx").read_bytes())
+        write_bundle(dest, manifest, {"model.int8.onnx": model}, card)
+    log(f"[{recipe.name}] card and manifest re-written in {dest}")
+    return {"bundle": str(dest)}
+
+
+def _loso(key: str) -> dict[str, Any] | None:
+    """The recipe's choices checked source by source (``build/loso.py``), if run."""
+    path = REPO / "models" / "loso" / f"{key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _versions() -> dict[str, str]:
@@ -227,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=0, help="override the recipe (quick runs)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    p.add_argument("--recard", action="store_true",
+                   help="no training: re-write the built bundle's card and manifest")
     args = p.parse_args(argv)
     keys = list(RECIPES) if args.model == "all" else [args.model]
-    results = {k: build(k, args) for k in keys}
+    results = {k: (recard if args.recard else build)(k, args) for k in keys}
     print(json.dumps(results, indent=2, default=float))
     return 0
 

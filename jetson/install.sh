@@ -345,7 +345,7 @@ make_data_dir() {
   fi
   if [ "$DRY_RUN" = 0 ]; then
     mkdir -p "$(at "$DATA_DIR")"
-    chmod 0750 "$(at "$DATA_DIR")"
+    chmod 0700 "$(at "$DATA_DIR")"
   fi
   run chown "$SERVICE_USER:$SERVICE_USER" "$DATA_DIR"
 }

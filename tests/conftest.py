@@ -53,6 +53,29 @@ def screener(models, config):
     return Screener(models, config)
 
 
+@pytest.fixture
+def hub(tmp_path: Path):
+    """A real hub on loopback (SQLite), in a thread."""
+    from sync.synckit import HubThread
+
+    server = HubThread(tmp_path / "hub")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def box(tmp_path: Path, hub):
+    """An enrolled box: (store, config) with quick retries for tests."""
+    from sync.synckit import FAST_RETRIES, enrol
+
+    data_dir = tmp_path / "box"
+    store = Store.open(data_dir)
+    enrol(data_dir, hub.url, hub.enrol_code())
+    config = load_config(data_dir, environ={}, usb_roots=[], min_free_mb=1, **FAST_RETRIES)
+    yield store, config
+    store.close()
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A throw-away PostgreSQL cluster (Debian's postgresql) on a free loopback port."""

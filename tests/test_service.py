@@ -6,7 +6,9 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import Served, require_tool, scaled_rg1, testdata
+from helpers import Served, bundle_dir, require_tool, scaled_rg1, testdata
 from pydicom.uid import generate_uid
 
 from appliance.store.files import sha256_file
@@ -41,6 +43,16 @@ def test_sigterm_stops_cleanly(tmp_path, env):
     try:
         health = served.wait_healthy()
         assert health["status"] == "ok" and "dicom" in health["components"]
+        # made by serve itself (umask 077, database created 0600 before SQLite opens it)
+        data = tmp_path / "data"
+        for path, mode in [
+            (data, 0o700),
+            (data / "previews", 0o700),
+            (data / "appliance.db", 0o600),
+            (data / "appliance.db-wal", 0o600),
+            (data / "appliance.db-shm", 0o600),
+        ]:
+            assert stat.S_IMODE(path.stat().st_mode) == mode, path
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=20) == 0
     finally:
@@ -137,6 +149,41 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_image(tmp_path, env, many_ins
         served.close()
 
 
+def test_a_job_its_dead_predecessor_was_screening_is_screened_at_once(tmp_path, env):
+    """After a power cut the lease of the process that died is not waited out (an hour
+    here): serve hands it back at start-up."""
+    from appliance.config import load_config
+    from appliance.ingest.importer import Importer
+    from appliance.store import jobs
+    from appliance.store.db import Store
+
+    data_dir = tmp_path / "data"
+    store = Store.open(data_dir)
+    Importer(store, load_config(data_dir, environ={})).import_path(
+        testdata("RG1_UNCR.dcm"), source="dicom"
+    )
+    predecessor = subprocess.Popen([sys.executable, "-c", "pass"])
+    predecessor.wait()  # gone, as after a power cut
+    owner = f"{socket.gethostname()}:{predecessor.pid}:worker-0"
+    assert jobs.claim(store, owner, lease_seconds=3600, max_attempts=3) is not None
+    store.close()
+
+    served = Served(data_dir, {**env, "APPLIANCE_JOB_LEASE_SECONDS": "3600"})
+    try:
+        conn = sqlite3.connect(data_dir / "appliance.db")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT state, attempts FROM jobs").fetchone()
+            if row[0] == "done":
+                break
+            time.sleep(0.2)
+        assert row == ("done", 2)
+        conn.close()
+    finally:
+        served.close()
+    assert "1 job(s) of a stopped process queued again" in (tmp_path / "serve.log").read_text()
+
+
 def test_a_2_gb_upload_is_refused_at_once_by_the_real_server(tmp_path, env):
     import http.client
 
@@ -203,7 +250,7 @@ def test_a_tampered_bundle_leaves_the_box_running_and_says_so(tmp_path, env):
         models,
         ignore=shutil.ignore_patterns("training", "quality", "*.py", "__pycache__"),
     )
-    onnx = models / "cxr-pneumonia" / "1.0.0" / "model.int8.onnx"
+    onnx = models / "cxr-pneumonia" / bundle_dir("cxr-pneumonia").name / "model.int8.onnx"
     data = bytearray(onnx.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte
     onnx.write_bytes(bytes(data))
@@ -212,7 +259,7 @@ def test_a_tampered_bundle_leaves_the_box_running_and_says_so(tmp_path, env):
     served = Served(tmp_path / "data", env)
     try:
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(f"http://127.0.0.1:{served.port}/healthz", timeout=5)
+            urllib.request.urlopen(served.health_request(), timeout=5)
         assert caught.value.code == 503
         health = json.load(caught.value)
         assert health["status"] == "degraded"

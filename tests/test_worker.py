@@ -97,7 +97,8 @@ def test_screening_result_heatmap_and_job_completion_land_together(
     assert chest_result["route"] == "chest_xray" and 0 <= chest_result["score"] <= 100
     assert chest_result["triage"] in ("urgent", "review", "routine")
     assert (
-        chest_result["model_name"] == "cxr-pneumonia" and chest_result["backend"] == "onnxruntime"
+        chest_result["model_name"] == "cxr-adult-abnormal"
+        and chest_result["backend"] == "onnxruntime"
     )
     timings = json.loads(chest_result["timings"])
     assert {"decode", "gate", "preprocess", "infer", "postprocess"} <= set(timings)
@@ -132,17 +133,146 @@ def test_workers_wait_while_the_models_are_missing(importer, store, config):
     from appliance.screening.pipeline import Screener
 
     empty = ModelSet(config.with_overrides(models_dir=str(store.data_dir / "nowhere"))).load()
-    assert set(empty.errors) == {"modality-router", "cxr-pneumonia", "fundus-referable-dr"}
+    assert set(empty.errors) == {
+        "modality-router",
+        "cxr-pneumonia",
+        "cxr-adult-abnormal",
+        "fundus-referable-dr",
+    }
     importer.import_path(FUNDUS_DIR / "hrf_12_h.jpg", source="usb")
     assert Worker(store, config, Screener(empty, config), name="t").run_once() is False
     assert jobs.counts(store)["queued"] == 1
 
 
-def test_the_worker_reads_the_age_the_device_sent(importer, store, config, screener):
-    from appliance.screening.pipeline import ADULT_CAUTION
+def chest_dicom(age: str | None, uid_suffix: str) -> bytes:
+    """RG1 (a real chest CR) as a device that writes PatientAge would send it, or with
+    no age at all (None): each a study of its own (the age is the study's)."""
+    ds = pydicom.dcmread(testdata("RG1_UNCR.dcm"))
+    for keyword in ("PatientBirthDate", "PatientAge"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    if age is not None:
+        ds.PatientAge = age
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = (
+        f"{ds.SOPInstanceUID}.{uid_suffix}"
+    )
+    ds.StudyInstanceUID = f"{ds.StudyInstanceUID}.{uid_suffix}"
+    buffer = BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
 
-    importer.import_path(testdata("RG1_J2KI.dcm"), source="dicom")
-    Worker(store, config, screener, name="t").drain()
-    study = store.conn().execute("SELECT patient_birth_date FROM studies").fetchone()[0]
-    hints = json.loads(store.conn().execute("SELECT hints FROM results").fetchone()[0])
-    assert study == "19400305" and ADULT_CAUTION in hints
+
+def worker_with(store, config, screener, **settings) -> Worker:
+    """A worker (and its screener) with these settings in effect."""
+    from appliance.screening.pipeline import Screener
+
+    changed = config.with_overrides(**settings)
+    return Worker(store, changed, Screener(screener.models, changed), name="t")
+
+
+def stored_result(store, image_id: int):
+    return (
+        store.conn()
+        .execute("SELECT * FROM results WHERE image_id=? ORDER BY id DESC", (image_id,))
+        .fetchone()
+    )
+
+
+def test_the_age_the_device_sent_picks_the_chest_model(importer, store, config, screener):
+    """PatientAge 045Y: the adult model; 003Y: the children's; no age but a birth date
+    (RG1's own, 1940): adult; each result says which population and why."""
+    adult = importer.import_bytes(chest_dicom("045Y", "1"), source="dicom").image_id
+    child = importer.import_bytes(chest_dicom("003Y", "2"), source="dicom").image_id
+    born = importer.import_path(testdata("RG1_J2KI.dcm"), source="dicom").image_id
+    # An age never waits, even where the site asks.
+    assert worker_with(store, config, screener, chest_population="ask").drain() == 3
+    expected = {
+        adult: ("cxr-adult-abnormal", "adult"),
+        child: ("cxr-pneumonia", "child"),
+        born: ("cxr-adult-abnormal", "adult"),
+    }
+    for image_id, (model, population) in expected.items():
+        row = stored_result(store, image_id)
+        assert (row["model_name"], row["population"], row["population_source"]) == (
+            model,
+            population,
+            "dicom_age",
+        )
+        assert row["score"] is not None and json.loads(row["hints"]) == []
+    assert (
+        store.conn()
+        .execute(
+            "SELECT patient_birth_date FROM studies s JOIN images i ON i.study_id = s.id"
+            " WHERE i.id=?",
+            (born,),
+        )
+        .fetchone()[0]
+        == "19400305"
+    )
+
+
+@pytest.mark.parametrize(
+    "setting, model", [("child", "cxr-pneumonia"), ("adult", "cxr-adult-abnormal")]
+)
+def test_a_png_without_an_age_follows_the_site_setting(
+    importer, store, config, screener, setting, model
+):
+    from helpers import TESTS
+
+    png = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
+    image_id = importer.import_path(png, source="usb").image_id
+    worker_with(store, config, screener, chest_population=setting).drain()
+    row = stored_result(store, image_id)
+    assert (row["model_name"], row["population"], row["population_source"]) == (
+        model,
+        setting,
+        "site_setting",
+    )
+
+
+def test_with_ask_an_x_ray_without_an_age_waits_for_a_choice_then_is_screened(
+    importer, store, config, screener
+):
+    from appliance.store.population import choose_population
+
+    asking = worker_with(store, config, screener, chest_population="ask")
+    waiting = importer.import_bytes(chest_dicom(None, "3"), source="dicom").image_id
+    eye = importer.import_path(FUNDUS_DIR / "hrf_12_h.jpg", source="usb").image_id
+    assert asking.drain() == 2
+    assert stored_result(store, waiting) is None  # no score until someone chooses
+    assert stored_result(store, eye)["route"] == "fundus"  # only chest X-rays wait
+    image = store.conn().execute("SELECT * FROM images WHERE id=?", (waiting,)).fetchone()
+    assert image["waiting_for"] == "population" and image["state"] == "decoded"
+    assert (store.data_dir / image["preview_path"]).is_file()  # the page can show it
+    item = (
+        store.conn()
+        .execute("SELECT status, rank FROM worklist_items WHERE image_id=?", (waiting,))
+        .fetchone()
+    )
+    assert tuple(item) == ("needs_population", 2)
+    assert jobs.counts(store)["queued"] == 0  # parked, not retried
+
+    choose_population(store, waiting, "child", {"username": "nurse"})
+    assert jobs.counts(store)["queued"] == 1
+    assert asking.drain() == 1
+    row = stored_result(store, waiting)
+    assert (row["model_name"], row["population"], row["population_source"]) == (
+        "cxr-pneumonia",
+        "child",
+        "operator",
+    )
+    item = (
+        store.conn()
+        .execute("SELECT status FROM worklist_items WHERE image_id=?", (waiting,))
+        .fetchone()
+    )
+    assert item["status"] == "screened"
+    actions = [
+        tuple(r)
+        for r in store.conn().execute(
+            "SELECT actor, action, detail FROM audit_log WHERE subject=? ORDER BY id",
+            (f"image:{waiting}",),
+        )
+    ]
+    assert ("worker", "image.waiting", "population") in actions
+    assert ("nurse", "image.population_chosen", "child") in actions

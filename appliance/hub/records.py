@@ -7,6 +7,7 @@ only when it is higher than the one held, so resending anything is a no-op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -19,9 +20,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
 from appliance.hub.db import Connection, HubDatabase
-from appliance.sync import mule
+from appliance.logins import sessions
+from appliance.wire.bundle import read_bundle, verify_bundle
+from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
+MAX_REVISION = 2**63 - 1  # a BIGINT / SQLite INTEGER; more overflowed into a 500
 ENTRY_KINDS = ("result", "review")
 
 
@@ -70,13 +74,13 @@ def enrol_device(conn: Connection, code: str, name: str, public_key: str) -> dic
         conn.execute(
             "INSERT INTO devices (id, site, name, token_hash, public_key, enrolled_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (device_id, row["site"], name[:100], sha256_text(token), public_key, now()),
+            (device_id, row["site"], name[:100], token_hash(token), public_key, now()),
         )
     return {"device_id": device_id, "token": token, "site": row["site"]}
 
 
 def device_for_token(conn: Connection, token: str) -> dict[str, Any] | None:
-    return conn.one("SELECT * FROM devices WHERE token_hash = ?", (sha256_text(token),))
+    return conn.one("SELECT * FROM devices WHERE token_hash = ?", (token_hash(token),))
 
 
 def revoke_device(conn: Connection, device_id: str) -> bool:
@@ -159,7 +163,7 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
             and isinstance(entry.get("id"), str)
             and 0 < len(entry["id"]) <= 200
             and type(entry.get("rev")) is int
-            and entry["rev"] >= 1
+            and 1 <= entry["rev"] <= MAX_REVISION
             and entry.get("kind") in ENTRY_KINDS
             and isinstance(entry.get("data"), dict)
         )
@@ -201,12 +205,15 @@ def known_entries(
 def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -> dict[str, Any]:
     """Verify and store a data-mule bundle; importing the same bundle again is a no-op.
 
-    With ``receipt_to``, also write the receipt a never-connected box reads to learn
-    what the hub now holds (written for a replay too: the hub holds it all the same)."""
+    A bundle is known by its box and its id together: another box cannot claim an id
+    and make the hub skip the real bundle. With ``receipt_to``, also write the receipt
+    a never-connected box reads to learn what the hub now holds — the entries the hub's
+    own table holds at that revision or later, never merely what the bundle listed
+    (written for a replay too: the hub holds it all the same)."""
     report = _import_bundle(db, path)
     if receipt_to is not None:
         report["receipt"] = str(
-            mule.write_receipt(
+            write_receipt(
                 receipt_to,
                 device_id=report["device_id"],
                 bundle_id=report["bundle_id"],
@@ -221,7 +228,7 @@ def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -
 
 
 def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
-    device_id, payload, signature = mule.read_bundle(path)
+    device_id, payload, signature = read_bundle(path)
     conn = db.connect()
     try:
         device = conn.one("SELECT * FROM devices WHERE id = ?", (device_id,))
@@ -229,7 +236,7 @@ def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
             raise MuleBundleError(f"bundle from unknown device {device_id}: refused")
         if device["revoked_at"]:
             raise MuleBundleError(f"bundle from revoked device {device_id}: refused")
-        body = mule.verify_bundle(device_id, payload, signature, device["public_key"])
+        body = verify_bundle(device_id, payload, signature, device["public_key"])
         try:
             entries = validate_entries(body)
         except ValueError as exc:
@@ -237,21 +244,24 @@ def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
         report = {
             "bundle_id": body["bundle_id"],
             "entries": len(entries),
-            "replay": True,
             "device_id": device_id,
             "token_hash": device["token_hash"],
-            "keys": [(e["id"], e["rev"]) for e in entries],
         }
+        keys = [(e["id"], e["rev"]) for e in entries]
         with conn.transaction():
-            if conn.one("SELECT bundle_id FROM imports WHERE bundle_id = ?", (body["bundle_id"],)):
-                return report
-            store_entries(conn, device_id, entries)
-            conn.execute(
-                "INSERT INTO imports (bundle_id, device_id, entries, imported_at)"
-                " VALUES (?, ?, ?, ?)",
-                (body["bundle_id"], device_id, len(entries), now()),
+            replay = conn.one(
+                "SELECT bundle_id FROM bundle_imports WHERE device_id = ? AND bundle_id = ?",
+                (device_id, body["bundle_id"]),
             )
-        return {**report, "replay": False}
+            if not replay:
+                store_entries(conn, device_id, entries)
+                conn.execute(
+                    "INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (device_id, body["bundle_id"], len(entries), now()),
+                )
+            held = known_entries(conn, device_id, keys)
+        return {**report, "replay": bool(replay), "keys": held}
     finally:
         conn.close()
 
@@ -266,8 +276,16 @@ def set_admin(conn: Connection, username: str, password: str) -> None:
             " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash",
             (username, generate_password_hash(password), now()),
         )
+        sessions.end_all(conn, username)  # a new password logs the old sessions out
+
+
+@functools.cache
+def _no_such_admin_hash() -> str:
+    return generate_password_hash("no such admin")
 
 
 def check_admin(conn: Connection, username: str, password: str) -> bool:
     row = conn.one("SELECT password_hash FROM admins WHERE username = ?", (username,))
-    return row is not None and check_password_hash(row["password_hash"], password)
+    # The same hashing time whether or not the name exists: no user-name oracle.
+    stored = row["password_hash"] if row else _no_such_admin_hash()
+    return check_password_hash(stored, password) and row is not None

@@ -126,25 +126,32 @@ def crop_disc(image: np.ndarray, cx: float, cy: float, radius: float, size: int)
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def fundus_preprocess(
-    image: np.ndarray,
+def fundus_disc(image: np.ndarray, size: int, threshold: float = 0.15) -> np.ndarray:
+    """The camera's circular field, found, cropped and resized to ``size x size`` RGB."""
+    rgb = to_rgb(image)
+    cx, cy, radius = find_fundus_disc(rgb, threshold)
+    return crop_disc(rgb, cx, cy, radius, size)
+
+
+def enhance_fundus(
+    disc: np.ndarray,
     size: int = 256,
     threshold: float = 0.15,
     blur_fraction: float = 1 / 30,
     gain: float = 4.0,
     mask_fraction: float = 0.92,
 ) -> np.ndarray:
-    """Fundus photograph (any camera) -> 3 x size x size.
+    """A disc crop (any side, resized here with pixel averaging) -> 3 x size x size.
 
-    Find the disc, crop and resize it, then subtract the local average colour
-    (Graham's 2015 Kaggle method): lesions and vessels stay, the camera's illumination
-    and colour cast go — the main difference between cameras. Outside ``mask_fraction``
-    of the radius (the bright rim artefact), and outside the lit field, the output is
-    the neutral 0.
+    Subtract the local average colour (Graham's 2015 Kaggle method): lesions and vessels
+    stay, the camera's illumination and colour cast go — the main difference between
+    cameras. Outside ``mask_fraction`` of the radius (the bright rim artefact), and
+    outside the lit field, the output is the neutral 0. Training inserts camera
+    augmentations between :func:`fundus_disc` and this step.
     """
-    rgb = to_rgb(image)
-    cx, cy, radius = find_fundus_disc(rgb, threshold)
-    disc = crop_disc(rgb, cx, cy, radius, size)
+    if disc.shape[0] != size or disc.shape[1] != size:
+        interp = cv2.INTER_AREA if disc.shape[0] > size else cv2.INTER_LINEAR
+        disc = cv2.resize(disc, (size, size), interpolation=interp)
     blurred = cv2.GaussianBlur(disc, (0, 0), sigmaX=size * blur_fraction)
     enhanced = np.clip(gain * (disc - blurred), -1.0, 1.0)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -158,6 +165,20 @@ def fundus_preprocess(
     lit = cv2.erode(lit, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
     enhanced[~(inside & (lit > 0))] = 0.0
     return np.ascontiguousarray(enhanced.transpose(2, 0, 1), dtype=np.float32)
+
+
+def fundus_preprocess(
+    image: np.ndarray,
+    size: int = 256,
+    threshold: float = 0.15,
+    blur_fraction: float = 1 / 30,
+    gain: float = 4.0,
+    mask_fraction: float = 0.92,
+) -> np.ndarray:
+    """Fundus photograph (any camera) -> 3 x size x size: :func:`fundus_disc` then
+    :func:`enhance_fundus`."""
+    return enhance_fundus(fundus_disc(image, size, threshold), size, threshold,
+                          blur_fraction, gain, mask_fraction)
 
 
 def router_preprocess(image: np.ndarray, size: int = 64) -> np.ndarray:

@@ -184,10 +184,17 @@ def decode_dataset(
 def _grey(
     arr: np.ndarray, ds: Dataset, frames: int, photometric: str, tsyntax: Any, info: dict
 ) -> DecodedImage:
-    """Modality LUT, then VOI/window, then MONOCHROME1 inversion, for greyscale pixels."""
+    """Modality LUT, then VOI/window, then inversion where the image is meant to be
+    seen inverted, for greyscale pixels."""
     values = apply_modality_lut(arr, ds)
     values = values.astype(np.float32, copy=values.dtype != np.float32)
-    inverted = photometric == "MONOCHROME1"
+    # PS3.3 C.8.11.6 / C.11.6: INVERSE is the Presentation LUT Shape that goes with
+    # MONOCHROME1 (one inversion, not two); on MONOCHROME2 it says the sender meant the
+    # pixels to be shown inverted: taken as stored, the models would see white lungs.
+    # MONOCHROME1 with IDENTITY breaks the rule: the photometric interpretation, which
+    # describes the stored pixels, wins, so lungs stay dark either way.
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    inverted = photometric == "MONOCHROME1" or shape == "INVERSE"
     pixels, voi = _apply_voi(values, ds, invert=inverted)
     return DecodedImage(
         np.ascontiguousarray(pixels, dtype=np.float32),

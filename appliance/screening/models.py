@@ -21,9 +21,12 @@ from appliance.inference.runner import Runner
 log = logging.getLogger(__name__)
 
 ROUTER = "modality-router"
-CXR = "cxr-pneumonia"
+CXR = "cxr-pneumonia"  # children's chest X-rays (pneumonia pattern)
+CXR_ADULT = "cxr-adult-abnormal"  # adults' chest X-rays (abnormal: refer for TB assessment)
 FUNDUS = "fundus-referable-dr"
-REQUIRED = (ROUTER, CXR, FUNDUS)
+# Each ships in the wheel; without one, that kind of image cannot be screened (its jobs
+# fail and say so) while the others go on.
+REQUIRED = (ROUTER, CXR, CXR_ADULT, FUNDUS)
 
 
 def default_models_dir() -> Path:
@@ -98,9 +101,9 @@ class ModelSet:
 
     def _open(self, bundle: Bundle) -> Runner:
         """An active runner that never builds an engine at start-up (minutes on a Jetson,
-        past systemd's start timeout): engines.EngineRefresher builds them later."""
-        from appliance.engines import startup_backend
+        past systemd's start timeout): the engine refresher builds them later."""
         from appliance.inference.backends import open_runner
+        from appliance.inference.engines.decide import startup_backend
 
         backend = startup_backend(self.config, bundle)
         for attempt in (backend, "onnxruntime"):

@@ -21,7 +21,13 @@ from appliance.inference.postprocess import calibrated_probabilities, heatmap, o
 from appliance.inference.preprocess import find_fundus_disc, preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
-from appliance.screening.models import CXR, FUNDUS, ROUTER, LoadedModel, ModelSet
+from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER, LoadedModel, ModelSet
+from appliance.screening.population import (
+    OPERATOR,
+    check_site_setting,
+    choose_population,
+    population_caution,
+)
 from appliance.screening.quality import assess_fundus
 
 DECISION_SUPPORT = "Decision support, not a diagnosis: a clinician reviews every result."
@@ -29,14 +35,9 @@ DECISION_SUPPORT = "Decision support, not a diagnosis: a clinician reviews every
 # so faint evidence stays faint instead of looking like a finding.
 NEGATIVE_HEAT_SCALE = 4.0
 
-
-# The chest model learned from children aged 1-5 (Kermany): on an adult it still gives
-# a score, with this caution beside it for the clinician.
-ADULT_YEARS = 16
-ADULT_CAUTION = (
-    "Trained on X-rays of young children (1 to 5 years): for an adult, read this score "
-    "with extra caution."
-)
+# A chest X-ray without an age, where the site asks staff to choose adult or child
+# (chest_population = "ask"): not screened until they do.
+NEEDS_POPULATION = "Adult or child? Choose on the study page to screen this X-ray."
 
 
 class ScreeningUnavailableError(ApplianceError):
@@ -53,6 +54,9 @@ class ScreeningResult:
     threshold: float | None = None
     triage: str | None = None
     model: dict[str, str] | None = None
+    population: str | None = None  # chest X-rays: adult or child, the model that scored
+    population_source: str | None = None  # dicom_age, operator, cli or site_setting
+    needs_population: bool = False  # no age and the site asks: staff choose, then screen
     backend: str | None = None
     router: dict[str, float] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
@@ -83,6 +87,7 @@ class Timer:
 
 class Screener:
     def __init__(self, models: ModelSet, config: Config) -> None:
+        check_site_setting(config.chest_population)  # a typo stops start-up, saying why
         self.models = models
         self.config = config
 
@@ -91,7 +96,11 @@ class Screener:
         return self.models.get(ROUTER) is not None
 
     def threshold(self, model: LoadedModel) -> float:
-        configured = {CXR: self.config.cxr_threshold, FUNDUS: self.config.fundus_threshold}
+        configured = {
+            CXR: self.config.cxr_threshold,
+            CXR_ADULT: self.config.cxr_adult_threshold,
+            FUNDUS: self.config.fundus_threshold,
+        }
         chosen = configured.get(model.bundle.name) or 0.0
         return chosen or float(model.bundle.manifest["operating_points"]["suggested"]["threshold"])
 
@@ -104,8 +113,16 @@ class Screener:
         return max(float(row["threshold"]), threshold)
 
     def screen(
-        self, image: DecodedImage, tags: dict[str, Any], overlay_size: tuple[int, int] | None = None
+        self,
+        image: DecodedImage,
+        tags: dict[str, Any],
+        overlay_size: tuple[int, int] | None = None,
+        *,
+        population: str | None = None,
+        population_by: str = OPERATOR,
     ) -> ScreeningResult:
+        """``population``: adult or child, as staff chose (``population_by``: operator
+        or cli) for an X-ray without an age; the age the image gives always wins."""
         timer = Timer()
         router = self.models.get(ROUTER)
         if router is None:
@@ -147,7 +164,24 @@ class Screener:
                 result.timings_ms = timer.ms
                 return result
 
-        name = CXR if decision.route == gate.CHEST else FUNDUS
+        name = FUNDUS
+        if decision.route == gate.CHEST:
+            chosen = choose_population(
+                tags.get("patient_age_years"),
+                population,
+                population_by,
+                self.config.chest_population,
+            )
+            result.population, result.population_source = chosen.name, chosen.source
+            if chosen.model is None:
+                result.needs_population = True
+                result.reason = NEEDS_POPULATION
+                result.timings_ms = timer.ms
+                return result
+            name = chosen.model
+            caution = population_caution(chosen, tags.get("patient_age_years"))
+            if caution:
+                result.hints.append(caution)
         model = self.models.get(name)
         if model is None:
             raise ScreeningUnavailableError(f"the {name} model is not loaded")
@@ -176,9 +210,6 @@ class Screener:
             )
             result.model = identity
             result.backend = backend
-            age = tags.get("patient_age_years")
-            if name == CXR and age is not None and age >= ADULT_YEARS:
-                result.hints.append(ADULT_CAUTION)
             if overlay_size is not None:
                 result.heatmap = render_overlay(
                     outputs["cam"][0, 0],

@@ -2,10 +2,14 @@
 
 Durability matters more than speed here (a power cut must not lose an acknowledged
 image), so ``synchronous=FULL``: a committed transaction survives a power cut.
+Everything here is patient data: the data directory is the owner's alone (0700) and so
+are the database and its WAL and shared-memory files (0600).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,6 +23,12 @@ from appliance.errors import StoreError
 from appliance.store.migrations import migrations
 
 BUSY_TIMEOUT_MS = 30_000
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+# SQLite gives the -wal and -shm files the database file's mode when it creates them.
+DB_SUFFIXES = ("", "-wal", "-shm")
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -60,8 +70,9 @@ class Store:
     @classmethod
     def open(cls, data_dir: Path, *, migrate: bool = True) -> Store:
         store = cls(data_dir)
+        store.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        store.make_private()
         for folder in (
-            store.data_dir,
             store.images_dir,
             store.quarantine_dir,
             store.previews_dir,
@@ -71,6 +82,25 @@ class Store:
         if migrate:
             store.migrate()
         return store
+
+    def make_private(self) -> None:
+        """Create the database file 0600 before SQLite does (whatever the umask), and
+        tighten a data directory and database made before this rule, at every start."""
+        try:
+            os.chmod(self.data_dir, PRIVATE_DIR)
+            # Only a file that does not exist yet: closing any descriptor of an open
+            # database drops this process's POSIX locks on it (SQLite's locks), and another
+            # process's last close would then delete the WAL under the live connections.
+            try:
+                os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+            except FileExistsError:
+                pass
+            for suffix in DB_SUFFIXES:
+                path = self.db_path.with_name(self.db_path.name + suffix)
+                if path.exists():
+                    os.chmod(path, PRIVATE_FILE)
+        except PermissionError as exc:  # e.g. run by another user: serve what we can
+            log.warning("cannot make %s private: %s", self.data_dir, exc)
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; returns the names applied."""

@@ -1,13 +1,36 @@
 """A durable job queue in SQLite with leases.
 
-A worker claims a job by writing a lease (owner + expiry). If the worker dies, the lease
-runs out and the job is claimed again; nothing else has to notice the death.
+A worker claims a job by writing a lease: its owner (``host:pid:name``) and when it runs
+out. If the worker dies, the lease runs out and the job is claimed again; nothing else
+has to notice the death. At start-up ``appliance serve`` also hands back at once the
+leases its own host's dead processes held (``release_dead_leases``), so after a power
+cut the interrupted jobs are screened again without waiting for their leases.
+
+Lease time, and why not the wall clock: a box without a real-time-clock battery boots
+at 1970 or at its build date and jumps years ahead when NTP first answers (and an
+operator may set the clock back). Wall-clock leases would all run out at once on a jump
+forward, taking jobs from live workers, and would last years after a jump back. So a
+lease is measured on ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
+on the machine, never set by NTP or by hand, started again at boot): ``lease_taken``
+and ``lease_expires`` are points on it, and the rule is
+
+    a lease has run out  <=>  now >= lease_expires          (its time is up), or
+                              now <  lease_taken            (taken on an earlier boot's
+                                                             clock: its holder is gone), or
+                              lease_taken IS NULL           (taken before this rule).
+
+so a live holder never loses its lease early whatever the wall clock does, and a lease
+from before a reboot is honoured at most one lease period (``now`` is past
+``lease_taken``, so ``lease_expires`` is less than a period away).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.store.db import Store, utc_now
@@ -20,6 +43,10 @@ PRIORITY_URGENT = 10
 PRIORITY_INTERACTIVE = 50
 PRIORITY_NORMAL = 100
 PRIORITY_LOW = 200
+
+# The module docstring's rule, for a ``:now`` read from the monotonic clock.
+_LEASE_RUN_OUT = "(lease_taken IS NULL OR lease_taken > :now OR lease_expires <= :now)"
+_GIVEN_UP = "worker stopped while processing"
 
 
 @dataclass(frozen=True)
@@ -43,38 +70,100 @@ def enqueue(
     )
 
 
-def claim(store: Store, owner: str, lease_seconds: float, max_attempts: int) -> Job | None:
-    """Take the most urgent ready job, or one whose lease has run out."""
-    now = time.time()
+def lease_owner(name: str) -> str:
+    """``host:pid:name``: a lease names the host and process holding it, so a restart
+    can tell its dead predecessor's leases from a live process's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{name}"
+
+
+def claim(
+    store: Store,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+    clock: Callable[[], float] = time.monotonic,
+) -> Job | None:
+    """Take the most urgent ready job, or one whose lease has run out (module docstring).
+
+    ``clock`` must be monotonic and shared by every process on the machine."""
+    now = clock()
     with store.write() as conn:
         # A job whose lease ran out after too many attempts is given up on, so one
         # image that kills its worker cannot block the queue for ever.
         conn.execute(
-            "UPDATE jobs SET state='failed', lease_owner=NULL, updated_at=?,"
-            " last_error=COALESCE(last_error, 'worker stopped while processing')"
-            " WHERE state='running' AND lease_expires < ? AND attempts >= ?",
-            (utc_now(), now, max_attempts),
+            "UPDATE jobs SET state='failed', lease_owner=NULL, lease_taken=NULL,"
+            " lease_expires=NULL, updated_at=:at, last_error=COALESCE(last_error, :why)"
+            f" WHERE state='running' AND attempts >= :max AND {_LEASE_RUN_OUT}",
+            {"at": utc_now(), "why": _GIVEN_UP, "max": max_attempts, "now": now},
         )
         row = conn.execute(
             "SELECT id, kind, image_id, attempts FROM jobs"
-            " WHERE state='queued' OR (state='running' AND lease_expires < ?)"
+            f" WHERE state='queued' OR (state='running' AND {_LEASE_RUN_OUT})"
             " ORDER BY priority, id LIMIT 1",
-            (now,),
+            {"now": now},
         ).fetchone()
         if row is None:
             return None
         conn.execute(
             "UPDATE jobs SET state='running', attempts=attempts+1, lease_owner=?,"
-            " lease_expires=?, updated_at=? WHERE id=?",
-            (owner, now + lease_seconds, utc_now(), row["id"]),
+            " lease_taken=?, lease_expires=?, updated_at=? WHERE id=?",
+            (owner, now, now + lease_seconds, utc_now(), row["id"]),
         )
     return Job(row["id"], row["kind"], row["image_id"], row["attempts"] + 1, owner)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def release_dead_leases(store: Store, max_attempts: int) -> int:
+    """Hand back now the leases this host's dead processes held; returns how many.
+
+    Call at start-up, before this process's own workers claim anything: a lease that
+    carries this process's pid then comes from an earlier boot, whose process had the
+    same pid. Leases of other hosts, of live processes and of unknown owners keep to
+    their time. A job that has used up its attempts is given up on, as in ``claim``.
+    """
+    host, me = socket.gethostname(), os.getpid()
+    dead = []
+    with store.write() as conn:
+        for row in conn.execute(
+            "SELECT id, lease_owner, attempts FROM jobs WHERE state='running'"
+        ).fetchall():
+            owner_host, _, rest = (row["lease_owner"] or "").partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit():
+                if int(pid) == me or not _process_alive(int(pid)):
+                    dead.append(row)
+        conn.executemany(
+            "UPDATE jobs SET state=:state, lease_owner=NULL, lease_taken=NULL,"
+            " lease_expires=NULL, updated_at=:at,"
+            " last_error=CASE WHEN :state='failed' THEN COALESCE(last_error, :why)"
+            " ELSE last_error END WHERE id=:id",
+            [
+                {
+                    "state": "failed" if row["attempts"] >= max_attempts else "queued",
+                    "at": utc_now(),
+                    "why": _GIVEN_UP,
+                    "id": row["id"],
+                }
+                for row in dead
+            ],
+        )
+    return len(dead)
 
 
 def complete(conn: sqlite3.Connection, job: Job) -> bool:
     """Mark done inside the caller's transaction; False if the lease was lost meanwhile."""
     cur = conn.execute(
-        "UPDATE jobs SET state='done', lease_owner=NULL, lease_expires=NULL, updated_at=?"
+        "UPDATE jobs SET state='done', lease_owner=NULL, lease_taken=NULL, lease_expires=NULL,"
+        " updated_at=?"
         " WHERE id=? AND lease_owner=? AND state='running'",
         (utc_now(), job.id, job.lease_owner),
     )
@@ -86,8 +175,8 @@ def fail(store: Store, job: Job, error: str, max_attempts: int) -> str:
     state = "failed" if job.attempts >= max_attempts else "queued"
     with store.write() as conn:
         conn.execute(
-            "UPDATE jobs SET state=?, lease_owner=NULL, lease_expires=NULL, last_error=?,"
-            " updated_at=? WHERE id=? AND lease_owner=?",
+            "UPDATE jobs SET state=?, lease_owner=NULL, lease_taken=NULL, lease_expires=NULL,"
+            " last_error=?, updated_at=? WHERE id=? AND lease_owner=?",
             (state, error[:2000], utc_now(), job.id, job.lease_owner),
         )
     return state
@@ -98,3 +187,19 @@ def counts(store: Store) -> dict[str, int]:
     result = {"queued": 0, "running": 0, "done": 0, "failed": 0}
     result.update({row["state"]: row["n"] for row in rows})
     return result
+
+
+def requeue(
+    conn: sqlite3.Connection, kind: str, image_id: int, priority: int = PRIORITY_INTERACTIVE
+) -> None:
+    """Screen an image again (inside the caller's transaction): its finished job goes
+    back to the queue with fresh attempts, or a job is added if it never had one. A job
+    still queued or running is left alone: it will read what the caller wrote."""
+    now = utc_now()
+    conn.execute(
+        "UPDATE jobs SET state='queued', attempts=0, priority=MIN(priority, ?), last_error=NULL,"
+        " lease_owner=NULL, lease_taken=NULL, lease_expires=NULL, updated_at=?"
+        " WHERE kind=? AND image_id=? AND state IN ('done', 'failed')",
+        (priority, now, kind, image_id),
+    )
+    enqueue(conn, kind, image_id, priority)

@@ -286,7 +286,98 @@ def m008_patient_age(db: Database) -> None:
 
 
 @migrations()
-def m009_job_decoding_since(db: Database) -> None:
+def m009_outbox_destinations(db: Database) -> None:
+    # The hub's outbox becomes the deliveries outbox: every row names the kind of
+    # receiver it is for (PACS and FHIR will join the hub), and an entry's revisions are
+    # unique per destination. SQLite cannot change a UNIQUE constraint in place, so the
+    # table is rebuilt; the rows keep their ids and all become the hub's. No CHECK on
+    # kind or destination: those are checked in appliance/store/outbox.py, so a new
+    # receiver does not need another rebuild.
+    db.executescript(
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            entry_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            local_id INTEGER NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'acked', 'superseded')),
+            created_at TEXT NOT NULL,
+            exported_at TEXT,
+            acked_at TEXT,
+            UNIQUE (destination, entry_id, revision)
+        );
+        INSERT INTO outbox (id, destination, entry_id, revision, kind, local_id, image_id,
+                            payload, state, created_at, exported_at, acked_at)
+        SELECT id, 'hub', entry_id, revision, kind, local_id, image_id,
+               payload, state, created_at, exported_at, acked_at
+        FROM sync_outbox;
+        DROP TABLE sync_outbox;
+        CREATE INDEX outbox_send ON outbox(destination, state, kind, id);
+        CREATE INDEX outbox_local ON outbox(destination, kind, local_id);
+        """
+    )
+
+
+@migrations()
+def m010_job_lease_clock(db: Database) -> None:
+    # Leases move to the monotonic clock (appliance/store/jobs.py says why): when a
+    # lease was taken, on that clock. A lease held at the upgrade has none and counts
+    # as run out, which is right: its holder was the process the upgrade stopped.
+    db.executescript("ALTER TABLE jobs ADD COLUMN lease_taken REAL;")
+
+
+@migrations()
+def m011_chest_population(db: Database) -> None:
+    # Two chest models (adults, children): each result says which population it was
+    # screened as and how that was decided. An X-ray without an age waits for staff to
+    # choose where the site asks them to (images.waiting_for), and their choice is kept
+    # with the image, with who and when.
+    db.executescript(
+        """
+        ALTER TABLE results ADD COLUMN population TEXT;
+        ALTER TABLE results ADD COLUMN population_source TEXT;
+        ALTER TABLE images ADD COLUMN population TEXT
+            CHECK (population IS NULL OR population IN ('adult', 'child'));
+        ALTER TABLE images ADD COLUMN population_by TEXT;
+        ALTER TABLE images ADD COLUMN population_at TEXT;
+        ALTER TABLE images ADD COLUMN waiting_for TEXT;
+        """
+    )
+
+
+@migrations()
+def m012_sessions_login_throttle(db: Database) -> None:
+    # Logins live here, not in the cookie: logging out ends them for good (a copied
+    # cookie stops working), and failed logins are counted atomically per client.
+    # users.failed_attempts and users.locked_until are no longer used.
+    db.executescript(
+        """
+        CREATE TABLE sessions (
+            id_hash TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        );
+        CREATE INDEX sessions_subject ON sessions(subject);
+
+        CREATE TABLE login_throttle (
+            key TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            blocked_until REAL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX login_throttle_updated ON login_throttle(updated_at);
+        """
+    )
+
+
+@migrations()
+def m013_job_decoding_since(db: Database) -> None:
     # Set durably before a worker decodes, cleared when the decode is over: a job found
     # with it set on its next attempt stopped the box mid-decode (an OOM kill, say), so
     # it is decoded again only in a memory-limited child process, never straight away.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.store import outbox
 from appliance.store.db import Store, audit, utc_now
-from appliance.sync import outbox
 
 # Shown wherever a patient is shown: what the device sent, else what staff typed.
 PATIENT_ID_SQL = "COALESCE(NULLIF(s.patient_id, ''), s.entered_patient_id)"

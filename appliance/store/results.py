@@ -6,10 +6,10 @@ import json
 import sqlite3
 from typing import Any
 
+from appliance.store import outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 from appliance.store.worklist_items import refresh_item
-from appliance.sync import outbox
 
 _JSON_FIELDS = ("hints", "router", "quality", "timings")
 
@@ -25,8 +25,8 @@ def insert_result(
     cur = conn.execute(
         "INSERT INTO results (image_id, job_id, route, reason, hints, probability, score,"
         " threshold, triage, model_name, model_version, model_sha256, backend, router,"
-        " quality, heatmap_path, timings, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " quality, heatmap_path, timings, created_at, population, population_source)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             image_id,
             job_id,
@@ -46,6 +46,8 @@ def insert_result(
             heatmap_path,
             json.dumps(result.get("timings_ms") or {}),
             utc_now(),
+            result.get("population"),
+            result.get("population_source"),
         ),
     )
     result_id = int(cur.lastrowid)

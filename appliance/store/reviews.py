@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.store import outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.worklist_items import refresh_item
-from appliance.sync import outbox
 
 # Reason codes a clinician can tick when disagreeing (or qualifying agreement).
 REASON_CODES = (

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from appliance.store import outbox
 from appliance.store.db import Store
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
@@ -55,7 +56,8 @@ def worklist(
     rows = conn.execute(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
                    {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
-                   r.route, r.score, r.triage, r.id AS result_id, v.id AS review_id,
+                   r.route, r.score, r.triage, r.population, r.id AS result_id,
+                   v.id AS review_id,
                    w.status, v.verdict
             {_FROM} WHERE {where}
             ORDER BY w.rank, w.image_id DESC LIMIT :limit OFFSET :offset""",
@@ -80,16 +82,7 @@ def _mark_synced(conn, rows: list[dict[str, Any]]) -> None:
         for kind, key in (("result", "result_id"), ("review", "review_id"))
         if row[key] is not None
     ]
-    if not ids:
-        return
-    latest: dict[tuple[str, int], str] = {}
-    marks = ", ".join("(?, ?)" for _ in ids)
-    for kind, local_id, state in conn.execute(
-        f"SELECT kind, local_id, state FROM sync_outbox WHERE (kind, local_id) IN ({marks})"
-        " ORDER BY revision",
-        [value for pair in ids for value in pair],
-    ):
-        latest[(kind, local_id)] = state
+    latest = outbox.delivery_states(conn, ids, outbox.HUB)
     for row in rows:
         held = [
             latest.get((k, row[key]))

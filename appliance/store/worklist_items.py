@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import sqlite3
 
-# What needs a person first: urgent and review findings, then refusals (a retake is
-# needed), then images still being screened, then routine, then what is reviewed.
+# What needs a person first: urgent and review findings, then what a person must act on
+# before it can be screened at all, newest first: refusals (a retake) and chest X-rays
+# without an age waiting for "adult or child?" (one tap on the study page, and it may
+# turn out urgent); then images still being screened, then routine, then what is
+# reviewed. A waiting X-ray shares rank 2 with refusals rather than going ahead of
+# review findings: those already have a score at or over the threshold.
 ITEM_SELECT = """
     SELECT i.id AS image_id,
            CASE
+               WHEN r.id IS NULL AND i.waiting_for = 'population' THEN 'needs_population'
                WHEN r.id IS NULL THEN 'waiting'
                WHEN v.id IS NOT NULL THEN 'reviewed'
                WHEN r.route = 'refused' THEN 'refused'
@@ -25,6 +30,7 @@ ITEM_SELECT = """
                WHEN r.triage = 'urgent' THEN 0
                WHEN r.triage = 'review' THEN 1
                WHEN r.route = 'refused' THEN 2
+               WHEN r.id IS NULL AND i.waiting_for = 'population' THEN 2
                WHEN r.id IS NULL THEN 3
                ELSE 4
            END AS rank,

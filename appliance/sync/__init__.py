@@ -1,5 +1,7 @@
-"""Offline-first sync to the central hub: outbox, client, worker, data-mule bundles.
+"""Offline-first sync to the central hub: the worker and client that drain the hub's rows
+of the outbox (``appliance.store.outbox``), data-mule export, de-identification, enrolment.
 
-Nothing here is imported at start-up unless a hub is configured; the outbox module is
-small and dependency-free because the store calls it inside its transactions.
+The service runs the sync worker only once a hub is configured. The outbox itself is
+the store's, written inside its transactions; the formats the hub must read too are in
+``appliance.wire``.
 """

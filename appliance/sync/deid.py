@@ -12,11 +12,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
-import secrets
 from pathlib import Path
 from typing import Any
 
-from appliance.sync.identity import write_secret
+from appliance.wire.secret_files import random_secret
 
 KEY_FILE = "secrets/deid_key"
 DROPPED_IMAGE_FIELDS = ("patient_name", "original_name")
@@ -24,10 +23,7 @@ HASHED_IMAGE_FIELDS = ("patient_id", "accession_number", "study_instance_uid", "
 
 
 def linkage_key(data_dir: Path) -> bytes:
-    path = Path(data_dir) / KEY_FILE
-    if not path.exists():
-        write_secret(path, secrets.token_bytes(32))
-    return path.read_bytes()
+    return random_secret(Path(data_dir) / KEY_FILE)
 
 
 def keyed_hash(key: bytes, value: str) -> str:

@@ -7,9 +7,7 @@ hub learnt the public half at enrolment).
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.errors import NotEnrolledError
+from appliance.wire.secret_files import write_secret
 
 DEVICE_FILE = "secrets/sync_device.json"
 KEY_FILE = "secrets/sync_key.pem"
@@ -28,19 +27,6 @@ class Identity:
     device_id: str
     site: str
     token: str
-
-
-def write_secret(path: Path, data: bytes) -> None:
-    """Write ``data`` readable by the owner only, atomically (never a half-written secret)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def load_identity(data_dir: Path) -> Identity:
@@ -80,8 +66,3 @@ def device_key(data_dir: Path) -> Ed25519PrivateKey:
     )
     write_secret(path, pem)
     return key
-
-
-def public_key_text(key: Ed25519PrivateKey) -> str:
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()

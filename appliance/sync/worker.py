@@ -12,7 +12,6 @@ next pass resends, and the hub's idempotent upsert makes that harmless.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import threading
@@ -27,11 +26,11 @@ from appliance.errors import (
     NotEnrolledError,
     SyncError,
 )
+from appliance.store import outbox, sync_state
 from appliance.store.db import Store, utc_now
-from appliance.sync import outbox
 from appliance.sync.client import HubClient
+from appliance.sync.entries import wire_entry
 from appliance.sync.identity import load_identity
-from appliance.sync.wire import wire_entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,12 +108,7 @@ class SyncWorker:
             time.sleep(due - elapsed)
 
     def _set_state(self, **values: Any) -> None:
-        with self.store.write() as conn:
-            conn.executemany(
-                "INSERT INTO sync_state (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [(k, None if v is None else str(v)) for k, v in values.items()],
-            )
+        sync_state.write(self.store, **values)
 
     # -- one pass --------------------------------------------------------------------
     def sync_once(self) -> dict[str, int]:
@@ -129,13 +123,13 @@ class SyncWorker:
             self._retry(client.ping, "probe")
             report["confirmed"] = self._confirm_exported(client)
             while True:
-                batch = outbox.pending(self.store.conn(), self.config.sync_batch_size)
+                batch = outbox.pending(self.store.conn(), self.config.sync_batch_size, outbox.HUB)
                 if not batch:
                     break
                 wire = [wire_entry(e, self.config) for e in batch]
                 acked = self._retry(lambda w=wire: client.send_entries(w), "batch")
                 report["sent"] += len(batch)
-                report["acked"] += outbox.mark_acked(self.store, acked)
+                report["acked"] += outbox.mark_acked(self.store, acked, outbox.HUB)
                 missing = {e.key for e in batch} - set(acked)
                 if missing:  # never loop forever on something the hub will not take
                     raise HubRejectedError(f"the hub did not acknowledge {len(missing)} entries")
@@ -155,36 +149,22 @@ class SyncWorker:
         confirmed = 0
         after = 0
         while True:
-            batch = outbox.pending_exported(self.store.conn(), KNOWN_BATCH, after)
+            batch = outbox.pending_exported(self.store.conn(), KNOWN_BATCH, after, outbox.HUB)
             if not batch:
                 return confirmed
             after = batch[-1].row_id
             keys = [e.key for e in batch]
             acked = self._retry(lambda k=keys: client.known(k), "confirm")
-            confirmed += outbox.mark_acked(self.store, acked)
+            confirmed += outbox.mark_acked(self.store, acked, outbox.HUB)
 
     def _send_images(self, client: HubClient) -> int:
         if self.config.sync_deidentify:
             log.info("sync: images are not sent while sync_deidentify is on")
             return 0
-        rows = (
-            self.store.conn()
-            .execute(
-                "SELECT DISTINCT i.id, i.sha256, i.stored_path, i.size_bytes FROM images i"
-                " JOIN sync_outbox o ON o.image_id = i.id AND o.kind = 'result'"
-                " AND o.state = 'acked'"
-                " WHERE i.stored_path != '' AND i.id NOT IN (SELECT image_id FROM sync_images)"
-                " ORDER BY i.id"
-            )
-            .fetchall()
-        )
+        rows = sync_state.originals_to_send(self.store.conn())
         for row in rows:
-            self._send_image(client, dict(row))
-            with self.store.write() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO sync_images (image_id, acked_at) VALUES (?, ?)",
-                    (row["id"], utc_now()),
-                )
+            self._send_image(client, row)
+            sync_state.mark_original_sent(self.store, row["id"])
         return len(rows)
 
     def _send_image(self, client: HubClient, image: dict[str, Any]) -> None:
@@ -239,28 +219,26 @@ class SyncWorker:
             stop.wait(delay)
 
     def state(self) -> dict[str, str]:
-        rows = self.store.conn().execute("SELECT key, value FROM sync_state")
-        return {row["key"]: row["value"] for row in rows}
+        return sync_state.read(self.store.conn())
 
 
 def sync_status(store: Store, config: Config) -> dict[str, Any]:
     """What the System page and ``appliance sync status`` show."""
     conn = store.conn()
-    state = {row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM sync_state")}
+    state = sync_state.read(conn)
     try:
         identity = load_identity(config.data_dir)
         device = {"device_id": identity.device_id, "site": identity.site}
     except NotEnrolledError:
         device = {"device_id": None, "site": None}
     next_at = state.get("next_attempt_at")
-    images_sent = conn.execute("SELECT COUNT(*) FROM sync_images").fetchone()[0]
     return {
         "hub_url": config.sync_hub_url,
         "enrolled": device["device_id"] is not None,
         **device,
-        **outbox.counts(conn),
+        **outbox.counts(conn, outbox.HUB),
         "images": config.sync_images and not config.sync_deidentify,
-        "images_acked": images_sent,
+        "images_acked": sync_state.originals_sent(conn),
         "deidentify": config.sync_deidentify,
         "last_attempt_at": state.get("last_attempt_at"),
         "last_success_at": state.get("last_success_at"),
@@ -268,7 +246,3 @@ def sync_status(store: Store, config: Config) -> dict[str, Any]:
         "failures": int(state.get("failures") or 0),
         "next_attempt_in_s": (max(0, round(float(next_at) - time.time())) if next_at else None),
     }
-
-
-def status_json(status: dict[str, Any]) -> str:
-    return json.dumps(status, indent=2)

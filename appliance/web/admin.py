@@ -7,7 +7,8 @@ from flask_babel import gettext as _
 
 from appliance.config import save_settings
 from appliance.errors import ConfigError
-from appliance.screening.models import CXR, FUNDUS, models_dir, newest_bundles
+from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, models_dir, newest_bundles
+from appliance.screening.population import SITE_CHOICES
 from appliance.store import users
 from appliance.store.db import audit
 from appliance.store.users import LANGUAGES, ROLES
@@ -16,7 +17,11 @@ from appliance.web.reasons import translate_reason
 
 bp = Blueprint("admin", __name__)
 
-THRESHOLD_SETTING = {CXR: "cxr_threshold", FUNDUS: "fundus_threshold"}
+THRESHOLD_SETTING = {
+    CXR_ADULT: "cxr_adult_threshold",
+    CXR: "cxr_threshold",
+    FUNDUS: "fundus_threshold",
+}
 TEXT_SETTINGS = ("site_name", "timezone", "dicom_aet")
 RESTART_NEEDED = {"dicom_aet", "dicom_port", "dicom_allowed_aets"}
 
@@ -57,16 +62,20 @@ def settings():
             updates["dicom_port"] = form["dicom_port"]
         if "dicom_allowed_aets" in form:
             updates["dicom_allowed_aets"] = form["dicom_allowed_aets"]
+        if "chest_population" in form:
+            updates["chest_population"] = form["chest_population"]
         updates["usb_auto_import"] = form.get("usb_auto_import") == "on"
         for model in _operating_points(config):
             if model["setting"] in form:
                 updates[model["setting"]] = form[model["setting"]]
         try:
-            if updates.get("language", "en") not in LANGUAGES:
-                raise ConfigError(_("Unknown language."))
+            # In words a nurse reads; save_settings then checks every value the way the
+            # service checks config.toml at start-up.
+            if updates.get("chest_population", "ask") not in SITE_CHOICES:
+                raise ConfigError(_("Choose adult, child or ask for chest X-rays without an age."))
             overridden = save_settings(config, updates)
         except ConfigError as exc:
-            flash(translate_reason(str(exc)), "error")
+            flash(_("Not saved: %(reason)s", reason=str(exc)), "error")
         else:
             store = current_app.extensions["appliance_store"]
             with store.write() as conn:

@@ -1,4 +1,9 @@
-"""``/healthz``: is the box alive, and is each part of it working."""
+"""``/healthz``: is the box alive, and is each part of it working.
+
+Anyone may ask whether the box is up (the kiosk does, before it shows the page; a
+monitor may): without a login or the device token the answer says only ``status``,
+``database`` and ``disk`` as ok or not. Queue, components, engines and models (whose
+errors can name folders and files) are for a signed-in user or the device token."""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import shutil
 
 from flask import Blueprint, current_app, jsonify
 
-from appliance.engines import read_status
+from appliance.inference.engines.status import read_status
 from appliance.store import jobs
+from appliance.web.auth import signed_in
 
 bp = Blueprint("health", __name__)
 
@@ -39,4 +45,11 @@ def healthz():
         body["models"] = models.status()
         if models.errors:
             body["status"] = "degraded"
+    if not signed_in():
+        body = {
+            "status": body["status"],
+            "decision_support": body["decision_support"],
+            "database": "ok" if body["database"] == "ok" else "error",
+            "disk": "ok" if body["disk"] == "ok" else "full",
+        }
     return jsonify(body), 200 if body["status"] == "ok" else 503

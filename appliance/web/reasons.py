@@ -118,11 +118,24 @@ KNOWN = (
     N_("Unknown reason code: %(codes)s"),
     N_("Give at least one reason when you disagree."),
     N_("This image has no result to review yet."),
-    # appliance/screening/pipeline.py: ADULT_CAUTION
+    # Written beside an adult's score before the box had an adult chest model; still
+    # in the results stored then.
     N_(
         "Trained on X-rays of young children (1 to 5 years): for an adult, read this score "
         "with extra caution."
     ),
+    # appliance/screening/population.py: OLDER_CHILD_CAUTION, BABY_CAUTION
+    N_(
+        "Trained on X-rays of young children (1 to 5 years): for an older child, read this "
+        "score with extra caution."
+    ),
+    N_(
+        "Trained on X-rays of young children (1 to 5 years): for a baby under 1 year, read "
+        "this score with extra caution."
+    ),
+    # appliance/store/population.py: PopulationError
+    N_("Choose adult or child."),
+    N_("This X-ray is not waiting for a choice."),
     # appliance/store/patients.py: PatientError
     N_("Type the patient ID (up to 64 characters)."),
     N_("No such image."),

@@ -23,6 +23,7 @@ from markupsafe import Markup
 
 from appliance.store import worklist as queries
 from appliance.store.patients import PatientError, set_patient
+from appliance.store.population import PopulationError, choose_population
 from appliance.store.reviews import ReviewError, add_review, reviews_for
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
@@ -120,6 +121,21 @@ def patient(image_id: int):
         flash(translate_reason(str(exc)), "error")
     else:
         flash(_("Patient saved."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/population")
+@requires("operator", "clinician")
+def population(image_id: int):
+    """Adult or child, for a chest X-ray without an age where the site asks: kept with
+    the image, audited, and the image is screened again with that population's model."""
+    _load(image_id)
+    try:
+        choose_population(_store(), image_id, request.form.get("population", ""), g.user)
+    except PopulationError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Choice saved: the X-ray is being screened."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
 
 

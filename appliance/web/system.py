@@ -8,8 +8,8 @@ from flask import Blueprint, current_app, render_template
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
-from appliance.engines import read_status
 from appliance.inference.backends import backend_report
+from appliance.inference.engines.status import read_status
 from appliance.screening.models import REQUIRED, models_dir, newest_bundles
 from appliance.store import jobs
 from appliance.sync.worker import sync_status

@@ -8,8 +8,6 @@ never held in memory whole.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -34,10 +32,10 @@ def upload():
     # the body, and `curl --data-binary` labels a raw image as a url-encoded form.
     if request.mimetype == "multipart/form-data":
         # A browser sends a part with an empty file name when no file was chosen.
-        uploads = [(s.stream, s.filename) for s in request.files.getlist("file") if s.filename]
+        files = request.files.getlist("file")
+        uploads = [(s.stream, base_name(s.filename)) for s in files if s.filename]
     elif request.content_length or request.headers.get("Transfer-Encoding"):
-        name = Path(request.headers.get("X-Filename", "")).name or "upload"
-        uploads = [(request.stream, name)]
+        uploads = [(request.stream, base_name(request.headers.get("X-Filename", "")))]
     if not uploads:
         return error_response(400, "no_file", "No file was sent.")
     # Refuse before spooling a large body into the reserve kept for the database.
@@ -47,6 +45,14 @@ def upload():
     results = [import_upload(importer, stream, name).as_dict() for stream, name in uploads]
     status = 201 if any(r["status"] == "stored" for r in results) else 200
     return jsonify({"results": results}), status
+
+
+def base_name(name: str | None) -> str:
+    """What the other doors record (a USB stick's, the hot folder's ``path.name``): the
+    file's own name, without any folders a client put in front of it (``../../x.jpg``,
+    ``C:\\fakepath\\x.jpg``), at most 255 characters."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:255] if name not in ("", ".", "..") else "upload"
 
 
 def import_upload(importer: Importer, stream, name: str) -> ImportOutcome:

@@ -8,12 +8,14 @@ from flask import Flask, current_app, g
 from flask_babel import format_date, format_datetime, format_decimal, format_percent
 from flask_babel import lazy_gettext as _l
 
+from appliance.screening.models import CXR, CXR_ADULT, FUNDUS
 from appliance.store.reviews import REASON_CODES
 from appliance.web import user_language
 from appliance.web.reasons import translate_reason
 
 STATUS = {
     "waiting": _l("waiting"),
+    "needs_population": _l("adult or child?"),
     "screened": _l("screened"),
     "refused": _l("refused"),
     "reviewed": _l("reviewed"),
@@ -59,18 +61,71 @@ REASONS = {
 }
 assert set(REASONS) == set(REASON_CODES)
 
-# What the slip and the study page say, per model and outcome, in plain words.
+# What the slip and the study page say, per model that scored and outcome, in plain
+# words. Results stored before there were two chest models name cxr-pneumonia.
 FINDING = {
-    ("chest_xray", True): _l("Pattern suggesting pneumonia found on the chest X-ray."),
-    ("chest_xray", False): _l("No pneumonia pattern found on the chest X-ray."),
-    ("fundus", True): _l("Signs of referable diabetic retinopathy found on the retina photo."),
-    ("fundus", False): _l("No signs of referable diabetic retinopathy found."),
+    (CXR, True): _l("Pattern suggesting pneumonia found on the chest X-ray."),
+    (CXR, False): _l("No pneumonia pattern found on the chest X-ray."),
+    (CXR_ADULT, True): _l("Abnormal chest X-ray — refer for clinical/TB assessment."),
+    (CXR_ADULT, False): _l("No abnormality found on the chest X-ray."),
+    (FUNDUS, True): _l("Signs of referable diabetic retinopathy found on the retina photo."),
+    (FUNDUS, False): _l("No signs of referable diabetic retinopathy found."),
+}
+# A model this version does not know (a later bundle): said without naming a disease.
+OTHER_FINDING = {
+    True: _l("The screening found signs that a clinician should review."),
+    False: _l("The screening found no signs that need review."),
+}
+# Which model scored, named in people's words; %(model)s is its name and version.
+SCORED_BY = {
+    CXR: _l("Scored by the child chest X-ray model (%(model)s)."),
+    CXR_ADULT: _l("Scored by the adult chest X-ray model (%(model)s)."),
+    FUNDUS: _l("Scored by the retina photo model (%(model)s)."),
+}
+# How a chest X-ray's population was decided (results.population_source).
+SCREENED_AS = {
+    ("adult", "dicom_age"): _l(
+        "Screened as an adult: the X-ray gives the patient's age (16 or older)."
+    ),
+    ("child", "dicom_age"): _l(
+        "Screened as a child: the X-ray gives the patient's age (under 16)."
+    ),
+    ("adult", "site_setting"): _l(
+        "Screened as an adult: the X-ray gives no age, and this clinic screens such X-rays "
+        "as adults."
+    ),
+    ("child", "site_setting"): _l(
+        "Screened as a child: the X-ray gives no age, and this clinic screens such X-rays "
+        "as children."
+    ),
+    ("adult", "operator"): _l("Screened as an adult, as chosen by %(user)s."),
+    ("child", "operator"): _l("Screened as a child, as chosen by %(user)s."),
 }
 RECOMMENDATION = {
     "urgent": _l("Refer today: a clinician should see this patient urgently."),
     "review": _l("Refer: a clinician should review this result."),
     "routine": _l("No referral needed from this screening; follow the usual care plan."),
 }
+
+
+def finding(result: dict) -> str:
+    """The finding in words, for the model that scored the result."""
+    positive = result["probability"] >= result["threshold"]
+    text = FINDING.get((result.get("model_name"), positive), OTHER_FINDING[positive])
+    return str(text)
+
+
+def scored_by(result: dict) -> str:
+    """e.g. "Scored by the adult chest X-ray model (cxr-adult-abnormal 1.0.0)." """
+    name = f"{result.get('model_name') or ''} {result.get('model_version') or ''}".strip()
+    sentence = SCORED_BY.get(result.get("model_name"))
+    return str(sentence) % {"model": name} if sentence else name
+
+
+def screened_as(result: dict, image: dict) -> str:
+    """How a chest X-ray's population was decided; "" where there is nothing to say."""
+    sentence = SCREENED_AS.get((result.get("population"), result.get("population_source")))
+    return str(sentence) % {"user": image.get("population_by") or "?"} if sentence else ""
 
 
 def local_datetime(value: str | None, style: str = "short") -> str:
@@ -117,7 +172,9 @@ def init_app(app: Flask) -> None:
             "ROLE": ROLE,
             "LANGUAGE": LANGUAGE,
             "REASONS": REASONS,
-            "FINDING": FINDING,
+            "finding": finding,
+            "scored_by": scored_by,
+            "screened_as": screened_as,
             "RECOMMENDATION": RECOMMENDATION,
             "IMPORT_STATUS": IMPORT_STATUS,
             "ENGINE_STATE": ENGINE_STATE,

@@ -7,6 +7,7 @@ Every reader returns what the appliance's decoder hands to pre-processing: float
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 from dataclasses import dataclass
@@ -34,34 +35,49 @@ def read_image01(path: Path) -> np.ndarray:
 
 
 def dicom_frames01(path: Path, max_frames: int = 4) -> list[np.ndarray]:
-    """DICOM -> up to ``max_frames`` float32 [0,1] frames (modality + VOI LUT applied,
-    MONOCHROME1 inverted), the way the appliance's decoder presents them."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    """DICOM -> up to ``max_frames`` float32 [0,1] frames, decoded by the appliance's own
+    decoder (``appliance.ingest.decode``: Modality LUT, VOI LUT/window, MONOCHROME1 and
+    Presentation LUT Shape), so training sees exactly what the box will see.
 
-    ds = pydicom.dcmread(str(path))
-    if "PixelData" not in ds:
-        return []
-    arr = ds.pixel_array
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    spp = int(getattr(ds, "SamplesPerPixel", 1))
-    if frames == 1:
-        arr = arr[None]
-    picks = np.linspace(0, frames - 1, min(frames, max_frames)).round().astype(int)
-    out = []
-    for i in sorted(set(picks.tolist())):
-        frame = arr[i]
-        if spp == 1:
-            frame = apply_voi_lut(apply_modality_lut(frame, ds), ds, prefer_lut=True)
-        frame = frame.astype(np.float64)
-        lo, hi = float(frame.min()), float(frame.max())
-        if hi <= lo:
-            continue  # blank frame: nothing to learn from
-        frame = (frame - lo) / (hi - lo)
-        if spp == 1 and getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-            frame = 1.0 - frame
-        out.append(frame.astype(np.float32))
+    The box screens the first frame of a multi-frame object; for the router's "other"
+    class more frames add variety, so frames beyond the first are decoded by slicing
+    the dataset the same way (one frame at a time through the same code).
+    """
+    import pydicom
+
+    from appliance.ingest.decode import decode_bytes, decode_dataset
+
+    raw = Path(path).read_bytes()
+    first = decode_bytes(raw)
+    out = [first.pixels] if _informative(first.pixels) else []
+    frames = first.frames_total
+    if frames > 1 and max_frames > 1:
+        ds = pydicom.dcmread(str(path))
+        picks = sorted(set(np.linspace(0, frames - 1, min(frames, max_frames)).round()
+                           .astype(int).tolist()) - {0})
+        for i in picks:
+            frame = _single_frame(ds, i)
+            if frame is not None:
+                pixels = decode_dataset(frame).pixels
+                if _informative(pixels):
+                    out.append(pixels)
     return out
+
+
+def _informative(pixels: np.ndarray) -> bool:
+    return float(pixels.max()) > float(pixels.min())  # a blank frame teaches nothing
+
+
+def _single_frame(ds, index: int):
+    """A copy of ``ds`` holding only frame ``index`` (native pixel data only)."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    frames = int(ds.NumberOfFrames)
+    per_frame = len(ds.PixelData) // frames
+    one = copy.deepcopy(ds)
+    one.NumberOfFrames = 1
+    one.PixelData = bytes(ds.PixelData[index * per_frame:(index + 1) * per_frame])
+    return one
 
 
 def split_by_group(groups: list[str], val_fraction: float, salt: str) -> np.ndarray:
@@ -74,6 +90,27 @@ def split_by_group(groups: list[str], val_fraction: float, salt: str) -> np.ndar
         return h / 0xFFFFFFFF < val_fraction
 
     return np.array([side(g) for g in groups], dtype=bool)
+
+
+def group_folds(groups: list[str], k: int, salt: str) -> np.ndarray:
+    """Fold 0..k-1 per item, a group (patient, source) wholly in one fold. Largest groups
+    first, each into the fold with the fewest items so far (ties by a salted hash), so
+    folds hold similar numbers of images however many each patient has."""
+    uniq, counts = np.unique(np.asarray(groups), return_counts=True)
+    key = [hashlib.sha256(f"{salt}:{g}".encode()).hexdigest() for g in uniq]
+    sizes = np.zeros(k, dtype=int)
+    fold_of: dict[str, int] = {}
+    for i in sorted(range(len(uniq)), key=lambda i: (-counts[i], key[i])):
+        fold = int(np.argmin(sizes))
+        fold_of[uniq[i]] = fold
+        sizes[fold] += counts[i]
+    return np.array([fold_of[g] for g in groups], dtype=int)
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Sampling weights that give each class half of every batch (binary)."""
+    y = np.asarray(y)
+    return np.where(y == 1, 0.5 / max((y == 1).sum(), 1), 0.5 / max((y == 0).sum(), 1))
 
 
 @dataclass
@@ -93,6 +130,39 @@ def cxr_files(data_root: Path) -> LabelledFiles:
     return LabelledFiles([base / r["file"] for r in rows],
                          np.array([int(r["pneumonia"]) for r in rows]),
                          [r["patient_key"] for r in rows])
+
+
+def nih_files(data_root: Path) -> tuple[LabelledFiles, list[dict[str, str]]]:
+    """NIH ChestX-ray14 adult subset: label 1 = one or more findings; grouped by patient.
+    Also returns each row (view, age, sex, finding labels) for breakdowns."""
+    base = Path(data_root) / "cxr" / "nih-adult64"
+    with open(base / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return (LabelledFiles([base / r["file"] for r in rows],
+                          np.array([int(r["abnormal"]) for r in rows]),
+                          [r["patient_id"] for r in rows]), rows)
+
+
+def fundus_other_files(data_root: Path) -> list[tuple[str, Path, str]]:
+    """Fundus photos from cameras IDRiD does not have: (source family, path, diagnosis).
+
+    Families: ``hrf`` (Canon CR-1), ``chase`` (Nidek hand-held, children),
+    ``wikimedia`` (scikit-image's retina and its fellow eye: one person, one family).
+    Diagnosis is healthy, glaucoma or diabetic_retinopathy (HRF's own groups).
+    """
+    base = Path(data_root) / "fundus" / "other"
+    out: list[tuple[str, Path, str]] = []
+    for path in sorted(base.glob("hrf_*.jpg")):
+        out.append(("hrf", path, "healthy"))
+    out.append(("wikimedia", base / "skimage_retina.jpg", "healthy"))
+    for manifest in sorted((base / "extra").glob("*/manifest.csv")):
+        with open(manifest, newline="") as fh:
+            for row in csv.DictReader(fh):
+                path = manifest.parent / Path(row["file"]).name
+                family = {"HRF": "hrf", "CHASE_DB1": "chase"}.get(row["source_dataset"],
+                                                                  "wikimedia")
+                out.append((family, path, row.get("diagnosis_group") or "healthy"))
+    return out
 
 
 def fundus_files(data_root: Path) -> LabelledFiles:

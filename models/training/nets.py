@@ -43,3 +43,27 @@ class CamNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.classifier(self.dropout(self.features(x)))
         return cam.mean(dim=(2, 3)), cam
+
+
+class HeadsEnsemble(nn.Module):
+    """The shipped model: several members trained on different folds, averaged.
+
+    ``heads`` picks which of each member's outputs are served (a member trained on two
+    tasks serves one of them). Logits and CAMs are averaged alike, so the served CAM's
+    spatial mean still equals the served logits.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], heads: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.heads = list(heads) if heads is not None else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, cams = [], []
+        for member in self.members:
+            lg, cam = member(x)
+            if self.heads is not None:
+                lg, cam = lg[:, self.heads], cam[:, self.heads]
+            logits.append(lg)
+            cams.append(cam)
+        return torch.stack(logits).mean(0), torch.stack(cams).mean(0)

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-# A recipe supplies batches: (indices, rng) -> (inputs NxCxHxW float32, targets N).
-BatchFn = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+# A recipe supplies batches: (indices, rng) -> (inputs NxCxHxW float32, targets N), or
+# (inputs, targets, heads N) for a network trained on several binary tasks at once: each
+# image's loss is taken on its own task's output only.
+BatchFn = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, ...]]
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,12 @@ def fit(model: nn.Module, n_train: int, make_batch: BatchFn, cfg: TrainConfig, *
             idx = order[start:start + cfg.batch_size]
             if len(idx) < 2:  # why: BatchNorm cannot train on a batch of one
                 continue
-            x, y = make_batch(idx, rng)
+            x, y, *heads = make_batch(idx, rng)
             logits, _ = model(torch.from_numpy(x))
-            loss = _loss(logits, torch.from_numpy(y), num_outputs, cfg.label_smoothing)
+            if heads:  # one binary task per image, chosen by its head
+                logits = logits.gather(1, torch.from_numpy(heads[0]).long()[:, None])
+            loss = _loss(logits, torch.from_numpy(y), 1 if heads else num_outputs,
+                         cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,6 +85,25 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, num_outputs: int,
         target = y.float() * (1 - smoothing) + 0.5 * smoothing
         return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target)
     return nn.functional.cross_entropy(logits, y.long(), label_smoothing=smoothing)
+
+
+def fit_members(build_model: Callable[[], nn.Module], folds: np.ndarray, make_batch: BatchFn,
+                cfg: TrainConfig, *, seed: int, num_outputs: int,
+                sample_weights: np.ndarray | None = None,
+                log: Callable[[str], None] = print) -> list[nn.Module]:
+    """Cross-fitting: member k trains on every pool image whose fold is not k, so each
+    pool image has one member that never saw it (its out-of-fold score)."""
+    members = []
+    for k in range(int(folds.max()) + 1):
+        keep = np.flatnonzero(folds != k)
+        log(f"  member {k + 1}/{int(folds.max()) + 1}: {len(keep)} training images")
+        weights = None if sample_weights is None else sample_weights[keep]
+        torch.manual_seed(seed + k)
+        members.append(fit(build_model(), len(keep),
+                           lambda idx, rng, keep=keep: make_batch(keep[idx], rng), cfg,
+                           seed=seed + k, num_outputs=num_outputs, sample_weights=weights,
+                           log=log))
+    return members
 
 
 @torch.no_grad()

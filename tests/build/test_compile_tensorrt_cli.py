@@ -6,12 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import bundle_dir
 from trt_standin import make_standin
 
 from appliance.inference.bundle import load_bundle
 from build.compile_tensorrt import main
 
-CXR = Path(__file__).resolve().parents[2] / "models" / "cxr-pneumonia" / "1.0.0"
+CXR = bundle_dir("cxr-pneumonia")
 
 
 @pytest.fixture

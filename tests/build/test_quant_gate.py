@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from helpers import bundle_dir
 from onnx import TensorProto, numpy_helper
 
 from appliance.inference.preprocess import cxr_preprocess
@@ -16,7 +17,7 @@ from build.gate import AccuracyGateError, check_accuracy_gate, gate_models
 from build.quantize_int8 import quantize_int8
 
 ROOT = Path(__file__).resolve().parents[2]
-CXR = ROOT / "models" / "cxr-pneumonia" / "1.0.0"
+CXR = bundle_dir("cxr-pneumonia")
 DATA = ROOT / "tests" / "data" / "cxr64"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import bundle_dir
 from inference.trt_runtime_standin import make_standins
 
 from appliance.errors import ApplianceError
@@ -26,7 +27,7 @@ from appliance.inference.bundle import Bundle, load_bundle
 from appliance.inference.ort_runner import OnnxRuntimeRunner
 from appliance.inference.tensorrt_runner import TensorRTRunner
 
-CXR = Path(__file__).resolve().parents[2] / "models" / "cxr-pneumonia" / "1.0.0"
+CXR = bundle_dir("cxr-pneumonia")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import bundle_dir
 
 from appliance.errors import ApplianceError, BundleError
 from appliance.inference.bundle import (
@@ -18,12 +19,12 @@ from appliance.inference.bundle import (
 )
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-CXR = MODELS / "cxr-pneumonia" / "1.0.0"
+CXR = bundle_dir("cxr-pneumonia")
 
 
 @pytest.fixture
 def bundle_copy(tmp_path: Path) -> Path:
-    dest = tmp_path / "cxr-pneumonia" / "1.0.0"
+    dest = tmp_path / "cxr-pneumonia" / CXR.name
     shutil.copytree(CXR, dest)
     return dest
 

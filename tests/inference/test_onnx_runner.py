@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import bundle_dir
 
 from appliance.inference.onnx_runner import OnnxRunner
 
-MODEL = Path(__file__).resolve().parents[2] / "models" / "cxr-pneumonia" / "1.0.0" / "model.onnx"
+MODEL = bundle_dir("cxr-pneumonia") / "model.onnx"
 
 
 def test_infer_returns_logits_and_cam_for_any_batch() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inference.trt_runtime_standin import CudaError, make_standins, serialize_engine
+from inference.cuda_standin import CudaError
+from inference.trt_runtime_standin import make_standins, serialize_engine
 
 from appliance.inference.backends import probe_tensorrt
 from appliance.inference.bundle import Bundle, BundleIntegrityError, find_bundles, load_bundle
@@ -284,7 +285,7 @@ def test_standin_catches_the_mistakes_it_exists_for(standins: tuple, tmp_path: P
 
 
 def test_tampered_bundle_is_refused_at_load(tmp_path: Path) -> None:
-    copy = tmp_path / "cxr-pneumonia" / "1.0.0"
+    copy = tmp_path / "cxr-pneumonia" / BUNDLE_DIRS["cxr-pneumonia"].name
     shutil.copytree(BUNDLE_DIRS["cxr-pneumonia"], copy)
     model = copy / "model.int8.onnx"
     data = bytearray(model.read_bytes())

@@ -94,6 +94,39 @@ def test_monochrome1_chest_is_inverted_so_lungs_are_dark(rg1_reference):
     assert 0.0 <= image.min() and image.max() <= 1.0 and image.dtype == np.float32
 
 
+def rg1_as(photometric: str, shape: str | None) -> bytes:
+    """RG1's own pixels, labelled with this Photometric Interpretation and Presentation
+    LUT Shape (None: no shape at all), as a device would send them."""
+    from io import BytesIO
+
+    ds = pydicom.dcmread(testdata(RG1))
+    ds.PhotometricInterpretation = photometric
+    if shape is not None:
+        ds.PresentationLUTShape = shape
+    buffer = BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "photometric, shape, shown",
+    [
+        # RG1's pixels are MONOCHROME1 (bright air): seen as sent, lungs come out dark.
+        ("MONOCHROME1", None, "as_reference"),
+        ("MONOCHROME1", "INVERSE", "as_reference"),  # the standard's pair: one inversion
+        ("MONOCHROME1", "IDENTITY", "as_reference"),  # against the rule: MONOCHROME1 wins
+        ("MONOCHROME2", "INVERSE", "as_reference"),  # "show me inverted": lungs dark again
+        ("MONOCHROME2", "IDENTITY", "inverted"),  # taken as stored: air bright
+        ("MONOCHROME2", None, "inverted"),
+    ],
+)
+def test_presentation_lut_shape_inverse_is_honoured(rg1_reference, photometric, shape, shown):
+    decoded = decode_bytes(rg1_as(photometric, shape))
+    expected = rg1_reference if shown == "as_reference" else 1.0 - rg1_reference
+    assert decoded.inverted is (shown == "as_reference")
+    np.testing.assert_allclose(decoded.pixels, expected, atol=1e-6)
+
+
 def test_ybr_is_converted_to_rgb():
     rgb = decode_bytes(testdata("SC_rgb.dcm").read_bytes())
     ybr = decode_bytes(testdata("SC_ybr_full_422_uncompressed.dcm").read_bytes())

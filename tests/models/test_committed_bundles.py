@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from helpers import bundle_dir
 from pydicom.data import get_testdata_file
 
 from appliance.inference.bundle import find_bundles, load_bundle
@@ -94,6 +95,6 @@ ROUTES = [  # (what, image loader, expected label)
 
 @pytest.mark.parametrize(("what", "load", "expected"), ROUTES, ids=[r[0] for r in ROUTES])
 def test_router_routes_real_images(what: str, load, expected: str) -> None:
-    bundle = load_bundle(MODELS / "modality-router" / "1.0.0")
+    bundle = load_bundle(bundle_dir("modality-router"))
     prob = infer("modality-router", [load()])[0]
     assert bundle.manifest["labels"][int(prob.argmax())] == expected, (what, prob)

@@ -26,8 +26,11 @@ def test_adult_chest_cr_is_screened_with_score_triage_heatmap_and_timings(screen
     assert result.route == "chest_xray" and result.reason is None
     assert 0.0 <= result.probability <= 1.0 and result.score == round(result.probability * 100)
     assert result.triage in {"urgent", "review", "routine"}
-    assert result.threshold == 0.14  # the bundle's suggested operating point
-    assert result.model["name"] == "cxr-pneumonia" and len(result.model["sha256"]) == 64
+    # No age among these tags: the site's default population, adult, and its model.
+    assert (result.population, result.population_source) == ("adult", "site_setting")
+    assert result.model["name"] == "cxr-adult-abnormal" and len(result.model["sha256"]) == 64
+    manifest = screener.models.get("cxr-adult-abnormal").bundle.manifest
+    assert result.threshold == manifest["operating_points"]["suggested"]["threshold"]
     assert result.backend == "onnxruntime"
     assert set(result.timings_ms) == {"gate", "preprocess", "infer", "postprocess"}
     assert result.heatmap.shape == (543, 512, 4) and result.heatmap.dtype == np.uint8
@@ -38,14 +41,24 @@ def test_site_threshold_and_triage_levels(screener, config):
     from appliance.screening.pipeline import Screener
 
     image = decode_bytes(CXR64[0].read_bytes())
+    # Each chest model has its own setting: the child model's never moves the adult's.
     strict = Screener(
-        screener.models, config.with_overrides(cxr_threshold=0.999, urgent_min_specificity=1.0)
+        screener.models,
+        config.with_overrides(
+            cxr_threshold=0.999, cxr_adult_threshold=0.0001, urgent_min_specificity=1.0
+        ),
     )
     lenient = Screener(
-        screener.models, config.with_overrides(cxr_threshold=0.0001, urgent_min_specificity=1.0)
+        screener.models,
+        config.with_overrides(
+            cxr_threshold=0.0001, cxr_adult_threshold=0.999, urgent_min_specificity=1.0
+        ),
     )
-    assert strict.screen(image, {}).triage == "routine"
-    assert lenient.screen(image, {}).triage == "review"  # above threshold, below urgent
+    assert strict.screen(image, {}, population="child").triage == "routine"
+    assert lenient.screen(image, {}, population="child").triage == "review"  # below urgent
+    assert strict.screen(image, {}, population="child").threshold == 0.999
+    assert strict.screen(image, {}, population="adult").threshold == 0.0001
+    assert lenient.screen(image, {}, population="adult").threshold == 0.999
 
 
 def test_paediatric_validation_images_get_sensible_scores(screener):
@@ -59,8 +72,8 @@ def test_paediatric_validation_images_get_sensible_scores(screener):
         key = path.relative_to(TESTS / "data" / "cxr64").as_posix()
         if key not in labels:
             continue
-        result = screener.screen(decode_bytes(path.read_bytes()), {})
-        assert result.route == "chest_xray"
+        result = screener.screen(decode_bytes(path.read_bytes()), {}, population="child")
+        assert result.route == "chest_xray" and result.model["name"] == "cxr-pneumonia"
         scores[labels[key]].append(result.probability)
     assert scores[0] and scores[1]
     assert np.median(scores[1]) > 0.5 > np.median(scores[0])
@@ -102,14 +115,53 @@ def test_what_the_models_are_not_for_is_refused_politely(screener, name, words):
     assert result.score is None and result.hints
 
 
-def test_an_adult_chest_gets_a_caution_beside_its_score(screener):
-    from appliance.screening.pipeline import ADULT_CAUTION
+@pytest.mark.parametrize(
+    "age, model, caution",
+    [
+        (64.5, "cxr-adult-abnormal", None),  # RG1's patient: born 1940, X-rayed 2004
+        (16.0, "cxr-adult-abnormal", None),
+        (3.0, "cxr-pneumonia", None),  # the ages the child model was validated on
+        (9.0, "cxr-pneumonia", "OLDER_CHILD_CAUTION"),
+        (0.5, "cxr-pneumonia", "BABY_CAUTION"),
+    ],
+)
+def test_the_age_picks_the_model_and_a_caution_marks_ages_outside_its_validation(
+    screener, age, model, caution
+):
+    from appliance.screening import population
 
-    raw = testdata("RG1_UNCR.dcm").read_bytes()  # born 1940, X-rayed 2004
-    adult = screener.screen(decode_bytes(raw), {**tags_of(raw), "patient_age_years": 64.5})
-    assert adult.route == "chest_xray" and adult.score is not None
-    assert ADULT_CAUTION in adult.hints
-    child = screener.screen(decode_bytes(CXR64[0].read_bytes()), {"patient_age_years": 3.0})
-    assert ADULT_CAUTION not in child.hints
-    unknown = screener.screen(decode_bytes(CXR64[0].read_bytes()), {})
-    assert unknown.hints == []
+    raw = testdata("RG1_UNCR.dcm").read_bytes()
+    # The age wins over any choice made for the image.
+    result = screener.screen(
+        decode_bytes(raw), {**tags_of(raw), "patient_age_years": age}, population="child"
+    )
+    assert result.route == "chest_xray" and result.score is not None
+    assert result.model["name"] == model and result.population_source == "dicom_age"
+    assert result.hints == ([getattr(population, caution)] if caution else [])
+
+
+def test_an_x_ray_without_an_age_waits_where_the_site_asks(screener, config):
+    from appliance.screening.pipeline import NEEDS_POPULATION, Screener
+
+    asking = Screener(screener.models, config.with_overrides(chest_population="ask"))
+    image = decode_bytes(CXR64[0].read_bytes())
+    waiting = asking.screen(image, {}, overlay_size=(64, 64))
+    assert waiting.route == "chest_xray" and waiting.needs_population
+    assert waiting.reason == NEEDS_POPULATION and waiting.population is None
+    assert waiting.score is None and waiting.model is None and waiting.heatmap is None
+    chosen = asking.screen(image, {}, population="child")
+    assert not chosen.needs_population and chosen.model["name"] == "cxr-pneumonia"
+    assert (chosen.population, chosen.population_source) == ("child", "operator")
+    # An age needs no choice; a fundus photo has no population at all.
+    aged = asking.screen(image, {"patient_age_years": 40.0})
+    assert aged.model["name"] == "cxr-adult-abnormal" and not aged.needs_population
+    eye = asking.screen(decode_bytes((FUNDUS_DIR / "hrf_07_h.jpg").read_bytes()), {})
+    assert eye.route == "fundus" and eye.population is None and not eye.needs_population
+
+
+def test_a_mistyped_site_setting_stops_the_screener_saying_why(screener, config):
+    from appliance.errors import ConfigError
+    from appliance.screening.pipeline import Screener
+
+    with pytest.raises(ConfigError, match="chest_population.*'adults'"):
+        Screener(screener.models, config.with_overrides(chest_population="adults"))

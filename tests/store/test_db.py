@@ -1,4 +1,6 @@
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -45,3 +47,41 @@ def test_write_rolls_back_everything_on_error(store):
             audit(conn, "tester", "half.done")
             raise RuntimeError("crash in the middle")
     assert store.conn().execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 0
+
+
+def modes(data_dir) -> dict[str, int]:
+    names = ["", "appliance.db", "appliance.db-wal", "appliance.db-shm"]
+    return {name or ".": stat.S_IMODE((data_dir / name).stat().st_mode) for name in names}
+
+
+PRIVATE = {".": 0o700, "appliance.db": 0o600, "appliance.db-wal": 0o600, "appliance.db-shm": 0o600}
+
+
+@pytest.fixture
+def lax_umask():
+    """A umask that would leave new files world-readable (the default on most systems)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_a_new_data_dir_and_database_are_the_owners_alone(data_dir, lax_umask):
+    store = Store.open(data_dir)
+    with store.write() as conn:  # the WAL and shared-memory files exist from here
+        audit(conn, "tester", "thing.done")
+    assert modes(data_dir) == PRIVATE
+    store.close()
+
+
+def test_an_older_install_is_tightened_at_start_up(data_dir, lax_umask):
+    data_dir.mkdir(mode=0o755)
+    conn = sqlite3.connect(data_dir / "appliance.db")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()  # left open: -wal and -shm stay, world-readable like the database
+    assert modes(data_dir)["appliance.db-shm"] == 0o644
+    store = Store.open(data_dir)
+    assert modes(data_dir) == PRIVATE
+    store.close()
+    conn.close()

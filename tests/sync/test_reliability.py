@@ -42,13 +42,13 @@ def assert_exactly_once(store: Store, database: HubDatabase, expected: int) -> N
     assert len(rows) == expected and max(ids.values()) == 1
     box = {
         r["entry_id"]: json.loads(r["payload"])
-        for r in store.conn().execute("SELECT entry_id, payload FROM sync_outbox")
+        for r in store.conn().execute("SELECT entry_id, payload FROM outbox")
     }
     assert set(ids) == set(box)
     for row in rows[:: max(1, expected // 50)]:
         assert json.loads(row["payload"]) == box[row["entry_id"]]
     counts = (
-        store.conn().execute("SELECT state, COUNT(*) FROM sync_outbox GROUP BY state").fetchall()
+        store.conn().execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
     )
     assert dict(counts) == {"acked": expected}
 

@@ -104,8 +104,7 @@ def usb_root(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def served(tmp_path, usb_root):
+def serve(tmp_path, usb_root, chest_population: str) -> Served:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(
         {
@@ -119,10 +118,24 @@ def served(tmp_path, usb_root):
             "APPLIANCE_MIN_FREE_MB": "1",
             "APPLIANCE_INFERENCE_THREADS": "1",  # shared CI cores
             "APPLIANCE_SITE_NAME": "Riverside Health Centre",
+            "APPLIANCE_CHEST_POPULATION": chest_population,
             "PYTHONUNBUFFERED": "1",
         }
     )
-    server = Served(tmp_path / "data", env)
+    return Served(tmp_path / "data", env)
+
+
+@pytest.fixture
+def served(tmp_path, usb_root):
+    # The stick's PNGs are children's X-rays (Kermany) without an age: screened as such.
+    server = serve(tmp_path, usb_root, chest_population="child")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def served_asking(tmp_path, usb_root):
+    server = serve(tmp_path, usb_root, chest_population="ask")
     yield server
     server.close()
 
@@ -440,3 +453,80 @@ def pinch(page, cx: float, cy: float, start: float, end: float, steps: int = 6) 
 def drag(page, cx: float, cy: float, dx: float, dy: float, steps: int = 5) -> None:
     """One finger dragging the image by (dx, dy)."""
     gesture(page, [[(cx + dx * s / steps, cy + dy * s / steps)] for s in range(steps + 1)])
+
+
+def upload(served: Served, path: Path) -> None:
+    """Send a file the way a script or another program does: the upload API."""
+    import urllib.request
+
+    token = (served.data_dir / "secrets" / "api_token").read_text().strip()
+    request = urllib.request.Request(
+        f"{served.url}/api/upload",
+        data=path.read_bytes(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/octet-stream",
+            "X-Filename": path.name,
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status in (200, 201), response.status
+
+
+@pytest.mark.slow
+def test_adult_or_child_chosen_on_a_small_touchscreen(browser, served_asking):
+    """1024x600: a PNG chest X-ray (no age) waits on the worklist; its page offers two
+    large buttons; a tap on "Child" has it screened by the children's model."""
+    from playwright.sync_api import expect
+
+    served = served_asking
+    context = browser.new_context(
+        viewport={"width": 1024, "height": 600}, has_touch=True, base_url=served.url
+    )
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    visit = Visit(page, "1024x600", docs=False)
+    try:
+        page.goto("/")
+        landed(page, r"/setup$")
+        page.fill("input[name=username]", ADMIN)
+        page.fill("input[name=pin]", ADMIN_PIN)
+        page.fill("input[name=pin2]", ADMIN_PIN)
+        page.tap("button.primary")
+        landed(page, r"/$")
+        upload(served, CXR64 / "IM-0135-0001.png")
+
+        waiting = page.locator("tr.triage-needs_population")
+        expect(waiting).to_have_count(1, timeout=30_000)  # the worklist reloads itself
+        expect(waiting).to_contain_text("adult or child?")
+        visit("worklist-adult-or-child")
+        waiting.locator("a.rowlink").tap()
+        landed(page, r"/study/\d+$")
+        form = page.locator("form#population")
+        expect(form).to_contain_text("Adult or child?")
+        for label in ("Adult (16 or older)", "Child (under 16)"):
+            button = form.locator(f"button:has-text('{label}')")
+            box = button.bounding_box()
+            assert box["width"] >= 44 and box["height"] >= 44, (label, box)
+            button.scroll_into_view_if_needed()
+            expect(button).to_be_in_viewport()
+        visit("study-adult-or-child")
+
+        form.locator("button:has-text('Child (under 16)')").tap()
+        expect(page.locator(".flash.ok")).to_contain_text("Choice saved")
+        scored = page.locator("p.model")
+        for _ in range(60):  # the worker screens it within a second or two
+            if scored.count():
+                break
+            page.wait_for_timeout(500)
+            page.reload()
+        expect(scored).to_contain_text("Scored by the child chest X-ray model (cxr-pneumonia")
+        expect(scored).to_contain_text(f"Screened as a child, as chosen by {ADMIN}.")
+        visit("study-chosen-child")
+        page.goto("/")
+        expect(page.locator("tr.triage-needs_population")).to_have_count(0)
+        expect(page.locator("table.worklist")).to_contain_text("Chest, child")
+        assert visit.too_small == {}, json.dumps(visit.too_small, indent=1)
+        assert visit.too_wide == {}, visit.too_wide
+    finally:
+        context.close()

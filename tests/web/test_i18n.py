@@ -21,7 +21,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import read_mo, write_mo
 from babel.messages.pofile import read_po
 from flask_babel import force_locale
-from helpers import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, TESTS, testdata
 
 import appliance
 from appliance.config import load_config, save_settings
@@ -151,6 +151,8 @@ SOURCES = [
     "store/users.py",
     "store/reviews.py",
     "store/patients.py",
+    "store/population.py",
+    "screening/population.py",
 ]
 
 
@@ -291,6 +293,11 @@ def site(tmp_path_factory, models):
     }
     importer.import_bytes(PDF, source="upload", original_name="letter.pdf")
     Worker(store, config, Screener(models, config), name="t").drain()
+    # A chest X-ray without an age, where the site asks: its page offers the choice.
+    png = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
+    ids["waiting"] = importer.import_path(png, source="usb").image_id
+    asking = config.with_overrides(chest_population="ask")
+    Worker(store, asking, Screener(models, asking), name="t").drain()
     UsbWatcher(importer, threading.Event()).poll_once()
     admins = {
         lang: users.create_user(store, f"admin_{lang}", PIN, "admin", lang)
@@ -434,3 +441,18 @@ def test_dates_and_numbers_are_localised(site):
     assert re.search(r"threshold 0\.\d\d: sensitivity \d+%, specificity \d+%", en)
     pt = page_text(client_for(app, "pt"), "/", "pt")
     assert local.strftime("%d/%m/%y, %H:%M") in pt  # pt_PT: 28/11/26, 14:05
+
+
+def test_adult_or_child_and_the_model_that_scored_in_french_and_portuguese(site):
+    app, ids = site
+    fr = client_for(app, "fr")
+    waiting = page_text(fr, f"/study/{ids['waiting']}", "fr")
+    assert "Adulte ou enfant ?" in waiting
+    assert "Adulte (16 ans ou plus)" in waiting and "Enfant (moins de 16 ans)" in waiting
+    assert "adulte ou enfant ?" in page_text(fr, "/", "fr")  # the worklist's status
+    chest = page_text(fr, f"/study/{ids['chest']}", "fr")
+    assert "Score donné par le modèle de radiographie du thorax adulte (cxr-adult-abnormal" in chest
+    pt = client_for(app, "pt")
+    slip = page_text(pt, f"/study/{ids['chest']}/slip", "pt")
+    assert "Pontuação dada pelo modelo de radiografia do tórax de adultos" in slip
+    assert "Analisada como adulto: a radiografia indica a idade do paciente" in slip

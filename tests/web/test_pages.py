@@ -66,6 +66,7 @@ PAGES = [
     ("GET", "/study/1/full", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/review", {"clinician", "admin"}),
     ("POST", "/study/1/patient", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/population", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
     ("POST", "/import/upload", {"operator", "clinician", "admin"}),
@@ -121,6 +122,7 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
     "url, data",
     [
         ("/study/1/review", {"verdict": "agree"}),
+        ("/study/1/population", {"population": "child"}),
         ("/settings", {"site_name": "Hijacked"}),
         ("/users", {"action": "create", "username": "evil", "pin": "9999", "role": "admin"}),
         ("/logout", {}),
@@ -144,10 +146,12 @@ def test_login_is_refused_with_a_wrong_pin_and_locked_after_five(app):
     for _ in range(5):
         response = login(client, "clinician", "0000")
         assert response.status_code == 401
-    assert "locked" in login(client, "clinician", PIN).text  # even the right PIN now
+    locked = login(client, "clinician", PIN)  # even the right PIN, from this client, now
+    assert locked.status_code == 429 and "try again in 5 minutes" in locked.text
+    assert 295 <= int(locked.headers["Retry-After"]) <= 300
     store = app.extensions["appliance_store"]
     actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
-    assert actions.count("login.failed") == 5
+    assert actions.count("login.failed") == 5 and actions.count("login.locked") == 1
 
 
 def test_first_run_setup_only_while_there_are_no_users(tmp_path):
@@ -181,8 +185,9 @@ def test_session_cookie_flags_and_idle_expiry(app):
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/").status_code == 200
-    with client.session_transaction() as session:
-        session["seen"] = time.time() - 31 * 60  # 31 minutes without use
+    store = app.extensions["appliance_store"]
+    with store.write() as conn:  # 31 minutes without use, as the box counts it
+        conn.execute("UPDATE sessions SET seen_at = ?", (time.time() - 31 * 60,))
     assert client.get("/").location == "/login"
 
 
@@ -257,7 +262,9 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
             "dicom_port": "11113",
             "dicom_allowed_aets": "XRAY1, FUNDUS",
             "cxr_threshold": "0.2",
+            "cxr_adult_threshold": "0.3",
             "fundus_threshold": "0.48",
+            "chest_population": "ask",
             "usb_auto_import": "on",
         },
     )
@@ -267,13 +274,34 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
     reread = load_config(config.data_dir, environ={})
     assert reread.dicom_allowed_aets == ["XRAY1", "FUNDUS"] and reread.dicom_port == 11113
     assert reread.timezone == "Africa/Maputo" and reread.usb_auto_import is True
+    assert reread.chest_population == "ask" and config.chest_population == "ask"
+    assert reread.cxr_adult_threshold == 0.3
     assert "Centro de Saúde de Chamanculo" in client.get("/").text
 
 
 def test_settings_offer_the_manifest_operating_points(app):
     html = logged_in(app, "admin").get("/settings").text
     assert 'name="cxr_threshold"' in html and 'name="fundus_threshold"' in html
+    assert 'name="cxr_adult_threshold"' in html
     assert "sensitivity" in html and "specificity" in html and "suggested" in html
+
+
+def test_settings_offer_three_choices_for_chest_x_rays_without_an_age(app):
+    client = logged_in(app, "admin")
+    html = client.get("/settings").text
+    choices = re.findall(r'name="chest_population" value="(\w+)"( checked)?', html)
+    assert choices == [("adult", " checked"), ("child", ""), ("ask", "")]  # adult: default
+    assert "waits on the worklist until staff choose adult or child" in html
+    token = csrf_from(html)
+    refused = client.post(
+        "/settings",
+        data={"csrf_token": token, "chest_population": "teenager"},
+        follow_redirects=True,
+    )
+    assert "Choose adult, child or ask" in refused.text
+    config = app.config["APPLIANCE"]
+    assert config.chest_population == "adult"
+    assert not (config.data_dir / "config.toml").exists()
 
 
 def test_admin_manages_users_but_cannot_remove_the_last_admin(app):
@@ -415,7 +443,7 @@ def test_a_photo_without_a_patient_gets_one_typed_in_and_the_hub_hears_of_it(app
     rows = (
         store.conn()
         .execute(
-            "SELECT entry_id, revision, state, payload FROM sync_outbox o JOIN results r"
+            "SELECT entry_id, revision, state, payload FROM outbox o JOIN results r"
             " ON r.id = o.local_id WHERE o.kind='result' AND r.image_id=? ORDER BY revision",
             (photo,),
         )
@@ -437,7 +465,7 @@ def test_worklist_says_synced_once_the_hub_holds_the_result(app):
     client = logged_in(app, "operator")
     assert "synced" not in client.get("/").text
     with store.write() as conn:
-        conn.execute("UPDATE sync_outbox SET state='acked' WHERE kind='result'")
+        conn.execute("UPDATE outbox SET state='acked' WHERE kind='result'")
     assert client.get("/").text.count('class="status synced"') == 2
 
 
@@ -478,3 +506,96 @@ def test_full_detail_only_for_images_that_decoded(app):
     assert "not available" in response.text
     assert store.conn().execute("SELECT COUNT(*) FROM jobs WHERE kind='full'").fetchone()[0] == 0
     assert "full-detail" not in client.get("/study/2").text
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("timezone", "Mars/Olympus_Mons"),  # was saved, then a 500 on every page
+        ("site_name", "Clinic\x7f"),  # was written raw: config.toml no longer parsed
+        ("dicom_aet", "A_VERY_LONG_AE_TITLE"),  # crashed start-up
+        ("dicom_port", "99999"),  # crashed start-up
+        ("cxr_threshold", "nan"),
+        ("fundus_threshold", "-0.3"),
+    ],
+)
+def test_settings_page_refuses_what_the_service_could_not_start_with(app, field, value):
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    config = app.config["APPLIANCE"]
+    before = dict(config.values)
+    page = client.post("/settings", data={"csrf_token": token, field: value}, follow_redirects=True)
+    assert page.status_code == 200 and f"Not saved: setting &#39;{field}&#39;" in page.text
+    assert config.values == before
+    assert not (config.data_dir / "config.toml").exists()
+    for url in ("/", "/study/1", "/settings", "/system"):
+        assert client.get(url).status_code == 200, url
+
+
+def test_what_the_settings_page_saves_the_service_reads_at_start_up(app):
+    """Round trip through a real process: `appliance settings --json` loads config.toml
+    exactly as `appliance serve` does at start-up."""
+    import os
+    import subprocess
+    import sys
+
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    name = 'Posto "São João" \\ Ndola 🏥'
+    client.post(
+        "/settings",
+        data={
+            "csrf_token": token,
+            "site_name": name,
+            "timezone": "Africa/Maputo",
+            "dicom_aet": "CLINIC 1",
+            "dicom_port": "104",
+            "dicom_allowed_aets": "XRAY1, FUNDUS CAM",
+            "cxr_threshold": "0.2",
+        },
+    )
+    config = app.config["APPLIANCE"]
+    assert config.site_name == name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "settings", "--json", "--data-dir", config.data_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    loaded = json.loads(done.stdout)
+    for key in ("site_name", "timezone", "dicom_aet", "dicom_port", "dicom_allowed_aets"):
+        assert loaded[key] == getattr(config, key), key
+    assert loaded["cxr_threshold"] == 0.2
+
+
+def test_the_language_switch_never_redirects_off_the_box(app):
+    client = logged_in(app, "operator")
+    page = client.get("/study/1").text
+    token = csrf_from(page)
+    assert 'name="next" value="/study/1"' in page
+    back = client.post(
+        "/me/language", data={"csrf_token": token, "language": "fr", "next": "/study/1"}
+    )
+    assert back.location == "/study/1"
+    for hostile in (
+        "//evil.example/",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/x\r\nSet-Cookie: a=b",
+    ):
+        response = client.post(
+            "/me/language",
+            data={"csrf_token": token, "language": "en", "next": hostile},
+            headers={"Referer": "https://evil.example/phish"},
+        )
+        assert response.status_code == 302 and response.location == "/", hostile
+    # The Referer alone is never followed.
+    response = client.post(
+        "/me/language",
+        data={"csrf_token": token, "language": "en"},
+        headers={"Referer": "https://evil.example/phish"},
+    )
+    assert response.location == "/"

@@ -1,9 +1,9 @@
-"""The command line as a user types it (click's runner, real data directory)."""
+"""Images in and out through the command line: ingest, studies, quarantine, screen, results
+(click's runner, real data directory)."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -11,8 +11,6 @@ from click.testing import CliRunner
 from helpers import FUNDUS_DIR, testdata
 
 from appliance.cli import main
-
-README = Path(__file__).parent.parent / "README.md"
 
 
 def run(*args: str):
@@ -61,29 +59,6 @@ def test_ingest_a_single_bad_file_keeps_a_copy_in_quarantine(tmp_path):
     assert (Path(data) / rows[0]["stored_path"]).stat().st_size == 5000
 
 
-def test_migrate_is_idempotent(tmp_path):
-    data = str(tmp_path / "data")
-    assert (
-        "applied: m001_initial, m002_results, m003_users_reviews"
-        in run("migrate", "--data-dir", data).output
-    )
-    assert "up to date" in run("migrate", "--data-dir", data).output
-
-
-def test_bad_setting_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch):
-    monkeypatch.setenv("APPLIANCE_PORT", "eighty")
-    result = CliRunner().invoke(main, ["studies", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "Error: setting 'port' from environment APPLIANCE_PORT" in result.output
-
-
-def test_every_command_is_documented_in_the_readme():
-    readme = README.read_text()
-    documented = set(re.findall(r"appliance ([a-z]+)", readme))
-    missing = set(main.commands) - documented
-    assert not missing, f"README does not mention: {sorted(missing)}"
-
-
 SCREEN_KEYS = {
     "file",
     "route",
@@ -92,6 +67,9 @@ SCREEN_KEYS = {
     "score",
     "triage",
     "model",
+    "population",
+    "population_source",
+    "needs_population",
     "backend",
     "timings_ms",
 }
@@ -108,11 +86,65 @@ def test_screen_prints_one_json_object_per_file_and_exits_0_when_refusing(tmp_pa
     assert all(SCREEN_KEYS <= set(line) for line in lines)
     chest, fundus, ct, letter = lines
     assert 0 <= chest["score"] <= 100 and chest["triage"] in ("urgent", "review", "routine")
-    assert chest["model"]["name"] == "cxr-pneumonia" and chest["backend"] == "onnxruntime"
+    # RG1's patient was born in 1940: the adult model, by the age the file gives.
+    assert chest["model"]["name"] == "cxr-adult-abnormal" and chest["backend"] == "onnxruntime"
+    assert (chest["population"], chest["population_source"]) == ("adult", "dicom_age")
+    assert fundus["population"] is None and not fundus["needs_population"]
     assert fundus["model"]["name"] == "fundus-referable-dr"
     assert "CT scan" in ct["reason"] and ct["score"] is None
     assert letter["reason"] == "This is a PDF document, not an image."
     assert not (tmp_path / "none").exists()  # nothing stored, no data dir made
+
+
+PNG_CHEST = Path(__file__).resolve().parents[1] / "data" / "cxr64" / "IM-0135-0001.png"
+
+
+def test_screen_population_flag_decides_for_a_png_never_for_a_dicom_with_an_age(tmp_path):
+    files = [str(PNG_CHEST), str(testdata("RG1_J2KI.dcm"))]
+    none = str(tmp_path / "none")
+    result = run("screen", *files, "--population", "child", "--json", "--data-dir", none)
+    assert result.exit_code == 0, result.output
+    png, dicom = [json.loads(line) for line in result.output.splitlines() if line[:1] == "{"]
+    assert png["model"]["name"] == "cxr-pneumonia"
+    assert (png["population"], png["population_source"]) == ("child", "cli")
+    assert dicom["model"]["name"] == "cxr-adult-abnormal"  # born 1940: its age wins
+    assert (dicom["population"], dicom["population_source"]) == ("adult", "dicom_age")
+    text = run("screen", str(PNG_CHEST), "--population", "child", "--data-dir", none).output
+    assert "child, cxr-pneumonia" in text and "decision support" in text
+    assert "--population" in run("screen", "--help").output
+    assert run("screen", str(PNG_CHEST), "--population", "teen", "--data-dir", none).exit_code == 2
+
+
+def test_screen_without_the_flag_follows_the_data_dirs_setting_and_never_guesses(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.toml").write_text('chest_population = "ask"\n')
+    result = run("screen", str(PNG_CHEST), "--data-dir", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    waiting = json.loads(result.output.splitlines()[-1])
+    assert waiting["route"] == "chest_xray" and waiting["needs_population"] is True
+    assert waiting["score"] is None and waiting["model"] is None
+    assert "--population adult" in waiting["reason"]
+    text = run("screen", str(PNG_CHEST), "--data-dir", str(data)).output
+    assert "NOT SCREENED - Adult or child?" in text
+    (data / "config.toml").write_text('chest_population = "child"\n')
+    child = json.loads(
+        run("screen", str(PNG_CHEST), "--data-dir", str(data), "--json").output.splitlines()[-1]
+    )
+    assert child["model"]["name"] == "cxr-pneumonia"
+    assert child["population_source"] == "site_setting"
+
+
+def test_an_ingested_x_ray_without_an_age_waits_where_the_site_asks(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.toml").write_text('chest_population = "ask"\n')
+    assert run("ingest", str(PNG_CHEST), "--data-dir", str(data), "--process").exit_code == 0
+    assert json.loads(run("results", "--data-dir", str(data), "--json").output) == []
+    [study] = json.loads(run("studies", "--data-dir", str(data), "--json").output)
+    assert study["images"][0]["waiting_for"] == "population"
+    text = run("studies", "--data-dir", str(data)).output
+    assert "(adult or child? choose on its page)" in text
 
 
 def test_screen_with_a_broken_installation_exits_non_zero(tmp_path, monkeypatch):
@@ -134,34 +166,12 @@ def test_results_lists_what_the_worker_stored(tmp_path):
     )
     rows = json.loads(run("results", "--data-dir", data, "--json").output)
     assert {r["route"] for r in rows} == {"chest_xray", "fundus"}
+    by_route = {r["route"]: r for r in rows}
+    chest = by_route["chest_xray"]
+    assert chest["model_name"] == "cxr-adult-abnormal" and chest["model_version"]
+    assert (chest["population"], chest["population_source"]) == ("adult", "dicom_age")
+    assert by_route["fundus"]["population"] is None
     assert all(r["model_sha256"] and r["timings"]["decode"] > 0 for r in rows)
     text = run("results", "--data-dir", data).output
     assert "score" in text and "9RG1" in text
-
-
-def test_doctor_reports_backends_models_storage_and_engines(tmp_path):
-    from appliance.engines import write_status
-
-    data = tmp_path / "data"
-    write_status(
-        data,
-        {
-            "state": "working",
-            "detail": "building 1 of 3",
-            "bundles": {
-                "cxr-pneumonia": {"state": "building", "serving": "onnxruntime", "error": None}
-            },
-        },
-    )
-    result = CliRunner().invoke(main, ["doctor", "--data-dir", str(data), "--json"])
-    assert result.exit_code == 0, result.output  # no TensorRT here is not a problem
-    report = json.loads(result.output)
-    assert {b["name"] for b in report["backends"]} == {"onnxruntime", "tensorrt"}
-    assert all(m["ok"] and "sha256 verified" in m["detail"] for m in report["models"])
-    assert report["engines"][1] == {
-        "name": "cxr-pneumonia",
-        "ok": True,
-        "detail": "building, serving on onnxruntime",
-    }
-    text = CliRunner().invoke(main, ["doctor", "--data-dir", str(data)]).output
-    assert "[engines]" in text and "all good" in text
+    assert "cxr-adult-abnormal" in text and "(adult)" in text

@@ -1,12 +1,13 @@
-"""What one outbox entry looks like on the wire (online batches and mule bundles alike)."""
+"""What one outbox entry looks like when it leaves the box (online batches and mule
+bundles alike): de-identified here when ``sync_deidentify`` is on."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from appliance.config import Config
+from appliance.store.outbox import Entry
 from appliance.sync.deid import deidentify, linkage_key
-from appliance.sync.outbox import Entry
 
 
 def wire_entry(entry: Entry, config: Config) -> dict[str, Any]:

@@ -1,159 +1,32 @@
-"""Engine refresh: the pure decision, the check against ONNX Runtime, and the background
-refresher end to end — against the TensorRT/pycuda stand-ins (tests/inference/
-trt_runtime_standin.py and tests/build/trt_standin.py: NOT TensorRT; their "engine" runs
-the embedded ONNX model with onnxruntime on the bytes the runner put in stand-in GPU
-memory). A real Jetson run is not part of these tests."""
+"""The background refresher end to end against the TensorRT/pycuda stand-ins (see
+enginekit.py: NOT TensorRT). A real Jetson run is not part of these tests."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import pytest
-from inference.trt_runtime_standin import make_standins, serialize_engine
-from onnx import helper, numpy_helper
-
-from appliance import engines
-from appliance.config import load_config
-from appliance.engines import (
-    REJECTED,
-    Decision,
-    Device,
-    EngineRefresher,
-    check_batch,
-    compare_outputs,
-    decide,
-    read_status,
-    startup_backend,
+from inference.engines.enginekit import (
+    CXR,
+    JETPACK_61,
+    ROUTER,
+    Models,
+    engine_name,
+    perturbed_model,
+    refresher,
 )
-from appliance.inference.bundle import Bundle, find_bundles, load_bundle
+from inference.trt_runtime_standin import make_standins, serialize_engine
+
+from appliance.inference.bundle import Bundle
+from appliance.inference.engines.checks import check_batch
+from appliance.inference.engines.decide import REJECTED, Device, startup_backend
+from appliance.inference.engines.refresh import EngineRefresher
+from appliance.inference.engines.status import read_status
 from appliance.inference.ort_runner import OnnxRuntimeRunner
 from appliance.inference.tensorrt_build import build_engine, engine_filename
 from appliance.inference.tensorrt_runner import TensorRTRunner
-from appliance.screening.models import LoadedModel
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = {p.parent.name: p for p in find_bundles(REPO / "models")}
-CXR, ROUTER = "cxr-pneumonia", "modality-router"
-JETPACK_61 = Device("10.3.0", (8, 7))
-
-
-@pytest.fixture(scope="module")
-def bundles() -> dict[str, Bundle]:
-    return {name: load_bundle(path) for name, path in BUNDLES.items()}
-
-
-def engine_name(bundle: Bundle, device: Device = JETPACK_61) -> str:
-    assert device.trt_version and device.compute_capability
-    sha = bundle.sha256("model.int8.onnx")
-    return engine_filename(sha, device.trt_version, device.compute_capability, "int8")
-
-
-# -- decide(): facts in, action out --------------------------------------------------
-
-
-def test_decide_table(bundles: dict[str, Bundle]) -> None:
-    cxr = bundles[CXR]
-    name = engine_name(cxr)
-
-    def action(device=JETPACK_61, files=(), record=None, precision="int8") -> Decision:
-        return decide(cxr, precision, device, set(files), record or {})
-
-    assert action(Device(reason="no GPU")).action == "skip"
-    assert "no GPU" in action(Device(reason="no GPU")).reason
-    assert action().action == "build" and action().engine == name
-    assert action(files=[name]).action == "check"  # built offline, never checked here
-    assert action(files=[name], record={"verified": name}).action == "use"
-    assert action(files=[name + REJECTED]).action == "skip"
-    assert "delete" in action(files=[name + REJECTED]).reason
-    assert action(record={"failed_builds": {name: 2}}).action == "build"
-    assert action(record={"failed_builds": {name: 3}, "error": "oom"}).action == "skip"
-    # a JetPack upgrade (new TensorRT) or another GPU needs another engine: build it,
-    # even though the old one is present and was checked
-    upgraded = Device("10.7.0", (8, 7))
-    assert action(upgraded, files=[name], record={"verified": name}).action == "build"
-    other_gpu = Device("10.3.0", (7, 2))
-    assert action(other_gpu, files=[name], record={"verified": name}).engine != name
-    # a new model version has another sha256, hence another engine name
-    assert decide(bundles[ROUTER], "int8", JETPACK_61, {name}, {"verified": name}).action == (
-        "build"
-    )
-
-
-def test_decide_skips_a_precision_the_bundle_lacks(bundles: dict[str, Bundle]) -> None:
-    manifest = dict(bundles[CXR].manifest)
-    manifest["files"] = {k: v for k, v in manifest["files"].items() if k != "model.onnx"}
-    decision = decide(Bundle(bundles[CXR].path, manifest), "fp16", JETPACK_61, set(), {})
-    assert decision.action == "skip" and "fp16" in decision.reason
-
-
-# -- the check --------------------------------------------------------------------------
-
-
-def test_check_images_go_through_each_bundles_own_preprocessing(
-    bundles: dict[str, Bundle],
-) -> None:
-    for bundle in bundles.values():
-        batch = check_batch(bundle)
-        assert batch.shape[1:] == tuple(bundle.manifest["input"]["shape"][1:])
-        assert len(batch) == 4 and np.isfinite(batch).all()
-        assert np.array_equal(batch, check_batch(bundle))  # deterministic
-
-
-def test_compare_outputs_tolerance(bundles: dict[str, Bundle]) -> None:
-    bundle = bundles[CXR]
-    with OnnxRuntimeRunner(bundle, precision="int8") as runner:
-        ref = runner.infer({"input": check_batch(bundle)})
-    assert compare_outputs(bundle, ref, ref).passed
-    nudged = {"logits": ref["logits"] + 0.01, "cam": ref["cam"] + 0.01}
-    assert compare_outputs(bundle, ref, nudged).passed
-    # the normal radiograph sits mid-curve: +1 logit moves its probability a lot
-    shifted = {"logits": ref["logits"] + 1.0, "cam": ref["cam"]}
-    verdict = compare_outputs(bundle, ref, shifted)
-    assert not verdict.passed and "probabilities differ" in verdict.reason
-    scrambled = {"logits": ref["logits"], "cam": ref["cam"][:, :, ::-1, :] * 3}
-    assert "heat maps differ" in compare_outputs(bundle, ref, scrambled).reason
-    broken = {"logits": ref["logits"] * np.nan, "cam": ref["cam"]}
-    assert "NaN" in compare_outputs(bundle, ref, broken).reason
-
-
-# -- the refresher, end to end with the stand-ins ----------------------------------------
-
-
-class Models:
-    """What EngineRefresher uses of a ModelSet: ``models`` of LoadedModel, ORT-backed."""
-
-    def __init__(self, bundles: dict[str, Bundle], names: tuple[str, ...]) -> None:
-        self.models = {}
-        for name in names:
-            runner = OnnxRuntimeRunner(bundles[name], precision="int8", threads=1)
-            runner.__enter__()
-            self.models[name] = LoadedModel(bundles[name], runner, threading.Lock())
-
-    def close(self) -> None:
-        for model in self.models.values():
-            model.runner.__exit__(None, None, None)
-
-
-@pytest.fixture
-def config(tmp_path: Path):
-    return load_config(tmp_path / "data", environ={}, inference_backend="auto")
-
-
-@pytest.fixture
-def models(bundles: dict[str, Bundle]):
-    loaded = Models(bundles, (CXR, ROUTER))
-    yield loaded
-    loaded.close()
-
-
-def refresher(models: Models, config, version: str = "10.3.0", **kw: Any) -> EngineRefresher:
-    trt, cuda, _ = make_standins(version, compute_capability=(8, 7))
-    return EngineRefresher(models, config, trt=trt, cuda=cuda, **kw)
 
 
 def test_first_boot_builds_checks_and_switches_to_tensorrt(models: Models, config) -> None:
@@ -212,22 +85,6 @@ def test_screening_keeps_running_on_onnxruntime_while_the_engine_builds(
     assert not thread.is_alive()
     assert read_status(config.data_dir)["state"] == "done"
     assert cxr.runner.backend == "tensorrt"
-
-
-def perturbed_model(bundle: Bundle, folder: Path) -> Path:
-    """The bundle's INT8 model with +2 added to its first logit: loads, runs, disagrees
-    (on every logit, a softmax would not notice)."""
-    model = onnx.load(bundle.file("model.int8.onnx"))
-    for node in model.graph.node:
-        node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
-    classes = int(bundle.manifest["outputs"]["logits"]["shape"][1])
-    shift = np.zeros(classes, np.float32)
-    shift[0] = 2.0
-    model.graph.initializer.append(numpy_helper.from_array(shift, "shift"))
-    model.graph.node.append(helper.make_node("Add", ["logits_raw", "shift"], ["logits"]))
-    path = folder / "perturbed.onnx"
-    onnx.save(model, path)
-    return path
 
 
 def test_an_engine_that_disagrees_is_rejected_and_not_rebuilt(
@@ -350,17 +207,6 @@ def test_a_stopping_service_gets_no_new_runner(models: Models, config) -> None:
     status = refresher(models, config, stop_event=stop, build=build_then_stop).run()
     assert all(m.runner.backend == "onnxruntime" for m in models.models.values())
     assert status["state"] == "stopped"
-
-
-def test_status_file_is_replaced_atomically_and_tolerates_garbage(config) -> None:
-    assert read_status(config.data_dir)["state"] == "unknown"
-    path = engines.status_path(config.data_dir)
-    path.parent.mkdir(parents=True)
-    path.write_text("{not json")
-    assert read_status(config.data_dir)["state"] == "unknown"
-    engines.write_status(config.data_dir, {"state": "done", "bundles": {}})
-    assert json.loads(path.read_text())["state"] == "done"
-    assert [p.name for p in path.parent.iterdir()] == ["status.json"]
 
 
 def test_a_serving_engine_that_fails_its_check_is_replaced_by_onnxruntime(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import _config, data_dir_option, json_option, translate_errors
+from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
+from appliance.terminal import echo
 
 
 @click.group(invoke_without_command=True)
@@ -25,7 +26,7 @@ def sync(ctx, data_dir, once) -> None:
     from appliance.store.db import Store
     from appliance.sync.worker import SyncWorker
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     store = Store.open(config.data_dir)
     worker = SyncWorker(store, config)
     if once:
@@ -51,9 +52,10 @@ def enrol(data_dir, hub_url, code, name) -> None:
     """Enrol this box with a hub: stores the device token (0600) and the hub URL."""
     from appliance.config import save_settings
     from appliance.sync.client import HubClient
-    from appliance.sync.identity import Identity, device_key, public_key_text, save_identity
+    from appliance.sync.identity import Identity, device_key, save_identity
+    from appliance.wire.bundle import public_key_text
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     key = device_key(config.data_dir)
     client = HubClient(
         hub_url, ca_bundle=config.sync_ca_bundle, timeout=config.sync_timeout_seconds
@@ -62,7 +64,7 @@ def enrol(data_dir, hub_url, code, name) -> None:
     identity = Identity(hub_url.rstrip("/"), answer["device_id"], answer["site"], answer["token"])
     path = save_identity(config.data_dir, identity)
     save_settings(config, {"sync_hub_url": identity.hub_url})
-    click.echo(f"enrolled as {identity.device_id} for site {identity.site} (token in {path})")
+    echo(f"enrolled as {identity.device_id} for site {identity.site} (token in {path})")
 
 
 @sync.command()
@@ -74,7 +76,7 @@ def status(data_dir, as_json) -> None:
     from appliance.store.db import Store
     from appliance.sync.worker import sync_status
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     state = sync_status(Store.open(config.data_dir), config)
     if as_json:
         click.echo(json.dumps(state, indent=2))
@@ -82,14 +84,14 @@ def status(data_dir, as_json) -> None:
     if not state["hub_url"]:
         click.echo("sync not set up (no sync_hub_url): every result stays on the box")
     else:
-        click.echo(f"hub {state['hub_url']} as {state['device_id'] or 'NOT ENROLLED'}")
+        echo(f"hub {state['hub_url']} as {state['device_id'] or 'NOT ENROLLED'}")
     click.echo(
         f"results: {state['result_pending']} pending, {state['result_acked']} acknowledged;"
         f" reviews: {state['review_pending']} pending, {state['review_acked']} acknowledged"
     )
     click.echo(f"last success: {state['last_success_at'] or 'never'}")
     if state["last_error"]:
-        click.echo(f"last error: {state['last_error']}")
+        echo(f"last error: {state['last_error']}")
 
 
 @sync.command()
@@ -103,7 +105,7 @@ def export(data_dir, to) -> None:
     from appliance.store.db import Store
     from appliance.sync.mule import export_bundle
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     report = export_bundle(Store.open(config.data_dir), config, to)
     click.echo(f"{report['entries']} entries written to {report['path']}")
 
@@ -119,14 +121,14 @@ def receipt(receipts, data_dir, as_json) -> None:
     from appliance.store.db import Store
     from appliance.sync.mule import apply_receipt
 
-    config = _config(data_dir)
+    config = configure(data_dir)
     store = Store.open(config.data_dir)
     reports = [apply_receipt(store, config, path) for path in receipts]
     if as_json:
         click.echo(json.dumps(reports, indent=2))
         return
     for report in reports:
-        click.echo(
+        echo(
             f"{report['path']}: the hub holds {report['entries']} entries "
             f"({report['acked']} newly acknowledged)"
         )

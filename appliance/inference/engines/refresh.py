@@ -1,296 +1,42 @@
-"""Keep each model's TensorRT engine matched to this device, without ever stopping screening.
+"""``EngineRefresher``: builds, checks and swaps in engines in a background thread.
 
-    backend = startup_backend(config, bundle)          # ModelSet.load: never builds
-    EngineRefresher(models, config, stop_event).start()  # background thread
-    read_status(config.data_dir)                       # System page, /healthz
-
-An engine is valid for one (model sha256, TensorRT version, GPU compute capability,
-precision) — the four parts of its file name (``tensorrt_build.engine_filename``). After
-the first boot, a JetPack upgrade or a new model, the engine for this device is missing:
-the box starts on ONNX Runtime, and a low-priority thread builds the engine into
-``engines/staging/``, runs the bundle's check images through it and through ONNX
-Runtime, and only when both agree within tolerance moves it into ``engines/`` and swaps
-it in under the model's lock. The engine it replaces is deleted only then. An engine
-that disagrees is renamed ``*.rejected`` (kept for diagnosis; the box stays on ONNX
-Runtime and does not rebuild it at every boot) — delete the file to try again.
-
-``decide`` is the pure part: from the bundle, what TensorRT is here, which files are in
-the engine directory and what was recorded before, it says use, check, build or skip.
-Everything that touches files, GPUs or threads is in ``EngineRefresher``.
-
-Progress goes to ``engines/status.json`` (one writer: the refresher thread; written
-atomically, so a reader never sees half a file). Check inputs are the real images in
-``appliance/engine_check/`` (see the LICENSE.md there for why real and which).
+After the first boot, a JetPack upgrade or a new model the engine for this device is
+missing: the box serves on ONNX Runtime while this thread builds the engine into
+``engines/staging/``, checks it (``checks``) and only then moves it into ``engines/``
+and swaps it in under the model's lock. The engine it replaces is deleted only then; one
+that disagrees is renamed ``*.rejected`` and the box stays on ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from appliance.inference.bundle import Bundle
+from appliance.inference.engines.checks import CheckResult, check_engine
+from appliance.inference.engines.decide import (
+    REJECTED,
+    Decision,
+    Device,
+    decide,
+    listing,
+    probe_device,
+)
+from appliance.inference.engines.status import read_status, status_path, utc_now, write_status
 from appliance.inference.ort_runner import OnnxRuntimeRunner
-from appliance.inference.postprocess import calibrated_probabilities
-from appliance.inference.preprocess import preprocess
 from appliance.inference.runner import Runner
 from appliance.inference.tensorrt_build import build_engine
-from appliance.inference.tensorrt_runner import (
-    PRECISION_FILES,
-    PROFILE_BATCH,
-    TensorRTRunner,
-    engine_spec,
-)
-from appliance.store.files import atomic_write_bytes
+from appliance.inference.tensorrt_runner import PRECISION_FILES, PROFILE_BATCH, TensorRTRunner
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 STAGING = "staging"
-REJECTED = ".rejected"
-CHECK_IMAGES = Path(__file__).parent / "engine_check"
-# A score is round(100 * probability): two points is the most an engine may move it.
-PROBABILITY_TOLERANCE = 0.02
-# Logits and heat maps (logit units): 10% of the reference's largest value, plus 0.1.
-RAW_RELATIVE_TOLERANCE = 0.10
-RAW_ABSOLUTE_TOLERANCE = 0.10
-MAX_BUILD_ATTEMPTS = 3  # a build that keeps failing is not retried at every boot
 STATUS_WRITE_EVERY_S = 1.0
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# -- the pure decision ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Device:
-    """What TensorRT can build for here; ``reason`` says why not when it cannot."""
-
-    trt_version: str | None = None
-    compute_capability: tuple[int, int] | None = None
-    reason: str = ""
-
-    @property
-    def usable(self) -> bool:
-        return self.trt_version is not None and self.compute_capability is not None
-
-
-@dataclass(frozen=True)
-class Decision:
-    bundle: str
-    action: str  # use | check | build | skip
-    engine: str | None  # the engine file name this device needs (None: cannot have one)
-    reason: str
-
-
-def decide(
-    bundle: Bundle,
-    precision: str,
-    device: Device,
-    engine_files: set[str],
-    record: Mapping[str, Any],
-) -> Decision:
-    """What to do about ``bundle``'s engine, from facts only (no I/O).
-
-    ``engine_files``: names in the engine directory; ``record``: this bundle's entry in
-    status.json from earlier runs (``verified`` engine name, ``failed_builds`` counts).
-    """
-    name = bundle.name
-    if not device.usable:
-        return Decision(name, "skip", None, f"TensorRT not usable here: {device.reason}")
-    if PRECISION_FILES.get(precision) not in bundle.manifest["files"]:
-        return Decision(name, "skip", None, f"the bundle has no {precision} model to compile")
-    assert device.trt_version is not None and device.compute_capability is not None
-    engine = engine_spec(device.trt_version, device.compute_capability, bundle, precision)
-    filename = engine.filename()
-    if filename + REJECTED in engine_files:
-        return Decision(
-            name,
-            "skip",
-            filename,
-            f"{filename} did not match ONNX Runtime on the check images; "
-            f"delete {filename}{REJECTED} to build it again",
-        )
-    if filename in engine_files:
-        if record.get("verified") == filename:
-            return Decision(name, "use", filename, "engine present and checked")
-        return Decision(name, "check", filename, "engine present but not yet checked")
-    attempts = int(dict(record.get("failed_builds") or {}).get(filename, 0))
-    if attempts >= MAX_BUILD_ATTEMPTS:
-        return Decision(
-            name,
-            "skip",
-            filename,
-            f"building {filename} failed {attempts} times ({record.get('error')}); "
-            "see `journalctl -u appliance`",
-        )
-    return Decision(name, "build", filename, "no engine for this model, TensorRT and GPU yet")
-
-
-# -- check images --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    passed: bool
-    images: int
-    max_probability_diff: float
-    max_raw_diff: float  # logits or heat map, whichever differs most
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "images": self.images,
-            "max_probability_diff": round(self.max_probability_diff, 6),
-            "max_raw_diff": round(self.max_raw_diff, 6),
-            "probability_tolerance": PROBABILITY_TOLERANCE,
-            "reason": self.reason,
-        }
-
-
-def check_batch(bundle: Bundle, folder: Path = CHECK_IMAGES) -> np.ndarray:
-    """The check images through the bundle's own preprocessing, as one batch."""
-    from appliance.ingest.decode import decode_bytes
-
-    inputs = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg")):
-        pixels = decode_bytes(path.read_bytes()).pixels
-        inputs.append(preprocess(bundle.manifest["preprocessing"], pixels))
-    if not inputs:
-        raise FileNotFoundError(f"no check images in {folder}")
-    return np.stack(inputs).astype(np.float32)
-
-
-def _raw_diff(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    """Largest difference of a raw output (logits, heat map: logit units) and its limit,
-    relative to the reference's range since that differs per model."""
-    reference = np.asarray(reference, np.float64)
-    diff = float(np.max(np.abs(reference - candidate)))
-    return diff, RAW_RELATIVE_TOLERANCE * float(np.max(np.abs(reference))) + RAW_ABSOLUTE_TOLERANCE
-
-
-def compare_outputs(
-    bundle: Bundle, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
-) -> CheckResult:
-    """Same result as the reference within tolerance? (pure: arrays in, verdict out)
-
-    Calibrated probabilities are what a score is made of; raw logits and heat maps are
-    compared too, because saturated probabilities hide a shifted logit.
-    """
-    images = int(len(reference["logits"]))
-    if set(candidate) != set(reference) or any(
-        np.shape(candidate[k]) != np.shape(reference[k]) for k in reference
-    ):
-        return CheckResult(False, images, float("inf"), float("inf"), "outputs differ in shape")
-    for name, value in candidate.items():
-        if not np.all(np.isfinite(value)):
-            return CheckResult(False, images, float("inf"), float("inf"), f"{name} has NaN/inf")
-    calibration = bundle.manifest["calibration"]
-    p_ref = calibrated_probabilities(reference["logits"], calibration)
-    p_diff = float(
-        np.max(np.abs(p_ref - calibrated_probabilities(candidate["logits"], calibration)))
-    )
-    problems = []
-    if p_diff > PROBABILITY_TOLERANCE:
-        problems.append(f"probabilities differ by {p_diff:.4f} (> {PROBABILITY_TOLERANCE})")
-    worst = 0.0
-    for name, label in (("logits", "logits"), ("cam", "heat maps")):
-        if name in reference:
-            diff, limit = _raw_diff(reference[name], candidate[name])
-            worst = max(worst, diff)
-            if diff > limit:
-                problems.append(f"{label} differ by {diff:.3f} (> {limit:.3f})")
-    reason = "; ".join(problems) or f"matches ONNX Runtime on {images} check images"
-    return CheckResult(not problems, images, p_diff, worst, reason)
-
-
-def check_engine(bundle: Bundle, candidate: Runner, reference: Runner) -> CheckResult:
-    """Run the check images through both (active) runners and compare."""
-    batch = check_batch(bundle)
-    feed = {candidate.input_name: batch}
-    return compare_outputs(bundle, reference.infer(feed), candidate.infer(feed))
-
-
-# -- status.json ---------------------------------------------------------------------
-
-
-def status_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "engines" / STATUS_FILE
-
-
-def read_status(data_dir: Path) -> dict[str, Any]:
-    """The last written engine status; ``{"state": "unknown"}`` when there is none."""
-    try:
-        status = json.loads(status_path(data_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"state": "unknown", "bundles": {}}
-    return status if isinstance(status, dict) else {"state": "unknown", "bundles": {}}
-
-
-def write_status(data_dir: Path, status: Mapping[str, Any]) -> None:
-    """Atomic replace: the System page never reads half a file, a power cut never
-    leaves one."""
-    text = json.dumps(status, indent=1, sort_keys=True)
-    atomic_write_bytes(status_path(data_dir), text.encode("utf-8"))
-
-
-# -- start-up ------------------------------------------------------------------------
-
-
-def probe_device(trt: Any = None, cuda: Any = None) -> Device:
-    """This machine's TensorRT version and GPU, or why there is none. Never raises."""
-    if trt is not None and cuda is not None:  # injected (tests: the stand-ins)
-        try:
-            cuda.init()
-            major, minor = cuda.Device(0).compute_capability()
-        except Exception as exc:  # noqa: BLE001
-            return Device(reason=f"no usable GPU ({exc})")
-        return Device(str(trt.__version__), (int(major), int(minor)))
-    from appliance.inference.backends import probe_tensorrt
-
-    probe = probe_tensorrt()
-    if not probe.usable:
-        return Device(reason="; ".join(probe.missing))
-    return Device(probe.version, probe.compute_capability)
-
-
-def startup_backend(config: Any, bundle: Bundle, device: Device | None = None) -> str:
-    """The backend ``ModelSet`` should open ``bundle`` on now, without building anything.
-
-    ``auto`` becomes ``tensorrt`` only when this device's engine is present and has
-    passed its check; otherwise ``onnxruntime`` (the refresher takes it from there).
-    An explicit ``onnxruntime`` or ``tensorrt`` setting is returned unchanged.
-    """
-    if config.inference_backend != "auto":
-        return str(config.inference_backend)
-    device = device or probe_device()
-    engine_dir = Path(config.data_dir) / "engines"
-    record = read_status(config.data_dir).get("bundles", {}).get(bundle.name, {})
-    decision = decide(bundle, config.model_precision, device, _listing(engine_dir), record)
-    return "tensorrt" if decision.action == "use" else "onnxruntime"
-
-
-def _listing(folder: Path) -> set[str]:
-    try:
-        return {p.name for p in folder.iterdir() if p.is_file()}
-    except OSError:
-        return set()
-
-
-# -- the background refresh ----------------------------------------------------------
 
 
 class EngineRefresher:
@@ -368,7 +114,7 @@ class EngineRefresher:
                 "compute_capability": f"{major}.{minor}",
             }
         self._clear_staging()
-        files = _listing(self.engine_dir)
+        files = listing(self.engine_dir)
         loaded = dict(self.models.models)
         decisions = [
             decide(

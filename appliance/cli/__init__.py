@@ -1,0 +1,23 @@
+"""The ``appliance`` command. ApplianceErrors become one-line messages here, nowhere else.
+
+One module per group of commands: ``box`` runs and checks the box, ``images`` gets
+images in and lists what is stored, ``sync`` talks to the hub, ``hub`` runs one;
+``options`` is what they share. Nothing outside this package imports it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from appliance import __version__
+from appliance.cli import box, hub, images, sync
+
+
+@click.group()
+@click.version_option(__version__, prog_name="appliance")
+def main() -> None:
+    """Offline screening appliance (decision support, not a diagnosis)."""
+
+
+for command in (*box.COMMANDS, *images.COMMANDS, sync.sync, hub.hub):
+    main.add_command(command)

@@ -1,0 +1,323 @@
+"""The deliveries outbox: what each destination must receive, written in the transaction
+that creates it.
+
+A destination is a kind of receiver, not an address: today only ``hub`` (the
+programme's central hub, sent by ``appliance.sync``); PACS and FHIR deliveries will add
+their own kinds, each drained by its own sender through the functions here. Every row
+belongs to one destination, so one result can be pending for one receiver and
+acknowledged by another.
+
+``record_result`` and ``record_review`` take the caller's connection, inside its write
+transaction, so a crash can never leave a result without its outbox entry (or the other
+way round). Each entry has a stable id and a revision:
+
+- a result is ``result:<uuid4>``, revision 1 (a later revision only when what is known
+  of its image changes, e.g. a patient typed in);
+- the reviews of one image share ``review:<image sha256>``; each new review is the next
+  revision and supersedes the pending older ones (the receiver keeps the highest).
+
+Nothing is deleted: a sender marks rows ``acked`` once its receiver has them durably.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.store.db import Store, utc_now
+
+HUB = "hub"
+DESTINATIONS = (HUB,)
+KINDS = ("result", "review")
+
+
+@dataclass(frozen=True)
+class Entry:
+    row_id: int
+    destination: str
+    entry_id: str
+    revision: int
+    kind: str
+    image_id: int
+    payload: dict[str, Any]
+    exported: bool
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.entry_id, self.revision)
+
+
+def _image_facts(conn: sqlite3.Connection, image_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT i.sha256, i.sop_instance_uid, i.modality, i.body_part, i.view_position,"
+        " i.laterality, i.file_format, i.source, i.original_name, i.received_at,"
+        " s.study_instance_uid,"
+        " COALESCE(NULLIF(s.patient_id, ''), s.entered_patient_id) AS patient_id,"
+        " COALESCE(NULLIF(s.patient_name, ''), s.entered_patient_name) AS patient_name,"
+        " s.study_date,"
+        " s.accession_number"
+        " FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
+        (image_id,),
+    ).fetchone()
+    return dict(row) if row is not None else {}
+
+
+def _add(
+    conn: sqlite3.Connection,
+    *,
+    destination: str,
+    entry_id: str,
+    revision: int,
+    kind: str,
+    local_id: int,
+    image_id: int,
+    payload: dict[str, Any],
+) -> None:
+    # The table has no CHECK on kind or destination (a new receiver must not need a
+    # table rebuild): they are checked here.
+    if destination not in DESTINATIONS or kind not in KINDS:
+        raise ValueError(f"no {kind!r} deliveries to {destination!r}")
+    conn.execute(
+        "INSERT INTO outbox (destination, entry_id, revision, kind, local_id, image_id,"
+        " payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            destination,
+            entry_id,
+            revision,
+            kind,
+            local_id,
+            image_id,
+            json.dumps(payload, separators=(",", ":")),
+            utc_now(),
+        ),
+    )
+
+
+def _result_payload(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
+    row = dict(conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone())
+    return {
+        "image": _image_facts(conn, row["image_id"]),
+        "route": row["route"],
+        "reason": row["reason"],
+        "probability": row["probability"],
+        "score": row["score"],
+        "threshold": row["threshold"],
+        "triage": row["triage"],
+        "model": {
+            "name": row["model_name"],
+            "version": row["model_version"],
+            "sha256": row["model_sha256"],
+        },
+        # Which chest model scored (adult or child) and how that was decided; None for
+        # a fundus photo or a refusal. Older hubs keep them in the payload as they are.
+        "population": row["population"],
+        "population_source": row["population_source"],
+        "backend": row["backend"],
+        "created_at": row["created_at"],
+        "local_id": result_id,
+        "image_id": row["image_id"],
+    }
+
+
+def record_result(conn: sqlite3.Connection, result_id: int, destination: str = HUB) -> str:
+    """Queue a stored result (call inside the transaction that stored it)."""
+    payload = _result_payload(conn, result_id)
+    entry_id = f"result:{uuid.uuid4().hex}"
+    _add(
+        conn,
+        destination=destination,
+        entry_id=entry_id,
+        revision=1,
+        kind="result",
+        local_id=result_id,
+        image_id=payload.pop("image_id"),
+        payload=payload,
+    )
+    return entry_id
+
+
+def _next_revision(conn: sqlite3.Connection, destination: str, entry_id: str) -> int:
+    """The revision after the highest one held; the pending older ones are superseded."""
+    revision = conn.execute(
+        "SELECT COALESCE(MAX(revision), 0) + 1 FROM outbox WHERE destination = ? AND entry_id = ?",
+        (destination, entry_id),
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE outbox SET state = 'superseded'"
+        " WHERE destination = ? AND entry_id = ? AND state = 'pending'",
+        (destination, entry_id),
+    )
+    return int(revision)
+
+
+def _result_entry_id(conn: sqlite3.Connection, destination: str, result_id: int) -> str | None:
+    row = conn.execute(
+        "SELECT entry_id FROM outbox WHERE destination = ? AND kind = 'result' AND local_id = ?"
+        " ORDER BY revision LIMIT 1",
+        (destination, result_id),
+    ).fetchone()
+    return row["entry_id"] if row is not None else None
+
+
+def refresh_result(
+    conn: sqlite3.Connection, result_id: int, destination: str = HUB
+) -> tuple[str, int] | None:
+    """Send a result again with what is now known of its image (e.g. a patient typed in
+    later): same entry id, next revision; a pending older revision is superseded."""
+    entry_id = _result_entry_id(conn, destination, result_id)
+    if entry_id is None:
+        return None
+    revision = _next_revision(conn, destination, entry_id)
+    payload = _result_payload(conn, result_id)
+    _add(
+        conn,
+        destination=destination,
+        entry_id=entry_id,
+        revision=revision,
+        kind="result",
+        local_id=result_id,
+        image_id=payload.pop("image_id"),
+        payload=payload,
+    )
+    return entry_id, revision
+
+
+def record_review(
+    conn: sqlite3.Connection, review_id: int, destination: str = HUB
+) -> tuple[str, int]:
+    """Queue a review; it supersedes the image's earlier reviews (same id, next revision)."""
+    row = conn.execute(
+        "SELECT r.*, u.username FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = ?",
+        (review_id,),
+    ).fetchone()
+    image = _image_facts(conn, row["image_id"])
+    entry_id = f"review:{image['sha256']}"
+    revision = _next_revision(conn, destination, entry_id)
+    payload = {
+        "image": {"sha256": image["sha256"]},
+        "result_entry": _result_entry_id(conn, destination, row["result_id"]),
+        "verdict": row["verdict"],
+        "reasons": json.loads(row["reasons"]),
+        "note": row["note"],
+        "reviewer": row["username"],
+        "created_at": row["created_at"],
+        "local_id": review_id,
+    }
+    _add(
+        conn,
+        destination=destination,
+        entry_id=entry_id,
+        revision=revision,
+        kind="review",
+        local_id=review_id,
+        image_id=row["image_id"],
+        payload=payload,
+    )
+    return entry_id, revision
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    return Entry(
+        row_id=row["id"],
+        destination=row["destination"],
+        entry_id=row["entry_id"],
+        revision=row["revision"],
+        kind=row["kind"],
+        image_id=row["image_id"],
+        payload=json.loads(row["payload"]),
+        exported=row["exported_at"] is not None,
+    )
+
+
+def pending(conn: sqlite3.Connection, limit: int, destination: str = HUB) -> list[Entry]:
+    """The next pending entries: every result before any review, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM outbox WHERE destination = ? AND state = 'pending' AND kind = 'result'"
+        " ORDER BY id LIMIT ?",
+        (destination, limit),
+    ).fetchall()
+    if len(rows) < limit:
+        rows += conn.execute(
+            "SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"
+            " AND kind = 'review' ORDER BY id LIMIT ?",
+            (destination, limit - len(rows)),
+        ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def pending_exported(
+    conn: sqlite3.Connection, limit: int, after: int = 0, destination: str = HUB
+) -> list[Entry]:
+    """Pending entries that already left on a data-mule bundle (the receiver may have them)."""
+    rows = conn.execute(
+        "SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"
+        " AND exported_at IS NOT NULL AND id > ? ORDER BY id LIMIT ?",
+        (destination, after, limit),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def all_pending(conn: sqlite3.Connection, destination: str = HUB) -> list[Entry]:
+    rows = conn.execute(
+        "SELECT * FROM outbox WHERE destination = ? AND state = 'pending' ORDER BY kind, id",
+        (destination,),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def mark_acked(store: Store, keys: list[tuple[str, int]], destination: str = HUB) -> int:
+    """Record the receiver's acknowledgement; returns how many rows changed state."""
+    if not keys:
+        return 0
+    now = utc_now()
+    with store.write() as conn:
+        before = conn.total_changes
+        conn.executemany(
+            "UPDATE outbox SET state = 'acked', acked_at = ?"
+            " WHERE destination = ? AND entry_id = ? AND revision = ? AND state = 'pending'",
+            [(now, destination, entry_id, revision) for entry_id, revision in keys],
+        )
+        return conn.total_changes - before
+
+
+def mark_exported(store: Store, row_ids: list[int]) -> None:
+    now = utc_now()
+    with store.write() as conn:
+        conn.executemany(
+            "UPDATE outbox SET exported_at = ? WHERE id = ?", [(now, i) for i in row_ids]
+        )
+
+
+def counts(conn: sqlite3.Connection, destination: str = HUB) -> dict[str, int]:
+    """Pending and acknowledged entries by kind, e.g. ``{"result_pending": 3, ...}``."""
+    found = {
+        f"{kind}_{state}": 0 for kind in ("result", "review") for state in ("pending", "acked")
+    }
+    for row in conn.execute(
+        "SELECT kind, state, COUNT(*) AS n FROM outbox WHERE destination = ?"
+        " GROUP BY kind, state",
+        (destination,),
+    ):
+        if row["state"] != "superseded":
+            found[f"{row['kind']}_{row['state']}"] = row["n"]
+    return found
+
+
+def delivery_states(
+    conn: sqlite3.Connection, items: list[tuple[str, int]], destination: str = HUB
+) -> dict[tuple[str, int], str]:
+    """The state of the latest revision of each (kind, local id), where there is one."""
+    if not items:
+        return {}
+    latest: dict[tuple[str, int], str] = {}
+    marks = ", ".join("(?, ?)" for _ in items)
+    for kind, local_id, state in conn.execute(
+        f"SELECT kind, local_id, state FROM outbox WHERE destination = ?"
+        f" AND (kind, local_id) IN ({marks}) ORDER BY revision",
+        [destination, *(value for pair in items for value in pair)],
+    ):
+        latest[(kind, local_id)] = state
+    return latest
