@@ -212,12 +212,18 @@ def test_a_c_store_over_the_limit_is_aborted_early_and_leaves_nothing(
 
 @pytest.mark.slow
 def test_a_large_c_store_is_streamed_to_disk_not_held_in_memory(tmp_path):
-    """RG1 scaled to 7820 x 7364 (115 MB) into a real ``appliance serve`` with no workers
-    (so only receiving is measured): its peak resident memory grows by a few MB, where
-    holding the dataset took about three copies (~350 MB) before."""
+    """RG1 scaled to 7820 x 7364 (115 MB) into a real ``appliance serve`` whose worker
+    claims nothing (no models: so only receiving is measured): its peak resident memory
+    grows by a few MB, where holding the dataset took about three copies (~350 MB) before."""
     big = scaled_rg1(tmp_path, 4)
+    no_models = tmp_path / "no-models"
+    no_models.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_USB_ROOTS="", APPLIANCE_MIN_FREE_MB="1", APPLIANCE_WORKERS="0")
+    # A worker does not claim jobs while the models it needs are not loaded (workers
+    # cannot be 0).
+    env.update(
+        APPLIANCE_USB_ROOTS="", APPLIANCE_MIN_FREE_MB="1", APPLIANCE_MODELS_DIR=str(no_models)
+    )
     served = Served(tmp_path / "data", env)
     try:
         before = peak_rss_mb(served.proc.pid)
