@@ -182,6 +182,13 @@ SETTINGS: tuple[Setting, ...] = (
         "TCP port of the DICOM listener (C-ECHO, C-STORE).",
         between(1, 65535),
     ),
+    Setting(
+        "dicom_host",
+        str,
+        "0.0.0.0",
+        "Address the DICOM listener binds to (0.0.0.0: every network interface).",
+        host,
+    ),
     Setting("dicom_aet", str, "APPLIANCE", "AE title the DICOM listener answers to.", ae_title),
     Setting(
         "dicom_allowed_aets",
@@ -222,15 +229,38 @@ SETTINGS: tuple[Setting, ...] = (
         "upload_max_mb",
         int,
         512,
-        "Largest file accepted by the upload endpoint.",
+        "Largest file accepted through any door (upload, DICOM, USB, hot folder, ingest).",
         between(1, 65536),
     ),
     Setting(
         "max_image_pixels",
         int,
         100_000_000,
-        "Images with more pixels than this are refused as absurd.",
+        "Images whose own headers declare more pixels than this are refused before decoding.",
         between(1, 10**10),
+    ),
+    Setting(
+        "max_image_frames",
+        int,
+        1000,
+        "DICOM files declaring more frames are refused.",
+        between(1, 100_000),
+    ),
+    Setting(
+        "max_decode_mb",
+        int,
+        600,
+        "Most memory decoding one image may take, estimated from its headers; a larger "
+        "image is refused as too large to process safely.",
+        between(16, 65536),
+    ),
+    Setting(
+        "decode_retry_memory_mb",
+        int,
+        1536,
+        "An image whose decoding stopped the box is read again only in a separate process "
+        "limited to this much memory; if that fails it is quarantined.",
+        between(256, 65536),
     ),
     Setting(
         "min_free_mb",

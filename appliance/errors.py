@@ -8,6 +8,7 @@
     │   └── StorageFullError   not enough free disk to store safely
     ├── IngestError            an incoming file cannot be accepted
     │   ├── UnsupportedFileError   not an image the box can screen (PDF, SR, text...)
+    │   ├── FileTooLargeError      more bytes than ``upload_max_mb`` (found while reading)
     │   └── DecodeError            an image whose pixels cannot be read
     └── BundleError            a model bundle is missing, corrupt or inconsistent
         ├── BundleNotFoundError    no bundle where one was expected (inference/bundle.py)
@@ -68,6 +69,10 @@ class IngestError(ApplianceError):
 
 class UnsupportedFileError(IngestError):
     """The file is not an image the box can screen."""
+
+
+class FileTooLargeError(IngestError):
+    """The file is larger than the limit for one image."""
 
 
 class DecodeError(IngestError):

@@ -97,6 +97,7 @@ class Service:
                 self.importer,
                 ae_title=self.config.dicom_aet,
                 port=self.config.dicom_port,
+                host=self.config.dicom_host,
                 allowed_aets=self.config.dicom_allowed_aets,
             )
             self.scp.start()

@@ -374,3 +374,11 @@ def m012_sessions_login_throttle(db: Database) -> None:
         CREATE INDEX login_throttle_updated ON login_throttle(updated_at);
         """
     )
+
+
+@migrations()
+def m013_job_decoding_since(db: Database) -> None:
+    # Set durably before a worker decodes, cleared when the decode is over: a job found
+    # with it set on its next attempt stopped the box mid-decode (an OOM kill, say), so
+    # it is decoded again only in a memory-limited child process, never straight away.
+    db.execute("ALTER TABLE jobs ADD COLUMN decoding_since TEXT")

@@ -1,8 +1,9 @@
 """``POST /api/upload``: images from the page (multipart ``file`` fields) or a raw body.
 
 A body over ``upload_max_mb`` is refused with 413: by its Content-Length before it is
-read, else as soon as reading crosses the limit. One image of at most ``upload_max_mb``
-is held in memory while it is imported.
+read, else as soon as reading crosses the limit. Each file is spooled to the data dir's
+tmp/ in chunks (multipart parts werkzeug has already spooled are copied the same way),
+never held in memory whole.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from appliance.errors import FileTooLargeError
 from appliance.ingest.importer import Importer, ImportOutcome
 from appliance.store.files import ensure_free_space
 from appliance.store.jobs import PRIORITY_INTERACTIVE
 from appliance.web.api_errors import error_response
 
 bp = Blueprint("upload", __name__, url_prefix="/api")
-
-CHUNK = 1 << 20
 
 
 def _importer() -> Importer:
@@ -56,18 +56,15 @@ def base_name(name: str | None) -> str:
 
 
 def import_upload(importer: Importer, stream, name: str) -> ImportOutcome:
-    """Read one uploaded file (refusing it past ``upload_max_mb`` as soon as the limit is
-    crossed, like a body refused by its Content-Length) and import it."""
-    limit = importer.config.upload_max_mb * 1024 * 1024
-    raw = bytearray()
-    while chunk := stream.read(CHUNK):
-        raw += chunk
-        if len(raw) > limit:
-            raise RequestEntityTooLarge()
-    return importer.import_bytes(
-        bytes(raw),
-        source="upload",
-        source_detail=request.remote_addr or "",
-        original_name=name,
-        priority=PRIORITY_INTERACTIVE,  # someone is at the screen waiting for it
-    )
+    """Spool one uploaded file to disk (refusing it past ``upload_max_mb`` as soon as the
+    limit is crossed, like a body refused by its Content-Length) and import it."""
+    try:
+        return importer.import_stream(
+            stream,
+            source="upload",
+            source_detail=request.remote_addr or "",
+            original_name=name,
+            priority=PRIORITY_INTERACTIVE,  # someone is at the screen waiting for it
+        )
+    except FileTooLargeError as exc:
+        raise RequestEntityTooLarge() from exc
