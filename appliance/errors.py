@@ -2,10 +2,13 @@
 
     ApplianceError
     ├── ConfigError            a setting is unknown or has a value of the wrong kind
+    ├── LoginThrottledError    too many failed logins from this client (or for this account
+    │                          from many clients): wait ``retry_after`` seconds (logins/throttle.py)
     ├── StoreError             the data directory or its database cannot do what was asked
     │   └── StorageFullError   not enough free disk to store safely
     ├── IngestError            an incoming file cannot be accepted
     │   ├── UnsupportedFileError   not an image the box can screen (PDF, SR, text...)
+    │   ├── FileTooLargeError      more bytes than ``upload_max_mb`` (found while reading)
     │   └── DecodeError            an image whose pixels cannot be read
     └── BundleError            a model bundle is missing, corrupt or inconsistent
         ├── BundleNotFoundError    no bundle where one was expected (inference/bundle.py)
@@ -39,6 +42,14 @@ class ConfigError(ApplianceError):
     """A setting is unknown or its value cannot be used."""
 
 
+class LoginThrottledError(ApplianceError):
+    """Too many failed logins: this attempt is refused unchecked for ``retry_after`` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed logins: try again in {retry_after:.0f} seconds")
+        self.retry_after = retry_after
+
+
 class StoreError(ApplianceError):
     """The data directory or database cannot complete the operation."""
 
@@ -58,6 +69,10 @@ class IngestError(ApplianceError):
 
 class UnsupportedFileError(IngestError):
     """The file is not an image the box can screen."""
+
+
+class FileTooLargeError(IngestError):
+    """The file is larger than the limit for one image."""
 
 
 class DecodeError(IngestError):

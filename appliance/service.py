@@ -13,9 +13,8 @@ import signal
 import threading
 from pathlib import Path
 
-from waitress import create_server
-
 from appliance.config import Config
+from appliance.http_server import create_server
 from appliance.inference.engines.refresh import EngineRefresher
 from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer, recover
@@ -103,6 +102,7 @@ class Service:
                 self.importer,
                 ae_title=self.config.dicom_aet,
                 port=self.config.dicom_port,
+                host=self.config.dicom_host,
                 allowed_aets=self.config.dicom_allowed_aets,
             )
             self.scp.start()

@@ -4,6 +4,13 @@ decode the stored original -> preview -> screen (gate, quality, model) -> heatma
 one transaction: image decoded + result row + job done. Pixels that cannot be read
 send the image to quarantine with the reason instead. A worker does not claim jobs
 while the models it needs are not loaded: the jobs wait, nothing is lost.
+
+Before decoding, a worker notes on the job that it is decoding (``decoding_since``,
+committed). A job found with that note on its next attempt stopped the box mid-decode:
+it is decoded again only in a memory-limited child process (ingest/sandbox.py), and
+quarantined if that fails, so one crafted file cannot crash the box after every restart.
+The viewer's full-resolution image is a job of its own (``full``), decoded here one at
+a time under the same guard, never in a web thread.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import numpy as np
 
 from appliance.config import Config
 from appliance.errors import IngestError
-from appliance.ingest.decode import DecodedImage, decode_bytes
+from appliance.ingest.decode import DecodedImage, decode_file
+from appliance.ingest.headers import ImageLimits
+from appliance.ingest.sandbox import decode_in_child
 from appliance.screening.gate import age_in_years
 from appliance.screening.pipeline import Screener
 from appliance.store import jobs
@@ -32,6 +41,33 @@ from appliance.store.results import insert_result
 log = logging.getLogger(__name__)
 
 TAG_COLUMNS = ("modality", "body_part", "view_position", "laterality", "sop_class_uid")
+
+FULL_DETAIL = "full"  # job kind: the full-resolution view someone asked for
+# Longest side of the full-detail view: the whole original for any X-ray or fundus
+# camera in use (a 4288 px camera frame included).
+FULL_DETAIL_MAX_PX = 8192
+
+
+def full_detail_path(image_id: int) -> Path:
+    """Where the full-detail JPEG of an image is kept, relative to the data dir."""
+    return Path("previews") / f"{image_id}-full.jpg"
+
+
+def request_full_detail(store: Store, image_id: int) -> str:
+    """Queue the full-detail view of a decoded image (once); returns the job's state."""
+    with store.write() as conn:
+        jobs.enqueue(conn, FULL_DETAIL, image_id, jobs.PRIORITY_INTERACTIVE)
+        # Done but the file is gone (the previews were cleared): make it again.
+        conn.execute(
+            "UPDATE jobs SET state='queued', attempts=0 WHERE kind=? AND image_id=?"
+            " AND state='done'",
+            (FULL_DETAIL, image_id),
+        )
+        row = conn.execute(
+            "SELECT state FROM jobs WHERE kind=? AND image_id=?", (FULL_DETAIL, image_id)
+        ).fetchone()
+    store.jobs_waiting.set()
+    return row["state"]
 
 
 def preview_size(image: DecodedImage, max_px: int) -> tuple[int, int]:
@@ -53,6 +89,18 @@ def encode(extension: str, pixels: np.ndarray, params: list[int]) -> bytes:
     return encoded.tobytes()
 
 
+def to_eight_bit(pixels: np.ndarray, rows_at_once: int = 256) -> np.ndarray:
+    """[0, 1] floats to uint8 a band of rows at a time: a full-detail image is converted
+    without two float copies of it at once (headers.decode_memory does not count them)."""
+    out = np.empty(pixels.shape, np.uint8)
+    for top in range(0, pixels.shape[0], rows_at_once):
+        band = pixels[top : top + rows_at_once] * 255.0
+        band += 0.5
+        np.clip(band, 0, 255, out=band)
+        out[top : top + rows_at_once] = band
+    return out
+
+
 def preview_jpeg(image: DecodedImage, max_px: int) -> bytes:
     """An 8-bit JPEG (quality 92) no larger than ``max_px`` on its longest side, for the
     viewer; the original stays untouched for anything diagnostic."""
@@ -60,7 +108,7 @@ def preview_jpeg(image: DecodedImage, max_px: int) -> bytes:
     pixels = image.pixels
     if size != (pixels.shape[1], pixels.shape[0]):
         pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-    eight_bit = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    eight_bit = to_eight_bit(pixels)
     if eight_bit.ndim == 3:
         eight_bit = cv2.cvtColor(eight_bit, cv2.COLOR_RGB2BGR)
     return encode(".jpg", eight_bit, [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -87,7 +135,9 @@ class Worker:
             return False
         try:
             self.process(job)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # also a native library's panic: the thread lives on
             state = jobs.fail(
                 self.store, job, f"{type(exc).__name__}: {exc}", self.config.job_max_attempts
             )
@@ -122,14 +172,15 @@ class Worker:
             )
             .fetchone()
         )
+        if job.kind == FULL_DETAIL:
+            self.prepare_full_detail(job, image)
+            return
         started = time.perf_counter()
-        raw = (self.store.data_dir / image["stored_path"]).read_bytes()
-        try:
-            # Nothing downstream needs more than the preview's size: JPEG 2000 may stop
-            # decoding one wavelet level early (4x faster for a 2000 px CR).
-            decoded = decode_bytes(raw, self.config.max_image_pixels, self.config.preview_max_px)
-        except IngestError as exc:
-            self._quarantine(job, image, exc)
+        # Nothing downstream needs more than the preview's size: JPEG 2000 may stop
+        # decoding one wavelet level early (4x faster for a 2000 px CR).
+        decoded = self.decode(job, image, self.config.preview_max_px)
+        if isinstance(decoded, IngestError):
+            self._quarantine(job, image, decoded)
             return
         decode_ms = (time.perf_counter() - started) * 1000
 
@@ -175,8 +226,67 @@ class Worker:
                     result.as_dict(),
                     str(heatmap_path) if heatmap_path else None,
                 )
+            _decode_over(conn, job)
             if not jobs.complete(conn, job):
                 raise RuntimeError("lease lost while processing")  # rolls the result back
+
+    def decode(self, job: jobs.Job, image, max_side: int | None) -> DecodedImage | IngestError:
+        """The image's pixels, or why they cannot be had; guarded against a decode that
+        stopped the box last time (see the module docstring)."""
+        path = self.store.data_dir / image["stored_path"]
+        limits = ImageLimits.from_config(self.config)
+        memory_mb = self.config.decode_retry_memory_mb
+        conn = self.store.conn()
+        row = conn.execute("SELECT decoding_since FROM jobs WHERE id=?", (job.id,)).fetchone()
+        if row["decoding_since"] is not None:
+            log.warning(
+                "job %s (image %s) stopped the box while decoding (since %s): decoding it"
+                " in a child process limited to %s MB first",
+                job.id,
+                image["id"],
+                row["decoding_since"],
+                memory_mb,
+            )
+            refused = decode_in_child(path, limits, max_side, memory_mb)
+            if refused is not None:
+                return refused
+        path.stat()  # a missing file is a plain failure, not a decode that stopped the box
+        with self.store.write() as conn:
+            conn.execute("UPDATE jobs SET decoding_since=? WHERE id=?", (utc_now(), job.id))
+        try:
+            return decode_file(path, limits, max_side)
+        except IngestError as exc:
+            return exc
+        except MemoryError:
+            raise  # the note stays: the next attempt decodes in a child process first
+        except Exception:
+            with self.store.write() as conn:  # an ordinary failure: retried as usual
+                _decode_over(conn, job)
+            raise
+
+    def prepare_full_detail(self, job: jobs.Job, image) -> None:
+        """Decode the original in full, once, for the viewer: only for an image that
+        decoded for screening; a refusal here leaves the screening result alone."""
+        decoded = (
+            self.decode(job, image, None)
+            if image["state"] == "decoded"
+            else IngestError("not decoded", detail=f"image state {image['state']}")
+        )
+        if isinstance(decoded, IngestError):
+            with self.store.write() as conn:
+                _decode_over(conn, job)
+            jobs.fail(self.store, job, f"{decoded.reason} ({decoded.detail})", job.attempts)
+            log.warning("full detail of image %s refused: %s", image["id"], decoded.reason)
+            return
+        atomic_write_bytes(
+            self.store.data_dir / full_detail_path(image["id"]),
+            preview_jpeg(decoded, FULL_DETAIL_MAX_PX),
+            self.store.tmp_dir,
+        )
+        with self.store.write() as conn:
+            _decode_over(conn, job)
+            if not jobs.complete(conn, job):
+                raise RuntimeError("lease lost while processing")
 
     def _quarantine(self, job: jobs.Job, image, exc: IngestError) -> None:
         """Pixels that cannot be read: keep the file, say why, never screen it."""
@@ -202,5 +312,12 @@ class Worker:
                 None,
             )
             audit(conn, "worker", "image.refused", f"image:{image['id']}", exc.reason)
+            _decode_over(conn, job)
             jobs.complete(conn, job)
         log.warning("image %s quarantined: %s (%s)", image["id"], exc.reason, exc.detail)
+
+
+def _decode_over(conn, job: jobs.Job) -> None:
+    """The decode finished (with pixels or a refusal): the next attempt, if any, may
+    decode in the service again."""
+    conn.execute("UPDATE jobs SET decoding_since=NULL WHERE id=?", (job.id,))

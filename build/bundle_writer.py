@@ -78,15 +78,27 @@ def _binary_table(rows: list[Mapping[str, Any]]) -> list[str]:
     return out + [""] + notes
 
 
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _router_table(rows: list[Mapping[str, Any]]) -> list[str]:
     out = []
     for r in rows:
         out += [f"**{r['set']}**" + (f" — {r['note']}" if r.get("note") else ""), "",
-                "| source | class | n | routed correctly | refused (unsure) | misrouted |",
-                "|---|---|---|---|---|---|"]
+                "| source | class | n | routed correctly (95% CI) | refused (unsure) | "
+                "misrouted |", "|---|---|---|---|---|---|"]
         for s in r["per_source"]:
-            out.append(f"| {s['source']} | {s['label']} | {s['n']} | {s['correct']:.3f} | "
-                       f"{s['refused_unsure']:.3f} | {_pct(s.get('misrouted'))} |")
+            lo, hi = wilson(s["correct"] * s["n"], s["n"])
+            out.append(f"| {s['source']} | {s['label']} | {s['n']} | {s['correct']:.3f} "
+                       f"({lo:.3f}–{hi:.3f}) | {s['refused_unsure']:.3f} | "
+                       f"{_pct(s.get('misrouted'))} |")
         out.append("")
     return out
 
@@ -123,15 +135,20 @@ def render_card(manifest: Mapping[str, Any], limitations: list[str], story: str 
               "Counts: " + ", ".join(f"{k} {val}" for k, val in v["counts"].items()), "",
               "## What this model was never shown", ""]
     lines += [f"- {item}" for item in manifest["never_shown"]]
+    binary = manifest["operating_points"]["kind"] == "binary"
+    how = ("Calibration and the threshold were fitted on out-of-fold scores only; every "
+           "other row is data that took no part in any choice. Intervals are bootstrap "
+           "95% CI (1000 resamples); for sensitivity and specificity they include "
+           "re-choosing the threshold on each resample." if binary else
+           "Its folds hold out whole sources, so every out-of-fold row is a source its "
+           "member never saw; the refusal threshold was derived from those rows and is "
+           "checked again with the threshold re-chosen without each source's fold. "
+           "Intervals are Wilson 95% CI.")
     lines += ["", "## Evaluation: in-source and out-of-source, side by side", "",
               f"The shipped model is an ensemble of {v['members']} members trained by "
-              "cross-fitting. Calibration and the threshold were fitted on out-of-fold "
-              "scores only; every other row is data that took no part in any choice. "
-              "Intervals are bootstrap 95% (1000 resamples); for sensitivity and "
-              "specificity they include re-choosing the threshold on each resample.", ""]
+              f"cross-fitting. {how}", ""]
     rows = manifest["evaluation"]
-    lines += _binary_table(rows) if manifest["operating_points"]["kind"] == "binary" \
-        else _router_table(rows)
+    lines += _binary_table(rows) if binary else _router_table(rows)
     lines += ["", f"INT8 − FP32 {v['gate_metric']} on {v['on']}: {v['int8_minus_fp32']:+.4f} "
               f"(gate: within ±{v['gate_tolerance']}).", ""]
     if story:

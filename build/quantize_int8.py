@@ -47,5 +47,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_x: np.ndarray,
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # why: TensorRT 10's ONNX parser takes only INT8/FP8/INT4 into
+            # DequantizeLinear; int32 conv biases would make every engine build fail
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "QuantizeBias": False},
         )

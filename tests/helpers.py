@@ -110,13 +110,21 @@ class Served:
             self.close()  # never leave a server behind when start-up fails
             raise
 
+    def health_request(self) -> urllib.request.Request:
+        """/healthz with the device token: the full report (without it: up or not)."""
+        headers = {}
+        token = self.data_dir / "secrets" / "api_token"
+        if token.exists() and token.read_text().strip():
+            headers["Authorization"] = f"Bearer {token.read_text().strip()}"
+        return urllib.request.Request(f"{self.url}/healthz", headers=headers)
+
     def wait_healthy(self, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited with {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                with urllib.request.urlopen(self.health_request(), timeout=2) as response:
                     return json.load(response)
             except urllib.error.HTTPError as degraded:  # up, and saying what is wrong
                 return json.load(degraded)

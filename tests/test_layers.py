@@ -33,6 +33,7 @@ FORBIDDEN = {
     "appliance.store": (*UPPER, "appliance.ingest", "appliance.inference"),
     "appliance.inference": UPPER,
     "appliance.wire": (*UPPER, "appliance.store", "appliance.ingest", "appliance.inference"),
+    "appliance.logins": (*UPPER, "appliance.store", "appliance.ingest", "appliance.inference"),
     "appliance.sync": ("appliance.hub", "appliance.web"),
     "appliance.hub": ("appliance.sync", "appliance.web", "appliance.store"),
     # Monitoring reads the store and the bundles; the page, the sender and the hub show

@@ -259,7 +259,7 @@ def test_a_tampered_bundle_leaves_the_box_running_and_says_so(tmp_path, env):
     served = Served(tmp_path / "data", env)
     try:
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(f"http://127.0.0.1:{served.port}/healthz", timeout=5)
+            urllib.request.urlopen(served.health_request(), timeout=5)
         assert caught.value.code == 503
         health = json.load(caught.value)
         assert health["status"] == "degraded"

@@ -48,11 +48,13 @@ def test_worker_decodes_and_stores_a_preview(importer, store, config, screener):
 def test_damaged_pixels_found_at_decode_are_quarantined_not_retried(
     importer, store, config, screener
 ):
-    """The header checks pass (end marker intact) but the codestream inside is garbage."""
+    """The header checks pass (SIZ and end marker intact) but the codestream inside is
+    garbage."""
     ds = pydicom.dcmread(testdata("RG1_J2KI.dcm"))
     frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
     rng = np.random.default_rng(0)
-    frame[2:-2] = rng.integers(0, 255, len(frame) - 4, dtype=np.uint8).tobytes()
+    keep = 6 + int.from_bytes(frame[4:6], "big")  # SOC + SIZ
+    frame[keep:-2] = rng.integers(0, 255, len(frame) - keep - 2, dtype=np.uint8).tobytes()
     ds.PixelData = encapsulate([bytes(frame)])
     buffer = BytesIO()
     ds.save_as(buffer)

@@ -16,6 +16,7 @@ from appliance.cli.options import (
     translate_errors,
 )
 from appliance.config import SETTINGS, load_config
+from appliance.terminal import echo
 
 
 @click.command()
@@ -83,6 +84,7 @@ def settings(data_dir, as_json) -> None:
 @click.command()
 @data_dir_option
 @json_option
+@translate_errors
 def doctor(data_dir, as_json) -> None:
     """Check the installation: backends, model bundles, data directory, disk."""
     from appliance.doctor import run_checks
@@ -96,7 +98,7 @@ def doctor(data_dir, as_json) -> None:
             click.echo(f"[{section}]")
             for item in report[section]:
                 mark = "ok " if item["ok"] else "!! "
-                click.echo(f"  {mark}{item['name']}: {item['detail']}")
+                echo(f"  {mark}{item['name']}: {item['detail']}")
         click.echo("all good" if report["ok"] else "problems found (marked !!)")
     sys.exit(0 if report["ok"] else 1)
 

@@ -9,6 +9,7 @@ import click
 
 from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
 from appliance.hub.db import HubDatabase
+from appliance.terminal import echo
 
 database_option = click.option(
     "--database-url",
@@ -40,13 +41,19 @@ def hub() -> None:
 @translate_errors
 def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None:
     """Serve the hub's device API and dashboard (put HTTPS in front of it)."""
-    from waitress import create_server
-
+    from appliance.http_server import create_server
     from appliance.hub import create_app
 
     config = configure(data_dir)
     url = database_url or config.hub_database_url
-    app = create_app(config.data_dir, url, {"HUB_TEST_WRITE_DELAY": test_write_delay})
+    app = create_app(
+        config.data_dir,
+        url,
+        {
+            "HUB_TEST_WRITE_DELAY": test_write_delay,
+            "HUB_TRUSTED_PROXIES": config.hub_trusted_proxies,
+        },
+    )
     server = create_server(
         app,
         host=host,
@@ -54,6 +61,9 @@ def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None
         threads=threads,
         ident="appliance-hub",
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+        # X-Forwarded-* reach the app, which believes them only from hub_trusted_proxies
+        # (hub/proxy.py: a list of networks, where waitress's own takes one address).
+        clear_untrusted_proxy_headers=False,
     )
     database = app.extensions["hub_database"]
     click.echo(f"hub ready: http://{host}:{port} ({database.describe()})", err=True)
@@ -96,7 +106,7 @@ def devices(data_dir, database_url, as_json) -> None:
         return
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
-        click.echo(
+        echo(
             f"{row['id']}  {row['site']}  {row['name']}  {state}  last seen "
             f"{row['last_seen_at'] or 'never'}"
         )
@@ -160,4 +170,4 @@ def import_(bundles, data_dir, database_url, receipt_to, as_json) -> None:
         return
     for path, report in zip(bundles, reports, strict=True):
         what = "already imported: nothing changed" if report["replay"] else "imported"
-        click.echo(f"{path}: {report['entries']} entries {what}")
+        echo(f"{path}: {report['entries']} entries {what}")

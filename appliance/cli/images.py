@@ -17,6 +17,7 @@ from appliance.cli.options import (
     print_json,
     translate_errors,
 )
+from appliance.terminal import echo
 
 
 @click.command()
@@ -63,7 +64,7 @@ def ingest(paths, data_dir, process, as_json) -> None:
         return
     for outcome in outcomes:
         if outcome.status in ("quarantined", "refused"):
-            click.echo(f"{outcome.status}: {outcome.name}: {outcome.reason}")
+            echo(f"{outcome.status}: {outcome.name}: {outcome.reason}")
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     click.echo(f"{sum(counts.values())} files: {summary}")
 
@@ -83,12 +84,12 @@ def studies(data_dir, limit, as_json) -> None:
         print_json(rows)
         return
     for study in rows:
-        click.echo(
+        echo(
             f"{study['last_received'][:19]}  {study['patient_id'] or '-':<16} "
             f"{study['patient_name'] or '-':<24} {len(study['images'])} image(s)"
         )
         for image in study["images"]:
-            click.echo(
+            echo(
                 f"    #{image['id']:<6} {image['modality'] or image['file_format']:<6} "
                 f"{image['body_part'] or '':<10} {image['source']:<8} {image['state']}"
                 + (
@@ -113,7 +114,7 @@ def quarantine(data_dir, as_json) -> None:
         print_json(rows)
         return
     for row in rows:
-        click.echo(
+        echo(
             f"{row['received_at'][:19]}  {row['original_name'] or row['sha256'][:12]}: "
             f"{row['reason']}"
         )
@@ -143,7 +144,7 @@ def volumes(data_dir, as_json) -> None:
         print_json(found)
         return
     for v in found:
-        click.echo(f"{v['path']}: {v['importable']} images, {len(v['other_files'])} other files")
+        echo(f"{v['path']}: {v['importable']} images, {len(v['other_files'])} other files")
 
 
 @click.command()
@@ -174,13 +175,13 @@ def screen(files, data_dir, population, as_json) -> None:
             click.echo(json.dumps(result, default=str))
             continue
         if result["route"] == "refused":
-            click.echo(f"{path}: REFUSED - {result['reason']}")
+            echo(f"{path}: REFUSED - {result['reason']}")
         elif result["needs_population"]:
-            click.echo(f"{path}: NOT SCREENED - {result['reason']}")
+            echo(f"{path}: NOT SCREENED - {result['reason']}")
         else:
             model = result["model"]
             scored_as = f"{result['population']}, " if result["population"] else ""
-            click.echo(
+            echo(
                 f"{path}: {result['route']} ({scored_as}{model['name']} {model['version']})"
                 f" score {result['score']}/100 ({result['triage']})"
                 " - decision support, not a diagnosis"
@@ -208,7 +209,7 @@ def results(data_dir, limit, as_json) -> None:
             if row["route"] != "refused"
             else f"refused: {row['reason']}"
         )
-        click.echo(
+        echo(
             f"{row['created_at'][:19]}  #{row['image_id']:<6} {row['patient_id'] or '-':<14}"
             f" {row['route']:<10} {what}"
         )

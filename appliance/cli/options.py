@@ -14,6 +14,7 @@ import click
 
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
+from appliance.terminal import printable
 
 data_dir_option = click.option(
     "--data-dir",
@@ -23,6 +24,7 @@ data_dir_option = click.option(
     envvar="APPLIANCE_DATA_DIR",
     help="The folder that holds everything the box stores.",
 )
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -32,7 +34,7 @@ def translate_errors(func):
         try:
             return func(*args, **kwargs)
         except ApplianceError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(printable(exc)) from exc
 
     return wrapper
 

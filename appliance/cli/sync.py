@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
+from appliance.terminal import echo
 
 
 @click.group(invoke_without_command=True)
@@ -63,7 +64,7 @@ def enrol(data_dir, hub_url, code, name) -> None:
     identity = Identity(hub_url.rstrip("/"), answer["device_id"], answer["site"], answer["token"])
     path = save_identity(config.data_dir, identity)
     save_settings(config, {"sync_hub_url": identity.hub_url})
-    click.echo(f"enrolled as {identity.device_id} for site {identity.site} (token in {path})")
+    echo(f"enrolled as {identity.device_id} for site {identity.site} (token in {path})")
 
 
 @sync.command()
@@ -83,14 +84,14 @@ def status(data_dir, as_json) -> None:
     if not state["hub_url"]:
         click.echo("sync not set up (no sync_hub_url): every result stays on the box")
     else:
-        click.echo(f"hub {state['hub_url']} as {state['device_id'] or 'NOT ENROLLED'}")
+        echo(f"hub {state['hub_url']} as {state['device_id'] or 'NOT ENROLLED'}")
     click.echo(
         f"results: {state['result_pending']} pending, {state['result_acked']} acknowledged;"
         f" reviews: {state['review_pending']} pending, {state['review_acked']} acknowledged"
     )
     click.echo(f"last success: {state['last_success_at'] or 'never'}")
     if state["last_error"]:
-        click.echo(f"last error: {state['last_error']}")
+        echo(f"last error: {state['last_error']}")
 
 
 @sync.command()
@@ -127,7 +128,7 @@ def receipt(receipts, data_dir, as_json) -> None:
         click.echo(json.dumps(reports, indent=2))
         return
     for report in reports:
-        click.echo(
+        echo(
             f"{report['path']}: the hub holds {report['entries']} entries "
             f"({report['acked']} newly acknowledged)"
         )

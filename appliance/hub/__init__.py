@@ -3,6 +3,7 @@
 A separate Flask app from the box's (``create_app`` factory, flaskr style): the device
 API in ``api.py``, the admin dashboard in ``dashboard.py``, storage in ``db.py`` (SQLite
 or PostgreSQL) and ``records.py``. One database connection per request, on ``g``.
+Behind a reverse proxy, ``proxy.py`` says who the client really is.
 """
 
 from __future__ import annotations
@@ -11,11 +12,42 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, g, request
+from flask.sessions import SecureCookieSessionInterface
 
+from appliance.config import SETTINGS
 from appliance.hub.db import Connection, HubDatabase
+from appliance.hub.limits import LARGEST_BODY
+from appliance.hub.proxy import TrustedProxies
 from appliance.wire.secret_files import random_secret
 
-MAX_BODY = 80 * 1024 * 1024
+DEFAULT_TRUSTED_PROXIES = next(s.default for s in SETTINGS if s.name == "hub_trusted_proxies")
+
+# The dashboard: nothing from another origin, no inline script or style, never framed.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is Secure whenever the request came over HTTPS (through a
+    trusted proxy's X-Forwarded-Proto), not only when configured so."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+
+def security_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.endpoint != "static":
+        response.headers.setdefault("Cache-Control", "no-store")  # patient-derived figures
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
 
 
 def get_db() -> Connection:
@@ -47,15 +79,19 @@ def create_app(
     app = Flask(__name__)
     app.config.update(
         HUB_DATA_DIR=str(data_dir),
+        HUB_TRUSTED_PROXIES=DEFAULT_TRUSTED_PROXIES,
         SECRET_KEY=session_key(data_dir),
-        MAX_CONTENT_LENGTH=MAX_BODY,
+        MAX_CONTENT_LENGTH=LARGEST_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
     )
     if test_config:
         app.config.update(test_config)
+    app.session_interface = SessionInterface()
+    app.wsgi_app = TrustedProxies(app.wsgi_app, app.config["HUB_TRUSTED_PROXIES"])
     app.extensions["hub_database"] = database
     app.teardown_appcontext(close_db)
+    app.after_request(security_headers)
 
     from appliance.hub import api, dashboard
 
@@ -67,6 +103,11 @@ def create_app(
             code = (exc.name or "error").lower().replace(" ", "_")
             return api.error_response(exc.code, code, exc.description or exc.name)
         return exc
+
+    images = data_dir / "images"
+    if images.is_dir():  # partial images abandoned while the hub was down
+        for device_images in images.iterdir():
+            api.remove_abandoned_parts(device_images)
 
     app.register_error_handler(api.ApiError, api.api_error)
     app.register_blueprint(api.bp)

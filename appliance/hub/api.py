@@ -1,20 +1,21 @@
 """The hub's device API (``/api/v1``): enrolment, probe, entries, images.
 
 Every error has the one JSON shape ``{"error": {"code": ..., "message": ...}}``: 400 for
-a malformed payload, 401 for an unknown token, 403 for a revoked device. A batch is
-acknowledged only after its transaction has committed.
+a malformed payload, 401 for an unknown token, 403 for a revoked device, 413 for a body
+over its endpoint's limit (``limits.py``). A batch is acknowledged only after its
+transaction has committed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import json
 import os
 import re
+import shutil
 import time
-import zlib
 from pathlib import Path
-from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -22,10 +23,19 @@ from werkzeug.exceptions import HTTPException
 from appliance.errors import EnrolmentError
 from appliance.hub import records
 from appliance.hub.db import Connection
+from appliance.hub.limits import (
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    MAX_IMAGE_BYTES,
+    MAX_PARTIAL_IMAGES,
+    PARTS_TTL_SECONDS,
+    json_body,
+    read_body,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-MAX_INFLATED = 64 * 1024 * 1024
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_KNOWN = 5000  # [id, revision] pairs per /known request
 
 
 class ApiError(Exception):
@@ -57,22 +67,6 @@ def db() -> Connection:
     return get_db()
 
 
-def json_body() -> Any:
-    raw = request.get_data(cache=False)
-    if request.headers.get("Content-Encoding", "").lower() == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            raw = inflater.decompress(raw, MAX_INFLATED)
-        except zlib.error as exc:
-            raise ApiError(400, "bad_encoding", f"the gzip body is corrupt: {exc}") from exc
-        if inflater.unconsumed_tail:
-            raise ApiError(413, "too_large", "the request inflates to more than 64 MB")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from exc
-
-
 @bp.before_request
 def authenticate():
     if request.endpoint == "api.enrol":
@@ -88,12 +82,33 @@ def authenticate():
     return None
 
 
+def _ed25519_public_key(text: str) -> bool:
+    """The box sends the raw 32-byte Ed25519 public key, base64 (wire.public_key_text)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) != 32:
+        return False
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        return False
+    return True
+
+
 @bp.post("/enrol")
 def enrol():
     body = json_body()
     fields = ("code", "name", "public_key")
     if not isinstance(body, dict) or not all(isinstance(body.get(f), str) for f in fields):
         raise ApiError(400, "bad_payload", 'expected {"code", "name", "public_key"} as text')
+    if not 1 <= len(body["code"]) <= 40 or not 1 <= len(body["name"]) <= 100:
+        raise ApiError(400, "bad_payload", "the code or the box's name is not a plausible one")
+    if not _ed25519_public_key(body["public_key"]):
+        raise ApiError(400, "bad_public_key", "public_key must be a base64 Ed25519 public key")
     try:
         enrolled = records.enrol_device(db(), body["code"], body["name"], body["public_key"])
     except EnrolmentError as exc:
@@ -130,14 +145,23 @@ def entries():
 def known():
     body = json_body()
     try:
-        keys = [(str(e), int(r)) for e, r in body["entries"]]
+        pairs = body["entries"]
+        if not isinstance(pairs, list) or len(pairs) > MAX_KNOWN:
+            raise ValueError(pairs)
+        keys = [(e, r) for e, r in pairs]
+        if not all(isinstance(e, str) and type(r) is int for e, r in keys):
+            raise ValueError(keys)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ApiError(400, "bad_payload", 'expected {"entries": [[id, rev], ...]}') from exc
+        raise ApiError(
+            400, "bad_payload", f'expected {{"entries": [[id, rev], ...]}}, at most {MAX_KNOWN}'
+        ) from exc
     acked = records.known_entries(db(), g.device["id"], keys)
     return jsonify({"acked": [list(k) for k in acked]})
 
 
 # -- images: resumable, chunked, sha256 per chunk -----------------------------------
+# Bounded per chunk (MAX_CHUNK_BYTES), per image (MAX_CHUNKS, MAX_IMAGE_BYTES) and per
+# box (MAX_PARTIAL_IMAGES); a partial image untouched for PARTS_TTL_SECONDS is deleted.
 def _image_dir(sha: str) -> Path:
     if not SHA256.match(sha):
         raise ApiError(400, "bad_sha256", "the image id must be a lower-case sha256")
@@ -146,6 +170,26 @@ def _image_dir(sha: str) -> Path:
 
 def _parts(sha: str) -> Path:
     return _image_dir(sha) / f"{sha}.parts"
+
+
+def remove_abandoned_parts(folder: Path, now: float | None = None) -> int:
+    """Delete partial images under ``folder`` (one box's, or every box's with a
+    ``*/`` pattern) untouched for PARTS_TTL_SECONDS; returns how many went."""
+    now = time.time() if now is None else now
+    removed = 0
+    for parts in folder.glob("*.parts"):
+        try:
+            if now - parts.stat().st_mtime > PARTS_TTL_SECONDS:
+                shutil.rmtree(parts)
+                removed += 1
+        except OSError:
+            pass  # another request finished or removed it meanwhile
+    return removed
+
+
+def _parts_size(parts: Path) -> int:
+    with os.scandir(parts) as entries:
+        return sum(e.stat().st_size for e in entries if e.name.isdigit())
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -164,17 +208,32 @@ def image_status(sha: str):
     held = db().one(
         "SELECT sha256 FROM images WHERE device_id = ? AND sha256 = ?", (g.device["id"], sha)
     )
-    chunks = sorted(int(p.name) for p in parts.glob("*") if p.name.isdigit()) if not held else []
+    chunks = []
+    if not held and parts.is_dir():
+        chunks = sorted(int(p.name) for p in parts.iterdir() if p.name.isdigit())
     return jsonify({"complete": held is not None, "chunks": chunks})
 
 
 @bp.put("/images/<sha>/chunks/<int:index>")
 def image_chunk(sha: str, index: int):
-    data = request.get_data(cache=False)
+    parts = _parts(sha)
+    if index >= MAX_CHUNKS:
+        raise ApiError(400, "bad_chunk", f"a chunk index must be below {MAX_CHUNKS}")
+    data = read_body(MAX_CHUNK_BYTES)
     digest = request.headers.get("X-Chunk-Sha256", "")
     if hashlib.sha256(data).hexdigest() != digest:
         raise ApiError(400, "chunk_checksum", f"chunk {index} does not match its sha256")
-    _fsync_write(_parts(sha) / str(index), data)
+    folder = parts.parent
+    remove_abandoned_parts(folder)
+    if not parts.is_dir():
+        unfinished = list(folder.glob("*.parts")) if folder.is_dir() else []
+        if len(unfinished) >= MAX_PARTIAL_IMAGES:
+            raise ApiError(
+                429, "too_many_partial_images", "finish the images already started first"
+            )
+    elif _parts_size(parts) + len(data) > MAX_IMAGE_BYTES:
+        raise ApiError(413, "image_too_large", f"an image may be at most {MAX_IMAGE_BYTES} bytes")
+    _fsync_write(parts / str(index), data)
     return jsonify({"stored": index})
 
 
@@ -182,9 +241,15 @@ def image_chunk(sha: str, index: int):
 def image_complete(sha: str):
     body = json_body()
     try:
-        size, count = int(body["size"]), int(body["chunks"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ApiError(400, "bad_payload", 'expected {"size", "chunks"}') from exc
+        size, count = body["size"], body["chunks"]
+        if type(size) is not int or type(count) is not int:
+            raise TypeError(body)
+    except (TypeError, KeyError) as exc:
+        raise ApiError(400, "bad_payload", 'expected {"size", "chunks"} as integers') from exc
+    if not 0 <= size <= MAX_IMAGE_BYTES or not 1 <= count <= MAX_CHUNKS:
+        raise ApiError(
+            400, "bad_payload", f"at most {MAX_IMAGE_BYTES} bytes in at most {MAX_CHUNKS} chunks"
+        )
     parts = _parts(sha)
     missing = [i for i in range(count) if not (parts / str(i)).exists()]
     if missing:
@@ -202,8 +267,7 @@ def image_complete(sha: str):
         os.fsync(out.fileno())
     if whole.hexdigest() != sha or tmp.stat().st_size != size:
         tmp.unlink()
-        for part in parts.glob("*"):
-            part.unlink()
+        shutil.rmtree(parts, ignore_errors=True)
         raise ApiError(400, "image_checksum", "the assembled image does not match its sha256")
     os.replace(tmp, target)
     conn = db()
@@ -213,7 +277,5 @@ def image_complete(sha: str):
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, sha256) DO NOTHING",
             (g.device["id"], sha, size, str(target), records.now()),
         )
-    for part in parts.glob("*"):
-        part.unlink()
-    parts.rmdir()
+    shutil.rmtree(parts, ignore_errors=True)
     return jsonify({"complete": True})

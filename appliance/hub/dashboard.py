@@ -1,21 +1,27 @@
 """The hub's dashboard (login required): sites, last seen, results per week, positivity
 and refusal rates, reviews pending, model versions in the field; and the programme view
 (``programme.py``): rates week by week per site, thresholds in force, calibration status
-and drift alarms."""
+and drift alarms.
+
+Logins work as on the box: a server-side session (``logins.sessions``; sign-out ends it,
+a copied cookie is then refused) and failed sign-ins counted per client before the
+password is checked (``logins.throttle``). The client is the real one behind a trusted
+proxy (``proxy.py``). Every form, sign-out included, carries a CSRF token.
+"""
 
 from __future__ import annotations
 
 import functools
 import hmac
+import math
 import secrets
-import threading
 import time
 from typing import Any
 
 from flask import (
     Blueprint,
     abort,
-    current_app,
+    g,
     redirect,
     render_template,
     request,
@@ -23,44 +29,30 @@ from flask import (
     url_for,
 )
 
+from appliance.errors import LoginThrottledError
 from appliance.hub import get_db, programme, records
+from appliance.logins import sessions, throttle
 
 bp = Blueprint("dashboard", __name__)
 
 
 IDLE_SECONDS = 30 * 60
-MAX_FAILURES = 5
-LOCK_SECONDS = 300
-_failures_lock = threading.Lock()
-
-
-def _failures() -> dict[tuple[str, str], list[float]]:
-    """Failed logins per (user name, address), kept by this app: a password guesser gets
-    five tries, then waits."""
-    return current_app.extensions.setdefault("hub_login_failures", {})
-
-
-def _locked(key: tuple[str, str]) -> bool:
-    now = time.monotonic()
-    with _failures_lock:
-        failures = _failures()
-        recent = [t for t in failures.get(key, []) if now - t < LOCK_SECONDS]
-        failures[key] = recent
-        return len(recent) >= MAX_FAILURES
-
-
-def _failed(key: tuple[str, str]) -> None:
-    with _failures_lock:
-        _failures().setdefault(key, []).append(time.monotonic())
 
 
 def login_required(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        if not session.get("admin") or time.time() - session.get("seen", 0) > IDLE_SECONDS:
+        token = session.get("sid")
+        conn = get_db()
+        now = time.time()
+        found = sessions.find(conn, token, IDLE_SECONDS, now) if token else None
+        if found is None:
             session.clear()
-            return redirect(url_for("dashboard.login", next=request.path))
-        session["seen"] = time.time()
+            return redirect(url_for("dashboard.login"))
+        if sessions.needs_touch(found, now):
+            with conn.transaction():
+                sessions.touch(conn, token, now)
+        g.admin = found["subject"]
         return view(*args, **kwargs)
 
     return wrapped
@@ -72,29 +64,60 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
+def check_csrf() -> None:
+    given = request.form.get("csrf_token", "")
+    if not hmac.compare_digest(given.encode(), csrf_token().encode()):
+        abort(400)
+
+
+def _sign_in(username: str, password: str) -> tuple[str | None, float]:
+    """(session id, 0) on success, (None, 0) for a wrong name or password, or
+    (None, seconds to wait) when this client may not try now (nothing checked)."""
+    conn = get_db()
+    counters = throttle.keys(username, request.remote_addr or "")
+    try:
+        with conn.transaction():
+            throttle.reserve(conn, counters, time.time())
+    except LoginThrottledError as exc:
+        return None, exc.retry_after
+    if not records.check_admin(conn, username, password):
+        return None, 0.0
+    now = time.time()
+    with conn.transaction():
+        throttle.succeeded(conn, counters)
+        sessions.purge(conn, IDLE_SECONDS, now)
+        token = sessions.create(conn, username, now)
+    return token, 0.0
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    error = None
-    if request.method == "POST":
-        if not hmac.compare_digest(request.form.get("csrf_token", ""), csrf_token()):
-            abort(400)
-        username = request.form.get("username", "")
-        key = (username.lower(), request.remote_addr or "")
-        if _locked(key):
-            error = "Too many wrong passwords: try again in 5 minutes."
-            return render_template("hub/login.html", error=error, csrf=csrf_token()), 429
-        if records.check_admin(get_db(), username, request.form.get("password", "")):
-            session.clear()
-            session["admin"] = username
-            session["seen"] = time.time()
-            return redirect(url_for("dashboard.index"))
-        _failed(key)
-        error = "Wrong user name or password."
-    return render_template("hub/login.html", error=error, csrf=csrf_token())
+    if request.method == "GET":
+        return render_template("hub/login.html", error=None, csrf=csrf_token())
+    check_csrf()
+    token, wait = _sign_in(request.form.get("username", ""), request.form.get("password", ""))
+    if token is not None:
+        session.clear()
+        session["sid"] = token
+        return redirect(url_for("dashboard.index"))
+    if wait:
+        minutes = max(1, math.ceil(wait / 60))
+        error = f"Too many wrong passwords: try again in {minutes} minute{'s' * (minutes != 1)}."
+        page = render_template("hub/login.html", error=error, csrf=csrf_token())
+        return page, 429, {"Retry-After": str(math.ceil(wait))}
+    error = "Wrong user name or password."
+    return render_template("hub/login.html", error=error, csrf=csrf_token()), 401
 
 
 @bp.post("/logout")
 def logout():
+    """Ends the session on the hub, not only in this browser."""
+    check_csrf()
+    token = session.get("sid")
+    if token:
+        conn = get_db()
+        with conn.transaction():
+            sessions.end(conn, token)
     session.clear()
     return redirect(url_for("dashboard.login"))
 

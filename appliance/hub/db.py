@@ -65,17 +65,45 @@ SCHEMA: tuple[str, ...] = (
         completed_at TEXT NOT NULL,
         PRIMARY KEY (device_id, sha256)
     )""",
+    # Superseded by bundle_imports (a bundle id is one box's, not the hub's: another box
+    # must not be able to take it); kept so an older hub's rows carry over.
     """CREATE TABLE IF NOT EXISTS imports (
         bundle_id TEXT PRIMARY KEY,
         device_id TEXT NOT NULL REFERENCES devices(id),
         entries INTEGER NOT NULL,
         imported_at TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS bundle_imports (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        bundle_id TEXT NOT NULL,
+        entries INTEGER NOT NULL,
+        imported_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, bundle_id)
+    )""",
+    """INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)
+        SELECT device_id, bundle_id, entries, imported_at FROM imports WHERE true
+        ON CONFLICT (device_id, bundle_id) DO NOTHING""",
     """CREATE TABLE IF NOT EXISTS admins (
         username TEXT PRIMARY KEY,
         password_hash TEXT NOT NULL,
         created_at TEXT NOT NULL
     )""",
+    # Dashboard logins (appliance.logins.sessions) and failed-login counters
+    # (appliance.logins.throttle): the same tables as on the box.
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id_hash TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_subject ON sessions(subject)",
+    """CREATE TABLE IF NOT EXISTS login_throttle (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        blocked_until DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
 )
 
 

@@ -7,6 +7,7 @@ only when it is higher than the one held, so resending anything is a no-op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -19,10 +20,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
 from appliance.hub.db import Connection, HubDatabase
+from appliance.logins import sessions
 from appliance.wire.bundle import read_bundle, verify_bundle
 from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
+MAX_REVISION = 2**63 - 1  # a BIGINT / SQLite INTEGER; more overflowed into a 500
 ENTRY_KINDS = ("result", "review", "outcome", "monitor")
 
 
@@ -160,7 +163,7 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
             and isinstance(entry.get("id"), str)
             and 0 < len(entry["id"]) <= 200
             and type(entry.get("rev")) is int
-            and entry["rev"] >= 1
+            and 1 <= entry["rev"] <= MAX_REVISION
             and entry.get("kind") in ENTRY_KINDS
             and isinstance(entry.get("data"), dict)
         )
@@ -202,8 +205,11 @@ def known_entries(
 def import_bundle(db: HubDatabase, path: Path, receipt_to: Path | None = None) -> dict[str, Any]:
     """Verify and store a data-mule bundle; importing the same bundle again is a no-op.
 
-    With ``receipt_to``, also write the receipt a never-connected box reads to learn
-    what the hub now holds (written for a replay too: the hub holds it all the same)."""
+    A bundle is known by its box and its id together: another box cannot claim an id
+    and make the hub skip the real bundle. With ``receipt_to``, also write the receipt
+    a never-connected box reads to learn what the hub now holds — the entries the hub's
+    own table holds at that revision or later, never merely what the bundle listed
+    (written for a replay too: the hub holds it all the same)."""
     report = _import_bundle(db, path)
     if receipt_to is not None:
         report["receipt"] = str(
@@ -238,21 +244,24 @@ def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
         report = {
             "bundle_id": body["bundle_id"],
             "entries": len(entries),
-            "replay": True,
             "device_id": device_id,
             "token_hash": device["token_hash"],
-            "keys": [(e["id"], e["rev"]) for e in entries],
         }
+        keys = [(e["id"], e["rev"]) for e in entries]
         with conn.transaction():
-            if conn.one("SELECT bundle_id FROM imports WHERE bundle_id = ?", (body["bundle_id"],)):
-                return report
-            store_entries(conn, device_id, entries)
-            conn.execute(
-                "INSERT INTO imports (bundle_id, device_id, entries, imported_at)"
-                " VALUES (?, ?, ?, ?)",
-                (body["bundle_id"], device_id, len(entries), now()),
+            replay = conn.one(
+                "SELECT bundle_id FROM bundle_imports WHERE device_id = ? AND bundle_id = ?",
+                (device_id, body["bundle_id"]),
             )
-        return {**report, "replay": False}
+            if not replay:
+                store_entries(conn, device_id, entries)
+                conn.execute(
+                    "INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (device_id, body["bundle_id"], len(entries), now()),
+                )
+            held = known_entries(conn, device_id, keys)
+        return {**report, "replay": bool(replay), "keys": held}
     finally:
         conn.close()
 
@@ -267,8 +276,16 @@ def set_admin(conn: Connection, username: str, password: str) -> None:
             " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash",
             (username, generate_password_hash(password), now()),
         )
+        sessions.end_all(conn, username)  # a new password logs the old sessions out
+
+
+@functools.cache
+def _no_such_admin_hash() -> str:
+    return generate_password_hash("no such admin")
 
 
 def check_admin(conn: Connection, username: str, password: str) -> bool:
     row = conn.one("SELECT password_hash FROM admins WHERE username = ?", (username,))
-    return row is not None and check_password_hash(row["password_hash"], password)
+    # The same hashing time whether or not the name exists: no user-name oracle.
+    stored = row["password_hash"] if row else _no_such_admin_hash()
+    return check_password_hash(stored, password) and row is not None

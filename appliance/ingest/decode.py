@@ -11,20 +11,23 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from appliance.errors import DecodeError, IngestError, UnsupportedFileError
 from appliance.ingest import raster
 from appliance.ingest.dicom import DAMAGED, check_image_dataset, read_dicom, transfer_syntax
+from appliance.ingest.headers import ImageLimits
 from appliance.ingest.j2k import J2K_SYNTAXES, decode_reduced
 from appliance.ingest.sniff import NOT_AN_IMAGE, sniff
 
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_LIMITS = ImageLimits()
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +63,60 @@ class DecodedImage:
         }
 
 
-def decode_bytes(
-    raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+def decode_file(
+    path: Path, limits: ImageLimits | int = DEFAULT_LIMITS, max_side: int | None = None
 ) -> DecodedImage:
-    """Decode a stored file. ``max_side``: the caller needs no more than about this many
-    pixels on the longest side, so a JPEG 2000 image may be decoded at reduced
-    resolution (the screening path and the preview); None decodes in full."""
+    """``decode_bytes`` for a file on disk, holding less in memory: a DICOM file's
+    pixel data is read by the decoder straight from the file, one frame of it, instead
+    of the whole file first and a copy of its pixel data next."""
+    path, limits = Path(path), ImageLimits.of(limits)
+    with open(path, "rb") as fh:
+        kind = sniff(fh.read(512))
+    if kind != "dicom":
+        return decode_bytes(path.read_bytes(), limits, max_side)
+    ds = read_dicom(path, limits.max_bytes)  # the pixel data stays on disk
+    try:
+        check_image_dataset(ds, limits)
+        return decode_dataset(ds, max_side, path)
+    except (IngestError, MemoryError):  # out of memory is no fault of the file
+        raise
+    except Exception as exc:  # a malformed value pydicom accepted but we cannot use
+        raise DecodeError(DAMAGED, detail=f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_bytes(
+    raw: bytes, limits: ImageLimits | int = DEFAULT_LIMITS, max_side: int | None = None
+) -> DecodedImage:
+    """Decode a stored file. ``limits``: ``ImageLimits``, or just ``max_image_pixels``.
+    ``max_side``: the caller needs no more than about this many pixels on the longest
+    side, so a JPEG 2000 image may be decoded at reduced resolution (the screening path
+    and the preview); None decodes in full.
+
+    The header checks of the doors run again first: a file stored by an older version,
+    or before a limit was lowered, is refused here rather than decoded."""
+    limits = ImageLimits.of(limits)
     kind = sniff(raw[:512])
     if kind == "dicom":
-        ds = read_dicom(raw)
+        ds = read_dicom(raw, limits.max_bytes)
         try:
-            check_image_dataset(ds, max_pixels)
+            check_image_dataset(ds, limits)
             return decode_dataset(ds, max_side)
-        except IngestError:
+        except (IngestError, MemoryError):  # out of memory is no fault of the file
             raise
         except Exception as exc:  # a malformed value pydicom accepted but we cannot use
             raise DecodeError(DAMAGED, detail=f"{type(exc).__name__}: {exc}") from exc
     if kind in ("jpeg", "png", "tiff"):
-        raster.check_raster(raw, kind, max_pixels)
-        pixels, colour = raster.decode_raster(raw, max_pixels)
+        raster.check_raster(raw, kind, limits)
+        pixels, colour = raster.decode_raster(raw, limits.max_pixels)
         return DecodedImage(pixels, colour, kind, photometric="RGB" if colour else "MONOCHROME2")
     raise UnsupportedFileError(NOT_AN_IMAGE.get(kind, NOT_AN_IMAGE["unknown"]))
 
 
-def decode_dataset(ds: Dataset, max_side: int | None = None) -> DecodedImage:
+def decode_dataset(
+    ds: Dataset, max_side: int | None = None, path: Path | None = None
+) -> DecodedImage:
+    """Pixels of ``ds``; given the ``path`` it was read from, the decoder reads the one
+    frame it needs from the file (a deflated file is the exception: read in memory)."""
     frames = int(ds.get("NumberOfFrames") or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     tsyntax = transfer_syntax(ds)
@@ -106,10 +139,18 @@ def decode_dataset(ds: Dataset, max_side: int | None = None) -> DecodedImage:
         # readable headers) are logged, so the result does not depend on warning filters.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            arr = pixel_array(ds, index=0 if frames > 1 else None)
+            index = 0 if frames > 1 else None
+            if path is not None and tsyntax != DeflatedExplicitVRLittleEndian:
+                arr = pixel_array(str(path), index=index)
+            else:
+                arr = pixel_array(ds, index=index)
         for warning in caught:
             log.debug("decoder warning: %s", warning.message)
-    except Exception as exc:  # every decoder plugin raises its own types
+    except (MemoryError, KeyboardInterrupt, SystemExit):
+        raise
+    # Every decoder plugin raises its own types; pylibjpeg-rle, in Rust, panics on some
+    # damaged streams with pyo3's PanicException, which is no Exception subclass.
+    except BaseException as exc:
         raise DecodeError(
             "The image data is damaged and cannot be decoded.",
             detail=f"{type(exc).__name__}: {exc}",

@@ -19,6 +19,8 @@ from appliance.ingest.importer import Importer
 
 log = logging.getLogger(__name__)
 
+LINK_OUT_OF_FOLDER = "This is a link to a file outside the watched folder; it was not read."
+
 
 class HotFolder:
     def __init__(self, importer: Importer, folder: Path, stop: threading.Event) -> None:
@@ -51,7 +53,7 @@ class HotFolder:
         files = self._files()
         for path in files:
             try:
-                st = path.stat()
+                st = path.lstat()  # a link is judged when it is opened, not followed here
             except FileNotFoundError:
                 continue
             key = (st.st_size, st.st_mtime_ns)
@@ -63,7 +65,10 @@ class HotFolder:
             if now - since < self.settle:
                 continue
             try:
-                outcome = self.importer.import_path(path, source="folder")
+                # A FIFO, a device or a link out of the folder is refused, never read.
+                outcome = self.importer.import_path(
+                    path, source="folder", within=self.folder, outside_reason=LINK_OUT_OF_FOLDER
+                )
             except StorageFullError:
                 log.error("disk full: %s stays in the hot folder", path)
                 break
@@ -90,7 +95,7 @@ class HotFolder:
 
 def _signature(path: Path) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = path.lstat()
     except FileNotFoundError:
         return None
     return st.st_size, st.st_mtime_ns

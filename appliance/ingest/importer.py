@@ -1,30 +1,32 @@
 """The one path every image takes into the store, whatever device it came from.
 
-check (cheap, no pixel decode) -> deduplicate -> write the original atomically ->
-record image + screening job + audit line in one transaction. A file that fails the
-check is kept in quarantine with a plain-language reason. Only after the transaction has
-committed does the caller acknowledge (DICOM success, HTTP 201, "imported" on screen).
+spool (copy into the data dir's tmp/ while hashing, stopping at ``upload_max_mb``) ->
+check (headers only, no pixel decode) -> deduplicate -> rename the spooled copy into
+place -> record image + screening job + audit line in one transaction. A file that fails
+the check is kept in quarantine with a plain-language reason. Only after the transaction
+has committed does the caller acknowledge (DICOM success, HTTP 201, "imported" on
+screen). Nothing is held in memory but a chunk: the checks read headers from the copy.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.config import Config
 from appliance.errors import DecodeError, IngestError, StoreError
 from appliance.ingest import raster
 from appliance.ingest.dicom import DAMAGED, check_image_dataset, dicom_record, read_dicom
-from appliance.ingest.sniff import IMAGE_KINDS, NOT_AN_IMAGE, sniff
+from appliance.ingest.headers import ImageLimits
+from appliance.ingest.sniff import HEADER_BYTES, IMAGE_KINDS, NOT_AN_IMAGE, sniff
+from appliance.ingest.sources import open_regular, read_limited, too_large
 from appliance.store.db import Store
-from appliance.store.files import (
-    atomic_write_bytes,
-    clear_tmp,
-    ensure_free_space,
-    sha256_bytes,
-)
+from appliance.store.files import clear_tmp, ensure_free_space, move_into_place, write_chunks
 from appliance.store.images import (
     ImageRecord,
     find_duplicate,
@@ -52,30 +54,62 @@ class ImportOutcome:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Spooled:
+    """A received file, copied whole into the data dir's tmp/ (not yet fsynced)."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
 class Importer:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config
 
-    def import_path(self, path: Path, *, source: str, source_detail: str = "") -> ImportOutcome:
-        """Import one file; the file itself is only ever read (USB sticks stay untouched)."""
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits.from_config(self.config)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.limits.max_bytes
+
+    def import_path(
+        self,
+        path: Path,
+        *,
+        source: str,
+        source_detail: str = "",
+        within: Path | None = None,
+        outside_reason: str = "",
+    ) -> ImportOutcome:
+        """Import one file; the file itself is only ever read (USB sticks stay untouched).
+
+        ``within``: the volume or folder the file was found in; a link leaving it is
+        refused with ``outside_reason``. FIFOs, devices and folders are refused, and a
+        file is read no further than ``upload_max_mb``.
+        """
         path = Path(path)
         try:
-            size = path.stat().st_size
-            if size > self.config.upload_max_mb * 1024 * 1024:
-                raise IngestError(
-                    f"The file is {size // (1024 * 1024)} MB, larger than the "
-                    f"{self.config.upload_max_mb} MB limit for one image."
-                )
-            raw = path.read_bytes()
+            with open_regular(path, within, outside_reason) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > self.max_bytes:
+                    raise too_large(self.max_bytes, size)
+                ensure_free_space(self.store.data_dir, size, self.config.min_free_mb)
+                spooled = self.spool(fh)
         except IngestError as exc:
             return self.refuse_in_place(path, exc.reason, source, source_detail)
         except OSError as exc:
             return self.refuse_in_place(
                 path, f"The file could not be read ({exc.strerror or exc}).", source, source_detail
             )
-        return self.import_bytes(
-            raw, source=source, source_detail=source_detail or str(path), original_name=path.name
+        return self.import_spooled(
+            spooled,
+            source=source,
+            source_detail=source_detail or str(path),
+            original_name=path.name,
         )
 
     def import_bytes(
@@ -87,65 +121,116 @@ class Importer:
         original_name: str = "",
         priority: int = PRIORITY_NORMAL,
     ) -> ImportOutcome:
-        sha = sha256_bytes(raw)
-        kind = sniff(raw[:512])
+        ensure_free_space(self.store.data_dir, len(raw), self.config.min_free_mb)
+        return self.import_stream(
+            io.BytesIO(raw),
+            source=source,
+            source_detail=source_detail,
+            original_name=original_name,
+            priority=priority,
+        )
+
+    def import_stream(
+        self,
+        stream: BinaryIO,
+        *,
+        source: str,
+        source_detail: str = "",
+        original_name: str = "",
+        priority: int = PRIORITY_NORMAL,
+    ) -> ImportOutcome:
+        """Spool ``stream`` and import it; ``FileTooLargeError`` past ``upload_max_mb``."""
+        return self.import_spooled(
+            self.spool(stream),
+            source=source,
+            source_detail=source_detail,
+            original_name=original_name,
+            priority=priority,
+        )
+
+    def spool(self, stream: BinaryIO) -> Spooled:
+        """Copy ``stream`` into tmp/ while hashing it, refusing it past ``upload_max_mb``."""
+        return Spooled(*write_chunks(read_limited(stream, self.max_bytes), self.store.tmp_dir))
+
+    def import_spooled(
+        self,
+        spooled: Spooled,
+        *,
+        source: str,
+        source_detail: str = "",
+        original_name: str = "",
+        priority: int = PRIORITY_NORMAL,
+    ) -> ImportOutcome:
+        try:
+            return self._import_spooled(spooled, source, source_detail, original_name, priority)
+        finally:
+            spooled.path.unlink(missing_ok=True)  # gone already once renamed into place
+
+    def _import_spooled(
+        self, spooled: Spooled, source: str, source_detail: str, name: str, priority: int
+    ) -> ImportOutcome:
+        with open(spooled.path, "rb") as fh:
+            kind = sniff(fh.read(HEADER_BYTES))
+        sha = spooled.sha256
         try:
             try:
-                record = self._describe(raw, kind, sha, source, source_detail, original_name)
+                record = self._describe(spooled, kind, source, source_detail, name)
             except IngestError:
                 raise
             except Exception as exc:  # a malformed value pydicom accepted but we cannot use
                 raise DecodeError(DAMAGED, detail=f"{type(exc).__name__}: {exc}") from exc
         except IngestError as exc:
-            return self._quarantine(raw, sha, kind, exc, source, source_detail, original_name)
+            return self._quarantine(spooled, kind, exc, source, source_detail, name)
 
         conn = self.store.conn()
         duplicate = find_duplicate(conn, record.sop_instance_uid, sha)
         if duplicate is not None:
-            return ImportOutcome("duplicate", original_name, image_id=duplicate)
+            return ImportOutcome("duplicate", name, image_id=duplicate)
 
-        ensure_free_space(self.store.data_dir, len(raw), self.config.min_free_mb)
         relative = Path("images") / sha[:2] / f"{sha}{EXTENSIONS[kind]}"
-        atomic_write_bytes(self.store.data_dir / relative, raw, self.store.tmp_dir)
+        self._keep(spooled, relative)
         try:
             with self.store.write() as conn:
                 duplicate = find_duplicate(conn, record.sop_instance_uid, sha)
                 if duplicate is not None:  # another sender won the race
-                    return ImportOutcome("duplicate", original_name, image_id=duplicate)
+                    return ImportOutcome("duplicate", name, image_id=duplicate)
                 image_id = insert_image(conn, record, str(relative), priority)
         except sqlite3.Error as exc:
-            raise StoreError(f"could not record {original_name or sha[:12]}: {exc}") from exc
+            raise StoreError(f"could not record {name or sha[:12]}: {exc}") from exc
         self.store.jobs_waiting.set()
         log.info("stored image %s from %s (%s)", image_id, source, source_detail)
-        return ImportOutcome("stored", original_name, image_id=image_id)
+        return ImportOutcome("stored", name, image_id=image_id)
+
+    def _keep(self, spooled: Spooled, relative: Path) -> None:
+        move_into_place(spooled.path, self.store.data_dir / relative)
 
     def _describe(
-        self, raw: bytes, kind: str, sha: str, source: str, source_detail: str, name: str
+        self, spooled: Spooled, kind: str, source: str, source_detail: str, name: str
     ) -> ImageRecord:
-        max_pixels = self.config.max_image_pixels
+        limits = self.limits
         if kind == "dicom":
-            ds = read_dicom(raw)
-            check_image_dataset(ds, max_pixels)
+            ds = read_dicom(spooled.path, limits.max_bytes)
+            check_image_dataset(ds, limits)
             return dicom_record(
                 ds,
-                sha256=sha,
-                size_bytes=len(raw),
+                sha256=spooled.sha256,
+                size_bytes=spooled.size,
                 source=source,
                 source_detail=source_detail,
                 original_name=name,
             )
         if kind in IMAGE_KINDS:
-            size = raster.check_raster(raw, kind, max_pixels)
-            width, height = size if size else (None, None)
+            with open(spooled.path, "rb") as fh:
+                width, height = raster.check_raster(fh, kind, limits)
             return ImageRecord(
-                sha256=sha,
-                size_bytes=len(raw),
+                sha256=spooled.sha256,
+                size_bytes=spooled.size,
                 file_format=kind,
                 source=source,
                 source_detail=source_detail,
                 original_name=name,
                 # A photo has no study: give it its own, stable for the same bytes.
-                study_instance_uid=f"2.25.{int(sha[:30], 16)}",
+                study_instance_uid=f"2.25.{int(spooled.sha256[:30], 16)}",
                 rows=height,
                 columns=width,
                 frames=1,
@@ -154,8 +239,7 @@ class Importer:
 
     def _quarantine(
         self,
-        raw: bytes,
-        sha: str,
+        spooled: Spooled,
         kind: str,
         exc: IngestError,
         source: str,
@@ -163,26 +247,29 @@ class Importer:
         name: str,
     ) -> ImportOutcome:
         conn = self.store.conn()
-        existing = quarantined_sha(conn, sha)
+        existing = quarantined_sha(conn, spooled.sha256)
         if existing is not None:
             return ImportOutcome("quarantined", name, quarantine_id=existing, reason=exc.reason)
-        ensure_free_space(self.store.data_dir, len(raw), self.config.min_free_mb)
-        relative = Path("quarantine") / f"{sha}{EXTENSIONS.get(kind, '.bin')}"
-        atomic_write_bytes(self.store.data_dir / relative, raw, self.store.tmp_dir)
+        relative = Path("quarantine") / f"{spooled.sha256}{EXTENSIONS.get(kind, '.bin')}"
+        self._keep(spooled, relative)
         with self.store.write() as conn:
             qid = insert_quarantine(
                 conn,
-                sha256=sha,
+                sha256=spooled.sha256,
                 reason=exc.reason,
                 detail=exc.detail,
                 source=source,
                 source_detail=source_detail,
                 original_name=name,
                 stored_path=str(relative),
-                size_bytes=len(raw),
+                size_bytes=spooled.size,
             )
         log.warning(
-            "quarantined %s from %s: %s (%s)", name or sha[:12], source, exc.reason, exc.detail
+            "quarantined %s from %s: %s (%s)",
+            name or spooled.sha256[:12],
+            source,
+            exc.reason,
+            exc.detail,
         )
         return ImportOutcome("quarantined", name, quarantine_id=qid, reason=exc.reason)
 
@@ -192,30 +279,38 @@ class Importer:
         """Record a file that is not taken in (too big, unreadable, not an image on a
         stick): where it is and why, so the nurse sees it in the quarantine list. Nothing
         is copied; the file stays where it is."""
+        return self.record_refusal(
+            path.name, reason, source, source_detail or str(path), _size(path)
+        )
+
+    def record_refusal(
+        self, name: str, reason: str, source: str, source_detail: str, size: int
+    ) -> ImportOutcome:
+        """A quarantine row without a kept copy (also a DICOM transfer stopped early)."""
         with self.store.write() as conn:
             existing = conn.execute(
                 "SELECT id FROM quarantine WHERE sha256='' AND source_detail=? AND reason=?",
-                (source_detail or str(path), reason),
+                (source_detail, reason),
             ).fetchone()
             if existing is not None:  # the same stick again: one row is enough
-                return ImportOutcome("refused", path.name, quarantine_id=existing[0], reason=reason)
+                return ImportOutcome("refused", name, quarantine_id=existing[0], reason=reason)
             qid = insert_quarantine(
                 conn,
                 sha256="",
                 reason=reason,
                 detail=None,
                 source=source,
-                source_detail=source_detail or str(path),
-                original_name=path.name,
+                source_detail=source_detail,
+                original_name=name,
                 stored_path="",
-                size_bytes=_size(path),
+                size_bytes=size,
             )
-        return ImportOutcome("refused", path.name, quarantine_id=qid, reason=reason)
+        return ImportOutcome("refused", name, quarantine_id=qid, reason=reason)
 
 
 def _size(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size
     except OSError:
         return 0
 
@@ -232,13 +327,10 @@ def recover(store: Store, config: Config) -> dict[str, int]:
     recovered = 0
     for path in store.images_dir.glob("*/*"):
         if path.stem not in known:
-            outcome = importer.import_bytes(
-                path.read_bytes(),
-                source="recovered",
-                source_detail=str(path),
-                original_name=path.name,
-            )
+            outcome = importer.import_path(path, source="recovered", source_detail=str(path))
             recovered += outcome.status == "stored"
-            if outcome.status == "duplicate":  # same SOP instance held under other bytes
+            # The same SOP instance held under other bytes, or a file stored before the
+            # checks of today refuse it (its copy is in quarantine/ now).
+            if outcome.status in ("duplicate", "quarantined"):
                 path.unlink(missing_ok=True)
     return {"temp_files_removed": removed, "files_recovered": recovered}

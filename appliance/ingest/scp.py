@@ -2,12 +2,21 @@
 
 Handlers return DICOM status codes and never raise into pynetdicom's network layer:
 0x0000 only after the file is on disk (fsynced) and recorded in the database, 0xA700
-when the disk is full, 0xC210 when the dataset cannot be understood (kept in quarantine).
+when the disk is full or the dataset is over ``upload_max_mb``, 0xC210 when the dataset
+cannot be understood (kept in quarantine).
+
+A received dataset is streamed to a file as it arrives (pynetdicom's chunked receive),
+then copied into the store by the importer: no image is ever held in memory whole. A
+transfer that grows past ``upload_max_mb`` is aborted as soon as it does, not stored
+and then refused. Connections pass dicom_gate.py's limits before pynetdicom sees them.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
+import threading
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import (
@@ -24,7 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pydicom.uid import JPEGLossless as JPEGLosslessP14
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -38,8 +47,11 @@ from pynetdicom.sop_class import (
     VLPhotographicImageStorage,
 )
 
-from appliance.errors import StorageFullError
+from appliance.errors import FileTooLargeError, StorageFullError
+from appliance.ingest.dicom_gate import Gate, GatedServer, Limits
 from appliance.ingest.importer import Importer
+from appliance.ingest.sources import too_large
+from appliance.store.files import ensure_free_space
 from appliance.store.jobs import PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_URGENT
 
 log = logging.getLogger(__name__)
@@ -96,21 +108,43 @@ class StoreSCP:
         port: int,
         host: str = "0.0.0.0",
         allowed_aets: list[str] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.importer = importer
         self.address = (host, port)
+        self.limits = limits or Limits()
+        self.gate = Gate(self.limits, allowed_aets)
         self.ae = AE(ae_title=ae_title)
         self.ae.require_called_aet = True
         if allowed_aets:
             self.ae.require_calling_aet = list(allowed_aets)
+        # The gate enforces the real limits; pynetdicom's own count must not be lower.
+        self.ae.maximum_associations = self.limits.max_associations + len(self.gate.allowed)
+        self.ae.network_timeout = self.limits.network_timeout
         self.ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self.server: Any = None
+        # Bytes of the dataset now arriving, per association (only its DUL thread writes).
+        self._receiving: dict[Any, int] = {}
 
     def start(self) -> None:
-        handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo)]
-        self.server = self.ae.start_server(self.address, block=False, evt_handlers=handlers)
+        # Process-wide in pynetdicom: datasets go to a temporary file as they arrive
+        # (event.dataset_path), not into a BytesIO; this process is the only SCP.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        handlers = [
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_DATA_RECV, self.on_data),
+            (evt.EVT_CONN_CLOSE, self.on_close),
+        ]
+        self.server = self.ae.make_server(
+            self.address, evt_handlers=handlers, server_class=GatedServer, gate=self.gate
+        )
+        thread = threading.Thread(
+            target=self.server.serve_forever, name="dicom-listener", daemon=True
+        )
+        thread.start()
         log.info("DICOM listener %s on %s:%s", self.ae.ae_title, *self.address)
 
     @property
@@ -125,17 +159,74 @@ class StoreSCP:
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def on_data(self, event: evt.Event) -> None:
+        """Count the dataset bytes of each P-DATA-TF as it arrives; past the limit, abort
+        the association (nothing more is written) and say so in the quarantine list."""
+        data = event.data
+        if data[:1] != b"\x04":  # only P-DATA-TF carries datasets
+            return
+        received = self._receiving.get(event.assoc, 0)
+        pos = 6
+        while pos + 6 <= len(data):  # PDV items: length, context id, control header
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            control = data[pos + 5]
+            if control & 1:  # a command fragment: a new message starts, its dataset after
+                received = 0
+            else:
+                received += max(0, length - 2)
+            pos += 4 + length
+        self._receiving[event.assoc] = received
+        limit = self.importer.max_bytes
+        if received > limit:
+            self._refuse_oversized(event.assoc, limit)
+
+    def _refuse_oversized(self, assoc: Any, limit: int) -> None:
+        self._receiving[assoc] = -(1 << 62)  # refused once: what still arrives is ignored
+        sender = f"{assoc.requestor.ae_title}@{assoc.requestor.address}"
+        message = getattr(assoc.dimse, "message", None)
+        command = getattr(message, "command_set", None)
+        instance = str(getattr(command, "AffectedSOPInstanceUID", "") or "")
+        reason = too_large(limit).reason
+        log.error("C-STORE of %s from %s aborted: %s", instance or "?", sender, reason)
+        try:
+            self.importer.record_refusal(
+                instance, reason, "dicom", f"{sender} {instance}".strip(), limit
+            )
+        except Exception:  # the refusal stands even if it cannot be noted
+            log.exception("could not record the refused C-STORE from %s", sender)
+        # From the network thread itself: queue the A-ABORT, never wait for it here.
+        assoc.abort(block=False)
+
+    def on_close(self, event: evt.Event) -> None:
+        """Drop what was received of a dataset the association never finished (an
+        abort, a sender that went away): pynetdicom leaves its temporary file behind."""
+        self._receiving.pop(event.assoc, None)
+        message = getattr(event.assoc.dimse, "message", None)
+        spool = getattr(message, "_data_set_file", None)
+        if spool is not None:
+            spool.close()
+            Path(spool.name).unlink(missing_ok=True)
+
     def on_store(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor
         sender = f"{requestor.ae_title}@{requestor.address}"
+        importer = self.importer
         try:
-            raw = event.encoded_dataset(include_meta=True)
+            received = Path(event.dataset_path)
+            ensure_free_space(
+                importer.store.data_dir, received.stat().st_size, importer.config.min_free_mb
+            )
+            with open(received, "rb") as fh:
+                spooled = importer.spool(fh)
+        except (StorageFullError, FileTooLargeError) as exc:
+            log.error("C-STORE from %s refused: %s", sender, exc)
+            return OUT_OF_RESOURCES
         except Exception:
             log.exception("C-STORE from %s: dataset could not be read", sender)
             return CANNOT_UNDERSTAND
         try:
-            outcome = self.importer.import_bytes(
-                raw, source="dicom", source_detail=sender, priority=_priority(event)
+            outcome = importer.import_spooled(
+                spooled, source="dicom", source_detail=sender, priority=_priority(event)
             )
         except StorageFullError as exc:
             log.error("C-STORE from %s refused: %s", sender, exc)

@@ -28,7 +28,7 @@ def sniff(header: bytes) -> str:
         return "jpeg"
     if header.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
-    if header[:4] in (b"II*\x00", b"MM\x00*"):
+    if header[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "tiff"
     if header.startswith(b"%PDF"):
         return "pdf"
@@ -61,6 +61,10 @@ def _looks_like_text(header: bytes) -> bool:
     return all(ch >= 0x20 or ch in b"\t\r\n" for ch in header)
 
 
-def sniff_file(path: Path) -> str:
-    with open(path, "rb") as fh:
+def sniff_file(path: Path, within: Path | None = None, outside_reason: str = "") -> str:
+    """What a file is, from its first bytes; ``IngestError`` for a FIFO, a device or a
+    link leaving ``within`` (see sources.open_regular), which are never read."""
+    from appliance.ingest.sources import open_regular
+
+    with open_regular(path, within, outside_reason) as fh:
         return sniff(fh.read(HEADER_BYTES))

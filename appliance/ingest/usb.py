@@ -14,13 +14,15 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
 
-from appliance.errors import StorageFullError
+from appliance.errors import IngestError, StorageFullError
 from appliance.ingest.importer import Importer, ImportOutcome
 from appliance.ingest.sniff import IMAGE_KINDS, NOT_AN_IMAGE, sniff_file
+from appliance.ingest.sources import open_regular, read_limited
 from appliance.store import volumes as volume_rows
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ SKIP_DIRS = {
 }
 
 
+DICOMDIR_MAX_BYTES = 64 * 1024 * 1024
+
 LINK_NOT_FOLLOWED = "This is a link to a file elsewhere, not a file on the stick; it was not read."
 
 
@@ -50,6 +54,8 @@ class Volume:
 class Listing:
     importable: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # The volume (or folder) listed: no file is read from outside it.
+    root: Path | None = None
 
 
 def find_volumes(roots: list[str], require_mountpoint: bool = True) -> list[Volume]:
@@ -89,9 +95,8 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def list_importable(folder: Path) -> Listing:
-    listing = Listing()
+    listing = Listing(root=folder)
     seen: set[Path] = set()
-    inside = folder.resolve()
     for referenced in _dicomdir_files(folder):
         if referenced not in seen:  # a DICOMDIR may name a file twice
             listing.importable.append(referenced)
@@ -104,12 +109,12 @@ def list_importable(folder: Path) -> Listing:
             path = Path(dirpath) / name
             if path in seen or name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
-            # A link on the stick may point anywhere on the box's own disk.
-            if path.is_symlink() and not path.resolve().is_relative_to(inside):
-                listing.skipped.append((path, LINK_NOT_FOLLOWED))
-                continue
             try:
-                kind = sniff_file(path)
+                # Never a FIFO or a device, never a link off the stick (the box's disk).
+                kind = sniff_file(path, folder, LINK_NOT_FOLLOWED)
+            except IngestError as exc:
+                listing.skipped.append((path, exc.reason))
+                continue
             except OSError as exc:
                 listing.skipped.append((path, f"Cannot be read ({exc.strerror or exc})."))
                 continue
@@ -129,7 +134,11 @@ def _dicomdir_files(folder: Path) -> list[Path]:
     if dicomdir is None:
         return []
     try:
-        ds = pydicom.dcmread(dicomdir, force=True)
+        # Read like any file on the stick: never a FIFO, a device or a link off it, and
+        # not without end (a DICOMDIR of thousands of images is a few MB).
+        with open_regular(dicomdir, folder, LINK_NOT_FOLLOWED) as fh:
+            raw = b"".join(read_limited(fh, DICOMDIR_MAX_BYTES))
+        ds = pydicom.dcmread(BytesIO(raw), force=True)
         records = ds.get("DirectoryRecordSequence", [])
     except Exception as exc:  # a broken DICOMDIR must not hide the files themselves
         log.warning("ignoring unreadable DICOMDIR %s: %s", dicomdir, exc)
@@ -185,7 +194,13 @@ def import_listing(
     outcomes = []
     total = len(listing.importable) + len(listing.skipped)
     for index, path in enumerate(listing.importable, 1):
-        outcome = importer.import_path(path, source=source, source_detail=f"{source_detail}:{path}")
+        outcome = importer.import_path(
+            path,
+            source=source,
+            source_detail=f"{source_detail}:{path}",
+            within=listing.root,
+            outside_reason=LINK_NOT_FOLLOWED,
+        )
         counts[outcome.status] += 1
         outcomes.append(outcome)
         if progress:

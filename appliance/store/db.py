@@ -88,12 +88,13 @@ class Store:
         tighten a data directory and database made before this rule, at every start."""
         try:
             os.chmod(self.data_dir, PRIVATE_DIR)
-            # Only ever open the file here to create it: closing any descriptor of a
-            # database drops every POSIX lock this process holds on it, SQLite's too,
-            # and another process closing its last connection would then delete the
-            # WAL and its index under this one's feet ("disk I/O error").
-            if not self.db_path.exists():
-                os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+            # Only a file that does not exist yet: closing any descriptor of an open
+            # database drops this process's POSIX locks on it (SQLite's locks), and another
+            # process's last close would then delete the WAL under the live connections.
+            try:
+                os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+            except FileExistsError:
+                pass
             for suffix in DB_SUFFIXES:
                 path = self.db_path.with_name(self.db_path.name + suffix)
                 if path.exists():

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from appliance.errors import StorageFullError, StoreError
@@ -78,6 +79,44 @@ def atomic_write_bytes(target: Path, data: bytes, tmp_dir: Path | None = None) -
     except BaseException:
         _discard(tmp_name)
         raise
+
+
+def write_chunks(chunks: Iterable[bytes], tmp_dir: Path) -> tuple[Path, str, int]:
+    """Write ``chunks`` to a new file in ``tmp_dir`` while hashing them: (path, sha256,
+    size). Nothing is fsynced yet: most received files are checked, then either moved
+    into place with ``move_into_place`` or dropped as duplicates."""
+    digest = hashlib.sha256()
+    size = 0
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="incoming-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        _discard(name)
+        raise _translate(exc, Path(name)) from exc
+    except BaseException:
+        _discard(name)
+        raise
+    return Path(name), digest.hexdigest(), size
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """fsync ``source``, rename it to ``target``, fsync the folder: after a power cut
+    ``target`` is either absent or complete (the same promise as ``atomic_write_bytes``)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(source, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise _translate(exc, target) from exc
 
 
 def _discard(path: str) -> None:

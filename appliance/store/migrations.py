@@ -355,6 +355,40 @@ def m011_chest_population(db: Database) -> None:
 
 
 @migrations()
+def m012_sessions_login_throttle(db: Database) -> None:
+    # Logins live here, not in the cookie: logging out ends them for good (a copied
+    # cookie stops working), and failed logins are counted atomically per client.
+    # users.failed_attempts and users.locked_until are no longer used.
+    db.executescript(
+        """
+        CREATE TABLE sessions (
+            id_hash TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        );
+        CREATE INDEX sessions_subject ON sessions(subject);
+
+        CREATE TABLE login_throttle (
+            key TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            blocked_until REAL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX login_throttle_updated ON login_throttle(updated_at);
+        """
+    )
+
+
+@migrations()
+def m013_job_decoding_since(db: Database) -> None:
+    # Set durably before a worker decodes, cleared when the decode is over: a job found
+    # with it set on its next attempt stopped the box mid-decode (an OOM kill, say), so
+    # it is decoded again only in a memory-limited child process, never straight away.
+    db.execute("ALTER TABLE jobs ADD COLUMN decoding_since TEXT")
+
+
+@migrations()
 def m014_outcomes_and_monitoring(db: Database) -> None:
     # Numbered after main's m012 and m013 (written meanwhile on other branches), so
     # merged, the three apply in one order everywhere.

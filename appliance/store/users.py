@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from typing import Any
@@ -9,12 +10,11 @@ from typing import Any
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import ApplianceError
+from appliance.logins import sessions, throttle
 from appliance.store.db import Store, audit, utc_now
 
 ROLES = ("operator", "clinician", "admin")
 LANGUAGES = ("en", "fr", "pt")
-MAX_FAILURES = 5
-LOCK_SECONDS = 300
 
 
 class UserError(ApplianceError):
@@ -67,41 +67,41 @@ def list_users(store: Store) -> list[dict[str, Any]]:
     ]
 
 
-def authenticate(store: Store, username: str, pin: str) -> tuple[dict | None, str | None]:
-    """(user, None) on success, else (None, why). Five wrong PINs lock for five minutes."""
+@functools.cache
+def _no_such_user_hash() -> str:
+    return generate_password_hash("no such user")
+
+
+def authenticate(
+    store: Store, username: str, pin: str, client: str = ""
+) -> tuple[dict | None, str | None]:
+    """(user, None) on success, else (None, "wrong").
+
+    Raises ``LoginThrottledError`` without checking the PIN when ``client`` may not try
+    now: failed logins are counted before the PIN is checked, per client address (see
+    ``appliance.logins.throttle`` for why)."""
+    counters = throttle.keys(username, client)
+    with store.write() as conn:
+        for key, seconds in throttle.reserve(conn, counters, time.time()):
+            audit(
+                conn, username.strip()[:40], "login.locked", client, f"{key!r} for {seconds:.0f} s"
+            )
     row = (
         store.conn()
         .execute("SELECT * FROM users WHERE username=? AND active=1", (username.strip(),))
         .fetchone()
     )
     if row is None:
-        check_password_hash(generate_password_hash("0000"), pin)  # same time either way
+        check_password_hash(_no_such_user_hash(), pin)  # the same time either way
         return None, "wrong"
-    now = time.time()
-    if row["locked_until"] and row["locked_until"] > now:
-        return None, "locked"
     if not check_password_hash(row["pin_hash"], pin):
-        failures = row["failed_attempts"] + 1
-        locked = now + LOCK_SECONDS if failures >= MAX_FAILURES else None
         with store.write() as conn:
-            conn.execute(
-                "UPDATE users SET failed_attempts=?, locked_until=? WHERE id=?",
-                (0 if locked else failures, locked, row["id"]),
-            )
-            audit(
-                conn,
-                row["username"],
-                "login.failed",
-                f"user:{row['id']}",
-                "locked" if locked else f"{failures} failure(s)",
-            )
-        return None, "locked" if locked else "wrong"
+            audit(conn, row["username"], "login.failed", f"user:{row['id']}", client)
+        return None, "wrong"
     with store.write() as conn:
-        conn.execute(
-            "UPDATE users SET failed_attempts=0, locked_until=NULL, last_login_at=? WHERE id=?",
-            (utc_now(), row["id"]),
-        )
-        audit(conn, row["username"], "login", f"user:{row['id']}")
+        throttle.succeeded(conn, counters)
+        conn.execute("UPDATE users SET last_login_at=? WHERE id=?", (utc_now(), row["id"]))
+        audit(conn, row["username"], "login", f"user:{row['id']}", client)
     return dict(row), None
 
 
@@ -141,6 +141,8 @@ def update_user(
                 raise UserError("The box needs at least one active admin.")
         sets = ", ".join(f"{k}=?" for k in changes)
         conn.execute(f"UPDATE users SET {sets} WHERE id=?", (*changes.values(), user_id))
+        if "pin_hash" in changes or changes.get("active") == 0:
+            sessions.end_all(conn, str(user_id))  # logged out everywhere, at once
         audit(
             conn,
             actor,

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, g
 from flask_babel import Babel
+from werkzeug.routing import IntegerConverter
 
 from appliance.config import Config, load_config
 from appliance.store.db import Store
@@ -41,6 +42,13 @@ def select_timezone() -> str:
     return current_app.config["APPLIANCE"].timezone
 
 
+class BoundedInt(IntegerConverter):
+    """``<int:...>`` in every route, at most a SQLite INTEGER."""
+
+    def __init__(self, map, fixed_digits=0, min=None, max=2**63 - 1, signed=False) -> None:
+        super().__init__(map, fixed_digits, min, max, signed)
+
+
 def create_app(config: Config | None = None, test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app for ``config``'s data directory (nothing happens at import time)."""
     if config is None:
@@ -53,6 +61,9 @@ def create_app(config: Config | None = None, test_config: dict[str, Any] | None 
     )
     if test_config:
         app.config.update(test_config)
+
+    # An id past 64 bits is no row of ours: a 404, not an OverflowError (a 500) in SQLite.
+    app.url_map.converters["int"] = BoundedInt
 
     store = Store.open(config.data_dir)
     app.extensions["appliance_store"] = store

@@ -69,13 +69,13 @@ def settings():
             if model["setting"] in form:
                 updates[model["setting"]] = form[model["setting"]]
         try:
-            if updates.get("language", "en") not in LANGUAGES:
-                raise ConfigError(_("Unknown language."))
+            # In words a nurse reads; save_settings then checks every value the way the
+            # service checks config.toml at start-up.
             if updates.get("chest_population", "ask") not in SITE_CHOICES:
                 raise ConfigError(_("Choose adult, child or ask for chest X-rays without an age."))
             overridden = save_settings(config, updates)
         except ConfigError as exc:
-            flash(translate_reason(str(exc)), "error")
+            flash(_("Not saved: %(reason)s", reason=str(exc)), "error")
         else:
             store = current_app.extensions["appliance_store"]
             with store.write() as conn:

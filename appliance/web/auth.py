@@ -1,8 +1,11 @@
 """Who is asking: staff logged in with user + PIN, or a device holding the API token.
 
-- Staff: first run creates the admin (``/setup``); ``/login`` by user + PIN (five wrong
-  PINs lock the account for five minutes); the session expires after
-  ``session_idle_minutes`` without use; ``/logout``.
+- Staff: first run creates the admin (``/setup``); ``/login`` by user + PIN. Failed
+  logins are counted per client address before the PIN is checked (five wrong PINs
+  lock that client out of that account for 5 minutes, then longer; see
+  ``appliance.logins.throttle``). The session lives in the database (``logins.sessions``):
+  the cookie holds only its random id, ``/logout`` deletes it (a copied cookie is then
+  refused), and it expires after ``session_idle_minutes`` without use.
 - Devices/scripts: ``Authorization: Bearer <token>`` with the token from
   ``DATA_DIR/secrets/api_token`` (0600), for ``/api/`` routes only. A custom header
   cannot be sent cross-site without CORS, which is never allowed, so token requests
@@ -14,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import hmac
+import math
 import os
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -32,7 +37,10 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from flask_babel import ngettext
 
+from appliance.errors import LoginThrottledError
+from appliance.logins import sessions
 from appliance.store import users
 from appliance.store.files import atomic_write_bytes
 from appliance.web.api_errors import error_response
@@ -109,21 +117,45 @@ def init_app(app: Flask) -> None:
                 g.user, g.via_token = API_USER, True
                 return None
             return error_response(401, "unauthorized", "Log in or send the device token.")
-        user_id = session.get("user_id")
-        idle = current_app.config["APPLIANCE"].session_idle_minutes * 60
-        if user_id is not None and time.time() - session.get("seen", 0) <= idle:
-            user = users.get_user(_store(), user_id)
-            if user and user["active"] and user["pin_hash"][-16:] == session.get("pin"):
+        if "pin" in session:  # a cookie from before server-side sessions: PIN-hash material
+            session.clear()
+        token = session.get("sid")
+        if token is not None:
+            user = _session_user(token)
+            if user is not None:
                 g.user = user
-                session["seen"] = time.time()
                 return None
-        if user_id is not None:
-            session.clear()  # an expired or revoked login; keep an anonymous form's CSRF token
+            session.clear()  # ended, expired or revoked; keep an anonymous form's CSRF token
         if _wants_json():
             return error_response(401, "unauthorized", "Log in or send the device token.")
         if users.count_users(_store()) == 0:
             return redirect(url_for("auth.setup"))
         return redirect(url_for("auth.login"))
+
+
+def _session_user(token: str) -> dict | None:
+    """The active user of a live server-side session, refreshing its idle clock."""
+    store = _store()
+    idle = current_app.config["APPLIANCE"].session_idle_minutes * 60
+    now = time.time()
+    found = sessions.find(store.conn(), token, idle, now)
+    if found is None:
+        return None
+    user = users.get_user(store, int(found["subject"]))
+    if not user or not user["active"]:
+        return None
+    if sessions.needs_touch(found, now):
+        with store.write() as conn:
+            sessions.touch(conn, token, now)
+    return user
+
+
+def signed_in() -> bool:
+    """For a public page that says more to staff: a live login or the device token."""
+    if request.headers.get("Authorization"):
+        return _bearer_ok()
+    token = session.get("sid")
+    return token is not None and _session_user(token) is not None
 
 
 def requires(*roles: str):
@@ -147,12 +179,16 @@ def requires(*roles: str):
 
 
 def _start_session(user: dict) -> None:
+    """A new server-side session (a new id: never one the browser brought along)."""
+    store = _store()
+    idle = current_app.config["APPLIANCE"].session_idle_minutes * 60
+    now = time.time()
+    with store.write() as conn:
+        sessions.purge(conn, idle, now)
+        token = sessions.create(conn, str(user["id"]), now)
     session.clear()
     session.permanent = False  # ends when the kiosk browser closes, and on idle timeout
-    session["user_id"] = user["id"]
-    session["seen"] = time.time()
-    # A PIN change or deactivation ends existing sessions: the cookie must still match.
-    session["pin"] = user["pin_hash"][-16:]
+    session["sid"] = token
 
 
 @bp.route("/setup", methods=["GET", "POST"])
@@ -187,22 +223,39 @@ def login():
     if users.count_users(store) == 0:
         return redirect(url_for("auth.setup"))
     if request.method == "POST":
-        user, why = users.authenticate(
-            store, request.form.get("username", ""), request.form.get("pin", "")
-        )
+        try:
+            user, _why = users.authenticate(
+                store,
+                request.form.get("username", ""),
+                request.form.get("pin", ""),
+                request.remote_addr or "",
+            )
+        except LoginThrottledError as exc:
+            minutes = max(1, math.ceil(exc.retry_after / 60))
+            flash(
+                ngettext(
+                    "Too many wrong PINs: try again in %(num)s minute.",
+                    "Too many wrong PINs: try again in %(num)s minutes.",
+                    minutes,
+                ),
+                "error",
+            )
+            response = current_app.make_response((render_template("auth/login.html"), 429))
+            response.headers["Retry-After"] = str(math.ceil(exc.retry_after))
+            return response
         if user is not None:
             _start_session(user)
             return redirect(url_for("worklist.index"))
-        if why == "locked":
-            flash(_("Too many wrong PINs: this account is locked for 5 minutes."), "error")
-        else:
-            flash(_("Wrong user name or PIN."), "error")
+        flash(_("Wrong user name or PIN."), "error")
         return render_template("auth/login.html"), 401
     return render_template("auth/login.html")
 
 
 @bp.post("/logout")
 def logout():
+    """Ends the session on the box, not only in this browser (CSRF-checked: a POST)."""
+    with _store().write() as conn:
+        sessions.end(conn, session.get("sid"))
     session.clear()
     return redirect(url_for("auth.login"))
 
@@ -214,4 +267,15 @@ def my_language():
         users.update_user(_store(), g.user["id"], g.user["username"], language=language)
     except users.UserError as exc:
         flash(translate_reason(str(exc)), "error")
-    return redirect(request.referrer or url_for("worklist.index"))
+    return redirect(local_path(request.form.get("next")) or url_for("worklist.index"))
+
+
+def local_path(target: str | None) -> str | None:
+    """``target`` if it is a path on this box, else None: a redirect is never built from
+    the Referer or from anything that could name another site (``//evil``, ``/\\evil``)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or any(ord(c) < 32 for c in target):
+        return None
+    return target

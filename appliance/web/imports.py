@@ -28,7 +28,7 @@ from appliance.store import volumes as volume_rows
 from appliance.store.images import list_quarantine
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
-from appliance.web.upload import import_upload
+from appliance.web.upload import base_name, import_upload
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
@@ -191,7 +191,7 @@ def upload():
         if not storage.filename:
             continue
         try:
-            outcome = import_upload(importer, storage.stream, Path(storage.filename).name)
+            outcome = import_upload(importer, storage.stream, base_name(storage.filename))
         except ApplianceError as exc:
             flash(translate_reason(str(exc)), "error")
             break

@@ -40,8 +40,17 @@ KNOWN = (
     N_("This DICOM file holds a document (such as a PDF), not an image."),
     N_("This DICOM file holds no image (%(kind)s)."),
     N_("The image description in this DICOM file is missing or invalid."),
-    # appliance/ingest/dicom.py and raster.py
+    N_(
+        "The image has %(frames)s frames, more than the %(limit)s the box accepts; "
+        "it was not imported."
+    ),
+    N_("Unpacked, this DICOM file would be larger than the %(limit)s MB limit for one image."),
+    # appliance/ingest/dicom.py, raster.py and headers.py
     N_("The image is only %(width)s × %(height)s pixels: too small."),
+    N_(
+        "The image is too large to process safely (%(width)s × %(height)s pixels); "
+        "it was not imported."
+    ),
     N_(
         "The image is %(width)s × %(height)s pixels, far larger than any X-ray or "
         "photograph; it was not imported."
@@ -52,11 +61,16 @@ KNOWN = (
     N_("The image file is damaged and cannot be decoded."),
     N_("The image is far larger than any X-ray or photograph."),
     N_("The image data is damaged and cannot be decoded."),
-    # appliance/ingest/importer.py and usb.py
+    # appliance/ingest/importer.py, sources.py, usb.py and hotfolder.py
     N_("The file is %(size)s MB, larger than the %(limit)s MB limit for one image."),
+    N_("The file is larger than the %(limit)s MB limit for one image."),
+    N_("This is not a regular file (a device, pipe or folder); it was not read."),
+    N_("This is a link to a file outside the watched folder; it was not read."),
     N_("The file could not be read (%(error)s)."),
     N_("This is a link to a file elsewhere, not a file on the stick; it was not read."),
     N_("Cannot be read (%(error)s)."),
+    # appliance/ingest/sandbox.py: an image whose decoding stopped the box once
+    N_("Reading this image needs more memory than the box can spare; it was not screened."),
     # appliance/screening/gate.py: one whole sentence per kind of image it refuses
     # (its NOT_PROJECTION_XRAY), never a translated fragment put into a sentence.
     N_("This is a CT scan, not a chest X-ray or an eye photograph."),

@@ -22,16 +22,14 @@ from flask import (
 from flask_babel import gettext as _
 from markupsafe import Markup
 
-from appliance.ingest.decode import decode_bytes
 from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
 from appliance.store import worklist as queries
-from appliance.store.files import atomic_write_bytes
 from appliance.store.patients import PatientError, set_patient
 from appliance.store.population import PopulationError, choose_population
 from appliance.store.reviews import ReviewError, add_review, reviews_for
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
-from appliance.worker import preview_jpeg
+from appliance.worker import full_detail_path, request_full_detail
 
 bp = Blueprint("study", __name__, url_prefix="/study")
 
@@ -75,27 +73,23 @@ def media(image_id: int, kind: str):
     return Response(path.read_bytes(), mimetype=mimetype)
 
 
-# Longest side of the full-detail view: the whole original for any X-ray or fundus
-# camera in use (a 4288 px camera frame included).
-FULL_DETAIL_MAX_PX = 8192
-
-
 @bp.get("/<int:image_id>/full")
 def full_detail(image_id: int):
-    """The original at full resolution, on request (the preview is <= 1024 px): decoded
-    once, then kept beside the preview."""
+    """The original at full resolution, on request (the preview is <= 1024 px). A worker
+    decodes it once, one at a time, and keeps it beside the preview; until then this
+    answers 202 at once and the page asks again."""
     item = _load(image_id)
     store = _store()
-    cached = store.data_dir / "previews" / f"{image_id}-full.jpg"
-    if not cached.is_file():
-        if item["state"] == "quarantined":
-            abort(404)
-        config = current_app.config["APPLIANCE"]
-        decoded = decode_bytes(
-            (store.data_dir / item["stored_path"]).read_bytes(), config.max_image_pixels
-        )
-        atomic_write_bytes(cached, preview_jpeg(decoded, FULL_DETAIL_MAX_PX), store.tmp_dir)
-    return Response(cached.read_bytes(), mimetype="image/jpeg")
+    cached = store.data_dir / full_detail_path(image_id)
+    if cached.is_file():
+        return Response(cached.read_bytes(), mimetype="image/jpeg")
+    # Only an image that decoded for screening: never a refused or crafted one.
+    if item["state"] != "decoded" or request_full_detail(store, image_id) == "failed":
+        unavailable = _("Full detail is not available for this image.")
+        return Response(unavailable, 404, mimetype="text/plain")
+    return Response(
+        _("Preparing full detail…"), 202, headers={"Retry-After": "1"}, mimetype="text/plain"
+    )
 
 
 @bp.post("/<int:image_id>/review")

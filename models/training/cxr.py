@@ -78,7 +78,7 @@ class CxrRecipe:
     serving_heads = None
     input_shape = (1, 64, 64)
     preprocessing = {"function": "cxr_preprocess", "params": {"size": 64}}
-    train_config = TrainConfig(epochs=25, batch_size=64, lr=3e-3, samples_per_epoch=1920)
+    train_config = TrainConfig(epochs=12, batch_size=64, lr=3e-3, samples_per_epoch=1920)
     threshold_rule = ThresholdRule(min_sensitivity=0.95)
     provenance = {"training_data": [KERMANY],
                   "validation": "report split: the 15% of patients held out since 1.0.0 "

@@ -78,7 +78,7 @@ class FundusRecipe:
     preprocessing = {"function": "fundus_preprocess",
                      "params": {"size": 256, "threshold": 0.15, "blur_fraction": 1 / 30,
                                 "gain": 4.0, "mask_fraction": 0.92}}
-    train_config = TrainConfig(epochs=40, batch_size=32, lr=2e-3, weight_decay=5e-4)
+    train_config = TrainConfig(epochs=28, batch_size=32, lr=2e-3, weight_decay=5e-4)
     threshold_rule = ThresholdRule(min_sensitivity=0.85)
     provenance = {"training_data": [IDRID, OTHER_CAMERAS],
                   "validation": f"report split: {int(REPORT_FRACTION * 100)}% of IDRiD images "

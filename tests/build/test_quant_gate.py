@@ -13,6 +13,7 @@ from helpers import bundle_dir
 from onnx import TensorProto, numpy_helper
 
 from appliance.inference.preprocess import cxr_preprocess
+from build.dequantize import float_model_from_qdq
 from build.gate import AccuracyGateError, check_accuracy_gate, gate_models
 from build.quantize_int8 import quantize_int8
 
@@ -43,12 +44,26 @@ def test_gate_arithmetic_and_message() -> None:
         check_accuracy_gate(0.95, 0.93)
 
 
-def test_committed_int8_passes_the_gate(cxr_val: tuple) -> None:
-    fp32, int8, delta = gate_models(CXR / "model.onnx", CXR / "model.int8.onnx", *cxr_val)
+@pytest.fixture(scope="module")
+def cxr_float(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The float model the committed INT8 ensemble stands for (the bundle ships INT8
+    only): weights dequantized, activation Q/DQ pairs removed."""
+    return float_model_from_qdq(CXR / "model.int8.onnx",
+                                tmp_path_factory.mktemp("float") / "model.onnx")
+
+
+def test_the_float_model_is_the_int8_model_without_rounding(cxr_float: Path) -> None:
+    ops = {n.op_type for n in onnx.load(str(cxr_float)).graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear"} and "Conv" in ops
+
+
+def test_committed_int8_passes_the_gate(cxr_val: tuple, cxr_float: Path) -> None:
+    fp32, int8, delta = gate_models(cxr_float, CXR / "model.int8.onnx", *cxr_val)
     assert fp32 > 0.9 and abs(delta) <= 0.01
 
 
-def test_gate_fails_on_a_broken_int8_model(cxr_val: tuple, tmp_path: Path) -> None:
+def test_gate_fails_on_a_broken_int8_model(cxr_val: tuple, cxr_float: Path,
+                                           tmp_path: Path) -> None:
     """Negating the quantized weights of the first convolution keeps a valid model
     that runs — only the gate can tell it is wrong."""
     proto = onnx.load(str(CXR / "model.int8.onnx"))
@@ -60,13 +75,14 @@ def test_gate_fails_on_a_broken_int8_model(cxr_val: tuple, tmp_path: Path) -> No
     broken = tmp_path / "broken.int8.onnx"
     onnx.save(proto, str(broken))
     with pytest.raises(AccuracyGateError, match="accuracy gate failed"):
-        gate_models(CXR / "model.onnx", broken, *cxr_val)
+        gate_models(cxr_float, broken, *cxr_val)
 
 
-def test_quantize_writes_symmetric_qdq_for_tensorrt(cxr_val: tuple, tmp_path: Path) -> None:
+def test_quantize_writes_symmetric_qdq_for_tensorrt(cxr_val: tuple, cxr_float: Path,
+                                                     tmp_path: Path) -> None:
     x, y = cxr_val
     out = tmp_path / "q.onnx"
-    quantize_int8(CXR / "model.onnx", out, x[:32])
+    quantize_int8(cxr_float, out, x[:32])
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ, not QOperator
@@ -77,5 +93,9 @@ def test_quantize_writes_symmetric_qdq_for_tensorrt(cxr_val: tuple, tmp_path: Pa
         if n.op_type == "QuantizeLinear" and len(n.input) > 2
     ]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
-    _, _, delta = gate_models(CXR / "model.onnx", out, x, y)
+    # TensorRT 10 parses DequantizeLinear of INT8/FP8/INT4 only: biases stay float
+    dq_inputs = [inits[n.input[0]].dtype for n in proto.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert dq_inputs and {str(d) for d in dq_inputs} == {"int8"}
+    _, _, delta = gate_models(cxr_float, out, x, y)
     assert abs(delta) <= 0.01

@@ -8,7 +8,7 @@ import http.client
 import json
 
 import pytest
-from sync.synckit import HubThread
+from sync.synckit import HubThread, box_public_key
 
 from appliance.errors import HubAuthError, HubRejectedError
 from appliance.hub import records
@@ -23,7 +23,7 @@ def hub(tmp_path, database_url):
 
 
 def enrolled(hub, site: str = "Clinic A") -> tuple[HubClient, str]:
-    answer = HubClient(hub.url).enrol(hub.enrol_code(site), "box-1", "AAAA")
+    answer = HubClient(hub.url).enrol(hub.enrol_code(site), "box-1", box_public_key())
     return HubClient(hub.url, answer["token"]), answer["device_id"]
 
 
@@ -55,12 +55,13 @@ def raw_post(hub, path: str, body: bytes, token: str = "", encoding: str = ""):
 
 def test_enrolment_code_works_once_and_the_token_is_stored_hashed(hub):
     code = hub.enrol_code("Clinic B")
-    answer = HubClient(hub.url).enrol(code.lower(), "box-1", "AAAA")  # typed in lower case
+    typed = code.lower()  # typed in lower case
+    answer = HubClient(hub.url).enrol(typed, "box-1", box_public_key())
     assert answer["site"] == "Clinic B" and len(answer["token"]) > 30
     with pytest.raises(HubAuthError, match="already used"):
-        HubClient(hub.url).enrol(code, "box-2", "AAAA")
+        HubClient(hub.url).enrol(code, "box-2", box_public_key())
     with pytest.raises(HubAuthError, match="unknown enrolment code"):
-        HubClient(hub.url).enrol("NOPE-NOPE-NOPE", "box-2", "AAAA")
+        HubClient(hub.url).enrol("NOPE-NOPE-NOPE", "box-2", box_public_key())
     conn = hub.conn()
     try:
         row = conn.one("SELECT token_hash FROM devices WHERE id = ?", (answer["device_id"],))

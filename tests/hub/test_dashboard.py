@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sync.synckit import HubThread
+from sync.synckit import HubThread, box_public_key
 
 from appliance.hub import records
 from appliance.sync.client import HubClient
@@ -42,7 +42,9 @@ def test_dashboard_needs_a_login_then_shows_sites_rates_and_models(hub):
     bad = client.post("/login", data={"username": "manager", "password": "x", "csrf_token": csrf})
     assert "Wrong user name or password." in bad.get_data(as_text=True)
 
-    box = HubClient(hub.url, HubClient(hub.url).enrol(hub.enrol_code("Ndola"), "b", "A")["token"])
+    box = HubClient(
+        hub.url, HubClient(hub.url).enrol(hub.enrol_code("Ndola"), "b", box_public_key())["token"]
+    )
     box.ping()
     box.send_entries(
         [
@@ -83,15 +85,17 @@ def test_five_wrong_passwords_lock_the_login_and_idle_sessions_expire(hub):
         r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)
     ).group(1)
 
-    def attempt(password: str):
+    def attempt(password: str, username: str = "manager"):
         return client.post(
-            "/login", data={"username": "Manager", "password": password, "csrf_token": csrf}
+            "/login", data={"username": username, "password": password, "csrf_token": csrf}
         )
 
     for _ in range(5):
-        assert attempt("guess").status_code == 200
-    locked = attempt("correct horse battery")  # even the right one, for now
+        assert attempt("guess").status_code == 401
+    locked = attempt("correct horse battery")  # even the right one, from here, for now
     assert locked.status_code == 429 and "try again in 5 minutes" in locked.get_data(as_text=True)
+    assert 295 <= int(locked.headers["Retry-After"]) <= 300
+    assert attempt("correct horse battery", "MANAGER ").status_code == 429  # same account
 
     other = hub.app.test_client()  # another user name is not locked out with it
     csrf2 = re.search(
@@ -108,6 +112,10 @@ def test_five_wrong_passwords_lock_the_login_and_idle_sessions_expire(hub):
     )
     assert ok.status_code == 302
     assert other.get("/").status_code == 200
-    with other.session_transaction() as session:
-        session["seen"] = time.time() - 31 * 60
+    conn = hub.conn()
+    try:  # 31 minutes without use, as the hub counts it
+        with conn.transaction():
+            conn.execute("UPDATE sessions SET seen_at = ?", (time.time() - 31 * 60,))
+    finally:
+        conn.close()
     assert other.get("/").status_code == 302  # idle too long: log in again

@@ -104,3 +104,75 @@ def test_a_box_that_never_has_a_link_learns_from_the_receipt(hub, tmp_path):
     make_backlog(store, 5)
     assert mule.export_bundle(store, config, stick)["entries"] == 5
     store.close()
+
+
+def test_a_bundle_id_taken_by_another_box_loses_nothing(hub, tmp_path):
+    """Box B signs a bundle that claims box A's bundle id and gets it imported first: the
+    hub still imports A's real bundle (ids are per box), and A's receipt lists exactly
+    what the hub holds, so A marks nothing acknowledged that the hub lacks."""
+    import gzip
+
+    from appliance.store import outbox
+    from appliance.sync.identity import device_key
+    from appliance.wire.bundle import read_bundle, seal_bundle, write_bundle
+
+    database = hub.app.extensions["hub_database"]
+    boxes = {}
+    for name, size in (("a", 40), ("b", 7)):
+        data_dir = tmp_path / name
+        store = Store.open(data_dir)
+        enrol(data_dir, hub.url, hub.enrol_code())
+        config = load_config(data_dir, environ={}, usb_roots=[], min_free_mb=1)
+        make_backlog(store, size)
+        boxes[name] = (store, config)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    store_a, config_a = boxes["a"]
+    real = mule.export_bundle(store_a, config_a, stick)
+
+    store_b, config_b = boxes["b"]
+    theirs = mule.export_bundle(store_b, config_b, tmp_path)
+    body = json.loads(gzip.decompress(read_bundle(theirs["path"])[1]))
+    body["bundle_id"] = real["bundle_id"]  # B claims A's id, signed with B's own key
+    hijack = write_bundle(seal_bundle(body, device_key(config_b.data_dir)),
+                          tmp_path / "hijack.bundle", "hijack")
+    assert records.import_bundle(database, hijack)["replay"] is False
+    assert count(hub) == 7
+
+    imported = records.import_bundle(database, real["path"], receipt_to=stick)
+    assert imported["replay"] is False
+    assert count(hub) == 47
+    applied = mule.apply_receipt(store_a, config_a, imported["receipt"])
+    assert applied["acked"] == 40
+    assert outbox.counts(store_a.conn())["result_pending"] == 0
+    for store, _ in boxes.values():
+        store.close()
+
+
+def test_a_receipt_lists_only_what_the_hub_holds(hub, tmp_path):
+    """A replayed import whose entries the hub no longer holds (an operator deleted a
+    box's rows) must not tell the box they are safe."""
+    from appliance.store import outbox
+
+    data_dir = tmp_path / "box"
+    store = Store.open(data_dir)
+    enrol(data_dir, hub.url, hub.enrol_code())
+    config = load_config(data_dir, environ={}, usb_roots=[], min_free_mb=1)
+    make_backlog(store, 10)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    report = mule.export_bundle(store, config, stick)
+    database = hub.app.extensions["hub_database"]
+    records.import_bundle(database, report["path"])
+    conn = hub.conn()
+    try:
+        with conn.transaction():
+            conn.execute("DELETE FROM entries WHERE entry_id IN (SELECT entry_id FROM entries"
+                         " ORDER BY entry_id LIMIT 4)")
+    finally:
+        conn.close()
+    replay = records.import_bundle(database, report["path"], receipt_to=stick)
+    assert replay["replay"] is True
+    assert mule.apply_receipt(store, config, replay["receipt"])["acked"] == 6
+    assert outbox.counts(store.conn())["result_pending"] == 4
+    store.close()

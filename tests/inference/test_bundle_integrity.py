@@ -31,11 +31,12 @@ def bundle_copy(tmp_path: Path) -> Path:
 
 def test_committed_bundles_load_and_verify() -> None:
     found = find_bundles(MODELS)
-    assert {p.parent.name for p in found} >= {"cxr-pneumonia", "modality-router"}
+    assert {p.parent.name for p in found} >= {
+        "cxr-pneumonia", "cxr-adult-abnormal", "fundus-referable-dr", "modality-router"}
     for path in found:
         bundle = load_bundle(path)
         assert bundle.file("model.int8.onnx").is_file()
-        assert len(bundle.sha256("model.onnx")) == 64
+        assert len(bundle.sha256("model.int8.onnx")) == 64
 
 
 def test_one_flipped_byte_is_refused(bundle_copy: Path) -> None:
@@ -61,7 +62,7 @@ def test_missing_and_unlisted_files_are_refused(bundle_copy: Path, tmp_path: Pat
     with pytest.raises(BundleIntegrityError, match="not in the manifest"):
         load_bundle(bundle_copy)
     extra.unlink()
-    (bundle_copy / "model.onnx").unlink()
+    (bundle_copy / "MODEL_CARD.md").unlink()
     with pytest.raises(BundleIntegrityError, match="listed but missing"):
         load_bundle(bundle_copy)
 

@@ -8,7 +8,7 @@ from helpers import bundle_dir
 
 from appliance.inference.onnx_runner import OnnxRunner
 
-MODEL = bundle_dir("cxr-pneumonia") / "model.onnx"
+MODEL = bundle_dir("cxr-pneumonia") / "model.int8.onnx"
 
 
 def test_infer_returns_logits_and_cam_for_any_batch() -> None:

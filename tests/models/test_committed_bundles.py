@@ -62,6 +62,32 @@ def test_manifest_is_complete_and_consistent(path: Path) -> None:
     assert (path / "MODEL_CARD.md").read_text().count("95% CI") >= 2
 
 
+@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.parent.name)
+def test_card_reports_in_source_and_out_of_source_side_by_side(path: Path) -> None:
+    m = load_bundle(path).manifest
+    assert m["population"] and m["never_shown"] and m["reference"]
+    sets = [row["set"] for row in m["evaluation"]]
+    assert len(sets) >= 2, "an in-source and at least one out-of-source row"
+    card = (path / "MODEL_CARD.md").read_text()
+    assert "never shown" in card and "out-of-source" in card
+    if m["operating_points"]["kind"] == "binary":
+        assert any("report split" in s for s in sets)
+        chosen = m["operating_points"]["suggested"]["threshold"]
+        assert 0 < chosen < 1 and "out-of-fold" in m["operating_points"]["suggested"]["why"]
+
+
+@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.parent.name)
+def test_tensorrt_can_parse_every_dequantize(path: Path) -> None:
+    """TensorRT 10's ONNX parser accepts only INT8/FP8/INT4 into DequantizeLinear
+    (onnx-tensorrt's operator table; onnx/onnx-tensorrt#850): no int32 biases."""
+    proto = onnx.load(str(path / "model.int8.onnx"))
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    bad = [n.name for n in proto.graph.node if n.op_type == "DequantizeLinear"
+           and types.get(n.input[0], onnx.TensorProto.INT8) not in
+           (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4)]
+    assert not bad, f"{len(bad)} DequantizeLinear nodes take a type TensorRT refuses"
+
+
 def test_committed_artefacts_stay_small() -> None:
     total = sum(f.stat().st_size for p in BUNDLES for f in p.iterdir())
     assert total < 8 * 1024 * 1024

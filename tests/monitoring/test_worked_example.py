@@ -58,9 +58,10 @@ def wait_for_results(served, data_dir, env, count: int, timeout: float = 600) ->
 
 
 def healthz(served) -> dict:
-    """/healthz answers 200 with its warnings: they never make the box "degraded"."""
+    """/healthz answers 200 with its warnings (to the device token): they never make the
+    box "degraded"."""
     try:
-        with urllib.request.urlopen(f"{served.url}/healthz", timeout=5) as response:
+        with urllib.request.urlopen(served.health_request(), timeout=5) as response:
             return json.load(response)
     except urllib.error.HTTPError as degraded:
         raise AssertionError(json.load(degraded)) from degraded

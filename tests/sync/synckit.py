@@ -337,3 +337,12 @@ class PostgresServer:
 
 def read_json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def box_public_key() -> str:
+    """A real box's public key as enrolment sends it (the hub checks it is Ed25519)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from appliance.wire.bundle import public_key_text
+
+    return public_key_text(Ed25519PrivateKey.generate())

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sync.synckit import HubThread
+from sync.synckit import HubThread, box_public_key
 
 from appliance.errors import HubCertificateError
 from appliance.sync.client import HubClient
@@ -61,6 +61,6 @@ def test_a_private_ca_is_trusted_only_when_configured(tls_hub):
     hub, ca = tls_hub
     assert hub.url.startswith("https://")
     with pytest.raises(HubCertificateError, match="sync_ca_bundle"):
-        HubClient(hub.url).enrol(hub.enrol_code(), "box", "AAAA")
-    answer = HubClient(hub.url, ca_bundle=str(ca)).enrol(hub.enrol_code(), "box", "AAAA")
+        HubClient(hub.url).enrol(hub.enrol_code(), "box", box_public_key())
+    answer = HubClient(hub.url, ca_bundle=str(ca)).enrol(hub.enrol_code(), "box", box_public_key())
     assert HubClient(hub.url, answer["token"], ca_bundle=str(ca)).ping()["site"] == "Clinic A"

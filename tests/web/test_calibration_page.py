@@ -13,6 +13,7 @@ from appliance.config import load_config
 from appliance.monitoring.notices import MEASURES, TEMPLATES
 from appliance.store import users
 from appliance.web import create_app
+from appliance.web.auth import ensure_api_token
 from appliance.web.reasons import KNOWN
 
 PIN = "2468"
@@ -130,7 +131,10 @@ def test_a_clinician_enters_an_outcome_on_the_study_page_in_french(app):
 
 
 def test_warnings_on_the_system_page_and_in_healthz_without_degrading_the_box(app):
-    health = app.test_client().get("/healthz")
+    anonymous = app.test_client().get("/healthz")
+    assert anonymous.status_code == 200 and "warnings" not in anonymous.json  # up or not
+    token = ensure_api_token(app.config["APPLIANCE"].data_dir)
+    health = app.test_client().get("/healthz", headers={"Authorization": f"Bearer {token}"})
     assert health.status_code == 200 and health.json["status"] == "ok"
     [warning] = health.json["warnings"]
     assert warning["code"] == "disk_low" and "The disk is nearly full" in warning["message"]

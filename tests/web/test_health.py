@@ -51,8 +51,8 @@ def assert_error_shape(response, status: int) -> dict:
 # -- /healthz --------------------------------------------------------------------------
 
 
-def test_healthz_is_public_and_reports_status_queue_and_disk(client):
-    response = client.get("/healthz")
+def test_healthz_reports_status_queue_and_disk_to_the_device_token(client, auth):
+    response = client.get("/healthz", headers=auth)
 
     assert response.status_code == 200
     body = response.get_json()
@@ -63,20 +63,35 @@ def test_healthz_is_public_and_reports_status_queue_and_disk(client):
     assert body["database"] == "ok"
 
 
+def test_healthz_without_a_login_says_only_whether_the_box_is_up(config, client):
+    """Public: up or not, in words that name no folder, file or part of the box."""
+    config.data_dir.joinpath("engines").mkdir(parents=True, exist_ok=True)
+    body = client.get("/healthz").get_json()
+    assert body == {
+        "status": "ok",
+        "decision_support": "decision support, not a diagnosis",
+        "database": "ok",
+        "disk": "ok",
+    }
+    assert str(config.data_dir) not in client.get("/healthz").text
+
+
 def test_healthz_counts_queued_jobs(client, auth):
     response = client.post("/api/upload", data={"file": (io.BytesIO(JPEG), "a.jpg")}, headers=auth)
     assert response.status_code == 201
 
-    assert client.get("/healthz").get_json()["queue"]["queued"] == 1
+    assert client.get("/healthz", headers=auth).get_json()["queue"]["queued"] == 1
 
 
-def test_healthz_reports_a_full_disk_as_degraded(config):
+def test_healthz_reports_a_full_disk_as_degraded(config, auth):
     app = make_app(config, min_free_mb=10**9)
     try:
-        response = app.test_client().get("/healthz")
+        public = app.test_client().get("/healthz")
+        response = app.test_client().get("/healthz", headers=auth)
     finally:
         app.extensions["appliance_store"].close()
 
+    assert public.status_code == 503 and public.get_json()["disk"] == "full"
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "degraded"

@@ -96,7 +96,9 @@ def test_every_page_permission_per_role(app, role):
         if role is None:
             assert response.status_code == 302 and response.location == "/login", url
         elif role in allowed:
-            assert response.status_code in (200, 302), (role, method, url, response.status_code)
+            # 202: the full-detail view is being prepared in the background
+            status = response.status_code
+            assert status in (200, 202, 302), (role, method, url, status)
         else:
             assert response.status_code == 403, (role, method, url)
 
@@ -149,10 +151,12 @@ def test_login_is_refused_with_a_wrong_pin_and_locked_after_five(app):
     for _ in range(5):
         response = login(client, "clinician", "0000")
         assert response.status_code == 401
-    assert "locked" in login(client, "clinician", PIN).text  # even the right PIN now
+    locked = login(client, "clinician", PIN)  # even the right PIN, from this client, now
+    assert locked.status_code == 429 and "try again in 5 minutes" in locked.text
+    assert 295 <= int(locked.headers["Retry-After"]) <= 300
     store = app.extensions["appliance_store"]
     actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
-    assert actions.count("login.failed") == 5
+    assert actions.count("login.failed") == 5 and actions.count("login.locked") == 1
 
 
 def test_first_run_setup_only_while_there_are_no_users(tmp_path):
@@ -186,8 +190,9 @@ def test_session_cookie_flags_and_idle_expiry(app):
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/").status_code == 200
-    with client.session_transaction() as session:
-        session["seen"] = time.time() - 31 * 60  # 31 minutes without use
+    store = app.extensions["appliance_store"]
+    with store.write() as conn:  # 31 minutes without use, as the box counts it
+        conn.execute("UPDATE sessions SET seen_at = ?", (time.time() - 31 * 60,))
     assert client.get("/").location == "/login"
 
 
@@ -469,16 +474,133 @@ def test_worklist_says_synced_once_the_hub_holds_the_result(app):
     assert client.get("/").text.count('class="status synced"') == 2
 
 
-def test_full_detail_decodes_the_original_once_on_request(app):
+def test_full_detail_is_decoded_once_by_a_worker_not_in_the_web_thread(app, models):
     import cv2
     import numpy as np
 
+    store = app.extensions["appliance_store"]
+    config = app.config["APPLIANCE"]
     client = logged_in(app, "operator")
-    response = client.get("/study/1/full")  # RG1 J2K lossy: the preview was 978 px
+    for _ in range(4):  # four impatient requests: one job, each answered at once
+        started = time.monotonic()
+        response = client.get("/study/1/full")  # RG1 J2K lossy: the preview was 978 px
+        assert response.status_code == 202 and response.headers["Retry-After"] == "1"
+        assert time.monotonic() - started < 1
+    assert "Preparing full detail" in response.text
+    full_jobs = "SELECT state, priority FROM jobs WHERE kind='full' AND image_id=1"
+    assert [tuple(r) for r in store.conn().execute(full_jobs)] == [("queued", 50)]
+
+    Worker(store, config, Screener(models, config), name="t").drain()
+    response = client.get("/study/1/full")
     assert response.status_code == 200 and response.mimetype == "image/jpeg"
     full = cv2.imdecode(np.frombuffer(response.data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert full.shape == (1955, 1841)
-    cached = app.extensions["appliance_store"].data_dir / "previews" / "1-full.jpg"
-    assert cached.is_file()
+    assert (store.data_dir / "previews" / "1-full.jpg").is_file()
     assert client.get("/study/1/full").data == response.data
+    assert [tuple(r) for r in store.conn().execute(full_jobs)] == [("done", 50)]
     assert "full-detail" in client.get("/study/1").text
+
+
+def test_full_detail_only_for_images_that_decoded(app):
+    store = app.extensions["appliance_store"]
+    with store.write() as conn:  # as the worker leaves an image it refused
+        conn.execute("UPDATE images SET state='quarantined' WHERE id=2")
+    client = logged_in(app, "operator")
+    response = client.get("/study/2/full")
+    assert response.status_code == 404
+    assert "not available" in response.text
+    assert store.conn().execute("SELECT COUNT(*) FROM jobs WHERE kind='full'").fetchone()[0] == 0
+    assert "full-detail" not in client.get("/study/2").text
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("timezone", "Mars/Olympus_Mons"),  # was saved, then a 500 on every page
+        ("site_name", "Clinic\x7f"),  # was written raw: config.toml no longer parsed
+        ("dicom_aet", "A_VERY_LONG_AE_TITLE"),  # crashed start-up
+        ("dicom_port", "99999"),  # crashed start-up
+        ("cxr_threshold", "nan"),
+        ("fundus_threshold", "-0.3"),
+    ],
+)
+def test_settings_page_refuses_what_the_service_could_not_start_with(app, field, value):
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    config = app.config["APPLIANCE"]
+    before = dict(config.values)
+    page = client.post("/settings", data={"csrf_token": token, field: value}, follow_redirects=True)
+    assert page.status_code == 200 and f"Not saved: setting &#39;{field}&#39;" in page.text
+    assert config.values == before
+    assert not (config.data_dir / "config.toml").exists()
+    for url in ("/", "/study/1", "/settings", "/system"):
+        assert client.get(url).status_code == 200, url
+
+
+def test_what_the_settings_page_saves_the_service_reads_at_start_up(app):
+    """Round trip through a real process: `appliance settings --json` loads config.toml
+    exactly as `appliance serve` does at start-up."""
+    import os
+    import subprocess
+    import sys
+
+    client = logged_in(app, "admin")
+    token = csrf_from(client.get("/settings").text)
+    name = 'Posto "São João" \\ Ndola 🏥'
+    client.post(
+        "/settings",
+        data={
+            "csrf_token": token,
+            "site_name": name,
+            "timezone": "Africa/Maputo",
+            "dicom_aet": "CLINIC 1",
+            "dicom_port": "104",
+            "dicom_allowed_aets": "XRAY1, FUNDUS CAM",
+            "cxr_threshold": "0.2",
+        },
+    )
+    config = app.config["APPLIANCE"]
+    assert config.site_name == name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "settings", "--json", "--data-dir", config.data_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    loaded = json.loads(done.stdout)
+    for key in ("site_name", "timezone", "dicom_aet", "dicom_port", "dicom_allowed_aets"):
+        assert loaded[key] == getattr(config, key), key
+    assert loaded["cxr_threshold"] == 0.2
+
+
+def test_the_language_switch_never_redirects_off_the_box(app):
+    client = logged_in(app, "operator")
+    page = client.get("/study/1").text
+    token = csrf_from(page)
+    assert 'name="next" value="/study/1"' in page
+    back = client.post(
+        "/me/language", data={"csrf_token": token, "language": "fr", "next": "/study/1"}
+    )
+    assert back.location == "/study/1"
+    for hostile in (
+        "//evil.example/",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/x\r\nSet-Cookie: a=b",
+    ):
+        response = client.post(
+            "/me/language",
+            data={"csrf_token": token, "language": "en", "next": hostile},
+            headers={"Referer": "https://evil.example/phish"},
+        )
+        assert response.status_code == 302 and response.location == "/", hostile
+    # The Referer alone is never followed.
+    response = client.post(
+        "/me/language",
+        data={"csrf_token": token, "language": "en"},
+        headers={"Referer": "https://evil.example/phish"},
+    )
+    assert response.location == "/"

@@ -72,12 +72,13 @@
     opacity.addEventListener("input", paint);
     paint();
   }
-  // Full detail: swap in the full-resolution original, keeping what is on screen.
+  // Full detail: swap in the full-resolution original, keeping what is on screen. The
+  // box decodes it in the background (202 until it is ready): ask (HEAD) each second,
+  // then load it as the image's source.
   var full = document.getElementById("full-detail");
   if (full) {
-    full.addEventListener("click", function () {
+    var show = function () {
       var before = image.naturalWidth;
-      full.disabled = true;
       image.removeEventListener("load", fit);
       image.addEventListener("load", function () {
         view.scale *= before / image.naturalWidth;
@@ -85,6 +86,26 @@
         full.hidden = true;
       }, { once: true });
       image.src = full.dataset.url;
+    };
+    var ask = function () {
+      fetch(full.dataset.url, { method: "HEAD", credentials: "same-origin" }).then(function (response) {
+        if (response.status === 200) {
+          show();
+          return;
+        }
+        if (response.status === 202) {
+          full.textContent = full.dataset.preparing;
+          setTimeout(ask, 1000);
+          return;
+        }
+        full.textContent = full.dataset.unavailable;
+      }).catch(function () {
+        setTimeout(ask, 3000);  // the box is busy or restarting: try again
+      });
+    };
+    full.addEventListener("click", function () {
+      full.disabled = true;
+      ask();
     });
   }
   if (image.complete) { fit(); } else { image.addEventListener("load", fit, { once: true }); }
