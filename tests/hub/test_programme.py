@@ -124,3 +124,34 @@ def test_a_box_sends_outcomes_and_its_summary_and_the_hub_shows_the_programme(
 def test_the_hub_refuses_a_kind_it_does_not_know(hub):
     with pytest.raises(ValueError, match="one of result, review, outcome, monitor"):
         records.validate_entries({"entries": [{"id": "x", "rev": 1, "kind": "pacs", "data": {}}]})
+
+
+def test_outcomes_and_the_summary_travel_by_data_mule_and_come_back_in_the_receipt(tmp_path, hub):
+    """A box that never has a link: its outcomes and its summary (an entry of no image)
+    go in the bundle, the hub holds them, and the receipt acknowledges every one."""
+    from monitoring.cases import confirm, scored
+
+    from appliance.store import outbox
+    from appliance.sync import mule
+
+    data_dir = tmp_path / "box"
+    store = Store.open(data_dir)
+    enrol(data_dir, hub.url, hub.enrol_code())
+    config = load_config(data_dir, environ={}, usb_roots=[], min_free_mb=1)
+    confirm(store, scored(store, [0.9, 0.1]), [True, False])
+    outbox.record_monitor(
+        store.conn(),
+        {"generated_at": "2026-01-05T10:00:00+00:00", "warnings": [], "calibration": {}},
+    )
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    report = mule.export_bundle(store, config, stick)
+    assert report["entries"] == 5  # two results, two outcomes, the summary
+    database = hub.app.extensions["hub_database"]
+    imported = records.import_bundle(database, report["path"], receipt_to=stick)
+    assert imported["replay"] is False
+    assert len(entries(hub, "outcome")) == 2 and len(entries(hub, "monitor")) == 1
+    applied = mule.apply_receipt(store, config, imported["receipt"])
+    assert applied["acked"] == 5
+    assert outbox.all_pending(store.conn()) == []
+    store.close()
