@@ -1,4 +1,8 @@
-"""Schema history. Never edit a migration once it has shipped: add a new one."""
+"""Schema history. Never edit a migration once it has shipped: add a new one.
+
+Why this is long: it is every migration the box has shipped, in order, each left as it
+was applied (splitting them up would move shipped code).
+"""
 
 from __future__ import annotations
 
@@ -382,3 +386,29 @@ def m013_job_decoding_since(db: Database) -> None:
     # with it set on its next attempt stopped the box mid-decode (an OOM kill, say), so
     # it is decoded again only in a memory-limited child process, never straight away.
     db.execute("ALTER TABLE jobs ADD COLUMN decoding_since TEXT")
+
+
+@migrations()
+def m014_job_disk_waits(db: Database) -> None:
+    # A full disk is not the image's fault: a job that meets one goes back to the queue
+    # until ``not_before`` (on the monotonic clock, like leases: store/jobs.py) without
+    # spending an attempt, and ``disk_waits`` counts such waits in a row for the backoff.
+    # Screenings that had failed on a full disk before this (every attempt spent in
+    # milliseconds) are queued again with fresh attempts; an image whose screening failed
+    # for another reason says so on the worklist instead of "waiting" for ever.
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN not_before REAL;
+        ALTER TABLE jobs ADD COLUMN disk_waits INTEGER NOT NULL DEFAULT 0;
+        UPDATE jobs SET state = 'queued', attempts = 0, lease_owner = NULL,
+                        lease_taken = NULL, lease_expires = NULL
+            WHERE state = 'failed'
+              AND (last_error LIKE 'StorageFullError:%'
+                   OR last_error LIKE '%database or disk is full%'
+                   OR last_error LIKE '%No space left on device%');
+        UPDATE worklist_items SET status = 'failed', rank = 2
+            WHERE result_id IS NULL AND status = 'waiting'
+              AND image_id IN (SELECT image_id FROM jobs
+                               WHERE kind = 'screen' AND state = 'failed');
+        """
+    )
