@@ -1,6 +1,6 @@
 """``appliance serve``: everything the box runs, started together, stopped together.
 
-web page + DICOM listener + USB watcher + hot folder + workers, in one process with
+web page + DICOM listener + USB watcher + hot folder + workers + monitoring, in one process with
 threads (a Jetson has 6-8 cores and 8 GB shared with the GPU: one process keeps one copy
 of each model in memory). SIGTERM or SIGINT stops it cleanly.
 """
@@ -20,6 +20,7 @@ from appliance.ingest.hotfolder import HotFolder
 from appliance.ingest.importer import Importer, recover
 from appliance.ingest.scp import StoreSCP
 from appliance.ingest.usb import UsbWatcher
+from appliance.monitoring.monitor import Monitor
 from appliance.screening.models import ModelSet
 from appliance.screening.pipeline import Screener
 from appliance.store import jobs
@@ -80,6 +81,10 @@ class Service:
         app = create_app(self.config)
         app.extensions["appliance_status"] = self.status
         app.extensions["appliance_models"] = self.models
+        # Drift and health: recomputed in the background, shown by /healthz and the
+        # System page, and summarised for the hub.
+        monitor = Monitor(self.store, self.config)
+        app.extensions["appliance_monitor"] = monitor
         self.web_server = create_server(
             app,
             host=self.config.host,
@@ -113,6 +118,7 @@ class Service:
             worker = Worker(self.store, self.config, screener, name=f"worker-{index}")
             self._thread(f"worker-{index}", worker.run_forever, self.stop_event)
         self.status["workers"] = str(self.config.workers)
+        self._thread("monitor", monitor.run_forever, self.stop_event)
 
         if self.config.sync_hub_url:
             from appliance.sync.worker import SyncWorker

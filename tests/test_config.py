@@ -92,6 +92,10 @@ BAD_VALUES = [
     ("dicom_allowed_aets", "OK, WAY_TOO_LONG_AE_TITLE", "1 to 16"),
     ("hub_trusted_proxies", "10.0.0.0/8, proxy.example.org", "not an IP address"),
     ("sync_hub_url", "ftp://hub", "URL"),
+    ("calibration_min_positives", "0", "[5, 100000]"),
+    ("monitor_window", "0", "[10, 100000]"),
+    ("monitor_interval_seconds", "0", "[1, 86400]"),
+    ("monitor_max_temperature_c", "nan", "finite"),
 ]
 
 
@@ -174,6 +178,7 @@ CANDIDATES = {
         0.999,
         1.0,
         1.5,
+        85.0,
         1e308,
     ],
     bool: [True, False, "on", "maybe"],

@@ -1,10 +1,10 @@
 """The package's layers, read from the source (ast, every import including lazy ones).
 
 Data flows one way: ``ingest`` -> ``store`` -> ``inference`` are the lower layers;
-``screening``, ``web``, ``sync`` and ``hub`` sit on them; ``cli`` is the edge. A lower
-layer never reaches up, the box's sender (``sync``) and the hub never import each other
-(what both need is ``appliance.wire``), and only the command line imports the command
-line. Also: modules stay short enough to read, unless they say why not.
+``screening``, ``monitoring``, ``web``, ``sync`` and ``hub`` sit on them; ``cli`` is the
+edge. A lower layer never reaches up, the box's sender (``sync``) and the hub never
+import each other (what both need is ``appliance.wire``), and only the command line
+imports the command line. Also: modules stay short enough to read, unless they say why not.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "appliance"
 MAX_LINES = 400
 LONG_REASON = "Why this is long:"
 
-UPPER = ("appliance.web", "appliance.sync", "appliance.hub", "appliance.screening")
+UPPER = (
+    "appliance.web",
+    "appliance.sync",
+    "appliance.hub",
+    "appliance.screening",
+    "appliance.monitoring",
+)
 # importer (a package or module) -> what it must never import
 FORBIDDEN = {
     "appliance.errors": ("appliance.",),
@@ -30,6 +36,9 @@ FORBIDDEN = {
     "appliance.logins": (*UPPER, "appliance.store", "appliance.ingest", "appliance.inference"),
     "appliance.sync": ("appliance.hub", "appliance.web"),
     "appliance.hub": ("appliance.sync", "appliance.web", "appliance.store"),
+    # Monitoring reads the store and the bundles; the page, the sender and the hub show
+    # what it finds, never the other way round.
+    "appliance.monitoring": ("appliance.web", "appliance.sync", "appliance.hub"),
 }
 # Who may import appliance.cli: the package itself and ``python -m appliance``.
 CLI = "appliance.cli"

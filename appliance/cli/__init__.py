@@ -2,7 +2,8 @@
 
 One module per group of commands: ``box`` runs and checks the box, ``images`` gets
 images in and lists what is stored, ``sync`` talks to the hub, ``hub`` runs one;
-``options`` is what they share. Nothing outside this package imports it.
+``monitoring`` records outcomes, calibrates and watches for drift; ``options`` is what
+they share. Nothing outside this package imports it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import click
 
 from appliance import __version__
-from appliance.cli import box, hub, images, sync
+from appliance.cli import box, hub, images, monitoring, sync
 
 
 @click.group()
@@ -19,5 +20,5 @@ def main() -> None:
     """Offline screening appliance (decision support, not a diagnosis)."""
 
 
-for command in (*box.COMMANDS, *images.COMMANDS, sync.sync, hub.hub):
+for command in (*box.COMMANDS, *images.COMMANDS, *monitoring.COMMANDS, sync.sync, hub.hub):
     main.add_command(command)

@@ -1,5 +1,7 @@
 """The hub's dashboard (login required): sites, last seen, results per week, positivity
-and refusal rates, reviews pending, model versions in the field.
+and refusal rates, reviews pending, model versions in the field; and the programme view
+(``programme.py``): rates week by week per site, thresholds in force, calibration status
+and drift alarms.
 
 Logins work as on the box: a server-side session (``logins.sessions``; sign-out ends it,
 a copied cookie is then refused) and failed sign-ins counted per client before the
@@ -28,7 +30,7 @@ from flask import (
 )
 
 from appliance.errors import LoginThrottledError
-from appliance.hub import get_db, records
+from appliance.hub import get_db, programme, records
 from appliance.logins import sessions, throttle
 
 bp = Blueprint("dashboard", __name__)
@@ -178,6 +180,7 @@ def summary() -> dict[str, Any]:
         "weeks": weeks,
         "models": models,
         "devices": records.list_devices(conn),
+        "programme": programme.programme(conn),
     }
 
 

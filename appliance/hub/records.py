@@ -26,7 +26,7 @@ from appliance.wire.receipt import token_hash, write_receipt
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
 MAX_REVISION = 2**63 - 1  # a BIGINT / SQLite INTEGER; more overflowed into a 500
-ENTRY_KINDS = ("result", "review")
+ENTRY_KINDS = ("result", "review", "outcome", "monitor")
 
 
 def now() -> str:
@@ -169,8 +169,8 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
         )
         if not ok:
             raise ValueError(
-                f"entry {index}: needs id (text), rev (integer >= 1), kind (result or review)"
-                " and data (object)"
+                f"entry {index}: needs id (text), rev (integer >= 1), kind (one of "
+                f"{', '.join(ENTRY_KINDS)}) and data (object)"
             )
     return entries
 

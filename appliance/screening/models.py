@@ -27,6 +27,12 @@ FUNDUS = "fundus-referable-dr"
 # Each ships in the wheel; without one, that kind of image cannot be screened (its jobs
 # fail and say so) while the others go on.
 REQUIRED = (ROUTER, CXR, CXR_ADULT, FUNDUS)
+# The setting holding each screening model's site threshold (0: the bundle's suggested).
+THRESHOLD_SETTINGS = {
+    CXR: "cxr_threshold",
+    CXR_ADULT: "cxr_adult_threshold",
+    FUNDUS: "fundus_threshold",
+}
 
 
 def default_models_dir() -> Path:

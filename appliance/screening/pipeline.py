@@ -7,6 +7,7 @@ bundle's own spec applied by the same pure functions training used.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,13 +16,20 @@ from typing import Any
 import cv2
 import numpy as np
 
-from appliance.config import Config
+from appliance.config import CONFIG_FILE, Config, load_config
 from appliance.errors import ApplianceError
 from appliance.inference.postprocess import calibrated_probabilities, heatmap, operating_point
 from appliance.inference.preprocess import find_fundus_disc, preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
-from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER, LoadedModel, ModelSet
+from appliance.screening.measures import image_measures
+from appliance.screening.models import (
+    FUNDUS,
+    ROUTER,
+    THRESHOLD_SETTINGS,
+    LoadedModel,
+    ModelSet,
+)
 from appliance.screening.population import (
     OPERATOR,
     check_site_setting,
@@ -29,6 +37,8 @@ from appliance.screening.population import (
     population_caution,
 )
 from appliance.screening.quality import assess_fundus
+
+log = logging.getLogger(__name__)
 
 DECISION_SUPPORT = "Decision support, not a diagnosis: a clinician reviews every result."
 # A negative result's heatmap is scaled by this many logit units, not by its own peak,
@@ -62,6 +72,7 @@ class ScreeningResult:
     quality: dict[str, Any] | None = None
     evidence: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    image_stats: dict[str, Any] | None = None  # what drift monitoring compares
     heatmap: np.ndarray | None = None  # RGBA uint8 overlay, or None
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,18 +101,37 @@ class Screener:
         check_site_setting(config.chest_population)  # a typo stops start-up, saying why
         self.models = models
         self.config = config
+        self._config_mtime = self._config_file_mtime()
+
+    def _config_file_mtime(self) -> int | None:
+        try:
+            return (self.config.data_dir / CONFIG_FILE).stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _reread_thresholds(self) -> None:
+        """Site thresholds written by another process (``appliance calibrate --apply``
+        while the box runs) apply to the next image, without a restart."""
+        mtime = self._config_file_mtime()
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            fresh = load_config(self.config.data_dir)
+        except ApplianceError as exc:  # half-edited by hand: keep what works
+            log.error("config.toml not re-read: %s", exc)
+            return
+        for setting in THRESHOLD_SETTINGS.values():
+            self.config.values[setting] = getattr(fresh, setting)
 
     @property
     def ready(self) -> bool:
         return self.models.get(ROUTER) is not None
 
     def threshold(self, model: LoadedModel) -> float:
-        configured = {
-            CXR: self.config.cxr_threshold,
-            CXR_ADULT: self.config.cxr_adult_threshold,
-            FUNDUS: self.config.fundus_threshold,
-        }
-        chosen = configured.get(model.bundle.name) or 0.0
+        self._reread_thresholds()
+        setting = THRESHOLD_SETTINGS.get(model.bundle.name)
+        chosen = getattr(self.config, setting) if setting else 0.0
         return chosen or float(model.bundle.manifest["operating_points"]["suggested"]["threshold"])
 
     def urgent_threshold(self, model: LoadedModel, threshold: float) -> float:
@@ -141,6 +171,7 @@ class Screener:
                 manifest["operating_points"]["suggested"]["threshold"]
             )
             decision = gate.decide(router_probs, tags, min_conf)
+            measures = image_measures(image.pixels)  # for drift monitoring, every image
         result = ScreeningResult(
             decision.route,
             decision.reason,
@@ -148,6 +179,7 @@ class Screener:
             router=router_probs,
             evidence=decision.evidence,
             backend=router_backend,
+            image_stats=measures,
         )
         if decision.route == gate.REFUSED:
             result.timings_ms = timer.ms

@@ -1,7 +1,7 @@
 """Schema history. Never edit a migration once it has shipped: add a new one.
 
-Why this is long: it is every migration the box has shipped, in order, each left as it
-was applied (splitting them up would move shipped code).
+Why this is long: it is the schema's whole history, one function per change, and a
+shipped migration is never edited or moved.
 """
 
 from __future__ import annotations
@@ -389,7 +389,104 @@ def m013_job_decoding_since(db: Database) -> None:
 
 
 @migrations()
-def m014_job_disk_waits(db: Database) -> None:
+def m014_outcomes_and_monitoring(db: Database) -> None:
+    # Numbered after main's m012 and m013 (written meanwhile on other branches), so
+    # merged, the three apply in one order everywhere.
+    # Confirmatory outcomes (a lab's or specialist's reference result per image), the
+    # site threshold's history (kept for rollback), the site's drift baselines, and the
+    # measures of each image that drift monitoring compares. History tables are
+    # append-only like results and reviews: a correction is a new row.
+    # The outbox is rebuilt so an entry may belong to no image (the box's monitoring
+    # summary): SQLite cannot drop a NOT NULL in place. Rows keep their ids.
+    db.executescript(
+        """
+        CREATE TABLE outcomes (
+            id INTEGER PRIMARY KEY,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            test TEXT NOT NULL,
+            result TEXT NOT NULL,
+            positive INTEGER CHECK (positive IS NULL OR positive IN (0, 1)),
+            grade INTEGER,
+            tested_on TEXT NOT NULL,
+            entered_by TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX outcomes_image ON outcomes(image_id, test, id);
+        CREATE TRIGGER outcomes_no_update BEFORE UPDATE ON outcomes
+            BEGIN SELECT RAISE(ABORT, 'outcomes are never changed'); END;
+        CREATE TRIGGER outcomes_no_delete BEFORE DELETE ON outcomes
+            BEGIN SELECT RAISE(ABORT, 'outcomes are never deleted'); END;
+
+        CREATE TABLE threshold_changes (
+            id INTEGER PRIMARY KEY,
+            model_name TEXT NOT NULL,
+            model_version TEXT,
+            setting TEXT NOT NULL,
+            old_value REAL NOT NULL,
+            new_value REAL NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('apply', 'rollback')),
+            undoes INTEGER REFERENCES threshold_changes(id),
+            detail TEXT,
+            actor TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TRIGGER threshold_changes_no_update BEFORE UPDATE ON threshold_changes
+            BEGIN SELECT RAISE(ABORT, 'threshold history is append-only'); END;
+        CREATE TRIGGER threshold_changes_no_delete BEFORE DELETE ON threshold_changes
+            BEGIN SELECT RAISE(ABORT, 'threshold history is append-only'); END;
+
+        CREATE TABLE monitor_baselines (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            model_version TEXT,
+            first_result_id INTEGER NOT NULL,
+            last_result_id INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TRIGGER monitor_baselines_no_update BEFORE UPDATE ON monitor_baselines
+            BEGIN SELECT RAISE(ABORT, 'baselines are append-only'); END;
+        CREATE TRIGGER monitor_baselines_no_delete BEFORE DELETE ON monitor_baselines
+            BEGIN SELECT RAISE(ABORT, 'baselines are append-only'); END;
+
+        ALTER TABLE results ADD COLUMN image_stats TEXT;
+        CREATE INDEX results_model ON results(model_name, model_version, id);
+
+        CREATE TABLE outbox_rebuilt (
+            id INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            entry_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            local_id INTEGER NOT NULL,
+            image_id INTEGER REFERENCES images(id),
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'acked', 'superseded')),
+            created_at TEXT NOT NULL,
+            exported_at TEXT,
+            acked_at TEXT,
+            UNIQUE (destination, entry_id, revision)
+        );
+        INSERT INTO outbox_rebuilt (id, destination, entry_id, revision, kind, local_id,
+                                    image_id, payload, state, created_at, exported_at,
+                                    acked_at)
+        SELECT id, destination, entry_id, revision, kind, local_id, image_id, payload, state,
+               created_at, exported_at, acked_at
+        FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_rebuilt RENAME TO outbox;
+        CREATE INDEX outbox_send ON outbox(destination, state, kind, id);
+        CREATE INDEX outbox_local ON outbox(destination, kind, local_id);
+        """
+    )
+
+
+@migrations()
+def m015_job_disk_waits(db: Database) -> None:
+    # Numbered after m014_outcomes_and_monitoring (written meanwhile on another
+    # branch), so merged, the two apply in one order everywhere.
     # A full disk is not the image's fault: a job that meets one goes back to the queue
     # until ``not_before`` (on the monotonic clock, like leases: store/jobs.py) without
     # spending an attempt, and ``disk_waits`` counts such waits in a row for the backoff.

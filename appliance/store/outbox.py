@@ -14,7 +14,11 @@ way round). Each entry has a stable id and a revision:
 - a result is ``result:<uuid4>``, revision 1 (a later revision only when what is known
   of its image changes, e.g. a patient typed in);
 - the reviews of one image share ``review:<image sha256>``; each new review is the next
-  revision and supersedes the pending older ones (the receiver keeps the highest).
+  revision and supersedes the pending older ones (the receiver keeps the highest);
+- a confirmatory outcome is ``outcome:<uuid4>``, revision 1: outcomes are append-only
+  and every one is kept (a correction is a new outcome);
+- the box's monitoring summary is ``monitor:summary``, belonging to no image; each new
+  summary is the next revision and supersedes the pending older one.
 
 Nothing is deleted: a sender marks rows ``acked`` once its receiver has them durably.
 """
@@ -31,7 +35,7 @@ from appliance.store.db import Store, utc_now
 
 HUB = "hub"
 DESTINATIONS = (HUB,)
-KINDS = ("result", "review")
+KINDS = ("result", "review", "outcome", "monitor")
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Entry:
     entry_id: str
     revision: int
     kind: str
-    image_id: int
+    image_id: int | None
     payload: dict[str, Any]
     exported: bool
 
@@ -73,7 +77,7 @@ def _add(
     revision: int,
     kind: str,
     local_id: int,
-    image_id: int,
+    image_id: int | None,
     payload: dict[str, Any],
 ) -> None:
     # The table has no CHECK on kind or destination (a new receiver must not need a
@@ -219,6 +223,74 @@ def record_review(
     return entry_id, revision
 
 
+def record_outcome(conn: sqlite3.Connection, outcome_id: int, destination: str = HUB) -> str:
+    """Queue a confirmatory outcome (call inside the transaction that stored it)."""
+    row = conn.execute("SELECT * FROM outcomes WHERE id = ?", (outcome_id,)).fetchone()
+    image = _image_facts(conn, row["image_id"])
+    result = conn.execute(
+        "SELECT id, model_name, model_version, probability, threshold FROM results"
+        " WHERE image_id = ? ORDER BY id DESC LIMIT 1",
+        (row["image_id"],),
+    ).fetchone()
+    entry_id = f"outcome:{uuid.uuid4().hex}"
+    scored = result is not None and result["probability"] is not None
+    model = {"name": result["model_name"], "version": result["model_version"]} if scored else {}
+    payload = {
+        "image": {"sha256": image["sha256"]},
+        "result_entry": _result_entry_id(conn, destination, result["id"]) if result else None,
+        "model": model,
+        # Whether the box had flagged the image: the hub can see verification bias.
+        "flagged": result["probability"] >= result["threshold"] if scored else None,
+        "test": row["test"],
+        "result": row["result"],
+        "positive": None if row["positive"] is None else bool(row["positive"]),
+        "grade": row["grade"],
+        "tested_on": row["tested_on"],
+        "entered_by": row["entered_by"],
+        "created_at": row["created_at"],
+        "local_id": outcome_id,
+    }
+    _add(
+        conn,
+        destination=destination,
+        entry_id=entry_id,
+        revision=1,
+        kind="outcome",
+        local_id=outcome_id,
+        image_id=row["image_id"],
+        payload=payload,
+    )
+    return entry_id
+
+
+MONITOR_ENTRY = "monitor:summary"
+
+
+def record_monitor(
+    conn: sqlite3.Connection, summary: dict[str, Any], destination: str = HUB
+) -> tuple[str, int]:
+    """Queue the box's monitoring summary; it supersedes a pending older one."""
+    revision = _next_revision(conn, destination, MONITOR_ENTRY)
+    _add(
+        conn,
+        destination=destination,
+        entry_id=MONITOR_ENTRY,
+        revision=revision,
+        kind="monitor",
+        local_id=revision,
+        image_id=None,
+        payload=summary,
+    )
+    return MONITOR_ENTRY, revision
+
+
+def last_monitor_payload(conn: sqlite3.Connection, destination: str = HUB) -> dict | None:
+    """The summary queued last (sent or not), to tell whether a new one says anything new."""
+    sql = "SELECT payload FROM outbox WHERE destination = ? AND entry_id = ? ORDER BY revision"
+    row = conn.execute(sql + " DESC LIMIT 1", (destination, MONITOR_ENTRY)).fetchone()
+    return json.loads(row["payload"]) if row is not None else None
+
+
 def _entry(row: sqlite3.Row) -> Entry:
     return Entry(
         row_id=row["id"],
@@ -232,20 +304,25 @@ def _entry(row: sqlite3.Row) -> Entry:
     )
 
 
+# Sent in this order; each later kind in batches of its own, so a hub that does not know
+# it yet (a 400) still gets the results and reviews first, at every pass.
+BATCHES = (("result", "review"), ("outcome",), ("monitor",))
+
+
 def pending(conn: sqlite3.Connection, limit: int, destination: str = HUB) -> list[Entry]:
-    """The next pending entries: every result before any review, oldest first."""
-    rows = conn.execute(
-        "SELECT * FROM outbox WHERE destination = ? AND state = 'pending' AND kind = 'result'"
-        " ORDER BY id LIMIT ?",
-        (destination, limit),
-    ).fetchall()
-    if len(rows) < limit:
-        rows += conn.execute(
-            "SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"
-            " AND kind = 'review' ORDER BY id LIMIT ?",
-            (destination, limit - len(rows)),
-        ).fetchall()
-    return [_entry(row) for row in rows]
+    """The next pending entries: every result before any review, then outcomes, then the
+    monitoring summary; oldest first within each kind."""
+    for kinds in BATCHES:
+        rows: list[sqlite3.Row] = []
+        for kind in kinds:  # a full batch asks the next kind for LIMIT 0: nothing
+            rows += conn.execute(
+                "SELECT * FROM outbox WHERE destination = ? AND state = 'pending' AND kind = ?"
+                " ORDER BY id LIMIT ?",
+                (destination, kind, limit - len(rows)),
+            ).fetchall()
+        if rows:
+            return [_entry(row) for row in rows]
+    return []
 
 
 def pending_exported(
@@ -297,12 +374,12 @@ def counts(conn: sqlite3.Connection, destination: str = HUB) -> dict[str, int]:
         f"{kind}_{state}": 0 for kind in ("result", "review") for state in ("pending", "acked")
     }
     for row in conn.execute(
-        "SELECT kind, state, COUNT(*) AS n FROM outbox WHERE destination = ?"
-        " GROUP BY kind, state",
+        "SELECT kind, state, COUNT(*) AS n FROM outbox WHERE destination = ? GROUP BY kind, state",
         (destination,),
     ):
-        if row["state"] != "superseded":
-            found[f"{row['kind']}_{row['state']}"] = row["n"]
+        key = f"{row['kind']}_{row['state']}"
+        if key in found:  # results and reviews (what the System page and status show)
+            found[key] = row["n"]
     return found
 
 

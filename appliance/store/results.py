@@ -11,7 +11,7 @@ from appliance.store.db import Store, audit, utc_now
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 from appliance.store.worklist_items import refresh_item
 
-_JSON_FIELDS = ("hints", "router", "quality", "timings")
+_JSON_FIELDS = ("hints", "router", "quality", "timings", "image_stats")
 
 
 def insert_result(
@@ -25,8 +25,8 @@ def insert_result(
     cur = conn.execute(
         "INSERT INTO results (image_id, job_id, route, reason, hints, probability, score,"
         " threshold, triage, model_name, model_version, model_sha256, backend, router,"
-        " quality, heatmap_path, timings, created_at, population, population_source)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " quality, heatmap_path, timings, created_at, population, population_source, image_stats)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             image_id,
             job_id,
@@ -48,6 +48,7 @@ def insert_result(
             utc_now(),
             result.get("population"),
             result.get("population_source"),
+            json.dumps(result["image_stats"]) if result.get("image_stats") else None,
         ),
     )
     result_id = int(cur.lastrowid)

@@ -70,10 +70,12 @@ def create_app(config: Config | None = None, test_config: dict[str, Any] | None 
     app.extensions.setdefault("appliance_status", {})
     Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
 
+    from appliance.monitoring.monitor import Monitor
     from appliance.web import (
         admin,
         api_errors,
         auth,
+        calibration,
         health,
         imports,
         security,
@@ -88,6 +90,9 @@ def create_app(config: Config | None = None, test_config: dict[str, Any] | None 
     auth.init_app(app)  # before security: CSRF checks need to know who is asking
     security.init_app(app)
     views.init_app(app)
-    for blueprint in (health.bp, upload.bp, worklist.bp, study.bp, imports.bp, admin.bp, system.bp):
+    blueprints = (health.bp, upload.bp, worklist.bp, study.bp, imports.bp, admin.bp, system.bp)
+    for blueprint in (*blueprints, calibration.bp):
         app.register_blueprint(blueprint)
+    # Drift and health, cached briefly: `appliance serve` puts in the one its thread keeps.
+    app.extensions.setdefault("appliance_monitor", Monitor(store, config))
     return app

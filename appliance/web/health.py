@@ -2,8 +2,9 @@
 
 Anyone may ask whether the box is up (the kiosk does, before it shows the page; a
 monitor may): without a login or the device token the answer says only ``status``,
-``database`` and ``disk`` as ok or not. Queue, components, engines and models (whose
-errors can name folders and files) are for a signed-in user or the device token."""
+``database`` and ``disk`` as ok or not. Queue, components, engines, models (whose
+errors can name folders and files) and the drift and health warnings are for a
+signed-in user or the device token."""
 
 from __future__ import annotations
 
@@ -40,12 +41,23 @@ def healthz():
     # (screening runs on ONNX Runtime meanwhile).
     engines = read_status(config.data_dir)
     body["engines"] = {"state": engines.get("state"), "progress": engines.get("progress")}
+    full = signed_in()
+    # Drift and health warnings say where to look; they never make the box "degraded"
+    # (it still screens), so a probe that restarts services is not set off by them.
+    # Only worked out for those who see them: an anonymous probe costs no monitoring.
+    if full:
+        try:
+            body["warnings"] = current_app.extensions["appliance_monitor"].current()["warnings"]
+        except Exception as exc:  # report, never crash the probe
+            body["warnings"] = [
+                {"code": "monitoring_error", "message": f"monitoring failed: {exc}"}
+            ]
     models = current_app.extensions.get("appliance_models")
     if models is not None:  # set by `appliance serve`, which runs the workers
         body["models"] = models.status()
         if models.errors:
             body["status"] = "degraded"
-    if not signed_in():
+    if not full:
         body = {
             "status": body["status"],
             "decision_support": body["decision_support"],

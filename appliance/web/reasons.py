@@ -145,6 +145,111 @@ KNOWN = (
     N_("disk full while writing %(name)s"),
     # appliance/config.py: ConfigError from the settings page
     N_("setting %(name)s from %(source)s: %(value)s is not a valid %(kind)s"),
+    # appliance/monitoring/notices.py: TEMPLATES (drift, calibration and health notices)
+    N_("No results from %(model)s %(version)s on this box yet."),
+    N_(
+        "Not enough confirmed cases to recommend a threshold: %(positives)s positive and "
+        "%(negatives)s negative; at least %(min_positives)s positive and %(min_negatives)s "
+        "negative are needed, so that the threshold does not rest on one or two patients and "
+        "its sensitivity is known to within about 12 points."
+    ),
+    N_(
+        "Confirmatory results exist for %(flagged)s of the images the box flagged but only "
+        "%(unflagged)s of the others: sensitivity looks better and specificity worse than they "
+        "are. Send a random sample of the patients the box did not flag for the same test (for "
+        "example 1 in 10) and enter their results."
+    ),
+    N_(
+        "%(count)s confirmed cases scored by another version of %(model)s are not used: a "
+        "threshold belongs to the version that scored."
+    ),
+    N_(
+        "The site threshold of %(model)s (%(threshold)s) was calibrated on version "
+        "%(calibrated)s, and the box now runs %(version)s: calibrate again, or roll back to the "
+        "bundle's own threshold."
+    ),
+    N_(
+        "No reference distribution in this bundle version (%(model)s %(version)s): its scores "
+        "are compared with this site's own earlier images only."
+    ),
+    N_(
+        "%(model)s: the scores of the last %(n)s images no longer look like the model's "
+        "validation (population stability index %(psi)s, alarm above %(bound)s). Check that the "
+        "images are of the kind and the patients the model was made for."
+    ),
+    N_(
+        "%(model)s: %(now)s of the last %(n)s images scored at or above the model's own "
+        "threshold, against %(before)s in validation."
+    ),
+    N_(
+        "The box refused %(now)s of the last %(n)s images as not a chest X-ray or retina photo, "
+        "against %(before)s in validation: check what is being sent."
+    ),
+    N_(
+        "The box is less sure what the images are: %(now)s of the last %(n)s were below the "
+        "median confidence of validation. Check what is being sent."
+    ),
+    N_(
+        "%(model)s: the scores of the last %(n)s images no longer look like this site's earlier "
+        "ones (population stability index %(psi)s, alarm above %(bound)s)."
+    ),
+    N_(
+        "%(model)s: %(now)s of the last %(n)s images were flagged at today's threshold, against "
+        "%(before)s of this site's earlier ones."
+    ),
+    N_(
+        "The box refused %(now)s of the last %(n)s images as not a chest X-ray or retina photo, "
+        "against %(before)s of this site's earlier ones: check what is being sent."
+    ),
+    N_(
+        "%(now)s of the last %(n)s retina photos were not gradable, against %(before)s before: "
+        "check the camera's lens, focus and flash, and the pupils' dilation."
+    ),
+    N_(
+        "%(model)s: the images look different from this site's earlier ones (%(measure)s moved "
+        "by %(effect)s standard deviations). Has the X-ray machine or camera, its settings, or "
+        "the kind of patient changed?"
+    ),
+    N_(
+        "%(model)s: images now arrive at about %(now)s pixels, against %(before)s before. Has "
+        "the X-ray machine or camera, or its settings, changed?"
+    ),
+    N_("The disk is nearly full: %(free)s MB free; below %(reserve)s MB new images are refused."),
+    N_("The box is hot: %(temperature)s °C. Give it air and keep it out of the sun."),
+    N_("An image has waited %(minutes)s minutes to be screened: check the System page."),
+    # ... and MEASURES, the measure an images_changed notice names
+    N_("brightness"),
+    N_("contrast"),
+    N_("where light and dark fall in the image"),
+    N_("colour"),
+    # appliance/monitoring/outcomes.py: OutcomeError
+    N_("The result must be positive, negative, a grade from 0 to 4, indeterminate or withdrawn."),
+    N_("The date must be written YYYY-MM-DD or DD/MM/YYYY (day first)."),
+    N_("Name the test (up to 60 characters), e.g. xpert or culture."),
+    N_(
+        "The file needs the columns test, result and date, and one of sop_instance_uid, "
+        "original_name or patient_id (with date) to find the image."
+    ),
+    N_("The test date is in the future."),
+    N_("There is no such image."),
+    # appliance/monitoring/calibration.py: CalibrationError and what it says
+    N_(
+        "Decision support, not a diagnosis: a threshold chooses which images a clinician sees "
+        "first; it never rules disease in or out."
+    ),
+    N_("No model bundle named %(name)s is installed."),
+    N_("%(name)s has no site threshold to calibrate (one of: %(known)s)."),
+    N_("The target sensitivity must be at least 0.5 and below 1."),
+    N_("%(variable)s is set in the environment and would override config.toml: remove it first."),
+    N_("Nothing to apply: %(reasons)s"),
+    N_("No calibration of %(model)s to roll back."),
+    # appliance/monitoring/monitor.py: MonitorError and what it says
+    N_("Decision support, not a diagnosis: monitoring says where to look."),
+    N_("Unknown model %(scope)s: one of %(scopes)s."),
+    N_(
+        "Only %(count)s results of %(scope)s: at least %(needed)s are needed to accept them as "
+        "this site's baseline."
+    ),
     # appliance/service.py and screening/models.py: what the System page lists
     N_("ok"),
     N_("not loaded"),

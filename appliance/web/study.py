@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import date
 from pathlib import Path
 
 import segno
@@ -21,6 +22,7 @@ from flask import (
 from flask_babel import gettext as _
 from markupsafe import Markup
 
+from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
 from appliance.store import jobs
 from appliance.store import worklist as queries
 from appliance.store.patients import PatientError, set_patient
@@ -47,7 +49,13 @@ def _load(image_id: int) -> dict:
 @bp.get("/<int:image_id>")
 def view(image_id: int):
     item = _load(image_id)
-    return render_template("study/view.html", item=item, reviews=reviews_for(_store(), image_id))
+    return render_template(
+        "study/view.html",
+        item=item,
+        reviews=reviews_for(_store(), image_id),
+        outcomes=outcomes_for(_store(), image_id),
+        today=date.today().isoformat(),
+    )
 
 
 @bp.get("/<int:image_id>/<any(preview, heatmap):kind>")
@@ -102,6 +110,28 @@ def review(image_id: int):
         flash(translate_reason(str(exc)), "error")
     else:
         flash(_("Review saved."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/outcome")
+@requires("clinician")
+def outcome(image_id: int):
+    """A confirmatory result (lab, specialist, follow-up) for this image: append-only,
+    audited, sent to the hub, and counted by the site's calibration."""
+    _load(image_id)
+    try:
+        add_outcome(
+            _store(),
+            image_id=image_id,
+            user=g.user,
+            test=request.form.get("test", ""),
+            result=request.form.get("result", ""),
+            tested_on=request.form.get("tested_on", ""),
+        )
+    except OutcomeError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Confirmatory result saved."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
 
 

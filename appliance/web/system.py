@@ -3,6 +3,7 @@ a way to queue the failed screenings again."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, url_for
@@ -18,6 +19,7 @@ from appliance.sync.worker import sync_status
 from appliance.web.auth import requires
 
 bp = Blueprint("system", __name__)
+log = logging.getLogger(__name__)
 
 # The names ``appliance serve`` gives its parts (service.py), as the page shows them.
 SERVICES = {
@@ -74,6 +76,7 @@ def index():
         engines=read_status(config.data_dir),
         sync=sync_status(store, config),
         services=SERVICES,
+        monitoring=_monitoring(),
     )
 
 
@@ -96,3 +99,12 @@ def retry_failed():
     else:
         flash(_("No failed screenings to retry."), "ok")
     return redirect(url_for("system.index"))
+
+
+def _monitoring() -> dict | None:
+    """The drift and health report; the page still shows the rest if it fails."""
+    try:
+        return current_app.extensions["appliance_monitor"].current()
+    except Exception:
+        log.exception("monitoring report failed")
+        return None

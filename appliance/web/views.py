@@ -8,6 +8,7 @@ from flask import Flask, current_app, g
 from flask_babel import format_date, format_datetime, format_decimal, format_percent
 from flask_babel import lazy_gettext as _l
 
+from appliance.monitoring.outcomes import RESULTS, TESTS
 from appliance.screening.models import CXR, CXR_ADULT, FUNDUS
 from appliance.store.reviews import REASON_CODES
 from appliance.web import user_language
@@ -61,6 +62,25 @@ REASONS = {
     "other": _l("Other (see note)"),
 }
 assert set(REASONS) == set(REASON_CODES)
+# Confirmatory tests and results (appliance/monitoring/outcomes.py), in people's words.
+TEST_NAMES = {
+    "xpert": _l("Sputum Xpert MTB/RIF"),
+    "culture": _l("Culture"),
+    "smear": _l("Sputum smear microscopy"),
+    "radiologist": _l("Radiologist's read"),
+    "ophthalmologist": _l("Ophthalmologist's grade"),
+    "follow_up": _l("Clinical follow-up"),
+    "other": _l("Other test"),
+}
+assert set(TEST_NAMES) == set(TESTS)
+OUTCOME_RESULTS = {
+    "positive": _l("positive"),
+    "negative": _l("negative"),
+    **{f"grade {g}": _l("grade %(grade)s", grade=g) for g in range(5)},
+    "indeterminate": _l("indeterminate"),
+    "withdrawn": _l("withdrawn (entered in error)"),
+}
+assert set(RESULTS) <= set(OUTCOME_RESULTS)
 
 # What the slip and the study page say, per model that scored and outcome, in plain
 # words. Results stored before there were two chest models name cxr-pneumonia.
@@ -179,4 +199,6 @@ def init_app(app: Flask) -> None:
             "RECOMMENDATION": RECOMMENDATION,
             "IMPORT_STATUS": IMPORT_STATUS,
             "ENGINE_STATE": ENGINE_STATE,
+            "TESTS": TEST_NAMES,
+            "OUTCOME_RESULTS": OUTCOME_RESULTS,
         }

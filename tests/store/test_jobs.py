@@ -298,7 +298,7 @@ def test_failed_screenings_show_on_the_worklist_until_retried(store):
 def test_the_upgrade_queues_again_what_a_full_disk_failed_and_shows_other_failures(tmp_path):
     store = Store(tmp_path)
     db = Database(store.conn())
-    migrations.apply(db, stop_before="m014_job_disk_waits")
+    migrations.apply(db, stop_before="m015_job_disk_waits")
     conn = store.conn()
     now = utc_now()
     conn.execute(

@@ -38,14 +38,16 @@ ADMIN, ADMIN_PIN = "admin", "2468"
 CLINICIAN, CLINICIAN_PIN = "dr.banda", "1357"
 
 CXR64 = TESTS / "data" / "cxr64"
-# Real chest X-rays whose scores land in each triage band with the bundled model.
+# Real chest X-rays whose scores land in these triage bands with the children's bundle,
+# 1.0.0 and 1.1.0 alike. The review band is held by a retina photo: 1.1.0's suggested
+# threshold lies above its 95 % specificity row, so no child's X-ray lands in review.
 CXR_FILES = {
     "person1234_bacteria_3190.png": "urgent",
-    "NORMAL2-IM-0468-0001.png": "review",
     "IM-0135-0001.png": "routine",
     "IM-0151-0001.png": "routine",
 }
-IMPORTABLE = 2 + 2 + len(CXR_FILES)  # two DICOM, two fundus JPEGs, the PNGs
+REVIEW_PHOTO = FUNDUS_DIR / "cameras" / "idrid" / "IDRiD_037.jpg"
+IMPORTABLE = 2 + 3 + len(CXR_FILES)  # two DICOM, three fundus JPEGs, the PNGs
 OTHER = 1  # the PDF
 
 TAP_TARGETS = "a, button, input, select, textarea, label.check, .big"
@@ -148,6 +150,7 @@ def plug_in_stick(usb_root: Path, staging: Path) -> None:
     shutil.copy(testdata("CT_small.dcm"), stick / "CT_small.dcm")
     shutil.copy(FUNDUS_DIR / "hrf_12_h.jpg", stick / "DCIM" / "hrf_12_h.jpg")
     shutil.copy(FUNDUS_DIR / "IDRiD_003.jpg", stick / "DCIM" / "IDRiD_003.jpg")
+    shutil.copy(REVIEW_PHOTO, stick / "DCIM" / REVIEW_PHOTO.name)
     for name in CXR_FILES:
         shutil.copy(CXR64 / name, stick / name)
     (stick / "report.pdf").write_bytes(PDF)

@@ -153,6 +153,10 @@ SOURCES = [
     "store/patients.py",
     "store/population.py",
     "screening/population.py",
+    "monitoring/outcomes.py",
+    "monitoring/notices.py",
+    "monitoring/calibration.py",
+    "monitoring/monitor.py",
 ]
 
 
@@ -357,6 +361,8 @@ def pages(ids: dict) -> list[str]:
         "/settings",
         "/users",
         "/system",
+        "/calibration",
+        "/calibration?model=fundus-referable-dr",
     ]
 
 

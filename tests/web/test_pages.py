@@ -77,6 +77,11 @@ PAGES = [
     ("POST", "/users", {"admin"}),
     ("GET", "/system", {"operator", "clinician", "admin"}),
     ("POST", "/system/retry-failed", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/outcome", {"clinician", "admin"}),
+    ("GET", "/calibration", {"admin"}),
+    ("POST", "/calibration/apply", {"admin"}),
+    ("POST", "/calibration/rollback", {"admin"}),
+    ("POST", "/monitoring/accept", {"admin"}),
 ]
 
 

@@ -1,0 +1,331 @@
+"""Confirmatory outcomes: the reference result a lab or specialist gave for an image.
+
+Entered on the study page or imported from a lab register's CSV; append-only (a
+correction is a new outcome for the same test, which then counts instead); each one
+audited and queued for the hub in the transaction that stores it.
+
+What an image's reference is, for calibration: per test, the latest outcome entered;
+the image is positive when any test's latest is positive, negative when every test's
+latest is negative. ``indeterminate`` and ``withdrawn`` (entered in error) count as no
+result for that test. A grade (0-4, the international diabetic retinopathy scale) is
+positive from 2 (moderate) up, the fundus model's definition of referable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.store import outbox
+from appliance.store.db import Store, audit, utc_now
+from appliance.store.patients import PATIENT_ID_SQL
+
+TESTS = {
+    "xpert": "Sputum Xpert MTB/RIF",
+    "culture": "Culture",
+    "smear": "Sputum smear microscopy",
+    "radiologist": "Radiologist's read",
+    "ophthalmologist": "Ophthalmologist's grade",
+    "follow_up": "Clinical follow-up",
+    "other": "Other test",
+}
+RESULTS = ("positive", "negative", "indeterminate", "withdrawn")
+REFERABLE_GRADE = 2
+MAX_GRADE = 4
+_ALIASES = {"pos": "positive", "+": "positive", "neg": "negative", "-": "negative"}
+ID_COLUMNS = ("sop_instance_uid", "original_name", "patient_id")
+REQUIRED_COLUMNS = ("test", "result", "date")
+
+
+class OutcomeError(ApplianceError):
+    """An outcome that cannot be recorded as given."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A result as written, normalised: text, positive (or None), grade (or None)."""
+
+    result: str
+    positive: bool | None
+    grade: int | None
+
+
+def read_result(text: str) -> Reading:
+    value = " ".join(str(text).strip().lower().split())
+    value = _ALIASES.get(value, value)
+    if value in ("positive", "negative"):
+        return Reading(value, value == "positive", None)
+    if value in ("indeterminate", "withdrawn"):
+        return Reading(value, None, None)
+    match = re.fullmatch(r"(?:grade\s*)?([0-9])", value)
+    if match and int(match.group(1)) <= MAX_GRADE:
+        grade = int(match.group(1))
+        return Reading(f"grade {grade}", grade >= REFERABLE_GRADE, grade)
+    raise OutcomeError(
+        "The result must be positive, negative, a grade from 0 to 4, indeterminate or withdrawn."
+    )
+
+
+def read_test(text: str) -> str:
+    value = " ".join(str(text).strip().split())
+    if not value or len(value) > 60:
+        raise OutcomeError("Name the test (up to 60 characters), e.g. xpert or culture.")
+    for code, label in TESTS.items():
+        if value.lower() in (code, label.lower()):
+            return code
+    return value
+
+
+DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y")
+
+
+def read_date(text: str) -> date:
+    value = str(text).strip()
+    for pattern in DATE_FORMATS:
+        try:
+            day = datetime.strptime(value, pattern).date()
+        except ValueError:
+            continue
+        if day > date.today() + timedelta(days=1):
+            raise OutcomeError("The test date is in the future.")
+        return day
+    raise OutcomeError("The date must be written YYYY-MM-DD or DD/MM/YYYY (day first).")
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    image_id: int,
+    test: str,
+    reading: Reading,
+    tested_on: date,
+    entered_by: str,
+    source: str,
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO outcomes (image_id, test, result, positive, grade, tested_on,"
+        " entered_by, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            image_id,
+            test,
+            reading.result,
+            None if reading.positive is None else int(reading.positive),
+            reading.grade,
+            tested_on.isoformat(),
+            entered_by,
+            source,
+            utc_now(),
+        ),
+    )
+    outcome_id = int(cur.lastrowid)
+    outbox.record_outcome(conn, outcome_id)  # same transaction: the hub never misses it
+    audit(
+        conn,
+        entered_by,
+        "outcome.added",
+        f"image:{image_id}",
+        json.dumps({"test": test, "result": reading.result, "date": tested_on.isoformat()}),
+    )
+    return outcome_id
+
+
+def add_outcome(
+    store: Store, *, image_id: int, user: dict[str, Any], test: str, result: str, tested_on: str
+) -> int:
+    """One outcome typed on the study page."""
+    reading, code, day = read_result(result), read_test(test), read_date(tested_on)
+    with store.write() as conn:
+        if conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None:
+            raise OutcomeError("There is no such image.")
+        return _insert(conn, image_id, code, reading, day, user["username"], "page")
+
+
+def outcomes_for(store: Store, image_id: int) -> list[dict[str, Any]]:
+    rows = store.conn().execute(
+        "SELECT * FROM outcomes WHERE image_id = ? ORDER BY id DESC", (image_id,)
+    )
+    return [dict(row) for row in rows]
+
+
+def list_outcomes(store: Store, limit: int = 1000) -> list[dict[str, Any]]:
+    """Newest first, with what identifies the image and its latest result."""
+    rows = store.conn().execute(
+        "SELECT o.*, i.sop_instance_uid, i.original_name, i.sha256,"
+        f" {PATIENT_ID_SQL} AS patient_id, r.model_name, r.model_version, r.score,"
+        " CASE WHEN r.probability IS NULL THEN NULL"
+        " WHEN r.probability >= r.threshold THEN 1 ELSE 0 END AS flagged"
+        " FROM outcomes o JOIN images i ON i.id = o.image_id"
+        " JOIN studies s ON s.id = i.study_id"
+        " LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)"
+        " ORDER BY o.id DESC LIMIT ?",
+        (limit,),
+    )
+    return [dict(row) for row in rows]
+
+
+# The reference per image (see the module's docstring), in SQL for speed: tens of
+# thousands of outcomes in a few milliseconds.
+REFERENCE_SQL = """
+    SELECT image_id, MAX(positive) AS positive FROM outcomes o
+    WHERE o.id = (SELECT MAX(id) FROM outcomes l WHERE l.image_id = o.image_id
+                  AND l.test = o.test)
+      AND positive IS NOT NULL
+    GROUP BY image_id
+"""
+
+
+def references(conn: sqlite3.Connection) -> dict[int, bool]:
+    """image id -> confirmed positive (True) or negative (False)."""
+    return {row[0]: bool(row[1]) for row in conn.execute(REFERENCE_SQL)}
+
+
+# -- import from a lab register's CSV -----------------------------------------------------
+@dataclass
+class ImportReport:
+    rows: int = 0
+    imported: int = 0
+    already: int = 0
+    images: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "imported": self.imported,
+            "already_on_the_box": self.already,
+            "images": self.images,
+            "problems": self.problems,
+            "ok": self.ok,
+        }
+
+
+def _rows(text: str) -> list[dict[str, str]]:
+    """The CSV's rows with lower-case column names; comma, semicolon (a French or
+    Portuguese spreadsheet's export) or tab separated; a spreadsheet's byte-order mark
+    is dropped."""
+    text = text.lstrip("\ufeff")
+    sample = text[:4096]
+    try:
+        dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else "", ",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing or not any(c in columns for c in ID_COLUMNS):
+        raise OutcomeError(
+            "The file needs the columns test, result and date, and one of "
+            "sop_instance_uid, original_name or patient_id (with date) to find the image."
+        )
+    reader.fieldnames = columns
+    return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def _image_day(row: sqlite3.Row) -> date | None:
+    study_date = (row["study_date"] or "").strip()
+    for value, pattern in ((study_date, "%Y%m%d"), (row["received_at"][:10], "%Y-%m-%d")):
+        try:
+            return datetime.strptime(value, pattern).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _match(conn: sqlite3.Connection, row: dict[str, str], day: date, window: int) -> list[int]:
+    """The image ids a row names, or OutcomeError saying why none (or too many)."""
+    if row.get("sop_instance_uid"):
+        found = conn.execute(
+            "SELECT id FROM images WHERE sop_instance_uid = ?", (row["sop_instance_uid"],)
+        ).fetchall()
+        if not found:
+            raise OutcomeError(f"no image with SOP Instance UID {row['sop_instance_uid']}")
+        return [found[0]["id"]]
+    if row.get("original_name"):
+        found = conn.execute(
+            "SELECT id FROM images WHERE original_name = ?", (row["original_name"],)
+        ).fetchall()
+        if not found:
+            raise OutcomeError(f"no image named {row['original_name']}")
+        if len(found) > 1:
+            raise OutcomeError(
+                f"{len(found)} images are named {row['original_name']}: give the "
+                "sop_instance_uid instead"
+            )
+        return [found[0]["id"]]
+    if not row.get("patient_id"):
+        raise OutcomeError("no sop_instance_uid, original_name or patient_id")
+    found = conn.execute(
+        "SELECT i.id, i.study_id, i.received_at, s.study_date FROM images i"
+        f" JOIN studies s ON s.id = i.study_id WHERE {PATIENT_ID_SQL} = ?",
+        (row["patient_id"],),
+    ).fetchall()
+    by_study: dict[int, tuple[int, list[int]]] = {}
+    for image in found:
+        taken = _image_day(image)
+        if taken is None or abs((taken - day).days) > window:
+            continue
+        gap, ids = by_study.setdefault(image["study_id"], (abs((taken - day).days), []))
+        ids.append(image["id"])
+    if not by_study:
+        raise OutcomeError(
+            f"no image of patient {row['patient_id']} within {window} days of {day.isoformat()}"
+        )
+    nearest = min(gap for gap, _ in by_study.values())
+    closest = [ids for gap, ids in by_study.values() if gap == nearest]
+    if len(closest) > 1:
+        raise OutcomeError(
+            f"patient {row['patient_id']} has {len(closest)} studies equally near "
+            f"{day.isoformat()}: give the sop_instance_uid or original_name"
+        )
+    return sorted(closest[0])
+
+
+def import_csv(
+    store: Store, text: str, *, entered_by: str, source: str, match_days: int
+) -> ImportReport:
+    """Check every row first; store them all in one transaction only when every row is
+    good (nothing half-imported). A row already on the box (same image, test, result and
+    date) is skipped, so importing the same register again changes nothing."""
+    report = ImportReport()
+    rows = _rows(text)
+    report.rows = len(rows)
+    planned: list[tuple[int, str, Reading, date]] = []
+    conn = store.conn()
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        try:
+            reading = read_result(row.get("result", ""))
+            test = read_test(row.get("test", ""))
+            day = read_date(row.get("date", ""))
+            images = _match(conn, row, day, match_days)
+        except OutcomeError as exc:
+            report.problems.append(f"row {number}: {exc}")
+            continue
+        planned += [(image_id, test, reading, day) for image_id in images]
+    if report.problems:
+        return report
+    with store.write() as conn:
+        touched = set()
+        for image_id, test, reading, day in planned:
+            same = conn.execute(
+                "SELECT 1 FROM outcomes WHERE image_id = ? AND test = ? AND result = ?"
+                " AND tested_on = ?",
+                (image_id, test, reading.result, day.isoformat()),
+            ).fetchone()
+            if same is not None:
+                report.already += 1
+                continue
+            _insert(conn, image_id, test, reading, day, entered_by, source)
+            report.imported += 1
+            touched.add(image_id)
+        report.images = len(touched)
+    return report

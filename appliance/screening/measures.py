@@ -1,0 +1,41 @@
+"""What drift monitoring compares from one image to the next: a few plain measures of
+the decoded pixels, kept with each result (``results.image_stats``).
+
+Pure function on the decoded array (float32 in [0, 1], grey HxW or RGB HxWx3). Taken
+on a small copy, so a 4000 px photo costs what a 64 px one does; the copy's size is
+fixed, so measures compare across cameras and machines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+SMALL_PX = 128  # longest side of the copy the measures are taken on
+LAYOUT = 3  # the image's brightness in a 3 x 3 grid: where light and dark fall
+
+
+def image_measures(pixels: np.ndarray) -> dict[str, Any]:
+    """Brightness (mean), contrast (standard deviation), the 3 x 3 brightness layout,
+    and for a colour photo the mean of each colour."""
+    height, width = pixels.shape[:2]
+    scale = min(1.0, SMALL_PX / max(height, width))
+    small = pixels.astype(np.float32, copy=False)
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+    colour = small.ndim == 3 and small.shape[2] >= 3
+    grey = cv2.cvtColor(small[..., :3], cv2.COLOR_RGB2GRAY) if colour else small
+    if grey.ndim == 3:  # a single-channel image with a channel axis
+        grey = grey[..., 0]
+    layout = cv2.resize(grey, (LAYOUT, LAYOUT), interpolation=cv2.INTER_AREA)
+    measures: dict[str, Any] = {
+        "mean": round(float(grey.mean()), 4),
+        "contrast": round(float(grey.std()), 4),
+        "layout": [round(float(v), 4) for v in layout.ravel()],
+    }
+    if colour:
+        measures["rgb"] = [round(float(small[..., c].mean()), 4) for c in range(3)]
+    return measures
