@@ -64,14 +64,16 @@ def test_committed_int8_passes_the_gate(cxr_val: tuple, cxr_float: Path) -> None
 
 def test_gate_fails_on_a_broken_int8_model(cxr_val: tuple, cxr_float: Path,
                                            tmp_path: Path) -> None:
-    """Negating the quantized weights of the first convolution keeps a valid model
-    that runs — only the gate can tell it is wrong."""
+    """Negating the quantized weights of every member's first convolution keeps a valid
+    model that runs — only the gate can tell it is wrong."""
     proto = onnx.load(str(CXR / "model.int8.onnx"))
-    weights = [
-        i for i in proto.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) == 4
+    firsts = [  # a first convolution takes the one grey channel: 16 x 1 x 3 x 3
+        i for i in proto.graph.initializer
+        if i.data_type == TensorProto.INT8 and len(i.dims) == 4 and i.dims[1] == 1
     ]
-    first = weights[0]
-    first.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(first), first.name))
+    assert firsts
+    for weight in firsts:
+        weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
     broken = tmp_path / "broken.int8.onnx"
     onnx.save(proto, str(broken))
     with pytest.raises(AccuracyGateError, match="accuracy gate failed"):
