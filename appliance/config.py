@@ -266,7 +266,8 @@ SETTINGS: tuple[Setting, ...] = (
         "min_free_mb",
         int,
         200,
-        "Free disk kept in reserve; below it new images are refused (DICOM status A700).",
+        "Free disk kept in reserve; below it new images are refused (DICOM status A700) and "
+        "screening waits; previews and heatmaps are never written into it.",
         between(0, 10**9),
     ),
     Setting(
@@ -283,7 +284,13 @@ SETTINGS: tuple[Setting, ...] = (
         "A claimed job is re-offered after this long.",
         positive,
     ),
-    Setting("job_max_attempts", int, 3, "Attempts before a job is marked failed.", between(1, 100)),
+    Setting(
+        "job_max_attempts",
+        int,
+        3,
+        "Attempts before a job is marked failed (a full disk spends none).",
+        between(1, 100),
+    ),
     Setting(
         "preview_max_px",
         int,

@@ -11,12 +11,20 @@ it is decoded again only in a memory-limited child process (ingest/sandbox.py), 
 quarantined if that fails, so one crafted file cannot crash the box after every restart.
 The viewer's full-resolution image is a job of its own (``full``), decoded here one at
 a time under the same guard, never in a web thread.
+
+A full disk is not the image's fault. Below the free-space reserve (``min_free_mb``) a
+worker claims nothing (the jobs wait, no attempt is spent), and the previews, heatmaps
+and full-detail views it writes never eat into the reserve: that is kept for the images
+the doors must still accept. A job that meets a full disk all the same (another writer
+took the space) waits in the queue with its attempt given back and a growing pause
+(store/jobs.py); when the worker sees space come back, every waiting job goes at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -33,7 +41,7 @@ from appliance.screening.gate import age_in_years
 from appliance.screening.pipeline import Screener
 from appliance.store import jobs
 from appliance.store.db import Store, audit, utc_now
-from appliance.store.files import atomic_write_bytes
+from appliance.store.files import atomic_write_bytes, ensure_free_space, is_disk_full
 from appliance.store.images import insert_quarantine
 from appliance.store.population import park_for_population
 from appliance.store.results import insert_result
@@ -123,10 +131,11 @@ class Worker:
         self.screener = screener
         # host:pid:name, so the next start-up can tell this process's leases (jobs.py)
         self.name = jobs.lease_owner(name or str(threading.get_ident()))
+        self._had_room: bool | None = None  # what room_to_work saw last (None: not yet)
 
     def run_once(self) -> bool:
         """Process one job if there is one; returns False when there was nothing to do."""
-        if not self.screener.ready:
+        if not self.screener.ready or not self.room_to_work():
             return False
         job = jobs.claim(
             self.store, self.name, self.config.job_lease_seconds, self.config.job_max_attempts
@@ -138,11 +147,45 @@ class Worker:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # also a native library's panic: the thread lives on
-            state = jobs.fail(
-                self.store, job, f"{type(exc).__name__}: {exc}", self.config.job_max_attempts
-            )
-            log.exception("job %s (image %s) failed, now %s", job.id, job.image_id, state)
+            error = f"{type(exc).__name__}: {exc}"
+            if is_disk_full(exc):
+                wait = jobs.wait_for_disk(self.store, job, error)
+                log.warning(
+                    "job %s (image %s) waits %s for disk space, no attempt spent: %s",
+                    job.id,
+                    job.image_id,
+                    f"{wait:.0f} s" if wait is not None else "(lease lost meanwhile)",
+                    error,
+                )
+            else:
+                state = jobs.fail(self.store, job, error, self.config.job_max_attempts)
+                log.exception("job %s (image %s) failed, now %s", job.id, job.image_id, state)
         return True
+
+    def room_to_work(self) -> bool:
+        """Whether the disk has more free space than the reserve. Below it nothing is
+        claimed; when space comes back, the jobs that waited for it go at once."""
+        free = shutil.disk_usage(self.store.data_dir).free
+        room = free >= self.config.min_free_mb * 2**20
+        if room and self._had_room is not True:
+            woken = jobs.wake_waiting(self.store)
+            if woken or self._had_room is False:
+                log.info("disk space is back: screening goes on (%s job(s) waited)", woken)
+        elif not room and self._had_room is not False:
+            log.warning(
+                "disk nearly full: %s MB free, %s MB kept in reserve: screening waits until"
+                " space is freed",
+                free // 2**20,
+                self.config.min_free_mb,
+            )
+        self._had_room = room
+        return room
+
+    def keep(self, relative: Path, data: bytes) -> None:
+        """Write a preview, heatmap or full-detail view under the data dir, never into
+        the free-space reserve (StorageFullError instead: the job waits for space)."""
+        ensure_free_space(self.store.data_dir, len(data), self.config.min_free_mb)
+        atomic_write_bytes(self.store.data_dir / relative, data, self.store.tmp_dir)
 
     def drain(self) -> int:
         done = 0
@@ -185,11 +228,7 @@ class Worker:
         decode_ms = (time.perf_counter() - started) * 1000
 
         preview = Path("previews") / f"{image['id']}.jpg"
-        atomic_write_bytes(
-            self.store.data_dir / preview,
-            preview_jpeg(decoded, self.config.preview_max_px),
-            self.store.tmp_dir,
-        )
+        self.keep(preview, preview_jpeg(decoded, self.config.preview_max_px))
         tags = {column: image[column] for column in TAG_COLUMNS}
         tags["patient_age_years"] = age_in_years(
             image["patient_age"], image["patient_birth_date"], image["study_date"]
@@ -205,11 +244,7 @@ class Worker:
         if result.heatmap is not None:
             heatmap_path = Path("heatmaps") / f"{image['id']}.png"
             overlay = cv2.cvtColor(result.heatmap, cv2.COLOR_RGBA2BGRA)
-            atomic_write_bytes(
-                self.store.data_dir / heatmap_path,
-                encode(".png", overlay, [cv2.IMWRITE_PNG_COMPRESSION, 3]),
-                self.store.tmp_dir,
-            )
+            self.keep(heatmap_path, encode(".png", overlay, [cv2.IMWRITE_PNG_COMPRESSION, 3]))
         with self.store.write() as conn:
             conn.execute(
                 "UPDATE images SET state='decoded', decoded_at=?, decode_info=?, preview_path=?"
@@ -278,11 +313,7 @@ class Worker:
             jobs.fail(self.store, job, f"{decoded.reason} ({decoded.detail})", job.attempts)
             log.warning("full detail of image %s refused: %s", image["id"], decoded.reason)
             return
-        atomic_write_bytes(
-            self.store.data_dir / full_detail_path(image["id"]),
-            preview_jpeg(decoded, FULL_DETAIL_MAX_PX),
-            self.store.tmp_dir,
-        )
+        self.keep(full_detail_path(image["id"]), preview_jpeg(decoded, FULL_DETAIL_MAX_PX))
         with self.store.write() as conn:
             _decode_over(conn, job)
             if not jobs.complete(conn, job):

@@ -6,6 +6,7 @@ one by name would pick whichever pytest loaded first.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import socket
@@ -14,6 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def small_disk(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs: mounting needs root), so the disk really
+    fills up; the test is skipped where it cannot be mounted."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill_disk(ballast: Path, leave_bytes: int = 0) -> None:
+    """Grow ``ballast`` until its filesystem has only ``leave_bytes`` free (0: until the
+    filesystem refuses another byte); shrink it with ``os.truncate`` to free space."""
+    with open(ballast, "ab", buffering=0) as fh:  # unbuffered: nothing left to flush
+        if leave_bytes:
+            fh.write(b"\xff" * max(0, shutil.disk_usage(ballast.parent).free - leave_bytes))
+            return
+        try:
+            while fh.write(b"\xff" * 65536):  # the last write may be partial
+                pass
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
 
 def require_tool(name: str) -> str:

@@ -50,20 +50,41 @@ def migrate(data_dir) -> None:
 @click.command()
 @data_dir_option
 @click.option("--drain", is_flag=True, help="Process queued jobs until none are left, then exit.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Queue the screenings that failed again, with fresh attempts, and say how many;"
+    " then exit (a running `serve` screens them), or with --drain screen them now.",
+)
+@json_option
 @translate_errors
-def work(data_dir, drain) -> None:
+def work(data_dir, drain, retry_failed, as_json) -> None:
     """Run a worker in the foreground (``serve`` runs its own)."""
     import threading
 
+    from appliance.store import jobs
     from appliance.store.db import Store
     from appliance.worker import Worker
 
+    if as_json and not (drain or retry_failed):
+        raise click.UsageError("--json needs --drain or --retry-failed (they say what they did)")
     config = configure(data_dir)
-    worker = Worker(Store.open(config.data_dir), config, load_screener(config), name="cli")
-    if drain:
-        click.echo(f"{worker.drain()} job(s) processed")
-    else:
-        worker.run_forever(threading.Event())
+    store = Store.open(config.data_dir)
+    report = {}
+    if retry_failed:
+        report["requeued"] = jobs.retry_failed(store, "cli")
+        if not as_json:
+            click.echo(f"{report['requeued']} failed screening(s) queued again")
+    if drain or not retry_failed:
+        worker = Worker(store, config, load_screener(config), name="cli")
+        if not drain:
+            worker.run_forever(threading.Event())
+            return
+        report["processed"] = worker.drain()
+        if not as_json:
+            click.echo(f"{report['processed']} job(s) processed")
+    if as_json:
+        print_json(report)
 
 
 @click.command()

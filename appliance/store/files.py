@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from appliance.errors import StorageFullError, StoreError
 
 CHUNK = 1 << 20
+SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -34,6 +36,24 @@ def ensure_free_space(folder: Path, need_bytes: int, reserve_mb: int) -> None:
         raise StorageFullError(
             f"disk nearly full: {free // (1024 * 1024)} MB free, {reserve_mb} MB kept in reserve"
         )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the disk is full: our own
+    guard, the operating system (ENOSPC, EDQUOT) or SQLite (SQLITE_FULL)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, StorageFullError):
+            return True
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(seen, sqlite3.Error) and (
+            getattr(seen, "sqlite_errorcode", None) == SQLITE_FULL
+            or "database or disk is full" in str(seen)  # Python 3.10 has no error code
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -481,3 +481,31 @@ def m014_outcomes_and_monitoring(db: Database) -> None:
         CREATE INDEX outbox_local ON outbox(destination, kind, local_id);
         """
     )
+
+
+@migrations()
+def m015_job_disk_waits(db: Database) -> None:
+    # Numbered after m014_outcomes_and_monitoring (written meanwhile on another
+    # branch), so merged, the two apply in one order everywhere.
+    # A full disk is not the image's fault: a job that meets one goes back to the queue
+    # until ``not_before`` (on the monotonic clock, like leases: store/jobs.py) without
+    # spending an attempt, and ``disk_waits`` counts such waits in a row for the backoff.
+    # Screenings that had failed on a full disk before this (every attempt spent in
+    # milliseconds) are queued again with fresh attempts; an image whose screening failed
+    # for another reason says so on the worklist instead of "waiting" for ever.
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN not_before REAL;
+        ALTER TABLE jobs ADD COLUMN disk_waits INTEGER NOT NULL DEFAULT 0;
+        UPDATE jobs SET state = 'queued', attempts = 0, lease_owner = NULL,
+                        lease_taken = NULL, lease_expires = NULL
+            WHERE state = 'failed'
+              AND (last_error LIKE 'StorageFullError:%'
+                   OR last_error LIKE '%database or disk is full%'
+                   OR last_error LIKE '%No space left on device%');
+        UPDATE worklist_items SET status = 'failed', rank = 2
+            WHERE result_id IS NULL AND status = 'waiting'
+              AND image_id IN (SELECT image_id FROM jobs
+                               WHERE kind = 'screen' AND state = 'failed');
+        """
+    )

@@ -122,6 +122,10 @@ def study(store: Store, image_id: int) -> dict[str, Any] | None:
     result = conn.execute(
         "SELECT * FROM results WHERE image_id=? ORDER BY id DESC LIMIT 1", (image_id,)
     ).fetchone()
+    screening = conn.execute(
+        "SELECT state, disk_waits FROM jobs WHERE image_id=? AND kind='screen'", (image_id,)
+    ).fetchone()
+    item["screening"] = dict(screening) if screening else None  # its job, if it has one
     item["result"] = None
     if result is not None:
         item["result"] = dict(result)

@@ -13,13 +13,16 @@ import sqlite3
 # What needs a person first: urgent and review findings, then what a person must act on
 # before it can be screened at all, newest first: refusals (a retake) and chest X-rays
 # without an age waiting for "adult or child?" (one tap on the study page, and it may
-# turn out urgent); then images still being screened, then routine, then what is
-# reviewed. A waiting X-ray shares rank 2 with refusals rather than going ahead of
-# review findings: those already have a score at or over the threshold.
+# turn out urgent), and images whose screening failed (someone must try again); then
+# images still being screened, then routine, then what is reviewed. A waiting X-ray
+# shares rank 2 with refusals rather than going ahead of review findings: those already
+# have a score at or over the threshold. ('screen' is store.jobs.SCREEN, which imports
+# this module.)
 ITEM_SELECT = """
     SELECT i.id AS image_id,
            CASE
                WHEN r.id IS NULL AND i.waiting_for = 'population' THEN 'needs_population'
+               WHEN r.id IS NULL AND j.state = 'failed' THEN 'failed'
                WHEN r.id IS NULL THEN 'waiting'
                WHEN v.id IS NOT NULL THEN 'reviewed'
                WHEN r.route = 'refused' THEN 'refused'
@@ -31,6 +34,7 @@ ITEM_SELECT = """
                WHEN r.triage = 'review' THEN 1
                WHEN r.route = 'refused' THEN 2
                WHEN r.id IS NULL AND i.waiting_for = 'population' THEN 2
+               WHEN r.id IS NULL AND j.state = 'failed' THEN 2
                WHEN r.id IS NULL THEN 3
                ELSE 4
            END AS rank,
@@ -38,6 +42,7 @@ ITEM_SELECT = """
     FROM images i
     LEFT JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)
     LEFT JOIN reviews v ON v.id = (SELECT MAX(id) FROM reviews WHERE image_id = i.id)
+    LEFT JOIN jobs j ON j.image_id = i.id AND j.kind = 'screen'
 """
 _UPSERT = (
     "INSERT OR REPLACE INTO worklist_items (image_id, status, rank, received_at, result_id,"

@@ -23,6 +23,7 @@ from flask_babel import gettext as _
 from markupsafe import Markup
 
 from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
+from appliance.store import jobs
 from appliance.store import worklist as queries
 from appliance.store.patients import PatientError, set_patient
 from appliance.store.population import PopulationError, choose_population
@@ -166,6 +167,18 @@ def population(image_id: int):
         flash(translate_reason(str(exc)), "error")
     else:
         flash(_("Choice saved: the X-ray is being screened."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/retry")
+@requires("operator", "clinician")
+def retry(image_id: int):
+    """Screen again an image whose screening failed (audited)."""
+    _load(image_id)
+    if jobs.retry_failed(_store(), g.user["username"], image_id=image_id):
+        flash(_("Queued again: the image is being screened."), "ok")
+    else:
+        flash(_("This image's screening has not failed: nothing to retry."), "error")
     return redirect(url_for("study.view", image_id=image_id))
 
 

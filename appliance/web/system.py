@@ -1,19 +1,22 @@
-"""The System page: what runs, what is loaded, how full the disk and the queue are."""
+"""The System page: what runs, what is loaded, how full the disk and the queue are, and
+a way to queue the failed screenings again."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, flash, g, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext
 
 from appliance.inference.backends import backend_report
 from appliance.inference.engines.status import read_status
 from appliance.screening.models import REQUIRED, models_dir, newest_bundles
 from appliance.store import jobs
 from appliance.sync.worker import sync_status
+from appliance.web.auth import requires
 
 bp = Blueprint("system", __name__)
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ def index():
         backends=backend_report(),
         models=models,
         queue=jobs.counts(store),
+        waiting_for_disk=jobs.waiting_for_disk(store),
+        failed_screenings=jobs.failed_screenings(store),
         failed=failed,
         disk={
             "free_mb": usage.free // 2**20,
@@ -73,6 +78,27 @@ def index():
         services=SERVICES,
         monitoring=_monitoring(),
     )
+
+
+@bp.post("/system/retry-failed")
+@requires("operator", "clinician")
+def retry_failed():
+    """Queue every failed screening again with fresh attempts (audited, per image). Any
+    role: it changes no result, and whoever is at the box when it goes wrong can."""
+    store = current_app.extensions["appliance_store"]
+    count = jobs.retry_failed(store, g.user["username"])
+    if count:
+        flash(
+            ngettext(
+                "%(num)s failed screening queued again.",
+                "%(num)s failed screenings queued again.",
+                count,
+            ),
+            "ok",
+        )
+    else:
+        flash(_("No failed screenings to retry."), "ok")
+    return redirect(url_for("system.index"))
 
 
 def _monitoring() -> dict | None:

@@ -17,6 +17,7 @@ from appliance.web.reasons import translate_reason
 STATUS = {
     "waiting": _l("waiting"),
     "needs_population": _l("adult or child?"),
+    "failed": _l("screening failed"),
     "screened": _l("screened"),
     "refused": _l("refused"),
     "reviewed": _l("reviewed"),

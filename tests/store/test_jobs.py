@@ -4,8 +4,12 @@ import subprocess
 import sys
 import time
 
+from sqlite_utils import Database
+
 from appliance.store import jobs
-from appliance.store.db import utc_now
+from appliance.store.db import Store, utc_now
+from appliance.store.migrations import migrations
+from appliance.store.worklist_items import refresh_item
 
 
 def _image(store, n: int) -> int:
@@ -171,3 +175,170 @@ def test_a_wall_clock_jump_back_does_not_stretch_a_lease(store, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: real - 3 * 365 * 86400)
     time.sleep(0.3)
     assert jobs.claim(store, "another", 60, 3) is not None
+
+
+# -- a full disk, and failed screenings tried again -----------------------------------
+
+
+def test_a_job_that_met_a_full_disk_waits_without_spending_its_attempt(store):
+    image_id = _image(store, 1)
+    with store.write() as conn:
+        jobs.enqueue(conn, jobs.SCREEN, image_id)
+    clock = Clock(1000.0)
+    waits = []
+    for _ in range(10):
+        job = jobs.claim(store, "w", 60, max_attempts=1, clock=clock)
+        assert job is not None and job.attempts == 1  # never more: none is spent
+        waits.append(jobs.wait_for_disk(store, job, "StorageFullError: full", clock=clock))
+        clock.now += waits[-1] - 0.1
+        assert jobs.claim(store, "w", 60, 1, clock=clock) is None  # not a moment early
+        clock.now += 0.1
+    assert waits == [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]  # doubling, capped
+    row = (
+        store.conn().execute("SELECT state, attempts, disk_waits, last_error FROM jobs").fetchone()
+    )
+    assert tuple(row) == ("queued", 0, 10, "waiting for disk space: StorageFullError: full")
+    assert jobs.waiting_for_disk(store) == 1 and jobs.counts(store)["failed"] == 0
+    job = jobs.claim(store, "w", 60, 1, clock=clock)
+    with store.write() as conn:
+        assert jobs.complete(conn, job)
+    row = store.conn().execute("SELECT state, not_before, disk_waits FROM jobs").fetchone()
+    assert tuple(row) == ("done", None, 0)  # the next full disk starts at 5 s again
+
+
+def test_space_coming_back_or_a_reboot_ends_the_wait(store):
+    ids = [_image(store, n) for n in range(2)]
+    with store.write() as conn:
+        for image_id in ids:
+            jobs.enqueue(conn, jobs.SCREEN, image_id)
+    clock = Clock(1000.0)
+    for _ in ids:
+        jobs.wait_for_disk(store, jobs.claim(store, "w", 60, 3, clock=clock), "full", clock=clock)
+    assert jobs.claim(store, "w", 60, 3, clock=clock) is None
+    assert jobs.wake_waiting(store) == 2 and jobs.waiting_for_disk(store) == 0
+    first = jobs.claim(store, "w", 60, 3, clock=clock)
+    assert first.image_id == ids[0]
+    with store.write() as conn:
+        assert jobs.complete(conn, first)
+    # A wait set on an earlier boot's clock (further ahead than the longest) is over.
+    jobs.wait_for_disk(store, jobs.claim(store, "w", 60, 3, clock=clock), "full", clock=clock)
+    assert jobs.claim(store, "w", 60, 3, clock=clock) is None
+    clock.now = 3.0  # rebooted
+    again = jobs.claim(store, "w", 60, 3, clock=clock)
+    assert again is not None and (again.image_id, again.attempts) == (ids[1], 1)
+
+
+def test_a_job_whose_lease_was_lost_is_not_put_back_by_its_old_holder(store):
+    image_id = _image(store, 1)
+    with store.write() as conn:
+        jobs.enqueue(conn, jobs.SCREEN, image_id)
+    slow = jobs.claim(store, "slow", lease_seconds=0.01, max_attempts=3)
+    time.sleep(0.05)
+    fast = jobs.claim(store, "fast", 60, 3)
+    assert jobs.wait_for_disk(store, slow, "full") is None
+    row = store.conn().execute("SELECT state, lease_owner, attempts FROM jobs").fetchone()
+    assert tuple(row) == ("running", fast.lease_owner, 2)
+
+
+def worklist_status(store, image_id):
+    row = (
+        store.conn()
+        .execute("SELECT status, rank FROM worklist_items WHERE image_id=?", (image_id,))
+        .fetchone()
+    )
+    return tuple(row)
+
+
+def test_failed_screenings_show_on_the_worklist_until_retried(store):
+    ids = [_image(store, n) for n in range(3)]
+    with store.write() as conn:
+        for image_id in ids:
+            jobs.enqueue(conn, jobs.SCREEN, image_id)
+            refresh_item(conn, image_id)
+        jobs.enqueue(conn, "full", ids[2])
+    assert worklist_status(store, ids[0]) == ("waiting", 3)
+    # failed by a worker (its attempts spent), and given up after killing its workers
+    jobs.fail(store, jobs.claim(store, "w", 60, 1), "FileNotFoundError: gone", 1)
+    assert jobs.claim(store, "w", lease_seconds=0.01, max_attempts=1).image_id == ids[1]
+    time.sleep(0.05)
+    with store.write() as conn:
+        conn.execute("UPDATE jobs SET decoding_since='then' WHERE image_id=?", (ids[1],))
+    full = jobs.claim(store, "w", 60, 1)  # gives the killer up, then takes the next job
+    assert full.image_id == ids[2]
+    jobs.fail(store, jobs.claim(store, "w", 60, 1), "no pixels", 1)  # the full-detail job
+    assert [worklist_status(store, i) for i in ids[:2]] == [("failed", 2), ("failed", 2)]
+    assert jobs.failed_screenings(store) == 2 and jobs.counts(store)["failed"] == 3
+
+    assert jobs.retry_failed(store, "nurse", image_id=ids[1]) == 1
+    assert worklist_status(store, ids[1]) == ("waiting", 3)
+    assert jobs.retry_failed(store, "cli") == 1
+    assert jobs.retry_failed(store, "cli") == 0
+    rows = store.conn().execute(
+        "SELECT image_id, kind, state, attempts, last_error, decoding_since FROM jobs"
+        " ORDER BY image_id, kind"
+    )
+    assert [tuple(r) for r in rows] == [
+        (ids[0], "screen", "queued", 0, None, None),
+        # the note stays: this image is decoded in a memory-limited child first
+        (ids[1], "screen", "queued", 0, None, "then"),
+        (ids[2], "full", "failed", 1, "no pixels", None),  # not a screening
+        (ids[2], "screen", "running", 1, None, None),
+    ]
+    audit = (
+        store.conn().execute("SELECT actor, action, subject FROM audit_log ORDER BY id").fetchall()
+    )
+    assert [tuple(a) for a in audit] == [
+        ("nurse", "screening.retried", f"image:{ids[1]}"),
+        ("cli", "screening.retried", f"image:{ids[0]}"),
+    ]
+    assert worklist_status(store, ids[0]) == ("waiting", 3)
+    assert jobs.claim(store, "w", 60, 1).image_id == ids[0]  # retried: offered again
+
+
+def test_the_upgrade_queues_again_what_a_full_disk_failed_and_shows_other_failures(tmp_path):
+    store = Store(tmp_path)
+    db = Database(store.conn())
+    migrations.apply(db, stop_before="m015_job_disk_waits")
+    conn = store.conn()
+    now = utc_now()
+    conn.execute(
+        "INSERT INTO studies (id, study_instance_uid, created_at) VALUES (1, '1', ?)", (now,)
+    )
+    errors = {
+        1: "StorageFullError: disk full while writing 1.jpg",
+        2: "OperationalError: database or disk is full",
+        3: "FileNotFoundError: [Errno 2] No such file or directory: 'x'",
+        4: None,  # done
+    }
+    for n, error in errors.items():
+        conn.execute(
+            "INSERT INTO images (id, study_id, file_format, source, sha256, size_bytes,"
+            " stored_path, received_at) VALUES (?, 1, 'png', 't', ?, 1, 'x', ?)",
+            (n, f"sha{n}", now),
+        )
+        conn.execute(
+            "INSERT INTO jobs (kind, image_id, state, attempts, last_error, created_at,"
+            " updated_at) VALUES ('screen', ?, ?, 3, ?, ?, ?)",
+            (n, "done" if error is None else "failed", error, now, now),
+        )
+        conn.execute(  # what the worklist said before: "waiting" for ever
+            "INSERT INTO worklist_items (image_id, status, rank, received_at)"
+            " VALUES (?, 'waiting', 3, ?)",
+            (n, now),
+        )
+    migrations.apply(db)
+    jobs_now = conn.execute("SELECT image_id, state, attempts FROM jobs ORDER BY image_id")
+    assert [tuple(r) for r in jobs_now] == [
+        (1, "queued", 0),
+        (2, "queued", 0),
+        (3, "failed", 3),
+        (4, "done", 3),
+    ]
+    items = conn.execute("SELECT image_id, status, rank FROM worklist_items ORDER BY image_id")
+    assert [tuple(r) for r in items] == [
+        (1, "waiting", 3),
+        (2, "waiting", 3),
+        (3, "failed", 2),
+        (4, "waiting", 3),  # done but no result: left as it was
+    ]
+    store.close()

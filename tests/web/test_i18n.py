@@ -302,6 +302,16 @@ def site(tmp_path_factory, models):
     ids["waiting"] = importer.import_path(png, source="usb").image_id
     asking = config.with_overrides(chest_population="ask")
     Worker(store, asking, Screener(models, asking), name="t").drain()
+    # A photo whose screening failed (its original gone for a while): its page says so,
+    # and the System page offers to retry.
+    ids["failed"] = importer.import_path(FUNDUS_DIR / "hrf_07_h.jpg", source="usb").image_id
+    stored = store.conn().execute("SELECT stored_path FROM images WHERE id=?", (ids["failed"],))
+    original = config.data_dir / stored.fetchone()[0]
+    kept = original.read_bytes()
+    original.unlink()
+    once = config.with_overrides(job_max_attempts=1)
+    Worker(store, once, Screener(models, once), name="t").drain()
+    original.write_bytes(kept)
     UsbWatcher(importer, threading.Event()).poll_once()
     admins = {
         lang: users.create_user(store, f"admin_{lang}", PIN, "admin", lang)

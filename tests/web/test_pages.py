@@ -67,6 +67,7 @@ PAGES = [
     ("POST", "/study/1/review", {"clinician", "admin"}),
     ("POST", "/study/1/patient", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/population", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/retry", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
     ("POST", "/import/upload", {"operator", "clinician", "admin"}),
@@ -75,6 +76,7 @@ PAGES = [
     ("GET", "/users", {"admin"}),
     ("POST", "/users", {"admin"}),
     ("GET", "/system", {"operator", "clinician", "admin"}),
+    ("POST", "/system/retry-failed", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/outcome", {"clinician", "admin"}),
     ("GET", "/calibration", {"admin"}),
     ("POST", "/calibration/apply", {"admin"}),
@@ -132,6 +134,8 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
         ("/users", {"action": "create", "username": "evil", "pin": "9999", "role": "admin"}),
         ("/logout", {}),
         ("/import/scan", {}),
+        ("/system/retry-failed", {}),
+        ("/study/1/retry", {}),
     ],
 )
 def test_state_changing_requests_without_the_csrf_token_are_refused(app, url, data):
