@@ -29,7 +29,12 @@ def temperatures(root: Path = THERMAL) -> dict[str, float]:
 
 
 def oldest_waiting_minutes(store: Store) -> float | None:
-    row = store.conn().execute("SELECT MIN(updated_at) FROM jobs WHERE state = 'queued'").fetchone()
+    # why: a job held for disk space is put back (updated) at every backoff, so its wait
+    # counts from when it was queued; a job re-queued by staff counts from then
+    row = store.conn().execute(
+        "SELECT MIN(CASE WHEN disk_waits > 0 THEN created_at ELSE updated_at END)"
+        " FROM jobs WHERE state = 'queued'"
+    ).fetchone()
     if not row or not row[0]:
         return None
     since = datetime.now(timezone.utc) - datetime.fromisoformat(row[0])

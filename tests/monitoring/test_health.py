@@ -41,6 +41,24 @@ def test_a_hot_board_and_an_image_waiting_too_long_are_said_in_plain_words(
     assert "disk_low" not in messages  # min_free_mb is 1 MB in the tests
 
 
+def test_an_image_held_for_disk_space_counts_its_wait_from_when_it_was_queued(
+    store, config, tmp_path, importer
+):
+    """A job waiting for disk space is put back at every backoff (its updated_at moves);
+    the image has still waited since it arrived."""
+    png = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
+    image_id = importer.import_path(png, source="usb").image_id
+    with store.write() as conn:
+        conn.execute(
+            "UPDATE jobs SET created_at = datetime('now', '-45 minutes') || '+00:00',"
+            " updated_at = datetime('now') || '+00:00', disk_waits = 7 WHERE image_id = ?",
+            (image_id,),
+        )
+    facts, notices = health(store, config, thermal_root=tmp_path / "none")
+    assert facts["oldest_waiting_minutes"] >= 44
+    assert "queue_old" in {n.code for n in notices}
+
+
 def test_a_board_without_sensors_says_nothing_about_temperature(store, config, tmp_path):
     facts, notices = health(store, config, thermal_root=tmp_path / "none")
     assert facts["temperature_c"] is None and notices == []
