@@ -9,7 +9,9 @@ from typing import Any
 from appliance.config import Config
 from appliance.inference.backends import backend_report
 from appliance.inference.bundle import load_bundle
+from appliance.inference.engines.decide import MAX_BUILD_ATTEMPTS
 from appliance.inference.engines.status import read_status
+from appliance.inference.engines.trt_support import check_file
 from appliance.screening.models import REQUIRED, ModelSet, models_dir, newest_bundles
 
 
@@ -28,27 +30,64 @@ def run_checks(config: Config) -> dict[str, Any]:
     storage = _storage_checks(config)
     # TensorRT missing on a CPU box is normal: only ONNX Runtime must work.
     essential = [b for b in backends if b["name"] == "onnxruntime"] + models + storage
+    tensorrt_usable = any(b["usable"] for b in backends if b["name"] == "tensorrt")
+    engines = _engine_checks(config, tensorrt_usable)
     return {
-        "ok": all(item["ok"] for item in essential),
+        "ok": all(item["ok"] for item in essential + engines),
         "backends": backends,
         "models": models,
         "storage": storage,
-        "engines": _engine_checks(config),
+        "engines": engines,
     }
 
 
-def _engine_checks(config: Config) -> list[dict[str, Any]]:
-    """TensorRT engines as the last `appliance serve` left them (informative: screening
-    runs on ONNX Runtime whenever an engine is missing, so none of this fails the check)."""
+def _engine_checks(config: Config, tensorrt_usable: bool) -> list[dict[str, Any]]:
+    """TensorRT engines as the last `appliance serve` left them. Screening runs on ONNX
+    Runtime whenever an engine is missing, so a build in progress or no TensorRT is not a
+    problem; a build that failed, or that the refresher gave up on, is (the box stays
+    slow until someone reads the error), and so is a graph TensorRT would refuse on a box
+    that has TensorRT."""
     status = read_status(config.data_dir)
     checks = [{"name": "engine builds", "ok": True,
                "detail": f"{status.get('state', 'unknown')}: {status.get('detail') or '-'}"}]
     for name, bundle in sorted(status.get("bundles", {}).items()):
-        detail = f"{bundle.get('state')}, serving on {bundle.get('serving') or '-'}"
-        if bundle.get("error"):
-            detail += f" ({bundle['error']})"
-        checks.append({"name": name, "ok": True, "detail": detail})
+        checks.append(_engine_record_check(name, bundle))
+    if tensorrt_usable:
+        for name, path in sorted(newest_bundles(models_dir(config)).items()):
+            onnx_file = path / "model.int8.onnx"
+            found = check_file(onnx_file) if onnx_file.is_file() else []
+            if found:
+                more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+                checks.append({"name": f"{name} graph", "ok": False, "problems": found,
+                               "detail": "TensorRT 10 would refuse it: "
+                               + "; ".join(found[:3]) + more})
     return checks
+
+
+def _engine_record_check(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """One bundle's entry in status.json: failed, or given up after repeated failures
+    (``decide`` skips an engine whose build failed MAX_BUILD_ATTEMPTS times), is a problem."""
+    state = record.get("state")
+    serving = record.get("serving") or "-"
+    detail = f"{state}, serving on {serving}"
+    attempts = int(dict(record.get("failed_builds") or {}).get(str(record.get("engine")), 0))
+    given_up = state == "skipped" and attempts >= MAX_BUILD_ATTEMPTS
+    rejected = state == "skipped" and str(record.get("detail", "")).startswith(
+        f"{record.get('engine')} did not match")
+    problem = state == "failed" or given_up or rejected
+    if given_up:
+        detail = f"build abandoned after {attempts} failed attempts, serving on {serving}"
+    if record.get("error"):
+        detail += f" ({record['error']})"
+    check = {"name": name, "ok": not problem, "detail": detail}
+    if problem:
+        check["error"] = record.get("error") or record.get("detail")
+        check["engine"] = record.get("engine")
+        check["detail"] += "; screening uses ONNX Runtime: " + (
+            f"delete {record.get('engine')}.rejected in the engines folder to build it again"
+            if rejected else "see `journalctl -u appliance`"
+        )
+    return check
 
 
 def _model_checks(config: Config) -> list[dict[str, Any]]:

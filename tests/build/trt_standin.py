@@ -26,6 +26,8 @@ class Recorder:
     profiles: list[dict[str, tuple]] = field(default_factory=list)
     timing_cache_in: bytes | None = None
     fail_build: bool = False
+    # what the parser says when it refuses the model (real TensorRT: one per bad node)
+    parser_errors: list[str] = field(default_factory=list)
 
 
 class _Tensor:
@@ -129,6 +131,9 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
                 model = onnx.load(path)
             except Exception as exc:  # noqa: BLE001 — mimic TRT: report, don't raise
                 self.errors.append(f"ModelImporter: failed to parse: {exc}")
+                return False
+            if rec.parser_errors:
+                self.errors.extend(rec.parser_errors)
                 return False
             for inp in model.graph.input:
                 dims = tuple(
