@@ -3,9 +3,10 @@
     python build/compile_tensorrt.py models/cxr-pneumonia/1.0.0 --engine-dir DATA/engines
 
 The bundle is verified (sha256 of every file) first; the INT8 QDQ model is compiled
-with INT8+FP16 enabled, an optimisation profile for batch 1..8 and a timing cache kept
-beside the engines. The logic lives in ``appliance.inference.tensorrt_build`` so the
-appliance can build missing engines itself on first start.
+as a strongly typed network, with an optimisation profile for batch 1..8 tuned for
+batch 1 (the box screens one image at a time) and a timing cache kept beside the
+engines. The logic lives in ``appliance.inference.tensorrt_build`` so the appliance can
+build missing engines itself on first start.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None, trt: object = None) -> int:
         key = "model.int8.onnx" if args.precision == "int8" else "model.onnx"
         engine = build_engine(
             bundle.file(key), bundle.sha256(key), args.engine_dir,
-            precision=args.precision, batch=(1, min(4, args.max_batch), args.max_batch),
+            precision=args.precision, batch=(1, 1, args.max_batch),
             timing_cache=args.timing_cache or args.engine_dir / "timing.cache",
             compute_capability=args.compute_capability, trt=trt, force=args.force)
     except BundleError as exc:

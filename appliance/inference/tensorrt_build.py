@@ -9,13 +9,23 @@ what it was built for, so a JetPack upgrade or a new model never loads a stale e
 ``tensorrt`` is imported lazily — importing this module never needs CUDA — and every
 entry point accepts a ``trt`` module so the logic can be tested against a stand-in.
 Explicit quantization: the Q/DQ nodes in the ONNX carry the INT8 scales, so no
-calibrator is used (TensorRT 10 deprecated implicit calibration).
+calibrator is used (TensorRT 10 deprecated implicit calibration). A QDQ graph is built
+as a *strongly typed* network: the graph's own types decide each layer's precision, and
+the weakly typed INT8/FP16 builder flags (deprecated from TensorRT 10.12, and refused
+together with strong typing) are not set. A graph without Q/DQ (``fp16``/``fp32``, or an
+``int8`` model that has none) stays weakly typed with the flags.
+
+Build settings follow how the box runs: it screens one image at a time, so the
+optimisation profile is tuned for batch 1 (``opt``) and merely allows up to ``max``.
+Builder, parser and runtime share one ``trt.Logger`` per process (``shared_logger``).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +36,11 @@ from appliance.errors import BundleError
 from appliance.store.files import atomic_write_bytes
 
 PRECISIONS = ("int8", "fp16", "fp32")
+# (min, opt, max) batch: the box screens one image at a time; up to 8 for a backlog
+PROFILE_BATCH = (1, 1, 8)
+
+_loggers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_loggers_lock = threading.Lock()
 
 
 class EngineBuildError(BundleError):
@@ -76,6 +91,40 @@ def import_tensorrt() -> ModuleType:
     return tensorrt
 
 
+def shared_logger(trt: Any) -> Any:
+    """The process's one ``trt.Logger`` (WARNING and worse), made on first use.
+
+    TensorRT expects one logger per process: builders, parsers and runtimes given
+    different ones log a warning and only the first is used. One per ``trt`` module, so
+    tests passing stand-ins each get their own.
+    """
+    with _loggers_lock:
+        logger = _loggers.get(trt)
+        if logger is None:
+            logger = _loggers[trt] = trt.Logger(trt.Logger.WARNING)
+        return logger
+
+
+def has_qdq(onnx_path: Path) -> bool:
+    """Does the model carry its own quantization (Q/DQ nodes)? Then it can be built
+    strongly typed. A file ``onnx`` cannot read is left to TensorRT's parser to refuse."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 — the parser says what is wrong with it
+        return False
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
+def create_network(trt: Any, builder: Any, strongly_typed: bool) -> Any:
+    """A network definition; strongly typed when asked (TensorRT 10: explicit batch is
+    the only mode, so that is the one flag there is to give)."""
+    if not strongly_typed:
+        return builder.create_network(0)
+    return builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+
+
 def gpu_compute_capability(device: int = 0) -> tuple[int, int]:
     """(major, minor) of a CUDA device via pycuda (shipped with the tensorrt extra)."""
     try:
@@ -123,7 +172,7 @@ def build_engine(
     engine_dir: Path,
     *,
     precision: str = "int8",
-    batch: tuple[int, int, int] = (1, 4, 8),
+    batch: tuple[int, int, int] = PROFILE_BATCH,
     timing_cache: Path | None = None,
     compute_capability: tuple[int, int] | None = None,
     workspace_bytes: int = 1 << 30,
@@ -134,7 +183,8 @@ def build_engine(
     """Build (or reuse) the engine for ``onnx_path``; return its path.
 
     ``batch`` is the optimisation profile's (min, opt, max) batch for every input.
-    INT8 builds also allow FP16 so layers left un-quantized don't fall back to FP32.
+    An INT8 QDQ model is built strongly typed (no precision flags); otherwise INT8
+    builds also allow FP16 so layers left un-quantized don't fall back to FP32.
     """
     trt = trt or import_tensorrt()
     if compute_capability is None:
@@ -145,9 +195,10 @@ def build_engine(
         log(f"[trt] reusing {engine_path.name}")
         return engine_path
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = shared_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    strongly_typed = precision == "int8" and has_qdq(Path(onnx_path))
+    network = create_network(trt, builder, strongly_typed)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -155,7 +206,9 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "int8":
+    if strongly_typed:
+        pass  # the graph's Q/DQ decide: precision flags are an error on such a network
+    elif precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "fp16":
@@ -181,7 +234,8 @@ def build_engine(
         config.progress_monitor = monitor
     log(
         f"[trt] building {engine_path.name} from {Path(onnx_path).name} "
-        f"(batch {batch[0]}..{batch[2]}); this can take minutes on a Jetson"
+        f"(batch {batch[0]}..{batch[2]}, tuned for {batch[1]}"
+        f"{', strongly typed' if strongly_typed else ''}); this can take minutes on a Jetson"
     )
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, config)

@@ -30,16 +30,17 @@ import numpy as np
 from appliance.inference.bundle import Bundle
 from appliance.inference.runner import Runner
 from appliance.inference.tensorrt_build import (
+    PROFILE_BATCH,
     EngineBuildError,
     EngineSpec,
     TensorRTUnavailableError,
     build_engine,
     import_tensorrt,
+    shared_logger,
 )
 
 # int8 compiles the QDQ model (scales baked in); fp16/fp32 compile the float model.
 PRECISION_FILES = {"int8": "model.int8.onnx", "fp16": "model.onnx", "fp32": "model.onnx"}
-PROFILE_BATCH = (1, 4, 8)  # (min, opt, max) batch of the optimisation profile we build
 
 
 def import_pycuda_driver() -> Any:
@@ -175,7 +176,7 @@ class TensorRTRunner(Runner):
 
     def _load_engine(self, path: Path) -> None:
         trt, cuda = self._trt, self._cuda
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime = trt.Runtime(shared_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             raise EngineBuildError(

@@ -20,6 +20,7 @@ from appliance.inference.tensorrt_build import (
     engine_filename,
     import_tensorrt,
 )
+from build.quantize_int8 import quantize_int8
 
 SHA = "ab" * 32
 
@@ -62,14 +63,38 @@ def test_int8_build_sets_flags_profile_cache_and_writes_atomically(
     )
     assert path.name == f"{SHA[:16]}_trt10.3.0_sm87_int8.engine"
     assert json.loads(path.read_bytes())["inputs"] == ["input"]
-    assert rec.flags == {"INT8", "FP16"}
-    assert rec.profiles == [{"input": ((1, 1, 8, 8), (4, 1, 8, 8), (8, 1, 8, 8))}]
+    # no Q/DQ in this graph: weakly typed, INT8 with FP16 for what is not quantized
+    assert rec.flags == {"INT8", "FP16"} and rec.strongly_typed is False
+    assert rec.profiles == [{"input": ((1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8))}]
     assert rec.timing_cache_in == b""  # first build starts an empty cache...
     assert cache.read_bytes() == b"+timings"  # ...and saves what it learned
     assert sorted(p.name for p in engines.iterdir()) == sorted([path.name, "timing.cache"])
     out = capsys.readouterr().out
     assert "[trt] Building engine (2 steps)" in out and "done in" in out
     assert "  [trt] Tactic selection (1 steps)" in out  # nested phases are indented
+
+
+def test_a_qdq_model_is_built_strongly_typed_without_precision_flags(
+    tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TensorRT refuses INT8/FP16 flags on a strongly typed network (and deprecates them
+    from 10.12): the QDQ graph, quantized by the pipeline's own quantizer, decides."""
+    int8 = tmp_path / "tiny.int8.onnx"
+    calibration = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    quantize_int8(tiny_onnx, int8, calibration)
+    trt, rec = make_standin()
+    path = build_engine(int8, SHA, tmp_path / "e", trt=trt, compute_capability=(8, 7))
+    assert rec.strongly_typed and rec.flags == set() and rec.build_errors == []
+    assert json.loads(path.read_bytes())["strongly_typed"] is True
+    assert "tuned for 1, strongly typed" in capsys.readouterr().out
+
+
+def test_one_logger_for_every_build(tiny_onnx: Path, tmp_path: Path) -> None:
+    trt, rec = make_standin()
+    for precision in ("int8", "fp16"):
+        build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(8, 7),
+                     precision=precision)
+    assert rec.builds == 2 and len(rec.loggers) == 1
 
 
 def test_existing_engine_is_reused_and_timing_cache_fed_back(
@@ -93,7 +118,7 @@ def test_existing_engine_is_reused_and_timing_cache_fed_back(
 def test_fp16_build_does_not_enable_int8(tiny_onnx: Path, tmp_path: Path) -> None:
     trt, rec = make_standin()
     build_engine(tiny_onnx, SHA, tmp_path, trt=trt, compute_capability=(7, 2), precision="fp16")
-    assert rec.flags == {"FP16"}
+    assert rec.flags == {"FP16"} and rec.strongly_typed is False
 
 
 def test_unparseable_model_raises_with_parser_errors(tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ class Recorder:
 
     builds: int = 0
     flags: set[str] = field(default_factory=set)
+    strongly_typed: bool | None = None  # of the last network created
+    loggers: list[Any] = field(default_factory=list)  # every trt.Logger made
+    build_errors: list[str] = field(default_factory=list)  # what TensorRT would log
     profiles: list[dict[str, tuple]] = field(default_factory=list)
     timing_cache_in: bytes | None = None
     fail_build: bool = False
@@ -36,8 +39,9 @@ class _Tensor:
 
 
 class _Network:
-    def __init__(self) -> None:
+    def __init__(self, strongly_typed: bool = False) -> None:
         self.inputs: list[_Tensor] = []
+        self.strongly_typed = strongly_typed
 
     @property
     def num_inputs(self) -> int:
@@ -70,8 +74,10 @@ class _Config:
         self.progress_monitor: Any = None
         self._cache: _TimingCache | None = None
         self.pool_limits: dict[str, int] = {}
+        self.flags: set[str] = set()
 
     def set_flag(self, flag: str) -> None:
+        self.flags.add(flag)
         self._rec.flags.add(flag)
 
     def set_memory_pool_limit(self, pool: str, size: int) -> None:
@@ -104,9 +110,14 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
 
         def __init__(self, severity: int) -> None:
             self.severity = severity
+            rec.loggers.append(self)
 
     class BuilderFlag:
         INT8, FP16 = "INT8", "FP16"
+
+    class NetworkDefinitionCreationFlag:
+        # TensorRT 10's values; EXPLICIT_BATCH is deprecated (explicit batch is implied)
+        EXPLICIT_BATCH, STRONGLY_TYPED = 0, 1
 
     class MemoryPoolType:
         WORKSPACE = "WORKSPACE"
@@ -148,8 +159,10 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
             self.logger = logger
 
         def create_network(self, flags: int) -> _Network:
-            assert flags == 0, "TensorRT 10: explicit batch is implied, flags must be 0"
-            return _Network()
+            strongly = 1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED
+            assert flags in (0, strongly), "TensorRT 10: explicit batch is implied"
+            rec.strongly_typed = flags == strongly
+            return _Network(strongly_typed=rec.strongly_typed)
 
         def create_builder_config(self) -> _Config:
             return _Config(rec)
@@ -164,6 +177,10 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
                 for t in network.inputs
                 if not any(t.name in p.shapes for p in config.profiles)
             ]
+            if network.strongly_typed and config.flags & {"INT8", "FP16"}:
+                # TensorRT: precision flags on a strongly typed network are an error
+                rec.build_errors.append("kSTRONGLY_TYPED network with precision flags")
+                return None
             if rec.fail_build or missing:
                 return None
             mon = config.progress_monitor
@@ -177,7 +194,11 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
                     assert mon.step_complete("Building engine", step) is True
                 mon.phase_finish("Building engine")
             return json.dumps(
-                {"flags": sorted(rec.flags), "inputs": [t.name for t in network.inputs]}
+                {
+                    "flags": sorted(rec.flags),
+                    "strongly_typed": network.strongly_typed,
+                    "inputs": [t.name for t in network.inputs],
+                }
             ).encode()
 
     trt = type(
@@ -189,6 +210,7 @@ def make_standin(version: str = "10.3.0") -> tuple[Any, Recorder]:
             "Builder": Builder,
             "OnnxParser": OnnxParser,
             "BuilderFlag": BuilderFlag,
+            "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag,
             "MemoryPoolType": MemoryPoolType,
             "IProgressMonitor": IProgressMonitor,
         },

@@ -30,8 +30,8 @@ from appliance.inference.engines.decide import (
 from appliance.inference.engines.status import read_status, status_path, utc_now, write_status
 from appliance.inference.ort_runner import OnnxRuntimeRunner
 from appliance.inference.runner import Runner
-from appliance.inference.tensorrt_build import build_engine
-from appliance.inference.tensorrt_runner import PRECISION_FILES, PROFILE_BATCH, TensorRTRunner
+from appliance.inference.tensorrt_build import PROFILE_BATCH, build_engine
+from appliance.inference.tensorrt_runner import PRECISION_FILES, TensorRTRunner
 
 log = logging.getLogger(__name__)
 
