@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from appliance.config import Config
@@ -39,6 +40,17 @@ def run_checks(config: Config) -> dict[str, Any]:
         "storage": storage,
         "engines": engines,
     }
+
+
+def gpu_selftest(
+    config: Config, *, trt: Any = None, cuda: Any = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """``appliance doctor --gpu-selftest``: every installed bundle's engine built afresh,
+    compared with ONNX Runtime and timed (``inference.engines.selftest``)."""
+    from appliance.inference.engines.selftest import run_selftest
+
+    bundles = [load_bundle(path) for _, path in sorted(newest_bundles(models_dir(config)).items())]
+    return run_selftest(bundles, precision=config.model_precision, trt=trt, cuda=cuda, log=log)
 
 
 def _engine_checks(config: Config, tensorrt_usable: bool) -> list[dict[str, Any]]:

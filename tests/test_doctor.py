@@ -7,7 +7,9 @@ refuses an int32 DequantizeLinear."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from click.testing import CliRunner
@@ -86,3 +88,48 @@ def test_a_build_given_up_after_repeated_failures_stays_a_problem(
     cxr = next(e for e in json.loads(result.output)["engines"] if e["name"] == CXR)
     assert not cxr["ok"] and PARSER_ERROR in cxr["error"]
     assert f"abandoned after {MAX_BUILD_ATTEMPTS} failed attempts" in cxr["detail"]
+
+
+# -- appliance doctor --gpu-selftest ---------------------------------------------------
+
+
+def install_standins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import tensorrt` and `import pycuda.driver` give the stand-ins (as a GPU box's
+    imports would give the real ones): the command runs exactly as a technician's does."""
+    trt, cuda, _ = make_standins("10.3.0", compute_capability=(8, 7))
+    pycuda = ModuleType("pycuda")
+    pycuda.driver = cuda  # type: ignore[attr-defined]
+    for name, module in (("tensorrt", trt), ("pycuda", pycuda), ("pycuda.driver", cuda)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_gpu_selftest_prints_one_table_for_every_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_standins(monkeypatch)
+    data = tmp_path / "data"
+
+    result = doctor(data, "--gpu-selftest")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("GPU self-test: TensorRT 10.3.0, sm87, int8")
+    rows = [line for line in lines if line.split()[:1] and line.split()[0] in BUNDLES]
+    assert sorted(r.split()[0] for r in rows) == sorted(BUNDLES)
+    assert all("PASS" in r for r in rows) and lines[-1] == "all engines match ONNX Runtime"
+    assert "[selftest]" in result.stderr  # progress apart from the table
+    assert not (data / "engines").exists()  # the live engines are never touched
+
+    report = json.loads(doctor(data, "--gpu-selftest", "--json").stdout)
+    assert report["ok"] and {r["model"] for r in report["rows"]} == set(BUNDLES)
+
+
+def test_gpu_selftest_without_tensorrt_names_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("tensorrt", "pycuda", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` fails as if absent
+    result = doctor(tmp_path / "data", "--gpu-selftest")
+    assert result.exit_code == 2
+    assert "needs TensorRT and an NVIDIA GPU" in result.stderr
+    assert "python3-libnvinfer" in result.stderr and "pycuda" in result.stderr
+    assert "Traceback" not in result.output

@@ -104,13 +104,22 @@ def settings(data_dir, as_json) -> None:
 
 @click.command()
 @data_dir_option
+@click.option(
+    "--gpu-selftest",
+    is_flag=True,
+    help="Build every model's TensorRT engine afresh (in a temporary folder), compare it"
+    " with ONNX Runtime on the check images and time both: one table. Needs TensorRT and"
+    " an NVIDIA GPU (exit 2 names what is missing); minutes on a Jetson.",
+)
 @json_option
 @translate_errors
-def doctor(data_dir, as_json) -> None:
+def doctor(data_dir, gpu_selftest, as_json) -> None:
     """Check the installation: backends, model bundles, data directory, disk."""
     from appliance.doctor import run_checks
 
     config = load_config(data_dir)
+    if gpu_selftest:
+        _gpu_selftest(config, as_json)
     report = run_checks(config)
     if as_json:
         print_json(report)
@@ -121,6 +130,23 @@ def doctor(data_dir, as_json) -> None:
                 mark = "ok " if item["ok"] else "!! "
                 echo(f"  {mark}{item['name']}: {item['detail']}")
         click.echo("all good" if report["ok"] else "problems found (marked !!)")
+    sys.exit(0 if report["ok"] else 1)
+
+
+def _gpu_selftest(config, as_json: bool) -> None:
+    from appliance.doctor import gpu_selftest
+    from appliance.inference.engines.selftest import SelftestUnavailableError, table
+
+    try:  # progress on stderr: stdout is the table or the JSON
+        report = gpu_selftest(config, log=lambda line: click.echo(line, err=True))
+    except SelftestUnavailableError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        print_json(report)
+    else:
+        for line in table(report).splitlines():
+            echo(line)
     sys.exit(0 if report["ok"] else 1)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 JETSON = REPO / "jetson"
 POWER = JETSON / "bin" / "appliance-power-mode"
+SELFTEST = JETSON / "selftest.sh"
 EJECT = JETSON / "bin" / "appliance-eject"
 SCRIPTS = sorted(
     p
@@ -30,6 +32,7 @@ def test_every_script_is_found_and_executable() -> None:
         "bin/appliance-power-mode",
         "bin/appliance-usb-mount",
         "kiosk/session",
+        "selftest.sh",
     }
     for script in SCRIPTS:
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
@@ -107,3 +110,26 @@ def test_eject_refuses_what_is_not_a_mounted_usb_volume(tmp_path: Path) -> None:
     assert folder.returncode == 2 and "not a mount point" in folder.stderr
     root = subprocess.run(["bash", str(EJECT), "/"], capture_output=True, text=True, timeout=30)
     assert root.returncode == 2, root.stderr  # never unmounts the system disk
+
+
+def test_selftest_runs_the_installed_appliance_and_passes_on_its_verdict(tmp_path: Path) -> None:
+    """The real ``appliance doctor --gpu-selftest`` behind the wrapper (this venv standing
+    for /opt/appliance/venv): no TensorRT here, so exit 2 naming what is missing."""
+    (tmp_path / "prefix").mkdir()
+    (tmp_path / "prefix" / "venv").symlink_to(Path(sys.prefix))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "APPLIANCE_DATA_DIR": str(tmp_path / "data"),
+    }
+    args = ["bash", str(SELFTEST), "--prefix", str(tmp_path / "prefix"), "--json"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "the GPU self-test needs TensorRT and an NVIDIA GPU" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+    missing = subprocess.run(
+        ["bash", str(SELFTEST), "--prefix", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, timeout=30, env=env,
+    )
+    assert missing.returncode == 2 and "install the appliance first" in missing.stderr

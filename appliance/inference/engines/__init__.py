@@ -25,4 +25,8 @@ The parts, one module each:
   ``appliance doctor`` (one writer: the refresher thread; written atomically, so a
   reader never sees half a file);
 - ``refresh``: ``EngineRefresher``, everything that touches files, GPUs or threads.
+- ``trt_support``: a model held to TensorRT 10's documented ONNX support (operators,
+  Q/DQ types, opset), on the CPU (tests, ``appliance doctor``);
+- ``selftest``: ``appliance doctor --gpu-selftest``, every engine built afresh, compared
+  with ONNX Runtime and timed, one table (the technician's first check).
 """
