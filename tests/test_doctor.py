@@ -122,6 +122,12 @@ def test_gpu_selftest_prints_one_table_for_every_bundle(
     report = json.loads(doctor(data, "--gpu-selftest", "--json").stdout)
     assert report["ok"] and {r["model"] for r in report["rows"]} == set(BUNDLES)
 
+    # with TensorRT usable, plain doctor also holds every bundle to TensorRT's ONNX
+    # support: the committed graphs pass, so nothing is flagged
+    plain = doctor(data, "--json")
+    assert plain.exit_code == 0, plain.output
+    assert not [e for e in json.loads(plain.stdout)["engines"] if e["name"].endswith(" graph")]
+
 
 def test_gpu_selftest_without_tensorrt_names_what_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -133,3 +139,29 @@ def test_gpu_selftest_without_tensorrt_names_what_is_missing(
     assert "needs TensorRT and an NVIDIA GPU" in result.stderr
     assert "python3-libnvinfer" in result.stderr and "pycuda" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_graph_tensorrt_would_refuse_is_a_problem_where_tensorrt_is_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old (1.0.0, int32-bias) model from git history in place of a bundle's."""
+    import shutil
+    import subprocess
+
+    old = subprocess.run(
+        ["git", "show", "2eaabfc:models/cxr-pneumonia/1.0.0/model.int8.onnx"],
+        cwd=BUNDLES[CXR].parents[2], capture_output=True, check=False,
+    )
+    if old.returncode != 0:
+        pytest.skip("no git history here to take the old model from")
+    models = tmp_path / "models"
+    copy = Path(shutil.copytree(BUNDLES[CXR], models / CXR / BUNDLES[CXR].name))
+    (copy / "model.int8.onnx").write_bytes(old.stdout)
+    install_standins(monkeypatch)
+    monkeypatch.setenv("APPLIANCE_MODELS_DIR", str(models))
+
+    result = doctor(tmp_path / "data", "--json")
+    assert result.exit_code == 1
+    (graph,) = [e for e in json.loads(result.stdout)["engines"] if e["name"] == f"{CXR} graph"]
+    assert not graph["ok"] and "TensorRT 10 would refuse it" in graph["detail"]
+    assert "input type INT32 is not supported" in graph["detail"] and len(graph["problems"]) == 8
