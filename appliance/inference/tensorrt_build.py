@@ -4,7 +4,11 @@ Building and loading are separate (as in Polygraphy): this module builds, once p
 model x TensorRT version x GPU, and caches the engine under a name that says exactly
 what it was built for, so a JetPack upgrade or a new model never loads a stale engine:
 
-    <model sha256[:16]>_trt<version>_sm<major><minor>_<precision>.engine
+    <model sha256[:16]>_trt<version>_sm<major><minor>_<precision>_b<settings>.engine
+
+``<settings>`` is ``BUILD_SETTINGS``: bump it when the way engines are built changes (it
+went to 2 with the batch-1 profile and strong typing), so boxes rebuild rather than keep
+an engine built the old way.
 
 ``tensorrt`` is imported lazily — importing this module never needs CUDA — and every
 entry point accepts a ``trt`` module so the logic can be tested against a stand-in.
@@ -36,6 +40,7 @@ from appliance.errors import BundleError
 from appliance.store.files import atomic_write_bytes
 
 PRECISIONS = ("int8", "fp16", "fp32")
+BUILD_SETTINGS = 2  # see the module docstring: part of every engine's name
 # (min, opt, max) batch: the box screens one image at a time; up to 8 for a backlog
 PROFILE_BATCH = (1, 1, 8)
 
@@ -76,7 +81,8 @@ def engine_filename(
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     version = re.sub(r"[^0-9A-Za-z.]", "_", trt_version)
     major, minor = compute_capability
-    return f"{model_sha256[:16]}_trt{version}_sm{major}{minor}_{precision}.engine"
+    return (f"{model_sha256[:16]}_trt{version}_sm{major}{minor}_{precision}"
+            f"_b{BUILD_SETTINGS}.engine")
 
 
 def import_tensorrt() -> ModuleType:

@@ -28,7 +28,7 @@ def test_compiles_the_int8_model_named_by_its_sha(bundle: Path, tmp_path: Path) 
         == 0
     )
     sha = load_bundle(bundle).sha256("model.int8.onnx")
-    assert (engines / f"{sha[:16]}_trt10.3.0_sm87_int8.engine").is_file()
+    assert (engines / f"{sha[:16]}_trt10.3.0_sm87_int8_b2.engine").is_file()
     assert (engines / "timing.cache").is_file()
     assert rec.strongly_typed and rec.flags == set()  # the QDQ graph's types decide
     assert rec.profiles == [{"input": ((1, 1, 64, 64), (1, 1, 64, 64), (8, 1, 64, 64))}]

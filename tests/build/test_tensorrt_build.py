@@ -43,7 +43,7 @@ def tiny_onnx(tmp_path: Path) -> Path:
 
 def test_engine_filename_names_model_trt_gpu_and_precision() -> None:
     name = engine_filename(SHA, "10.3.0", (8, 7), "int8")
-    assert name == f"{SHA[:16]}_trt10.3.0_sm87_int8.engine"
+    assert name == f"{SHA[:16]}_trt10.3.0_sm87_int8_b2.engine"
     assert engine_filename(SHA, "10.3.0", (8, 7), "fp16") != name
     assert engine_filename(SHA, "10.4.0", (8, 7), "int8") != name
     with pytest.raises(ValueError):
@@ -61,7 +61,7 @@ def test_int8_build_sets_flags_profile_cache_and_writes_atomically(
     path = build_engine(
         tiny_onnx, SHA, engines, trt=trt, compute_capability=(8, 7), timing_cache=cache
     )
-    assert path.name == f"{SHA[:16]}_trt10.3.0_sm87_int8.engine"
+    assert path.name == f"{SHA[:16]}_trt10.3.0_sm87_int8_b2.engine"
     assert json.loads(path.read_bytes())["inputs"] == ["input"]
     # no Q/DQ in this graph: weakly typed, INT8 with FP16 for what is not quantized
     assert rec.flags == {"INT8", "FP16"} and rec.strongly_typed is False

@@ -132,7 +132,7 @@ def test_engine_name_has_model_sha_trt_version_and_sm(
     with runner_for(bundle, tmp_path, standins, log=lambda _: None) as runner:
         assert runner.model_file == "model.int8.onnx" and runner.model_sha256 == sha
         name = runner.engine_path.name
-    assert name == f"{sha[:16]}_trt10.7.0_sm72_int8.engine"
+    assert name == f"{sha[:16]}_trt10.7.0_sm72_int8_b2.engine"
 
 
 def test_missing_engine_is_an_error_when_building_is_not_allowed(
