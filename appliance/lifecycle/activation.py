@@ -75,9 +75,9 @@ def rollback(store: Store, config: Config, name: str, actor: str = "cli") -> dic
 
 def listing(store: Store, config: Config) -> list[dict[str, Any]]:
     """Every version the box knows: recorded rows, and shipped ones not written down
-    yet (active while nothing else was installed for that name)."""
+    yet (active while no other version of that name was activated)."""
     recorded = model_versions.rows(store.conn())
-    names = {r["name"] for r in recorded}
+    names = {r["name"] for r in recorded if r["state"] == model_versions.ACTIVE}
     shipped = newest_bundles(models_dir(config))
     for name in REQUIRED:
         if name not in names and name in shipped:
