@@ -16,7 +16,7 @@ from pathlib import Path
 from helpers import bundle_dir
 
 NAME = "cxr-adult-abnormal"
-NEW = "1.1.0"
+NEW = "2.0.0"
 
 
 def new_version(
