@@ -58,8 +58,12 @@ def _bump(conn: sqlite3.Connection) -> None:
 
 
 def remember_bundled(conn: sqlite3.Connection, name: str, version: str) -> None:
-    """Write the shipped version down as active, once, before anything replaces it."""
-    if conn.execute("SELECT 1 FROM model_versions WHERE name=?", (name,)).fetchone():
+    """Write the shipped version down as active, once, before anything replaces it
+    (a refused file of that name changes nothing: the shipped version still runs)."""
+    if conn.execute(
+        "SELECT 1 FROM model_versions WHERE name=? AND (state='active' OR version=?)",
+        (name, version),
+    ).fetchone():
         return
     now = utc_now()
     conn.execute(
