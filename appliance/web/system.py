@@ -13,6 +13,7 @@ from flask_babel import ngettext
 
 from appliance.inference.backends import backend_report
 from appliance.inference.engines.status import read_status
+from appliance.lifecycle.activation import listing
 from appliance.screening.models import REQUIRED, models_dir, newest_bundles
 from appliance.store import jobs
 from appliance.sync.worker import sync_status
@@ -30,6 +31,14 @@ SERVICES = {
     "hot_folder": _l("Watched folder"),
     "workers": _l("Screening workers"),
     "sync": _l("Sync to the hub"),
+}
+
+# A model version's state (store/model_versions.py), as the page shows it.
+VERSION_STATE = {
+    "active": _l("active: screens every image"),
+    "shadow": _l("shadow: screens beside the active one, results never shown"),
+    "installed": _l("installed, not in use"),
+    "refused": _l("refused"),
 }
 
 
@@ -77,6 +86,8 @@ def index():
         sync=sync_status(store, config),
         services=SERVICES,
         monitoring=_monitoring(),
+        versions=listing(store, config),
+        VERSION_STATE=VERSION_STATE,
     )
 
 
