@@ -111,6 +111,7 @@ class Screener:
         self._loading: threading.Thread | None = None
         self._failed_generation: int | None = None
         self.on_swap: list[Callable[[ModelSet], None]] = []  # e.g. the engine refresher
+        self.last_swap_ms: float | None = None  # how long the last swap held jobs back
 
     @contextmanager
     def use(self) -> Iterator[ModelSet]:
@@ -156,10 +157,12 @@ class Screener:
                 fresh.close()
                 self._failed_generation = generation
                 return
+            swap_started = time.perf_counter()
             with self._swap:
                 old, self.models = self.models, fresh
                 self._retired.append(old)
                 self._close_retired()
+            self.last_swap_ms = (time.perf_counter() - swap_started) * 1000
             log.info("models now %s (shadow %s)", fresh.versions(), list(fresh.shadows))
             for callback in self.on_swap:
                 callback(fresh)
