@@ -10,7 +10,7 @@ from appliance.config import Config
 from appliance.inference.backends import backend_report
 from appliance.inference.bundle import load_bundle
 from appliance.inference.engines.status import read_status
-from appliance.screening.models import REQUIRED, ModelSet, models_dir, newest_bundles
+from appliance.screening.models import REQUIRED, ModelSet, active_bundle_dirs, models_dir
 
 
 def run_checks(config: Config) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def _engine_checks(config: Config) -> list[dict[str, Any]]:
 
 def _model_checks(config: Config) -> list[dict[str, Any]]:
     folder = models_dir(config)
-    found = newest_bundles(folder)
+    found = active_bundle_dirs(config)  # the versions that screen (activated, or shipped)
     checks = []
     for name in REQUIRED:
         if name not in found:

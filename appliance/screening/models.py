@@ -97,6 +97,17 @@ class LoadedModel:
         }
 
 
+def active_bundle_dirs(config: Config) -> dict[str, Path]:
+    """name -> folder of the version that screens: the one activated on this box
+    (store/model_versions.py), else the newest shipped one."""
+    found = newest_bundles(models_dir(config))
+    for chosen in read_selection(config.data_dir)[1]:
+        folder = version_dir(config, chosen) if chosen["state"] == ACTIVE else None
+        if folder is not None:
+            found[chosen["name"]] = folder
+    return found
+
+
 class ModelSet:
     """The active version of every model (the newest shipped one, unless another was
     activated: store/model_versions.py) and the versions running in shadow beside them."""
@@ -113,7 +124,7 @@ class ModelSet:
 
     def load(self) -> ModelSet:
         self.generation, selected = read_selection(self.config.data_dir)
-        found = newest_bundles(self.folder)
+        found: dict[str, Path | None] = dict(newest_bundles(self.folder))
         for chosen in selected:
             if chosen["state"] == ACTIVE and chosen["name"] in REQUIRED:
                 found[chosen["name"]] = version_dir(self.config, chosen)

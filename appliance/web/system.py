@@ -14,7 +14,7 @@ from flask_babel import ngettext
 from appliance.inference.backends import backend_report
 from appliance.inference.engines.status import read_status
 from appliance.lifecycle.activation import listing
-from appliance.screening.models import REQUIRED, models_dir, newest_bundles
+from appliance.screening.models import REQUIRED, active_bundle_dirs
 from appliance.store import jobs
 from appliance.sync.worker import sync_status
 from appliance.web.auth import requires
@@ -50,7 +50,7 @@ def index():
     if loaded is not None:
         models = loaded.status()
     else:  # the page served without the workers (e.g. tests): what is installed
-        found = newest_bundles(models_dir(config))
+        found = active_bundle_dirs(config)
         models = {
             name: {
                 "loaded": False,

@@ -20,6 +20,7 @@ from appliance.ingest.headers import ImageLimits
 from appliance.lifecycle.activation import activate, listing, rollback
 from appliance.lifecycle.compare import compare
 from appliance.lifecycle.install import install
+from appliance.monitoring.calibration import installed_manifest
 from appliance.screening.models import ModelSet
 from appliance.screening.pipeline import Screener
 from appliance.store import model_versions
@@ -117,6 +118,8 @@ def test_activation_switches_new_images_and_rollback_restores_the_previous_resul
     assert (after["model_version"], before["model_version"]) == (NEW, OLD)
     states = {(r["name"], r["version"]): r["state"] for r in listing(store, config)}
     assert states[(NAME, NEW)] == "active" and states[(NAME, OLD)] == "installed"
+    # What the box tells the hub (its monitoring summary) and the doctor check follow.
+    assert installed_manifest(config, NAME)["version"] == NEW
     assert rollback(store, config, NAME)["version"] == OLD
     switch(store, worker)
     again = screen(importer, worker, CXR[2])[0]
