@@ -13,7 +13,7 @@ from appliance.inference.bundle import load_bundle
 from appliance.inference.engines.decide import MAX_BUILD_ATTEMPTS
 from appliance.inference.engines.status import read_status
 from appliance.inference.engines.trt_support import check_file
-from appliance.screening.models import REQUIRED, ModelSet, models_dir, newest_bundles
+from appliance.screening.models import REQUIRED, ModelSet, active_bundle_dirs, models_dir
 
 
 def run_checks(config: Config) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def gpu_selftest(
     compared with ONNX Runtime and timed (``inference.engines.selftest``)."""
     from appliance.inference.engines.selftest import run_selftest
 
-    bundles = [load_bundle(path) for _, path in sorted(newest_bundles(models_dir(config)).items())]
+    bundles = [load_bundle(path) for _, path in sorted(active_bundle_dirs(config).items())]
     return run_selftest(bundles, precision=config.model_precision, trt=trt, cuda=cuda, log=log)
 
 
@@ -65,7 +65,7 @@ def _engine_checks(config: Config, tensorrt_usable: bool) -> list[dict[str, Any]
     for name, bundle in sorted(status.get("bundles", {}).items()):
         checks.append(_engine_record_check(name, bundle))
     if tensorrt_usable:
-        for name, path in sorted(newest_bundles(models_dir(config)).items()):
+        for name, path in sorted(active_bundle_dirs(config).items()):
             onnx_file = path / "model.int8.onnx"
             found = check_file(onnx_file) if onnx_file.is_file() else []
             if found:
@@ -104,7 +104,7 @@ def _engine_record_check(name: str, record: dict[str, Any]) -> dict[str, Any]:
 
 def _model_checks(config: Config) -> list[dict[str, Any]]:
     folder = models_dir(config)
-    found = newest_bundles(folder)
+    found = active_bundle_dirs(config)  # the versions that screen (activated, or shipped)
     checks = []
     for name in REQUIRED:
         if name not in found:

@@ -14,8 +14,11 @@
         ├── BundleNotFoundError    no bundle where one was expected (inference/bundle.py)
         ├── ManifestError          manifest.json missing fields or malformed
         ├── BundleIntegrityError   a file's sha256 differs from the manifest
-        └── EngineBuildError       a TensorRT engine cannot be built (inference/tensorrt_build.py)
-            └── TensorRTUnavailableError   tensorrt/pycuda not installed or no GPU
+        ├── EngineBuildError       a TensorRT engine cannot be built (inference/tensorrt_build.py)
+        │   └── TensorRTUnavailableError   tensorrt/pycuda not installed or no GPU
+        ├── ModelPackageError      a signed bundle file is refused: unsigned, untrusted key,
+        │                          tampered, wrong contract or appliance version (lifecycle/)
+        └── ModelStateError        a version cannot be activated or rolled back (lifecycle/)
     └── SyncError              results cannot reach the hub now (appliance/sync, appliance/hub)
         ├── NotEnrolledError       no hub URL or device token: run `appliance sync enrol`
         ├── HubUnreachableError    no answer, timeout, broken connection or 5xx: retry later
@@ -81,6 +84,14 @@ class DecodeError(IngestError):
 
 class BundleError(ApplianceError):
     """A model bundle is missing, corrupt or inconsistent."""
+
+
+class ModelPackageError(BundleError):
+    """A signed model bundle file is refused; the message says why."""
+
+
+class ModelStateError(BundleError):
+    """A model version cannot be activated, rolled back or found as asked."""
 
 
 class SyncError(ApplianceError):

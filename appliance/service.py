@@ -81,6 +81,15 @@ class Service:
         app = create_app(self.config)
         app.extensions["appliance_status"] = self.status
         app.extensions["appliance_models"] = self.models
+
+        def swapped(models: ModelSet) -> None:
+            """An activated version was loaded whole: the page and /healthz show the new
+            set, and its engines are built in the background like at start-up."""
+            self.models = models
+            app.extensions["appliance_models"] = models
+            EngineRefresher(models, self.config, self.stop_event).start()
+
+        screener.on_swap.append(swapped)
         # Drift and health: recomputed in the background, shown by /healthz and the
         # System page, and summarised for the hub.
         monitor = Monitor(self.store, self.config)

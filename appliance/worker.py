@@ -39,7 +39,8 @@ from appliance.ingest.headers import ImageLimits
 from appliance.ingest.sandbox import decode_in_child
 from appliance.screening.gate import age_in_years
 from appliance.screening.pipeline import Screener
-from appliance.store import jobs
+from appliance.screening.shadow import screen_in_shadow
+from appliance.store import jobs, model_versions
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.files import atomic_write_bytes, ensure_free_space, is_disk_full
 from appliance.store.images import insert_quarantine
@@ -137,13 +138,16 @@ class Worker:
         """Process one job if there is one; returns False when there was nothing to do."""
         if not self.screener.ready or not self.room_to_work():
             return False
+        # Between jobs: an activation (another process) loads the new set in the background.
+        self.screener.reload_if_changed(model_versions.generation(self.store.conn()))
         job = jobs.claim(
             self.store, self.name, self.config.job_lease_seconds, self.config.job_max_attempts
         )
         if job is None:
             return False
         try:
-            self.process(job)
+            with self.screener.use() as models:  # the job ends on the set that claimed it
+                self.process(job, models)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # also a native library's panic: the thread lives on
@@ -205,7 +209,7 @@ class Worker:
                 self.store.jobs_waiting.wait(idle_wait)
                 self.store.jobs_waiting.clear()
 
-    def process(self, job: jobs.Job) -> None:
+    def process(self, job: jobs.Job, models=None) -> None:
         image = (
             self.store.conn()
             .execute(
@@ -238,6 +242,7 @@ class Worker:
             tags,
             preview_size(decoded, HEATMAP_MAX_PX),
             population=image["population"],  # staff's choice, for an X-ray without an age
+            models=models,
         )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None
@@ -245,16 +250,22 @@ class Worker:
             heatmap_path = Path("heatmaps") / f"{image['id']}.png"
             overlay = cv2.cvtColor(result.heatmap, cv2.COLOR_RGBA2BGRA)
             self.keep(heatmap_path, encode(".png", overlay, [cv2.IMWRITE_PNG_COMPRESSION, 3]))
+        result_id = None
         with self.store.write() as conn:
             conn.execute(
                 "UPDATE images SET state='decoded', decoded_at=?, decode_info=?, preview_path=?"
                 " WHERE id=?",
                 (utc_now(), json.dumps(decoded.summary()), str(preview), image["id"]),
             )
+            if models is not None:  # which versions screened it (the set that claimed it)
+                conn.execute(
+                    "UPDATE jobs SET model_versions=? WHERE id=?",
+                    (json.dumps(models.versions()), job.id),
+                )
             if result.needs_population:  # no score until staff choose adult or child
                 park_for_population(conn, image["id"])
             else:
-                insert_result(
+                result_id = insert_result(
                     conn,
                     image["id"],
                     job.id,
@@ -264,6 +275,31 @@ class Worker:
             _decode_over(conn, job)
             if not jobs.complete(conn, job):
                 raise RuntimeError("lease lost while processing")  # rolls the result back
+        if models is not None and models.shadows and result_id is not None:
+            try:  # the job is done: a shadow's trouble is logged, never the image's
+                self.shadow(job, image, decoded, tags, result, result_id, models)
+            except Exception:
+                log.exception("shadow screening of image %s not stored", image["id"])
+
+    def shadow(self, job, image, decoded, tags, result, result_id, models) -> None:
+        """After the result is committed (it never waits for a shadow): each shadow
+        version's result, in ``shadow_results`` only."""
+        found = screen_in_shadow(
+            self.screener, models, decoded, tags, result, population=image["population"]
+        )
+        with self.store.write() as conn:
+            for item in found:
+                item.result["timings_ms"] = {**item.result["timings_ms"], "shadow": item.ms}
+                model_versions.insert_shadow_result(
+                    conn,
+                    image["id"],
+                    job.id,
+                    result_id,
+                    item.active_version,
+                    item.result,
+                    item.version,
+                    item.name,
+                )
 
     def decode(self, job: jobs.Job, image, max_side: int | None) -> DecodedImage | IngestError:
         """The image's pixels, or why they cannot be had; guarded against a decode that

@@ -39,6 +39,9 @@ FORBIDDEN = {
     # Monitoring reads the store and the bundles; the page, the sender and the hub show
     # what it finds, never the other way round.
     "appliance.monitoring": ("appliance.web", "appliance.sync", "appliance.hub"),
+    # Model lifecycle sits on the store, the bundles and the screening models; the page
+    # and the hub show what it records.
+    "appliance.lifecycle": ("appliance.web", "appliance.sync", "appliance.hub"),
 }
 # Who may import appliance.cli: the package itself and ``python -m appliance``.
 CLI = "appliance.cli"

@@ -2,7 +2,8 @@
 
 One module per group of commands: ``box`` runs and checks the box, ``images`` gets
 images in and lists what is stored, ``sync`` talks to the hub, ``hub`` runs one;
-``monitoring`` records outcomes, calibrates and watches for drift; ``options`` is what
+``monitoring`` records outcomes, calibrates and watches for drift; ``models``
+signs, installs, compares, activates and rolls back model bundles; ``options`` is what
 they share. Nothing outside this package imports it.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import click
 
 from appliance import __version__
-from appliance.cli import box, hub, images, monitoring, sync
+from appliance.cli import box, hub, images, models, monitoring, sync
 
 
 @click.group()
@@ -20,5 +21,6 @@ def main() -> None:
     """Offline screening appliance (decision support, not a diagnosis)."""
 
 
-for command in (*box.COMMANDS, *images.COMMANDS, *monitoring.COMMANDS, sync.sync, hub.hub):
+GROUPS = (sync.sync, hub.hub, models.models)
+for command in (*box.COMMANDS, *images.COMMANDS, *monitoring.COMMANDS, *GROUPS):
     main.add_command(command)

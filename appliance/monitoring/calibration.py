@@ -26,7 +26,7 @@ from appliance.inference.bundle import read_manifest
 from appliance.monitoring import stats
 from appliance.monitoring.notices import Notice, percent
 from appliance.monitoring.outcomes import references
-from appliance.screening.models import THRESHOLD_SETTINGS, models_dir, newest_bundles
+from appliance.screening.models import THRESHOLD_SETTINGS, active_bundle_dirs
 from appliance.store.db import Store, audit, utc_now
 
 DECISION_SUPPORT = (
@@ -43,7 +43,7 @@ class CalibrationError(ApplianceError):
 
 
 def installed_manifest(config: Config, name: str) -> dict[str, Any]:
-    found = newest_bundles(models_dir(config))
+    found = active_bundle_dirs(config)
     if name not in found:
         raise CalibrationError(f"No model bundle named {name} is installed.")
     return read_manifest(found[name])

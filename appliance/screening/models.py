@@ -17,6 +17,7 @@ import appliance
 from appliance.config import Config
 from appliance.inference.bundle import Bundle, find_bundles, load_bundle
 from appliance.inference.runner import Runner
+from appliance.store.model_versions import ACTIVE, BUNDLED, SHADOW, read_selection
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,21 @@ def default_models_dir() -> Path:
 
 def models_dir(config: Config) -> Path:
     return Path(config.models_dir) if config.models_dir else default_models_dir()
+
+
+def installed_dir(config: Config, name: str, version: str) -> Path:
+    """Where an installed (signed, verified) version lives: ``<data_dir>/models/``."""
+    return Path(config.data_dir) / "models" / name / version
+
+
+def version_dir(config: Config, row: dict[str, Any]) -> Path | None:
+    """The folder of a ``model_versions`` row: a shipped version where the appliance
+    keeps its bundles (the newest shipped one if an upgrade replaced it), an installed
+    one under the data dir."""
+    if row["source"] == BUNDLED:
+        shipped = models_dir(config) / row["name"] / row["version"]
+        return shipped if shipped.is_dir() else newest_bundles(models_dir(config)).get(row["name"])
+    return installed_dir(config, row["name"], row["version"])
 
 
 def _version_key(path: Path) -> tuple:
@@ -81,29 +97,59 @@ class LoadedModel:
         }
 
 
+def active_bundle_dirs(config: Config) -> dict[str, Path]:
+    """name -> folder of the version that screens: the one activated on this box
+    (store/model_versions.py), else the newest shipped one."""
+    found = newest_bundles(models_dir(config))
+    for chosen in read_selection(config.data_dir)[1]:
+        folder = version_dir(config, chosen) if chosen["state"] == ACTIVE else None
+        if folder is not None:
+            found[chosen["name"]] = folder
+    return found
+
+
 class ModelSet:
+    """The active version of every model (the newest shipped one, unless another was
+    activated: store/model_versions.py) and the versions running in shadow beside them."""
+
     def __init__(self, config: Config, log_progress=log.info) -> None:
         self.config = config
         self.folder = models_dir(config)
         self.models: dict[str, LoadedModel] = {}
+        self.shadows: dict[str, LoadedModel] = {}
         self.errors: dict[str, str] = {}
+        self.shadow_errors: dict[str, str] = {}
+        self.generation = 0  # model_versions' generation this set was chosen at
         self._log = log_progress
 
     def load(self) -> ModelSet:
-        found = newest_bundles(self.folder)
+        self.generation, selected = read_selection(self.config.data_dir)
+        found: dict[str, Path | None] = dict(newest_bundles(self.folder))
+        for chosen in selected:
+            if chosen["state"] == ACTIVE and chosen["name"] in REQUIRED:
+                found[chosen["name"]] = version_dir(self.config, chosen)
         for name in REQUIRED:
-            if name not in found:
+            if found.get(name) is None:
                 self.errors[name] = f"no bundle named {name} in {self.folder}"
                 continue
             try:
-                bundle = load_bundle(found[name])
-                runner = self._open(bundle)
+                self.models[name] = self._load_one(found[name])
             except Exception as exc:  # whatever breaks one model, the box stays up
                 self.errors[name] = str(exc)
                 log.error("model %s not loaded: %s", name, exc)
+        for chosen in selected:
+            if chosen["state"] != SHADOW or chosen["name"] not in REQUIRED:
                 continue
-            self.models[name] = LoadedModel(bundle, runner, threading.Lock())
+            try:  # a shadow that does not load is reported; screening goes on without it
+                self.shadows[chosen["name"]] = self._load_one(version_dir(self.config, chosen))
+            except Exception as exc:
+                self.shadow_errors[chosen["name"]] = str(exc)
+                log.error("shadow %s %s not loaded: %s", chosen["name"], chosen["version"], exc)
         return self
+
+    def _load_one(self, folder: Path) -> LoadedModel:
+        bundle = load_bundle(folder)
+        return LoadedModel(bundle, self._open(bundle), threading.Lock())
 
     def _open(self, bundle: Bundle) -> Runner:
         """An active runner that never builds an engine at start-up (minutes on a Jetson,
@@ -148,7 +194,12 @@ class ModelSet:
                 out[name] = {"loaded": False, "error": self.errors.get(name, "not loaded")}
         return out
 
+    def versions(self) -> dict[str, str]:
+        """name -> active version loaded (what a job screened with)."""
+        return {name: model.bundle.version for name, model in self.models.items()}
+
     def close(self) -> None:
-        for model in self.models.values():
+        for model in (*self.models.values(), *self.shadows.values()):
             model.runner.__exit__(None, None, None)
         self.models.clear()
+        self.shadows.clear()

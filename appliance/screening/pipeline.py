@@ -8,7 +8,9 @@ bundle's own spec applied by the same pure functions training used.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +104,78 @@ class Screener:
         self.models = models
         self.config = config
         self._config_mtime = self._config_file_mtime()
+        # Model sets swapped in by reload_if_changed; each is closed when no job uses it.
+        self._swap = threading.Lock()
+        self._users: dict[int, int] = {}
+        self._retired: list[ModelSet] = []
+        self._loading: threading.Thread | None = None
+        self._failed_generation: int | None = None
+        self.on_swap: list[Callable[[ModelSet], None]] = []  # e.g. the engine refresher
+        self.last_swap_ms: float | None = None  # how long the last swap held jobs back
+
+    @contextmanager
+    def use(self) -> Iterator[ModelSet]:
+        """The model set one job screens with, start to finish: an activation meanwhile
+        swaps in a new set for the next job, and this one is closed once no job uses it."""
+        with self._swap:
+            models = self.models
+            self._users[id(models)] = self._users.get(id(models), 0) + 1
+        try:
+            yield models
+        finally:
+            with self._swap:
+                self._users[id(models)] -= 1
+                self._close_retired()
+
+    def _close_retired(self) -> None:
+        for old in [m for m in self._retired if not self._users.get(id(m))]:
+            self._retired.remove(old)
+            self._users.pop(id(old), None)
+            old.close()
+
+    def reload_if_changed(self, generation: int) -> None:
+        """Load the model set chosen at ``generation`` in the background when it is not
+        the one running; jobs go on with the running set until the new one is whole."""
+        with self._swap:
+            if (
+                generation == self.models.generation
+                or generation == self._failed_generation
+                or self._loading is not None
+            ):
+                return
+            self._loading = threading.Thread(
+                target=self._load, args=(generation,), name="models-reload", daemon=True
+            )
+            self._loading.start()
+
+    def _load(self, generation: int) -> None:
+        try:
+            fresh = ModelSet(self.config, self.models._log).load()
+            lost = sorted(set(fresh.errors) - set(self.models.errors))
+            if lost:  # keep screening with what works; the activation is audited already
+                log.error("new model set not used, %s would not load: %s", lost, fresh.errors)
+                fresh.close()
+                self._failed_generation = generation
+                return
+            swap_started = time.perf_counter()
+            with self._swap:
+                old, self.models = self.models, fresh
+                self._retired.append(old)
+                self._close_retired()
+            self.last_swap_ms = (time.perf_counter() - swap_started) * 1000
+            log.info("models now %s (shadow %s)", fresh.versions(), list(fresh.shadows))
+            for callback in self.on_swap:
+                callback(fresh)
+        except Exception:
+            log.exception("model reload failed; screening goes on with the running set")
+            self._failed_generation = generation
+        finally:
+            self._loading = None
+
+    def wait_for_reload(self, timeout: float = 60.0) -> None:
+        loading = self._loading
+        if loading is not None:
+            loading.join(timeout)
 
     def _config_file_mtime(self) -> int | None:
         try:
@@ -150,11 +224,14 @@ class Screener:
         *,
         population: str | None = None,
         population_by: str = OPERATOR,
+        models: ModelSet | None = None,
     ) -> ScreeningResult:
         """``population``: adult or child, as staff chose (``population_by``: operator
-        or cli) for an X-ray without an age; the age the image gives always wins."""
+        or cli) for an X-ray without an age; the age the image gives always wins.
+        ``models``: the set to screen with (a job's, or a shadow view), else the running one."""
         timer = Timer()
-        router = self.models.get(ROUTER)
+        models = self.models if models is None else models
+        router = models.get(ROUTER)
         if router is None:
             raise ScreeningUnavailableError("the modality router model is not loaded")
         with timer.stage("gate"):
@@ -214,7 +291,7 @@ class Screener:
             caution = population_caution(chosen, tags.get("patient_age_years"))
             if caution:
                 result.hints.append(caution)
-        model = self.models.get(name)
+        model = models.get(name)
         if model is None:
             raise ScreeningUnavailableError(f"the {name} model is not loaded")
         manifest = model.bundle.manifest

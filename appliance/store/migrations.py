@@ -509,3 +509,61 @@ def m015_job_disk_waits(db: Database) -> None:
                                WHERE kind = 'screen' AND state = 'failed');
         """
     )
+
+
+@migrations()
+def m017_model_versions(db: Database) -> None:
+    # Numbered after m016 (written meanwhile on another branch), so merged, the two
+    # apply in one order everywhere.
+    # Model bundles over their life (appliance/lifecycle): one row per (name, version)
+    # the box has installed, refused or shipped with. At most one active version per
+    # name (the partial unique index); the shipped bundles are active until something
+    # else is. ``model_generation`` counts activations so a running worker sees, between
+    # jobs, that it should load another set. Shadow results live in their own table:
+    # nothing that reads ``results`` or the outbox (worklist, hub, PACS) can see them.
+    db.executescript(
+        """
+        CREATE TABLE model_versions (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('active', 'shadow', 'installed', 'refused')),
+            source TEXT NOT NULL CHECK (source IN ('bundled', 'installed')),
+            key_id TEXT,
+            reason TEXT,
+            installed_at TEXT,
+            activated_at TEXT,
+            previous_version TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        );
+        CREATE UNIQUE INDEX model_versions_one_active ON model_versions(name)
+            WHERE state = 'active';
+
+        CREATE TABLE model_generation (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL
+        );
+        INSERT INTO model_generation (id, generation) VALUES (1, 0);
+
+        CREATE TABLE shadow_results (
+            id INTEGER PRIMARY KEY,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            job_id INTEGER REFERENCES jobs(id),
+            result_id INTEGER REFERENCES results(id),
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            active_version TEXT,
+            route TEXT,
+            probability REAL,
+            score INTEGER,
+            threshold REAL,
+            triage TEXT,
+            timings TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX shadow_results_model ON shadow_results(model_name, model_version, id);
+
+        ALTER TABLE jobs ADD COLUMN model_versions TEXT;
+        """
+    )

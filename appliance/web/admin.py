@@ -7,7 +7,7 @@ from flask_babel import gettext as _
 
 from appliance.config import save_settings
 from appliance.errors import ConfigError
-from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, models_dir, newest_bundles
+from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, active_bundle_dirs
 from appliance.screening.population import SITE_CHOICES
 from appliance.store import users
 from appliance.store.db import audit
@@ -30,7 +30,7 @@ def _operating_points(config) -> list[dict]:
     """Per screening model: the manifest's table and the threshold in use."""
     import json
 
-    found = newest_bundles(models_dir(config))
+    found = active_bundle_dirs(config)
     models = []
     for name, setting in THRESHOLD_SETTING.items():
         if name not in found:

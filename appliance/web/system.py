@@ -13,7 +13,8 @@ from flask_babel import ngettext
 
 from appliance.inference.backends import backend_report
 from appliance.inference.engines.status import read_status
-from appliance.screening.models import REQUIRED, models_dir, newest_bundles
+from appliance.lifecycle.activation import listing
+from appliance.screening.models import REQUIRED, active_bundle_dirs
 from appliance.store import jobs
 from appliance.sync.worker import sync_status
 from appliance.web.auth import requires
@@ -32,6 +33,14 @@ SERVICES = {
     "sync": _l("Sync to the hub"),
 }
 
+# A model version's state (store/model_versions.py), as the page shows it.
+VERSION_STATE = {
+    "active": _l("active: screens every image"),
+    "shadow": _l("shadow: screens beside the active one, results never shown"),
+    "installed": _l("installed, not in use"),
+    "refused": _l("refused"),
+}
+
 
 @bp.get("/system")
 def index():
@@ -41,7 +50,7 @@ def index():
     if loaded is not None:
         models = loaded.status()
     else:  # the page served without the workers (e.g. tests): what is installed
-        found = newest_bundles(models_dir(config))
+        found = active_bundle_dirs(config)
         models = {
             name: {
                 "loaded": False,
@@ -77,6 +86,8 @@ def index():
         sync=sync_status(store, config),
         services=SERVICES,
         monitoring=_monitoring(),
+        versions=listing(store, config),
+        VERSION_STATE=VERSION_STATE,
     )
 
 

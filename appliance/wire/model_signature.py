@@ -1,0 +1,125 @@
+"""Signed model bundles: what the programme signs and every box (and the hub) verifies.
+
+A programme signs the exact bytes of a bundle's ``manifest.json`` with Ed25519; the
+manifest carries every other file's sha256, so the signature covers the whole bundle.
+The signature travels beside the bundle as ``signature.json``::
+
+    {"format": "appliance-model-signature/1", "key_id": sha256(raw public key) hex,
+     "manifest_sha256": hex, "signature": base64}
+
+Keys: the private key is a PEM file (PKCS#8, unencrypted, kept by the programme); the
+public key is one line of base64 (its 32 raw bytes), which is what ``appliance models
+trust`` takes and what a box keeps in ``secrets/model_keys/<key_id>.pub``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from appliance.errors import ModelPackageError
+from appliance.wire.secret_files import write_secret
+
+FORMAT = "appliance-model-signature/1"
+SIGNATURE_FILE = "signature.json"
+
+
+def public_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The public key as one line of base64 (raw 32 bytes)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def key_id(public: str) -> str:
+    """A public key's id: the sha256 of its raw bytes, hex."""
+    return hashlib.sha256(base64.b64decode(public)).hexdigest()
+
+
+def read_public(text: str) -> str:
+    """A public key given as base64 text or a PEM file's text, as base64 text."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 key")
+            return public_text(key)
+        raw = base64.b64decode(text, validate=True)
+        Ed25519PublicKey.from_public_bytes(raw)
+        return base64.b64encode(raw).decode()
+    except ValueError as exc:
+        raise ModelPackageError(f"not an Ed25519 public key ({exc})") from exc
+
+
+def new_key(private_path: Path) -> str:
+    """Make a programme signing key: the private PEM at ``private_path`` (0600) and
+    its public text beside it (``.pub``); returns the public text."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_secret(Path(private_path), pem)
+    public = public_text(key)
+    Path(str(private_path) + ".pub").write_text(public + "\n", encoding="utf-8")
+    return public
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelPackageError(f"{path}: not a usable private key ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ModelPackageError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def sign_manifest(manifest_bytes: bytes, key: Ed25519PrivateKey) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "key_id": key_id(public_text(key)),
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "signature": base64.b64encode(key.sign(manifest_bytes)).decode(),
+    }
+
+
+def verify_manifest(manifest_bytes: bytes, signature: bytes | None, trusted: dict[str, str]) -> str:
+    """The signing key's id once ``signature`` (the signature file's bytes) verifies
+    ``manifest_bytes`` with one of the ``trusted`` keys (key id -> public text)."""
+    if signature is None:
+        raise ModelPackageError("unsigned: the file has no signature.json")
+    try:
+        envelope = json.loads(signature)
+        if envelope.get("format") != FORMAT:
+            raise ValueError(f"format {envelope.get('format')!r}")
+        kid = str(envelope["key_id"])
+        raw_signature = base64.b64decode(envelope["signature"], validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelPackageError(f"unreadable signature.json ({exc})") from exc
+    if kid not in trusted:
+        raise ModelPackageError(
+            f"signed by key {kid[:16]}…, which this box does not trust"
+            " (appliance models trust PUBKEY)"
+        )
+    try:
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted[kid]))
+        public.verify(raw_signature, manifest_bytes)
+    except (InvalidSignature, ValueError) as exc:
+        raise ModelPackageError(
+            f"the signature does not verify with key {kid[:16]}…: the manifest was changed"
+            " or signed by another key"
+        ) from exc
+    return kid
