@@ -119,16 +119,24 @@ def replace_section(card: str, section: str) -> str:
     return card[:anchor] + section.rstrip("\n") + "\n\n" + card[anchor:]
 
 
+def with_heatmaps(manifest: dict[str, Any], card: str, model_sha256: str,
+                  heatmaps_dir: Path = HEATMAPS_DIR) -> str:
+    """Set ``manifest["heatmap"]`` for the model file and return ``card`` with its
+    Heatmaps section: what ``build/pipeline.py`` does on every build and re-card."""
+    manifest["heatmap"] = heatmap_entry(str(manifest["name"]), model_sha256, heatmaps_dir)
+    return replace_section(card, card_section(manifest["heatmap"]))
+
+
 def patch_bundle(bundle_dir: Path, heatmaps_dir: Path = HEATMAPS_DIR) -> dict[str, Any]:
     """Write the heatmap entry into an installed bundle's manifest and card, re-hashing
     the card (manifest.json itself is not hashed: ``verify_files``)."""
     bundle = load_bundle(bundle_dir)
-    entry = heatmap_entry(bundle.name, bundle.sha256("model.int8.onnx"), heatmaps_dir)
-    card_path = Path(bundle_dir) / CARD
-    card_path.write_text(replace_section(card_path.read_text(encoding="utf-8"),
-                                         card_section(entry)), encoding="utf-8")
     manifest = dict(bundle.manifest)
-    manifest["heatmap"] = entry
+    card_path = Path(bundle_dir) / CARD
+    card = with_heatmaps(manifest, card_path.read_text(encoding="utf-8"),
+                         bundle.sha256("model.int8.onnx"), heatmaps_dir)
+    card_path.write_text(card, encoding="utf-8")
+    entry = manifest["heatmap"]
     files = dict(manifest.pop("files"))
     files[CARD] = {"sha256": file_sha256(card_path), "bytes": card_path.stat().st_size}
     manifest["files"] = files
