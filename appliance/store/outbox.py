@@ -120,6 +120,9 @@ def _result_payload(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
         "population": row["population"],
         "population_source": row["population_source"],
         "backend": row["backend"],
+        # Never the map itself; whether staff saw one (only a model whose maps passed
+        # their checks draws one: issue 16).
+        "heatmap_shown": row["heatmap_path"] is not None,
         "created_at": row["created_at"],
         "local_id": result_id,
         "image_id": row["image_id"],
