@@ -26,12 +26,14 @@ if __package__ in (None, ""):  # why: run as a script from a checkout, not insta
 
 import numpy as np  # noqa: E402
 
+from appliance.inference.bundle import file_sha256  # noqa: E402
 from appliance.inference.onnx_runner import run_batched  # noqa: E402
 from appliance.inference.postprocess import calibrated_probabilities  # noqa: E402
 from build import metrics  # noqa: E402
 from build.bundle_writer import INTENDED_USE, render_card, write_bundle  # noqa: E402
 from build.evaluate import binary_report, cross_validated_threshold  # noqa: E402
 from build.gate import DEFAULT_TOLERANCE, check_accuracy_gate  # noqa: E402
+from build.heatmap_card import with_heatmaps  # noqa: E402
 from build.routing import router_evaluation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +208,7 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
             "limitations": list(recipe.limitations),
         }
         card = render_card(manifest, list(recipe.limitations), getattr(recipe, "card", ""))
+        card = with_heatmaps(manifest, card, file_sha256(int8))
         dest = Path(args.models_dir) / recipe.name / recipe.version
         write_bundle(dest, manifest, {"model.int8.onnx": int8}, card)
     log(f"[{recipe.name}] bundle written to {dest} in {time.perf_counter() - t0:.0f}s")
@@ -226,6 +229,7 @@ def recard(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
     manifest.update(leave_one_source_out=_loso(recipe.loso), never_shown=list(recipe.never_shown),
                     limitations=list(recipe.limitations), population=recipe.population)
     card = render_card(manifest, list(recipe.limitations), getattr(recipe, "card", ""))
+    card = with_heatmaps(manifest, card, bundle.sha256("model.int8.onnx"))
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.int8.onnx"
         model.write_bytes(bundle.file("model.int8.onnx").read_bytes())

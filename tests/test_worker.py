@@ -102,8 +102,12 @@ def test_screening_result_heatmap_and_job_completion_land_together(
     )
     timings = json.loads(chest_result["timings"])
     assert {"decode", "gate", "preprocess", "infer", "postprocess"} <= set(timings)
-    overlay = cv2.imread(str(store.data_dir / chest_result["heatmap_path"]), cv2.IMREAD_UNCHANGED)
-    assert overlay.shape == (256, 241, 4)  # the preview's shape, small: the page stretches it
+    assert chest_result["heatmap_path"] is None  # the adult chest maps are off (issue 16)
+    eye = importer.import_path(FUNDUS_DIR / "IDRiD_003.jpg", source="usb")
+    assert Worker(store, config, screener, name="t").drain() == 1
+    (eye_result,) = store.conn().execute("SELECT * FROM results WHERE image_id=?", (eye.image_id,))
+    overlay = cv2.imread(str(store.data_dir / eye_result["heatmap_path"]), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (170, 256, 4)  # the preview's shape, small: the page stretches it
     refused = rows[ct.image_id]
     assert refused["route"] == "refused" and "CT scan" in refused["reason"]
     assert refused["score"] is None and refused["heatmap_path"] is None

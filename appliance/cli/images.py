@@ -161,16 +161,25 @@ def volumes(data_dir, as_json) -> None:
     " screened by its age. Without this flag the data dir's chest_population setting"
     " decides; where it is `ask`, such an X-ray is reported as needing a choice.",
 )
+@click.option(
+    "--heatmap-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write each scored image's heatmap to DIR/<file name>.heatmap.png: 8-bit grey at"
+    " the image's own size, aligned with its pixels (0 = no evidence, 255 = the strongest"
+    " the model shows), named in the JSON as `heatmap`. Written for every model;"
+    " `heatmap_validated` says whether the page would show it.",
+)
 @json_option
 @translate_errors
-def screen(files, data_dir, population, as_json) -> None:
+def screen(files, data_dir, population, heatmap_dir, as_json) -> None:
     """Screen image files directly (no service, nothing stored). Decision support only."""
     from appliance.screening.direct import screen_file
 
     config = configure(data_dir)
     screener = load_screener(config)
     for path in files:
-        result = screen_file(screener, path, config.max_image_pixels, population)
+        result = screen_file(screener, path, config.max_image_pixels, population, heatmap_dir)
         if as_json:
             click.echo(json.dumps(result, default=str))
             continue
@@ -186,6 +195,9 @@ def screen(files, data_dir, population, as_json) -> None:
                 f" score {result['score']}/100 ({result['triage']})"
                 " - decision support, not a diagnosis"
             )
+            if result["heatmap"]:
+                checked = "" if result["heatmap_validated"] else " (maps not validated)"
+                echo(f"  heatmap: {result['heatmap']}{checked}")
 
 
 @click.command()

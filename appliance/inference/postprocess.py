@@ -72,16 +72,30 @@ def operating_point(
     return max(rows, key=lambda r: (r[key], r["threshold"]))
 
 
+def evidence_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One class activation map (h x w logits) -> ``height x width`` positive evidence
+    in logit units: negative values clipped, then linear upsampling (the grid cells'
+    centres land on the pixels they summarise). What the heatmap checks measure."""
+    cam = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
+    return np.maximum(cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR), 0.0)
+
+
 def heatmap(cam: np.ndarray, height: int, width: int, scale: float | None = None) -> np.ndarray:
     """One class activation map (h x w logits) -> ``height x width`` in [0, 1].
 
-    Only positive evidence is shown (negative CAM values are clipped). By default the
-    map is scaled by its own maximum, which makes faint evidence on a negative image
-    look as strong as a real finding: show such maps only for positive results, or pass
-    a fixed ``scale`` (in logit units) so that weak evidence stays faint.
+    Only positive evidence is shown (negative CAM values are clipped). With ``scale``
+    (logit units: a model's strongest evidence, ``manifest.heatmap.scale_logits``) a
+    weak map stays faint; without it the map is scaled by its own maximum, which makes
+    faint evidence on a negative image look as strong as a real finding.
     """
-    cam = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
-    peak = float(cam.max()) if scale is None else float(scale)
+    evidence = evidence_map(cam, height, width)
+    peak = float(np.max(np.maximum(cam, 0.0))) if scale is None else float(scale)
     if peak > 0:
-        cam = cam / peak
-    return cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR).clip(0.0, 1.0)
+        evidence = evidence / peak
+    return evidence.clip(0.0, 1.0)
+
+
+def heat_to_grey(heat: np.ndarray) -> np.ndarray:
+    """A [0, 1] heatmap as the 8-bit grey map ``--heatmap-dir`` writes (0 = no
+    evidence, 255 = the model's strongest); the page's overlay is coloured from it."""
+    return np.round(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -6,11 +6,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from appliance.errors import IngestError
 from appliance.ingest.decode import decode_bytes
 from appliance.ingest.dicom import dicom_record, read_dicom
 from appliance.ingest.sniff import sniff
 from appliance.screening.gate import age_in_years
+from appliance.screening.heatmaps import grey_map
 from appliance.screening.pipeline import DECISION_SUPPORT, Screener
 from appliance.screening.population import CLI
 
@@ -23,10 +27,15 @@ NEEDS_POPULATION_CLI = (
 
 
 def screen_file(
-    screener: Screener, path: Path, max_pixels: int, population: str | None = None
+    screener: Screener,
+    path: Path,
+    max_pixels: int,
+    population: str | None = None,
+    heatmap_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The JSON object ``appliance screen --json`` prints for one file. ``population``
-    (adult or child, ``--population``) counts only for an X-ray that gives no age."""
+    (adult or child, ``--population``) counts only for an X-ray that gives no age.
+    ``heatmap_dir``: write each scored image's map there (:func:`write_heatmap`)."""
     started = time.perf_counter()
     raw = Path(path).read_bytes()
     try:
@@ -54,16 +63,40 @@ def screen_file(
             "population_source": None,
             "needs_population": False,
             "backend": None,
+            "heatmap": None,
+            "heatmap_validated": None,
             "timings_ms": {"decode": _ms(started)},
             "decision_support": DECISION_SUPPORT,
         }
     decode_ms = _ms(started)
-    result = screener.screen(image, tags, population=population, population_by=CLI).as_dict()
+    screened = screener.screen(image, tags, population=population, population_by=CLI)
+    result = screened.as_dict()
+    result["heatmap"] = None
+    if heatmap_dir is not None and screened.heat is not None:
+        result["heatmap"] = str(
+            write_heatmap(
+                Path(heatmap_dir), Path(path).name, grey_map(screened.heat, image.pixels.shape[:2])
+            )
+        )
     if result["needs_population"]:
         result["reason"] = NEEDS_POPULATION_CLI
     result["timings_ms"] = {"decode": round(decode_ms, 2), **result["timings_ms"]}
     result["timings_ms"]["total"] = round(_ms(started), 2)
     return {"file": str(path), **result}
+
+
+def write_heatmap(heatmap_dir: Path, file_name: str, grey: np.ndarray) -> Path:
+    """``DIR/<file name>.heatmap.png``: 8-bit grey at the image's own size, 0 = no
+    evidence, 255 = the strongest the model showed on held-out images. Written for
+    every scored image, maps not validated included (the JSON's ``heatmap_validated``
+    and hint say so): the maintainers measure those maps with it."""
+    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    target = heatmap_dir / f"{file_name}.heatmap.png"
+    ok, encoded = cv2.imencode(".png", grey)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    target.write_bytes(encoded.tobytes())
+    return target
 
 
 def _ms(started: float) -> float:

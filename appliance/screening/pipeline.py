@@ -15,15 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from appliance.config import CONFIG_FILE, Config, load_config
 from appliance.errors import ApplianceError
-from appliance.inference.postprocess import calibrated_probabilities, heatmap, operating_point
-from appliance.inference.preprocess import find_fundus_disc, preprocess
+from appliance.inference.postprocess import calibrated_probabilities, operating_point
+from appliance.inference.preprocess import preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
+from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HeatSource, heat_source, render_overlay
 from appliance.screening.measures import image_measures
 from appliance.screening.models import (
     FUNDUS,
@@ -43,9 +43,6 @@ from appliance.screening.quality import assess_fundus
 log = logging.getLogger(__name__)
 
 DECISION_SUPPORT = "Decision support, not a diagnosis: a clinician reviews every result."
-# A negative result's heatmap is scaled by this many logit units, not by its own peak,
-# so faint evidence stays faint instead of looking like a finding.
-NEGATIVE_HEAT_SCALE = 4.0
 
 # A chest X-ray without an age, where the site asks staff to choose adult or child
 # (chest_population = "ask"): not screened until they do.
@@ -75,10 +72,12 @@ class ScreeningResult:
     evidence: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     image_stats: dict[str, Any] | None = None  # what drift monitoring compares
-    heatmap: np.ndarray | None = None  # RGBA uint8 overlay, or None
+    heatmap: np.ndarray | None = None  # RGBA uint8 overlay (validated maps only), or None
+    heat: HeatSource | None = None  # what any map of this result is drawn from
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "heatmap"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("heatmap", "heat")}
+        data["heatmap_validated"] = None if self.heat is None else self.heat.validated
         data["router"] = {k: round(v, 4) for k, v in self.router.items()}
         data["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
         data["decision_support"] = DECISION_SUPPORT
@@ -319,45 +318,16 @@ class Screener:
             )
             result.model = identity
             result.backend = backend
-            if overlay_size is not None:
-                result.heatmap = render_overlay(
-                    outputs["cam"][0, 0],
-                    image,
-                    overlay_size,
-                    positive=probability >= threshold,
-                    fundus_params=manifest["preprocessing"]["params"] if name == FUNDUS else None,
-                )
+            result.heat = heat_source(
+                outputs["cam"][0, 0],
+                image.pixels,
+                manifest,
+                positive=probability >= threshold,
+                fundus=name == FUNDUS,
+            )
+            if not result.heat.validated:  # the score only, and why (page, slip, sync)
+                result.hints.append(HEATMAP_NOT_SHOWN)
+            elif overlay_size is not None:
+                result.heatmap = render_overlay(result.heat, image.pixels.shape[:2], overlay_size)
         result.timings_ms = timer.ms
         return result
-
-
-def render_overlay(
-    cam: np.ndarray,
-    image: DecodedImage,
-    size: tuple[int, int],
-    *,
-    positive: bool,
-    fundus_params: dict[str, Any] | None = None,
-) -> np.ndarray:
-    """The class activation map as an RGBA overlay of ``size`` (width, height), aligned
-    with the preview: warm colours where the model saw evidence, transparent elsewhere."""
-    width, height = size
-    scale = None if positive else max(float(cam.max()), NEGATIVE_HEAT_SCALE)
-    if fundus_params is None:  # the chest model saw the whole radiograph, squashed
-        heat = heatmap(cam, height, width, scale=scale)
-    else:  # the fundus model saw the disc crop: put its map back where the disc is
-        cx, cy, radius = find_fundus_disc(image.pixels, fundus_params.get("threshold", 0.15))
-        k = width / image.pixels.shape[1]
-        side = max(1, int(round(2 * radius * k)))
-        crop_heat = heatmap(cam, side, side, scale=scale)
-        heat = np.zeros((height, width), np.float32)
-        x0, y0 = int(round((cx - radius) * k)), int(round((cy - radius) * k))
-        sx0, sy0 = max(0, -x0), max(0, -y0)
-        dx0, dy0 = max(0, x0), max(0, y0)
-        w = min(width - dx0, side - sx0)
-        h = min(height - dy0, side - sy0)
-        if w > 0 and h > 0:
-            heat[dy0 : dy0 + h, dx0 : dx0 + w] = crop_heat[sy0 : sy0 + h, sx0 : sx0 + w]
-    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    rgba = np.dstack([cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), (heat * 180).astype(np.uint8)])
-    return rgba

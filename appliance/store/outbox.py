@@ -115,11 +115,11 @@ def _result_payload(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
             "version": row["model_version"],
             "sha256": row["model_sha256"],
         },
-        # Which chest model scored (adult or child) and how that was decided; None for
-        # a fundus photo or a refusal. Older hubs keep them in the payload as they are.
+        # Chest model that scored (adult/child) and how chosen; None: fundus or refusal.
         "population": row["population"],
         "population_source": row["population_source"],
         "backend": row["backend"],
+        "heatmap_shown": row["heatmap_path"] is not None,  # never the map: was one shown
         "created_at": row["created_at"],
         "local_id": result_id,
         "image_id": row["image_id"],

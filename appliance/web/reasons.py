@@ -100,6 +100,8 @@ KNOWN = (
     N_("Labelled as an eye photograph, but the image does not look like a retina."),
     # appliance/screening/pipeline.py, with one of quality.py's MESSAGES
     N_("Photo not gradable: %(problem)s"),
+    # appliance/screening/heatmaps.py: HEATMAP_NOT_SHOWN (a hint)
+    N_("Heatmap not shown: this model's maps have not passed their checks (decision support)."),
     # appliance/screening/quality.py: MESSAGES
     N_("Image blurred: clean the lens, focus and retake."),
     N_("Image too dark: dilate the pupil or increase the flash, and retake."),

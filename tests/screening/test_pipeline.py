@@ -8,6 +8,7 @@ from helpers import FUNDUS_DIR, TESTS, testdata
 
 from appliance.ingest.decode import decode_bytes
 from appliance.ingest.dicom import dicom_record, read_dicom
+from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN
 
 CXR64 = sorted((TESTS / "data" / "cxr64").rglob("*.png"))
 
@@ -19,7 +20,7 @@ def tags_of(raw: bytes) -> dict:
     }
 
 
-def test_adult_chest_cr_is_screened_with_score_triage_heatmap_and_timings(screener):
+def test_adult_chest_cr_is_screened_with_score_triage_and_timings_but_no_heatmap(screener):
     raw = testdata("RG1_UNCR.dcm").read_bytes()
     image = decode_bytes(raw)
     result = screener.screen(image, tags_of(raw), overlay_size=(512, 543))
@@ -33,7 +34,9 @@ def test_adult_chest_cr_is_screened_with_score_triage_heatmap_and_timings(screen
     assert result.threshold == manifest["operating_points"]["suggested"]["threshold"]
     assert result.backend == "onnxruntime"
     assert set(result.timings_ms) == {"gate", "preprocess", "infer", "postprocess"}
-    assert result.heatmap.shape == (543, 512, 4) and result.heatmap.dtype == np.uint8
+    # Its maps did not pass their checks (manifest "heatmap"): the score only, and why.
+    assert result.heatmap is None and result.as_dict()["heatmap_validated"] is False
+    assert any("Heatmap not shown" in hint for hint in result.hints)
     assert "decision support" in result.as_dict()["decision_support"].lower()
 
 
@@ -86,6 +89,7 @@ def test_fundus_photo_goes_through_quality_then_the_fundus_model(screener, name)
     assert result.route == "fundus" and result.quality["gradable"]
     assert result.model["name"] == "fundus-referable-dr"
     assert "quality" in result.timings_ms and result.heatmap.shape == (341, 512, 4)
+    assert result.heatmap.dtype == np.uint8 and result.as_dict()["heatmap_validated"] is True
 
 
 def test_blurred_fundus_is_refused_with_a_retake_hint_and_no_score(screener):
@@ -137,7 +141,8 @@ def test_the_age_picks_the_model_and_a_caution_marks_ages_outside_its_validation
     )
     assert result.route == "chest_xray" and result.score is not None
     assert result.model["name"] == model and result.population_source == "dicom_age"
-    assert result.hints == ([getattr(population, caution)] if caution else [])
+    cautions = [hint for hint in result.hints if hint != HEATMAP_NOT_SHOWN]  # chest maps: off
+    assert cautions == ([getattr(population, caution)] if caution else [])
 
 
 def test_an_x_ray_without_an_age_waits_where_the_site_asks(screener, config):

@@ -60,17 +60,21 @@ def review_band_photo() -> Path:
     bundle = load_bundle(bundle_dir("fundus-referable-dr"))
     m = bundle.manifest
     low = m["operating_points"]["suggested"]["threshold"]
-    high = max(operating_point(m["operating_points"]["table"], min_specificity=0.95)[
-        "threshold"], low)
+    high = max(
+        operating_point(m["operating_points"]["table"], min_specificity=0.95)["threshold"], low
+    )
     photos = sorted((FUNDUS_DIR / "cameras" / "idrid").glob("*.jpg"))
-    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-              for p in photos]
-    logits = run_batched(bundle.file("model.int8.onnx"),
-                         preprocess_batch(m["preprocessing"], images))["logits"]
+    images = [
+        cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255 for p in photos
+    ]
+    logits = run_batched(
+        bundle.file("model.int8.onnx"), preprocess_batch(m["preprocessing"], images)
+    )["logits"]
     prob = calibrated_probabilities(logits, m["calibration"])
     inside = [p for p, q in zip(photos, prob, strict=True) if low <= q < high]
     assert inside, f"no committed IDRiD photo scores in the review band [{low}, {high})"
     return inside[0]
+
 
 IMPORTABLE = 2 + 3 + len(CXR_FILES)  # two DICOM, three fundus JPEGs, the PNGs
 OTHER = 1  # the PDF
@@ -349,8 +353,9 @@ def test_the_whole_flow_on_a_touchscreen(browser, served, usb_root, tmp_path, si
         assert classes.count("refused") == 1  # CT_small: a CT, not screened
         visit("worklist")
 
-        # The study view: heatmap over the image, opacity, zoom and pan.
-        page.locator("tr.triage-urgent a.rowlink").first.tap()
+        # The study view: heatmap over the image, opacity, zoom and pan (the retina photo
+        # in the review band: the chest models' maps are off, issue 16).
+        page.locator("tr.triage-review a.rowlink").first.tap()
         landed(page, r"/study/\d+$")
         for selector in ("#image", "#heatmap"):
             page.wait_for_function("s => document.querySelector(s).naturalWidth > 0", arg=selector)

@@ -61,7 +61,7 @@ PAGES = [
     ("GET", "/worklist/marker", {"operator", "clinician", "admin"}),
     ("GET", "/study/1", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/preview", {"operator", "clinician", "admin"}),
-    ("GET", "/study/1/heatmap", {"operator", "clinician", "admin"}),
+    ("GET", "/study/2/heatmap", {"operator", "clinician", "admin"}),  # the eye: maps shown
     ("GET", "/study/1/slip", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/full", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/review", {"clinician", "admin"}),

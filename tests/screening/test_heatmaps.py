@@ -1,0 +1,128 @@
+"""Heatmaps: one code path for the page's overlay and ``appliance screen --heatmap-dir``;
+none shown for a model whose maps have not passed their checks (real bundles, images,
+data directory, web app and command line)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import FUNDUS_DIR, TESTS, testdata
+
+from appliance.cli import main
+from appliance.config import load_config
+from appliance.ingest.decode import decode_bytes
+from appliance.ingest.importer import Importer
+from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, OVERLAY_MAX_ALPHA, maps_validated
+from appliance.screening.pipeline import Screener
+from appliance.store import users
+from appliance.store.outbox import _result_payload
+from appliance.web import create_app
+from appliance.worker import Worker
+
+PIN = "2468"
+EYE = FUNDUS_DIR / "IDRiD_003.jpg"
+CHEST_PNG = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
+
+
+def screen_cli(tmp_path, *files, extra=()):
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(
+        main,
+        [
+            "screen",
+            *map(str, files),
+            "--json",
+            "--heatmap-dir",
+            str(out),
+            *extra,
+            "--data-dir",
+            str(tmp_path / "none"),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines() if line[:1] == "{"]
+
+
+@pytest.fixture
+def box(tmp_path, models):
+    config = load_config(tmp_path / "data", environ={}, usb_roots=[], min_free_mb=1)
+    app = create_app(config)
+    store = app.extensions["appliance_store"]
+    importer = Importer(store, config)
+    importer.import_path(EYE, source="usb")  # image 1: fundus, maps validated
+    importer.import_path(testdata("RG1_UNCR.dcm"), source="dicom")  # 2: adult chest
+    Worker(store, config, Screener(models, config), name="t").drain()
+    users.create_user(store, "nurse", PIN, "operator")
+    client = app.test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"csrf_token": token, "username": "nurse", "pin": PIN})
+    yield client, store
+    store.close()
+
+
+def test_the_pages_overlay_is_the_heatmap_dir_file_at_the_overlays_size(box, tmp_path):
+    client, _ = box
+    response = client.get("/study/1/heatmap")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    page = cv2.imdecode(np.frombuffer(response.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert page.ndim == 3 and page.shape[2] == 4
+
+    (line,) = screen_cli(tmp_path, EYE)
+    assert line["heatmap"] == str(tmp_path / "maps" / "IDRiD_003.jpg.heatmap.png")
+    assert line["heatmap_validated"] is True and HEATMAP_NOT_SHOWN not in line["hints"]
+    grey = cv2.imread(line["heatmap"], cv2.IMREAD_UNCHANGED)
+    assert grey.dtype == np.uint8 and grey.shape == decode_bytes(EYE.read_bytes()).pixels.shape[:2]
+    assert grey.max() > 64  # a referable eye: real evidence, not an empty map
+
+    # The file shrunk to the overlay's size gives the overlay's opacity, pixel for pixel
+    # (both are heat_on_image at their own size: only resampling differs).
+    height, width = page.shape[:2]
+    small = cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+    expected = small * OVERLAY_MAX_ALPHA / 255.0
+    alpha = page[:, :, 3].astype(np.float32)
+    assert np.abs(alpha - expected).mean() < 1.0
+    assert np.abs(alpha - expected).max() <= 6
+    assert np.corrcoef(alpha.ravel(), expected.ravel())[0, 1] > 0.995
+    peak = np.unravel_index(np.argmax(alpha), alpha.shape)
+    assert small[peak] >= 0.97 * small.max()  # the warmest place is the same place
+
+
+def test_the_adult_chest_model_shows_no_heatmap_and_says_why(box, models):
+    client, store = box
+    assert not maps_validated(models.get("cxr-adult-abnormal").bundle.manifest)
+    html = client.get("/study/2").text
+    assert 'id="heatmap"' not in html and "heatmap-toggle" not in html
+    assert "maps have not passed their checks" in html
+    assert client.get("/study/2/heatmap").status_code == 404
+    assert "maps have not passed their checks" in client.get("/study/2/slip").text
+    conn = store.conn()
+    ids = dict(conn.execute("SELECT image_id, id FROM results").fetchall())
+    assert _result_payload(conn, ids[2])["heatmap_shown"] is False
+    assert _result_payload(conn, ids[1])["heatmap_shown"] is True
+    assert "heatmap" not in json.dumps(_result_payload(conn, ids[2])).replace("heatmap_shown", "")
+
+
+def test_heatmap_dir_for_chest_png_and_dicom_at_each_images_own_size(tmp_path):
+    png, dicom = screen_cli(
+        tmp_path, CHEST_PNG, testdata("RG1_UNCR.dcm"), extra=("--population", "child")
+    )
+    assert png["model"]["name"] == "cxr-pneumonia"
+    assert dicom["model"]["name"] == "cxr-adult-abnormal"
+    for line, source in ((png, CHEST_PNG), (dicom, testdata("RG1_UNCR.dcm"))):
+        grey = cv2.imread(line["heatmap"], cv2.IMREAD_UNCHANGED)
+        assert grey.dtype == np.uint8 and grey.ndim == 2
+        assert grey.shape == decode_bytes(source.read_bytes()).pixels.shape[:2]
+        # written for the maintainers' own measurements, marked as not shown to staff
+        assert line["heatmap_validated"] is False and HEATMAP_NOT_SHOWN in line["hints"]
+
+
+def test_a_manifest_without_a_verdict_means_not_validated():
+    assert not maps_validated({})
+    assert not maps_validated({"heatmap": {"validated": "yes"}})
+    assert maps_validated({"heatmap": {"validated": True}})
