@@ -16,8 +16,10 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
-from helpers import FUNDUS_DIR, PDF, TESTS, Served, testdata
+from helpers import FUNDUS_DIR, PDF, TESTS, Served, bundle_dir, testdata
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,15 +40,38 @@ ADMIN, ADMIN_PIN = "admin", "2468"
 CLINICIAN, CLINICIAN_PIN = "dr.banda", "1357"
 
 CXR64 = TESTS / "data" / "cxr64"
-# Real chest X-rays whose scores land in these triage bands with the children's bundle,
-# 1.0.0 and 1.1.0 alike. The review band is held by a retina photo: 1.1.0's suggested
-# threshold lies above its 95 % specificity row, so no child's X-ray lands in review.
+# Real chest X-rays whose scores land in these triage bands with the children's bundle.
+# The review band is held by a retina photo, chosen from the committed IDRiD photos by
+# the installed fundus bundle itself (its suggested threshold and its 95 % specificity
+# row), so a rebuilt bundle does not silently empty the band the test needs.
 CXR_FILES = {
     "person1234_bacteria_3190.png": "urgent",
     "IM-0135-0001.png": "routine",
     "IM-0151-0001.png": "routine",
 }
-REVIEW_PHOTO = FUNDUS_DIR / "cameras" / "idrid" / "IDRiD_037.jpg"
+
+
+def review_band_photo() -> Path:
+    from appliance.inference.bundle import load_bundle
+    from appliance.inference.onnx_runner import run_batched
+    from appliance.inference.postprocess import calibrated_probabilities, operating_point
+    from appliance.inference.preprocess import preprocess_batch
+
+    bundle = load_bundle(bundle_dir("fundus-referable-dr"))
+    m = bundle.manifest
+    low = m["operating_points"]["suggested"]["threshold"]
+    high = max(operating_point(m["operating_points"]["table"], min_specificity=0.95)[
+        "threshold"], low)
+    photos = sorted((FUNDUS_DIR / "cameras" / "idrid").glob("*.jpg"))
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+              for p in photos]
+    logits = run_batched(bundle.file("model.int8.onnx"),
+                         preprocess_batch(m["preprocessing"], images))["logits"]
+    prob = calibrated_probabilities(logits, m["calibration"])
+    inside = [p for p, q in zip(photos, prob, strict=True) if low <= q < high]
+    assert inside, f"no committed IDRiD photo scores in the review band [{low}, {high})"
+    return inside[0]
+
 IMPORTABLE = 2 + 3 + len(CXR_FILES)  # two DICOM, three fundus JPEGs, the PNGs
 OTHER = 1  # the PDF
 
@@ -150,7 +175,8 @@ def plug_in_stick(usb_root: Path, staging: Path) -> None:
     shutil.copy(testdata("CT_small.dcm"), stick / "CT_small.dcm")
     shutil.copy(FUNDUS_DIR / "hrf_12_h.jpg", stick / "DCIM" / "hrf_12_h.jpg")
     shutil.copy(FUNDUS_DIR / "IDRiD_003.jpg", stick / "DCIM" / "IDRiD_003.jpg")
-    shutil.copy(REVIEW_PHOTO, stick / "DCIM" / REVIEW_PHOTO.name)
+    review = review_band_photo()
+    shutil.copy(review, stick / "DCIM" / review.name)
     for name in CXR_FILES:
         shutil.copy(CXR64 / name, stick / name)
     (stick / "report.pdf").write_bytes(PDF)
