@@ -63,6 +63,12 @@ ROUTE = {
     "fundus": _l("Retina photo"),
     "refused": _l("Not screened"),
 }
+# The router model's labels (results.router), for the clinician's Details.
+ROUTER_LABEL = {
+    "chest_xray": _l("Chest X-ray"),
+    "fundus_photo": _l("Retina photo"),
+    "other": _l("something else"),
+}
 ROLE = {"operator": _l("operator"), "clinician": _l("clinician"), "admin": _l("admin")}
 LANGUAGE = {"en": "English", "fr": "Français", "pt": "Português"}
 REASONS = {
@@ -313,6 +319,7 @@ def init_app(app: Flask) -> None:
             "IMPORT_STATUS": IMPORT_STATUS,
             "ENGINE_STATE": ENGINE_STATE,
             "BACKEND_NAMES": BACKEND_NAMES,
+            "ROUTER_LABEL": ROUTER_LABEL,
             "TESTS": TEST_NAMES,
             "OUTCOME_RESULTS": OUTCOME_RESULTS,
         }
