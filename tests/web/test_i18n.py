@@ -53,7 +53,7 @@ def extracted_msgids() -> set:
     with open(WEB / "babel.cfg") as fh:
         method_map, options_map = parse_mapping_cfg(fh)
     keywords = {**DEFAULT_KEYWORDS, "_l": None, "lazy_gettext": None}
-    found = extract_from_dir(WEB, method_map, options_map, keywords=keywords)
+    found = extract_from_dir(WEB.parent, method_map, options_map, keywords=keywords)
     return {message for _file, _line, message, _comments, _context in found}
 
 
