@@ -334,6 +334,15 @@ SETTINGS: tuple[Setting, ...] = (
         one_of("adult", "child", "ask"),  # screening.population.SITE_CHOICES
     ),
     Setting(
+        "visit_gap_minutes",
+        float,
+        5.0,
+        "Photos from one source (a USB stick or camera card, one upload, one DICOM sender) "
+        "taken at most this many minutes apart are one visit: one patient entry can cover "
+        "them all; 0 turns visits off.",
+        between(0, 240),
+    ),
+    Setting(
         "cxr_threshold",
         float,
         0.0,

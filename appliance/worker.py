@@ -62,6 +62,15 @@ def full_detail_path(image_id: int) -> Path:
     return Path("previews") / f"{image_id}-full.jpg"
 
 
+# The worklist's small picture of each image (shown at 64 px; twice that for sharpness).
+THUMBNAIL_MAX_PX = 128
+
+
+def thumbnail_path(image_id: int) -> Path:
+    """Where the worklist's thumbnail of an image is kept, relative to the data dir."""
+    return Path("previews") / f"{image_id}-thumb.jpg"
+
+
 def request_full_detail(store: Store, image_id: int) -> str:
     """Queue the full-detail view of a decoded image (once); returns the job's state."""
     with store.write() as conn:
@@ -233,6 +242,7 @@ class Worker:
 
         preview = Path("previews") / f"{image['id']}.jpg"
         self.keep(preview, preview_jpeg(decoded, self.config.preview_max_px))
+        self.keep(thumbnail_path(image["id"]), preview_jpeg(decoded, THUMBNAIL_MAX_PX))
         tags = {column: image[column] for column in TAG_COLUMNS}
         tags["patient_age_years"] = age_in_years(
             image["patient_age"], image["patient_birth_date"], image["study_date"]
@@ -243,6 +253,7 @@ class Worker:
             preview_size(decoded, HEATMAP_MAX_PX),
             population=image["population"],  # staff's choice, for an X-ray without an age
             models=models,
+            route=image["route_chosen"],  # a clinician's, for an image the router refused
         )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None

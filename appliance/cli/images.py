@@ -84,20 +84,30 @@ def studies(data_dir, limit, as_json) -> None:
         print_json(rows)
         return
     for study in rows:
+        patient_id = study["patient_id"] or study.get("entered_patient_id")
+        patient_name = study["patient_name"] or study.get("entered_patient_name")
+        # No patient (a camera card's photo): the file's own name tells studies apart.
+        who = patient_id or _file_name(study["images"][0] if study["images"] else {})
         echo(
-            f"{study['last_received'][:19]}  {study['patient_id'] or '-':<16} "
-            f"{study['patient_name'] or '-':<24} {len(study['images'])} image(s)"
+            f"{study['last_received'][:19]}  {who:<16} "
+            f"{patient_name or '-':<24} {len(study['images'])} image(s)"
         )
         for image in study["images"]:
             echo(
                 f"    #{image['id']:<6} {image['modality'] or image['file_format']:<6} "
                 f"{image['body_part'] or '':<10} {image['source']:<8} {image['state']}"
+                + (f"  {image['original_name']}" if image.get("original_name") else "")
                 + (
                     " (adult or child? choose on its page)"
                     if image.get("waiting_for") == "population"
                     else ""
                 )
             )
+
+
+def _file_name(row: dict) -> str:
+    """``file:NAME`` for a row without a patient (never mistaken for a patient ID)."""
+    return f"file:{row['original_name']}" if row.get("original_name") else "-"
 
 
 @click.command()
@@ -143,6 +153,8 @@ def volumes(data_dir, as_json) -> None:
     if as_json:
         print_json(found)
         return
+    if not found:
+        echo(f"no removable volumes (looked under {', '.join(map(str, config.usb_roots))})")
     for v in found:
         echo(f"{v['path']}: {v['importable']} images, {len(v['other_files'])} other files")
 
@@ -222,7 +234,8 @@ def results(data_dir, limit, as_json) -> None:
             else f"refused: {row['reason']}"
         )
         echo(
-            f"{row['created_at'][:19]}  #{row['image_id']:<6} {row['patient_id'] or '-':<14}"
+            f"{row['created_at'][:19]}  #{row['image_id']:<6} "
+            f"{row['patient_id'] or _file_name(row):<14}"
             f" {row['route']:<10} {what}"
         )
     if rows:

@@ -11,14 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, g, request, session
 from flask.sessions import SecureCookieSessionInterface
+from flask_babel import Babel
 
 from appliance.config import SETTINGS
 from appliance.hub.db import Connection, HubDatabase
 from appliance.hub.limits import LARGEST_BODY
 from appliance.hub.proxy import TrustedProxies
 from appliance.wire.secret_files import random_secret
+
+# The dashboard speaks the box's languages, from the box's catalogs (scripts/i18n
+# extracts the hub's templates too). Portuguese as written in Africa (pt_PT), as on the box.
+LOCALES = {"en": "en", "fr": "fr", "pt": "pt_PT"}
+LANGUAGE_NAMES = {"en": "English", "fr": "Français", "pt": "Português"}
+TRANSLATIONS = Path(__file__).resolve().parent.parent / "web" / "translations"
+
+
+def hub_language() -> str:
+    """en, fr or pt: the one chosen on the dashboard, else the browser's (a programme
+    office's own computer, unlike the box's kiosk), else English."""
+    chosen = session.get("lang")
+    if chosen in LOCALES:
+        return chosen
+    return request.accept_languages.best_match(list(LOCALES)) or "en"
+
 
 DEFAULT_TRUSTED_PROXIES = next(s.default for s in SETTINGS if s.name == "hub_trusted_proxies")
 
@@ -84,6 +101,7 @@ def create_app(
         MAX_CONTENT_LENGTH=LARGEST_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS),
     )
     if test_config:
         app.config.update(test_config)
@@ -92,6 +110,8 @@ def create_app(
     app.extensions["hub_database"] = database
     app.teardown_appcontext(close_db)
     app.after_request(security_headers)
+    Babel(app, locale_selector=lambda: LOCALES[hub_language()])
+    app.jinja_env.globals.update(hub_language=hub_language, LANGUAGES=LANGUAGE_NAMES)
 
     from appliance.hub import api, dashboard
 

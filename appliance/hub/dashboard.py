@@ -28,6 +28,8 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
 from appliance.hub import get_db, programme, records
@@ -97,15 +99,19 @@ def login():
     check_csrf()
     token, wait = _sign_in(request.form.get("username", ""), request.form.get("password", ""))
     if token is not None:
-        session.clear()
+        _fresh_session()
         session["sid"] = token
         return redirect(url_for("dashboard.index"))
     if wait:
         minutes = max(1, math.ceil(wait / 60))
-        error = f"Too many wrong passwords: try again in {minutes} minute{'s' * (minutes != 1)}."
+        error = ngettext(
+            "Too many wrong passwords: try again in %(num)s minute.",
+            "Too many wrong passwords: try again in %(num)s minutes.",
+            minutes,
+        )
         page = render_template("hub/login.html", error=error, csrf=csrf_token())
         return page, 429, {"Retry-After": str(math.ceil(wait))}
-    error = "Wrong user name or password."
+    error = _("Wrong user name or password.")
     return render_template("hub/login.html", error=error, csrf=csrf_token()), 401
 
 
@@ -118,8 +124,26 @@ def logout():
         conn = get_db()
         with conn.transaction():
             sessions.end(conn, token)
-    session.clear()
+    _fresh_session()
     return redirect(url_for("dashboard.login"))
+
+
+def _fresh_session() -> None:
+    """A new session at sign-in and sign-out; only the chosen language carries over."""
+    language = session.get("lang")
+    session.clear()
+    if language:
+        session["lang"] = language
+
+
+@bp.post("/language")
+def language():
+    """The dashboard's language, for this browser (signed in or not)."""
+    check_csrf()
+    chosen = request.form.get("language", "")
+    if chosen in ("en", "fr", "pt"):  # hub.LOCALES
+        session["lang"] = chosen
+    return redirect(url_for("dashboard.index"))
 
 
 def _rate(part: int, whole: int) -> str:

@@ -14,7 +14,9 @@ import io
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from datetime import timezone
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +24,8 @@ from appliance.config import Config
 from appliance.errors import DecodeError, IngestError, StoreError
 from appliance.ingest import raster
 from appliance.ingest.dicom import DAMAGED, check_image_dataset, dicom_record, read_dicom
-from appliance.ingest.headers import ImageLimits
+from appliance.ingest.exif import photo_taken_at
+from appliance.ingest.headers import ImageLimits, from_file
 from appliance.ingest.sniff import HEADER_BYTES, IMAGE_KINDS, NOT_AN_IMAGE, sniff
 from appliance.ingest.sources import open_regular, read_limited, too_large
 from appliance.store.db import Store
@@ -84,6 +87,7 @@ class Importer:
         source_detail: str = "",
         within: Path | None = None,
         outside_reason: str = "",
+        visit_key: str | None = None,
     ) -> ImportOutcome:
         """Import one file; the file itself is only ever read (USB sticks stay untouched).
 
@@ -94,7 +98,8 @@ class Importer:
         path = Path(path)
         try:
             with open_regular(path, within, outside_reason) as fh:
-                size = os.fstat(fh.fileno()).st_size
+                stat = os.fstat(fh.fileno())
+                size = stat.st_size
                 if size > self.max_bytes:
                     raise too_large(self.max_bytes, size)
                 ensure_free_space(self.store.data_dir, size, self.config.min_free_mb)
@@ -110,6 +115,8 @@ class Importer:
             source=source,
             source_detail=source_detail or str(path),
             original_name=path.name,
+            visit_key=visit_key if visit_key is not None else f"{source}:{source_detail}",
+            file_time=stat.st_mtime,  # a camera card's: when the photo was taken
         )
 
     def import_bytes(
@@ -120,6 +127,7 @@ class Importer:
         source_detail: str = "",
         original_name: str = "",
         priority: int = PRIORITY_NORMAL,
+        visit_key: str | None = None,
     ) -> ImportOutcome:
         ensure_free_space(self.store.data_dir, len(raw), self.config.min_free_mb)
         return self.import_stream(
@@ -128,6 +136,7 @@ class Importer:
             source_detail=source_detail,
             original_name=original_name,
             priority=priority,
+            visit_key=visit_key,
         )
 
     def import_stream(
@@ -138,6 +147,8 @@ class Importer:
         source_detail: str = "",
         original_name: str = "",
         priority: int = PRIORITY_NORMAL,
+        visit_key: str | None = None,
+        file_time: float | None = None,
     ) -> ImportOutcome:
         """Spool ``stream`` and import it; ``FileTooLargeError`` past ``upload_max_mb``."""
         return self.import_spooled(
@@ -146,6 +157,8 @@ class Importer:
             source_detail=source_detail,
             original_name=original_name,
             priority=priority,
+            visit_key=visit_key,
+            file_time=file_time,
         )
 
     def spool(self, stream: BinaryIO) -> Spooled:
@@ -160,14 +173,28 @@ class Importer:
         source_detail: str = "",
         original_name: str = "",
         priority: int = PRIORITY_NORMAL,
+        visit_key: str | None = None,
+        file_time: float | None = None,
     ) -> ImportOutcome:
+        """``visit_key``: the source as one key (default ``source:source_detail``), and
+        ``file_time`` the file's own time (epoch seconds), when the door knows it."""
+        if visit_key is None:
+            visit_key = f"{source}:{source_detail}"
         try:
-            return self._import_spooled(spooled, source, source_detail, original_name, priority)
+            return self._import_spooled(
+                spooled, source, source_detail, original_name, priority, (visit_key, file_time)
+            )
         finally:
             spooled.path.unlink(missing_ok=True)  # gone already once renamed into place
 
     def _import_spooled(
-        self, spooled: Spooled, source: str, source_detail: str, name: str, priority: int
+        self,
+        spooled: Spooled,
+        source: str,
+        source_detail: str,
+        name: str,
+        priority: int,
+        visit: tuple[str, float | None],
     ) -> ImportOutcome:
         with open(spooled.path, "rb") as fh:
             kind = sniff(fh.read(HEADER_BYTES))
@@ -181,6 +208,7 @@ class Importer:
                 raise DecodeError(DAMAGED, detail=f"{type(exc).__name__}: {exc}") from exc
         except IngestError as exc:
             return self._quarantine(spooled, kind, exc, source, source_detail, name)
+        record = self._when_taken(record, spooled, kind, *visit)
 
         conn = self.store.conn()
         duplicate = find_duplicate(conn, record.sop_instance_uid, sha)
@@ -200,6 +228,23 @@ class Importer:
         self.store.jobs_waiting.set()
         log.info("stored image %s from %s (%s)", image_id, source, source_detail)
         return ImportOutcome("stored", name, image_id=image_id)
+
+    def _when_taken(
+        self, record: ImageRecord, spooled: Spooled, kind: str, key: str, file_time: float | None
+    ) -> ImageRecord:
+        """The photo's visit key and time: the camera's own (EXIF), else the file's,
+        else now (a DICOM sender sends as it takes)."""
+        taken, clock = None, "received"
+        if kind == "jpeg":
+            with open(spooled.path, "rb") as fh:
+                exif = photo_taken_at(from_file(fh))
+            if exif is not None:
+                taken, clock = exif.replace(tzinfo=timezone.utc).timestamp(), "exif"
+        if taken is None and file_time is not None:
+            taken, clock = file_time, "file"
+        if taken is None:
+            taken = time.time()
+        return replace(record, visit_key=key[:300], taken_at=taken, taken_from=clock)
 
     def _keep(self, spooled: Spooled, relative: Path) -> None:
         move_into_place(spooled.path, self.store.data_dir / relative)

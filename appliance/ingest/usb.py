@@ -200,6 +200,7 @@ def import_listing(
             source_detail=f"{source_detail}:{path}",
             within=listing.root,
             outside_reason=LINK_NOT_FOLLOWED,
+            visit_key=f"{source}:{source_detail}",  # the stick, not each file on it
         )
         counts[outcome.status] += 1
         outcomes.append(outcome)

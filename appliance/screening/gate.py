@@ -5,6 +5,10 @@ SOP class) and the router model, which looks at the pixels. Tags that rule an im
 out are trusted (a CT is never screened as a chest film); tags that say "chest" or
 "eye" make the router's agreement enough at a lower confidence; with no tags (a JPEG
 from a camera card) the router decides alone and must be confident.
+
+A clinician may overrule the router, never the tags: an image the router refused (or
+could not place) is screened as the chest X-ray or retina photo they say it is, and the
+decision says so (``source``); a CT stays refused whatever anyone chooses.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from datetime import date
 from typing import Any
 
 CHEST, FUNDUS, REFUSED = "chest_xray", "fundus", "refused"
+ROUTES = (CHEST, FUNDUS)
+# What decided a route (results.route_source): the DICOM tags, the router model, the
+# fundus photo quality check (pipeline.py), or a clinician's choice.
+BY_TAGS, BY_ROUTER, BY_QUALITY, BY_CLINICIAN = "tags", "router", "quality", "clinician"
 ROUTER_LABELS = {"chest_xray": CHEST, "fundus_photo": FUNDUS, "other": "other"}
 
 NOT_PROJECTION_XRAY = {
@@ -51,6 +59,7 @@ class GateDecision:
     hints: list[str] = field(default_factory=list)
     router: dict[str, float] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
+    source: str = BY_ROUTER  # one of BY_*
 
 
 def expectation_from_tags(tags: dict[str, Any]) -> tuple[str | None, GateDecision | None]:
@@ -66,6 +75,7 @@ def expectation_from_tags(tags: dict[str, Any]) -> tuple[str | None, GateDecisio
             f"This is {what}, not a chest X-ray or an eye photograph.",
             [RETAKE_CHEST],
             evidence=[f"Modality {modality}"],
+            source=BY_TAGS,
         )
     if modality in XRAY:
         if body_part and body_part not in CHEST_PARTS:
@@ -75,6 +85,7 @@ def expectation_from_tags(tags: dict[str, Any]) -> tuple[str | None, GateDecisio
                 f"Not a chest X-ray: this X-ray is of the {part}.",
                 [RETAKE_CHEST],
                 evidence=[f"BodyPartExamined {body_part}"],
+                source=BY_TAGS,
             )
         if view in LATERAL_VIEWS:
             return None, GateDecision(
@@ -82,6 +93,7 @@ def expectation_from_tags(tags: dict[str, Any]) -> tuple[str | None, GateDecisio
                 "This is a side (lateral) view of the chest.",
                 ["Send the front view (PA or AP) of the same patient."],
                 evidence=[f"ViewPosition {view}"],
+                source=BY_TAGS,
             )
         return CHEST, None
     if modality == "OP" or sop_class.startswith(OPHTHALMIC_SOP):
@@ -90,8 +102,13 @@ def expectation_from_tags(tags: dict[str, Any]) -> tuple[str | None, GateDecisio
 
 
 def decide(
-    router_probs: dict[str, float], tags: dict[str, Any], min_confidence: float
+    router_probs: dict[str, float],
+    tags: dict[str, Any],
+    min_confidence: float,
+    chosen: str | None = None,
 ) -> GateDecision:
+    """``chosen``: the route a clinician chose for this image (CHEST or FUNDUS): it
+    replaces the router's verdict, never a refusal by the tags."""
     expected, refusal = expectation_from_tags(tags)
     if refusal is not None:
         refusal.router = router_probs
@@ -99,6 +116,11 @@ def decide(
     label, confidence = max(router_probs.items(), key=lambda item: item[1])
     seen = ROUTER_LABELS.get(label, "other")
     evidence = [f"router {label} {confidence:.2f}"]
+    if chosen is not None:
+        if chosen not in ROUTES:
+            raise ValueError(f"cannot screen an image as {chosen!r}")
+        evidence.append(f"screened as {chosen} on a clinician's instruction")
+        return GateDecision(chosen, router=router_probs, evidence=evidence, source=BY_CLINICIAN)
     if expected is not None:
         agree = router_probs.get(_router_label(expected), 0.0)
         evidence.append(f"tags say {expected}")

@@ -65,6 +65,7 @@ class ScreeningResult:
     model: dict[str, str] | None = None
     population: str | None = None  # chest X-rays: adult or child, the model that scored
     population_source: str | None = None  # dicom_age, operator, cli or site_setting
+    route_source: str | None = None  # what decided the route: gate.BY_*
     needs_population: bool = False  # no age and the site asks: staff choose, then screen
     backend: str | None = None
     router: dict[str, float] = field(default_factory=dict)
@@ -224,10 +225,13 @@ class Screener:
         population: str | None = None,
         population_by: str = OPERATOR,
         models: ModelSet | None = None,
+        route: str | None = None,
     ) -> ScreeningResult:
         """``population``: adult or child, as staff chose (``population_by``: operator
         or cli) for an X-ray without an age; the age the image gives always wins.
-        ``models``: the set to screen with (a job's, or a shadow view), else the running one."""
+        ``models``: the set to screen with (a job's, or a shadow view), else the running one.
+        ``route``: chest_xray or fundus, as a clinician chose for an image the router
+        refused (gate.decide: the tags still refuse what they rule out)."""
         timer = Timer()
         models = self.models if models is None else models
         router = models.get(ROUTER)
@@ -246,7 +250,7 @@ class Screener:
             min_conf = self.config.router_min_confidence or float(
                 manifest["operating_points"]["suggested"]["threshold"]
             )
-            decision = gate.decide(router_probs, tags, min_conf)
+            decision = gate.decide(router_probs, tags, min_conf, chosen=route)
             measures = image_measures(image.pixels)  # for drift monitoring, every image
         result = ScreeningResult(
             decision.route,
@@ -256,6 +260,7 @@ class Screener:
             evidence=decision.evidence,
             backend=router_backend,
             image_stats=measures,
+            route_source=decision.source,
         )
         if decision.route == gate.REFUSED:
             result.timings_ms = timer.ms
@@ -267,6 +272,7 @@ class Screener:
             result.quality = quality.as_dict()
             if not quality.gradable:
                 result.route = gate.REFUSED
+                result.route_source = gate.BY_QUALITY
                 result.reason = "Photo not gradable: " + quality.messages[0]
                 result.hints = quality.messages
                 result.timings_ms = timer.ms

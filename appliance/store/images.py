@@ -41,6 +41,12 @@ class ImageRecord:
     rows: int | None = None
     columns: int | None = None
     frames: int | None = None
+    # Which visit a photo may belong to (store/visits.py): its source as one key, and
+    # when it was taken, in seconds on the clock ``taken_from`` names (exif, file,
+    # received).
+    visit_key: str | None = None
+    taken_at: float | None = None
+    taken_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,6 +77,9 @@ _IMAGE_FIELDS = (
     "original_name",
     "sha256",
     "size_bytes",
+    "visit_key",
+    "taken_at",
+    "taken_from",
 )
 
 

@@ -512,6 +512,32 @@ def m015_job_disk_waits(db: Database) -> None:
 
 
 @migrations()
+def m016_visits_and_chosen_routes(db: Database) -> None:
+    # Photos of one visit: where an image came from as one key (a USB stick, an upload
+    # batch, a DICOM sender) and when it was taken (seconds, on the clock ``taken_from``
+    # names: the camera's EXIF time, the file's time, or when the box received it).
+    # Photos of one source taken close together on one clock are a visit
+    # (store/visits.py); images stored before this have none and stand alone.
+    # A clinician may have the box screen an image its router refused as a chest X-ray
+    # or a retina photo: the choice is kept with the image (who, when), and each result
+    # says what decided its route (results.route_source: tags, router, quality or
+    # clinician; NULL for results stored before this).
+    db.executescript(
+        """
+        ALTER TABLE images ADD COLUMN visit_key TEXT;
+        ALTER TABLE images ADD COLUMN taken_at REAL;
+        ALTER TABLE images ADD COLUMN taken_from TEXT;
+        ALTER TABLE images ADD COLUMN route_chosen TEXT
+            CHECK (route_chosen IS NULL OR route_chosen IN ('chest_xray', 'fundus'));
+        ALTER TABLE images ADD COLUMN route_chosen_by TEXT;
+        ALTER TABLE images ADD COLUMN route_chosen_at TEXT;
+        ALTER TABLE results ADD COLUMN route_source TEXT;
+        CREATE INDEX images_visit ON images(visit_key, taken_from, taken_at);
+        """
+    )
+
+
+@migrations()
 def m017_model_versions(db: Database) -> None:
     # Numbered after m016 (written meanwhile on another branch), so merged, the two
     # apply in one order everywhere.

@@ -2,10 +2,14 @@
 
 What a device sent is never changed: the typed ID is stored beside it, attributed and
 audited, and the study's results go to the hub again (a new revision) with the patient.
+One entry may cover several photos of a visit (``set_patients``): a photo that already
+has another typed patient is left as it is, so a visit's boundary drawn in the wrong
+place never moves a photo from one patient to another.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from appliance.errors import ApplianceError
@@ -21,31 +25,81 @@ class PatientError(ApplianceError):
     """A patient cannot be attached as asked."""
 
 
+def _study_of(conn, image_id: int):
+    return conn.execute(
+        "SELECT s.id, s.patient_id, s.entered_patient_id FROM images i"
+        " JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
+        (image_id,),
+    ).fetchone()
+
+
+def patient_of(store: Store, image_id: int) -> tuple[str, str] | None:
+    """(ID, name) shown for an image (the device's, else the typed one), None if none."""
+    row = (
+        store.conn()
+        .execute(
+            f"SELECT {PATIENT_ID_SQL} AS pid, {PATIENT_NAME_SQL} AS name FROM images i"
+            " JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
+            (image_id,),
+        )
+        .fetchone()
+    )
+    if row is None or not row["pid"]:
+        return None
+    return row["pid"], row["name"] or ""
+
+
 def set_patient(
     store: Store, image_id: int, patient_id: str, patient_name: str, user: dict[str, Any]
 ) -> None:
+    set_patients(store, image_id, (), patient_id, patient_name, user)
+
+
+def set_patients(
+    store: Store,
+    image_id: int,
+    also: Iterable[int],
+    patient_id: str,
+    patient_name: str,
+    user: dict[str, Any],
+) -> list[int]:
+    """Type the patient of ``image_id`` and of the images in ``also`` (its visit's other
+    photos) that have no patient yet or had the same typed patient as ``image_id``
+    (a correction). Returns the ids of the images changed, ``image_id`` first."""
     patient_id, patient_name = patient_id.strip(), patient_name.strip()
     if not patient_id or len(patient_id) > 64 or len(patient_name) > 128:
         raise PatientError("Type the patient ID (up to 64 characters).")
+    changed = []
     with store.write() as conn:
-        study = conn.execute(
-            "SELECT s.id, s.patient_id FROM images i JOIN studies s ON s.id = i.study_id"
-            " WHERE i.id = ?",
-            (image_id,),
-        ).fetchone()
+        study = _study_of(conn, image_id)
         if study is None:
             raise PatientError("No such image.")
         if study["patient_id"]:
             raise PatientError("This image came with a patient ID from the device; it is kept.")
-        conn.execute(
-            "UPDATE studies SET entered_patient_id=?, entered_patient_name=?, entered_by=?,"
-            " entered_at=? WHERE id=?",
-            (patient_id, patient_name or None, user["username"], utc_now(), study["id"]),
-        )
-        audit(conn, user["username"], "study.patient_entered", f"study:{study['id']}", patient_id)
-        results = conn.execute(
-            "SELECT r.id FROM results r JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
-            (study["id"],),
-        ).fetchall()
-        for row in results:
-            outbox.refresh_result(conn, row["id"])
+        before = study["entered_patient_id"]
+        done: set[int] = set()
+        for other_id in (image_id, *also):
+            other = _study_of(conn, other_id)
+            if other is None or other["patient_id"] or other["id"] in done:
+                continue
+            if other_id != image_id and other["entered_patient_id"] not in (None, before):
+                continue
+            _enter(conn, other["id"], patient_id, patient_name, user["username"])
+            done.add(other["id"])
+            changed.append(other_id)
+    return changed
+
+
+def _enter(conn, study_id: int, patient_id: str, patient_name: str, username: str) -> None:
+    conn.execute(
+        "UPDATE studies SET entered_patient_id=?, entered_patient_name=?, entered_by=?,"
+        " entered_at=? WHERE id=?",
+        (patient_id, patient_name or None, username, utc_now(), study_id),
+    )
+    audit(conn, username, "study.patient_entered", f"study:{study_id}", patient_id)
+    results = conn.execute(
+        "SELECT r.id FROM results r JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
+        (study_id,),
+    ).fetchall()
+    for row in results:
+        outbox.refresh_result(conn, row["id"])

@@ -25,8 +25,9 @@ def insert_result(
     cur = conn.execute(
         "INSERT INTO results (image_id, job_id, route, reason, hints, probability, score,"
         " threshold, triage, model_name, model_version, model_sha256, backend, router,"
-        " quality, heatmap_path, timings, created_at, population, population_source, image_stats)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " quality, heatmap_path, timings, created_at, population, population_source, image_stats,"
+        " route_source)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             image_id,
             job_id,
@@ -49,6 +50,7 @@ def insert_result(
             result.get("population"),
             result.get("population_source"),
             json.dumps(result["image_stats"]) if result.get("image_stats") else None,
+            result.get("route_source"),
         ),
     )
     result_id = int(cur.lastrowid)

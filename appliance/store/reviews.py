@@ -44,10 +44,13 @@ def add_review(
         raise ReviewError("Give at least one reason when you disagree.")
     with store.write() as conn:
         result = conn.execute(
-            "SELECT id FROM results WHERE image_id=? ORDER BY id DESC LIMIT 1", (image_id,)
+            "SELECT id, route FROM results WHERE image_id=? ORDER BY id DESC LIMIT 1",
+            (image_id,),
         ).fetchone()
         if result is None:
             raise ReviewError("This image has no result to review yet.")
+        if result["route"] == "refused":  # a retake or a resend, not a reading
+            raise ReviewError("This image was not screened: there is no result to review.")
         cur = conn.execute(
             "INSERT INTO reviews (result_id, image_id, user_id, verdict, reasons, note, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",

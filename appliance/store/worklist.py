@@ -54,7 +54,8 @@ def worklist(
     }
     total = conn.execute(f"SELECT COUNT(*) {count_from} WHERE {where}", params).fetchone()[0]
     rows = conn.execute(
-        f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source,
+        f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source, i.source_detail,
+                   i.original_name, i.preview_path,
                    {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
                    r.route, r.score, r.triage, r.population, r.id AS result_id,
                    v.id AS review_id,

@@ -16,11 +16,14 @@ import sqlite3
 # turn out urgent), and images whose screening failed (someone must try again); then
 # images still being screened, then routine, then what is reviewed. A waiting X-ray
 # shares rank 2 with refusals rather than going ahead of review findings: those already
-# have a score at or over the threshold. ('screen' is store.jobs.SCREEN, which imports
-# this module.)
+# have a score at or over the threshold. A refusal a clinician chose to screen anyway
+# (store/routes.py) is waiting again until its new result lands. ('screen' is
+# store.jobs.SCREEN, which imports this module.)
 ITEM_SELECT = """
     SELECT i.id AS image_id,
            CASE
+               WHEN r.route = 'refused' AND i.route_chosen IS NOT NULL
+                    AND j.state IN ('queued', 'running') THEN 'waiting'
                WHEN r.id IS NULL AND i.waiting_for = 'population' THEN 'needs_population'
                WHEN r.id IS NULL AND j.state = 'failed' THEN 'failed'
                WHEN r.id IS NULL THEN 'waiting'
@@ -29,6 +32,8 @@ ITEM_SELECT = """
                ELSE 'screened'
            END AS status,
            CASE
+               WHEN r.route = 'refused' AND i.route_chosen IS NOT NULL
+                    AND j.state IN ('queued', 'running') THEN 3
                WHEN r.id IS NOT NULL AND v.id IS NOT NULL THEN 6
                WHEN r.triage = 'urgent' THEN 0
                WHEN r.triage = 'review' THEN 1

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from babel.core import Locale, get_global
+from babel.dates import get_timezone_location
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 
 from appliance.config import save_settings
 from appliance.errors import ConfigError
@@ -23,6 +29,45 @@ THRESHOLD_SETTING = {
     FUNDUS: "fundus_threshold",
 }
 TEXT_SETTINGS = ("site_name", "timezone", "dicom_aet")
+# The time-zone picker's groups: the tz database's regions, in people's words.
+REGIONS = {
+    "Africa": _l("Africa"),
+    "America": _l("Americas"),
+    "Asia": _l("Asia"),
+    "Atlantic": _l("Atlantic Ocean"),
+    "Australia": _l("Australia"),
+    "Europe": _l("Europe"),
+    "Indian": _l("Indian Ocean"),
+    "Pacific": _l("Pacific Ocean"),
+    "Antarctica": _l("Antarctica"),
+    "Arctic": _l("Arctic"),
+}
+
+
+@lru_cache(maxsize=8)
+def _zones(locale: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """Every time zone both zoneinfo and pytz know, by region: (region, ((zone, label),
+    ...)), labelled "country — city" in ``locale``'s words, sorted by label."""
+    from zoneinfo import available_timezones
+
+    import pytz
+
+    where = Locale.parse(locale)
+    countries = get_global("zone_territories")
+    regions: dict[str, list[tuple[str, str]]] = {}
+    for zone in available_timezones() & set(pytz.all_timezones):
+        region = zone.split("/", 1)[0]
+        if region not in REGIONS or "/" not in zone:
+            continue
+        city = get_timezone_location(zone, where, return_city=True)
+        country = where.territories.get(countries.get(zone, ""), "")
+        label = f"{country} — {city}" if country and country != city else city
+        regions.setdefault(region, []).append((zone, label))
+    return tuple(
+        (region, tuple(sorted(regions[region], key=lambda z: z[1])))
+        for region in REGIONS
+        if region in regions
+    )
 RESTART_NEEDED = {"dicom_aet", "dicom_port", "dicom_allowed_aets"}
 
 
@@ -99,7 +144,12 @@ def settings():
                 flash(_("DICOM changes take effect when the box restarts."), "ok")
         return redirect(url_for("admin.settings"))
     return render_template(
-        "admin/settings.html", config=config, models=_operating_points(config), languages=LANGUAGES
+        "admin/settings.html",
+        config=config,
+        models=_operating_points(config),
+        languages=LANGUAGES,
+        zones=_zones(str(get_locale())),
+        regions=REGIONS,
     )
 
 

@@ -29,6 +29,7 @@ from appliance.store.images import list_quarantine
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
 from appliance.web.upload import base_name, import_upload
+from appliance.web.views import IMPORT_STATUS
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
@@ -55,6 +56,10 @@ def _volume(volume_id: int) -> dict:
 @bp.get("/")
 @requires("operator", "clinician")
 def index():
+    return _index()
+
+
+def _index(uploaded: list[dict] | None = None):
     store = current_app.extensions["appliance_store"]
     return render_template(
         "imports/index.html",
@@ -62,6 +67,7 @@ def index():
         volumes=volume_rows.list_volumes(store),
         quarantine=list_quarantine(store, limit=50),
         tasks=sorted(_tasks().values(), key=lambda t: t["started"])[-5:],
+        uploaded=uploaded,
     )
 
 
@@ -185,25 +191,54 @@ def progress(task_id: str):
 @bp.post("/upload")
 @requires("operator", "clinician")
 def upload():
+    """Files from the page: each one's outcome (stored, already on the box, refused and
+    why) shown where the upload was made. The page's script asks for JSON and lists
+    them under the form; without script the Import page is shown with them (no
+    redirect: a redirect would lose them)."""
     importer = _importer()
-    results = []
-    for storage in request.files.getlist("file"):
-        if not storage.filename:
-            continue
+    batch = f"upload:{secrets.token_hex(8)}"  # one upload: one batch (store/visits.py)
+    times = request.form.getlist("modified")  # the files' own times (ms), from the script
+    outcomes: list[dict] = []
+    problem = None
+    files = [f for f in request.files.getlist("file") if f.filename]
+    for index, storage in enumerate(files):
+        name = base_name(storage.filename)
         try:
-            outcome = import_upload(importer, storage.stream, base_name(storage.filename))
+            outcome = import_upload(
+                importer,
+                storage.stream,
+                name,
+                visit_key=batch,
+                file_time=_file_time(times, index),
+            )
         except ApplianceError as exc:
-            flash(translate_reason(str(exc)), "error")
+            problem = translate_reason(str(exc))
+            outcomes += [_shown(base_name(f.filename), "failed", problem) for f in files[index:]]
             break
-        results.append(outcome)
-    if not results:
-        flash(_("Choose at least one file."), "error")
-    for outcome in results:
-        if outcome.status == "stored":
-            flash(_("%(name)s: imported.", name=outcome.name), "ok")
-        elif outcome.status == "duplicate":
-            flash(_("%(name)s: already on the box.", name=outcome.name), "ok")
-        else:
-            reason = translate_reason(outcome.reason)
-            flash(_("%(name)s: %(reason)s", name=outcome.name, reason=reason), "error")
-    return redirect(url_for("imports.index"))
+        outcomes.append(_shown(outcome.name, outcome.status, outcome.reason, outcome.image_id))
+    if not files:
+        problem = _("Choose at least one file.")
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify({"results": outcomes, "error": problem}), 200 if files else 400
+    if problem and not outcomes:
+        flash(problem, "error")
+    return _index(uploaded=outcomes)
+
+
+def _file_time(times: list[str], index: int) -> float | None:
+    try:
+        return float(times[index]) / 1000
+    except (IndexError, ValueError):
+        return None
+
+
+def _shown(name: str, status: str, reason: str | None = None, image_id: int | None = None):
+    """One file's outcome as the page lists it, in the reader's language."""
+    label = str(IMPORT_STATUS.get(status, _("not imported")))
+    return {
+        "name": name,
+        "status": status,
+        "label": label,
+        "reason": translate_reason(reason) if reason else "",
+        "url": url_for("study.view", image_id=image_id) if image_id else None,
+    }

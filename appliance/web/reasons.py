@@ -18,11 +18,61 @@ from __future__ import annotations
 import re
 
 from flask_babel import gettext
+from flask_babel import lazy_gettext as _l
 
 
 def N_(message: str) -> str:
     """Mark ``message`` for extraction only; it is translated when shown."""
     return message
+
+
+# DICOM BodyPartExamined terms (PS3.16 CID 4031, the ones X-ray devices write), in
+# words; a term not listed is shown as the device sent it.
+BODY_PARTS = {
+    "CHEST": _l("chest"),
+    "THORAX": _l("chest"),
+    "LUNG": _l("lung"),
+    "RIB": _l("ribs"),
+    "CHEST_TO_PELVIS": _l("chest to pelvis"),
+    "ABDOMEN": _l("abdomen"),
+    "PELVIS": _l("pelvis"),
+    "HIP": _l("hip"),
+    "SKULL": _l("skull"),
+    "HEAD": _l("head"),
+    "NECK": _l("neck"),
+    "SPINE": _l("spine"),
+    "CSPINE": _l("cervical spine"),
+    "TSPINE": _l("thoracic spine"),
+    "LSPINE": _l("lumbar spine"),
+    "SHOULDER": _l("shoulder"),
+    "CLAVICLE": _l("collarbone"),
+    "ARM": _l("arm"),
+    "ELBOW": _l("elbow"),
+    "FOREARM": _l("forearm"),
+    "WRIST": _l("wrist"),
+    "HAND": _l("hand"),
+    "FINGER": _l("finger"),
+    "EXTREMITY": _l("limb"),
+    "UPR_EXTREMITY": _l("arm"),
+    "LWR_EXTREMITY": _l("leg"),
+    "LEG": _l("leg"),
+    "KNEE": _l("knee"),
+    "ANKLE": _l("ankle"),
+    "FOOT": _l("foot"),
+    "BREAST": _l("breast"),
+    "EYE": _l("eye"),
+    "JAW": _l("jaw"),
+}
+
+
+def body_part_name(code: str | None, capital: bool = False) -> str:
+    """A BodyPartExamined term (``KNEE``; or as the gate writes it, ``knee``,
+    ``chest to pelvis``) in the reader's language, as sent when not listed."""
+    if not code:
+        return ""
+    word = BODY_PARTS.get(code.strip().upper().replace(" ", "_"))
+    text = str(word) if word is not None else code
+    return text[:1].upper() + text[1:] if capital and word is not None else text
 
 
 KNOWN = (
@@ -120,6 +170,7 @@ KNOWN = (
     N_("Unknown reason code: %(codes)s"),
     N_("Give at least one reason when you disagree."),
     N_("This image has no result to review yet."),
+    N_("This image was not screened: there is no result to review."),
     # Written beside an adult's score before the box had an adult chest model; still
     # in the results stored then.
     N_(
@@ -138,6 +189,12 @@ KNOWN = (
     # appliance/store/population.py: PopulationError
     N_("Choose adult or child."),
     N_("This X-ray is not waiting for a choice."),
+    # appliance/store/routes.py: RouteError
+    N_("Choose chest X-ray or retina photo."),
+    N_(
+        "Only an image the box could not recognise can be screened anyway; "
+        "a refusal by the image's own DICOM tags stands."
+    ),
     # appliance/store/patients.py: PatientError
     N_("Type the patient ID (up to 64 characters)."),
     N_("No such image."),
@@ -252,6 +309,24 @@ KNOWN = (
         "Only %(count)s results of %(scope)s: at least %(needed)s are needed to accept them as "
         "this site's baseline."
     ),
+    # appliance/inference/backends.py: what TensorRT needs where it cannot run (System)
+    N_(
+        "TensorRT Python bindings: install python3-libnvinfer from JetPack (on a CUDA PC: "
+        "pip install 'clinic-screening-appliance[tensorrt]')"
+    ),
+    N_("pycuda: pip install pycuda (on a Jetson, after JetPack's CUDA toolkit)"),
+    N_("no NVIDIA GPU found (no /dev/nvidia* or Jetson GPU device)"),
+    N_("no NVIDIA GPU found"),
+    N_("no NVIDIA GPU found (CUDA: %(error)s)"),
+    N_("no NVIDIA GPU driver found (pycuda: %(error)s)"),
+    N_("pycuda does not load (%(error)s); reinstall pycuda"),
+    N_("TensorRT does not load (%(error)s); reinstall it from JetPack"),
+    N_(
+        "TensorRT is installed but does not load (%(error)s); "
+        "reinstall python3-libnvinfer from JetPack"
+    ),
+    N_("the GPU's compute capability cannot be read (%(error)s)"),
+    N_("onnxruntime: pip install onnxruntime (%(error)s)"),
     # appliance/service.py and screening/models.py: what the System page lists
     N_("ok"),
     N_("not loaded"),
@@ -294,7 +369,11 @@ def translate_reason(text: object) -> str:
     for pattern, msgid in PATTERNS:
         match = pattern.fullmatch(text)
         if match:
-            # A value may itself be a known message ("Photo not gradable: <problem>").
-            values = {name: translate_reason(value) for name, value in match.groupdict().items()}
+            # A value may itself be a known message ("Photo not gradable: <problem>"), or
+            # a body part as the device named it.
+            values = {
+                name: body_part_name(value) if name == "part" else translate_reason(value)
+                for name, value in match.groupdict().items()
+            }
             return gettext(msgid, **values)
     return text

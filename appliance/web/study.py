@@ -6,6 +6,8 @@ import io
 from datetime import date
 from pathlib import Path
 
+import cv2
+import numpy as np
 import segno
 from flask import (
     Blueprint,
@@ -20,17 +22,25 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from markupsafe import Markup
 
 from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
 from appliance.store import jobs
 from appliance.store import worklist as queries
-from appliance.store.patients import PatientError, set_patient
+from appliance.store.patients import PatientError, patient_of, set_patients
 from appliance.store.population import PopulationError, choose_population
 from appliance.store.reviews import ReviewError, add_review, reviews_for
+from appliance.store.routes import RouteError, choose_route
+from appliance.store.visits import previous_photo, visit_of
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
-from appliance.worker import full_detail_path, request_full_detail
+from appliance.worker import (
+    THUMBNAIL_MAX_PX,
+    full_detail_path,
+    request_full_detail,
+    thumbnail_path,
+)
 
 bp = Blueprint("study", __name__, url_prefix="/study")
 
@@ -46,16 +56,46 @@ def _load(image_id: int) -> dict:
     return item
 
 
+def _visit(image_id: int) -> list[dict]:
+    return visit_of(_store(), image_id, current_app.config["APPLIANCE"].visit_gap_minutes)
+
+
 @bp.get("/<int:image_id>")
 def view(image_id: int):
     item = _load(image_id)
+    typed = not item["received_patient_id"]  # a patient may be typed for this image
     return render_template(
         "study/view.html",
         item=item,
         reviews=reviews_for(_store(), image_id),
         outcomes=outcomes_for(_store(), image_id),
         today=date.today().isoformat(),
+        visit=_visit(image_id) if typed else [],
+        previous=previous_photo(_store(), image_id) if typed else None,
     )
+
+
+@bp.get("/<int:image_id>/thumb")
+def thumbnail(image_id: int):
+    """The worklist's small picture; made from the preview for an image screened before
+    thumbnails were kept (not stored: the worker writes files, the pages read them)."""
+    item = _load(image_id)
+    data_dir = _store().data_dir
+    kept = data_dir / thumbnail_path(image_id)
+    if kept.is_file():
+        data = kept.read_bytes()
+    elif item["preview_path"] and (data_dir / item["preview_path"]).is_file():
+        preview = cv2.imdecode(
+            np.frombuffer((data_dir / item["preview_path"]).read_bytes(), np.uint8),
+            cv2.IMREAD_COLOR,
+        )
+        scale = THUMBNAIL_MAX_PX / max(preview.shape[:2])
+        size = (max(1, round(preview.shape[1] * scale)), max(1, round(preview.shape[0] * scale)))
+        small = cv2.resize(preview, size, interpolation=cv2.INTER_AREA)
+        data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+    else:
+        abort(404)
+    return Response(data, mimetype="image/jpeg")
 
 
 @bp.get("/<int:image_id>/<any(preview, heatmap):kind>")
@@ -138,20 +178,61 @@ def outcome(image_id: int):
 @bp.post("/<int:image_id>/patient")
 @requires("operator", "clinician")
 def patient(image_id: int):
-    """Type in the patient of an image that came without one (a camera card's photo)."""
+    """Type in the patient of an image that came without one (a camera card's photo), or
+    take the previous photo's (``same_as``); with ``visit``, for the visit's other photos
+    too (those without a patient of their own: patients.set_patients)."""
     _load(image_id)
+    patient_id = request.form.get("patient_id", "")
+    patient_name = request.form.get("patient_name", "")
+    same_as = request.form.get("same_as", "")
+    if same_as.isdigit():
+        previous = patient_of(_store(), int(same_as))
+        if previous is None:
+            flash(_("The previous photo has no patient yet."), "error")
+            return redirect(url_for("study.view", image_id=image_id))
+        patient_id, patient_name = previous
+    also = [p["id"] for p in _visit(image_id)] if request.form.get("visit") == "1" else []
     try:
-        set_patient(
-            _store(),
-            image_id,
-            request.form.get("patient_id", ""),
-            request.form.get("patient_name", ""),
-            g.user,
-        )
+        changed = set_patients(_store(), image_id, also, patient_id, patient_name, g.user)
     except PatientError as exc:
         flash(translate_reason(str(exc)), "error")
     else:
-        flash(_("Patient saved."), "ok")
+        if len(changed) > 1:
+            flash(
+                ngettext(
+                    "Patient saved for %(num)s photo of this visit.",
+                    "Patient saved for %(num)s photos of this visit.",
+                    len(changed),
+                ),
+                "ok",
+            )
+        else:
+            flash(_("Patient saved."), "ok")
+        kept = len({image_id, *also}) - len(changed)
+        if also and kept > 0:
+            flash(
+                ngettext(
+                    "%(num)s photo already had another patient and was left as it was.",
+                    "%(num)s photos already had another patient and were left as they were.",
+                    kept,
+                ),
+                "ok",
+            )
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/route")
+@requires("clinician")
+def route(image_id: int):
+    """Screen anyway, as a chest X-ray or a retina photo, an image the router refused
+    (store/routes.py: never one the DICOM tags refused). Audited."""
+    _load(image_id)
+    try:
+        choose_route(_store(), image_id, request.form.get("route", ""), g.user)
+    except RouteError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Choice saved: the image is being screened."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
 
 
@@ -189,7 +270,11 @@ def study_reference(item: dict) -> str:
 
 @bp.get("/<int:image_id>/slip")
 def slip(image_id: int):
+    """The referral slip of a screened image: none for one that was not screened (its
+    page gives the retake or resend advice instead), nor before its result."""
     item = _load(image_id)
+    if not item["result"] or item["result"]["route"] == "refused":
+        abort(404)
     buffer = io.BytesIO()
     segno.make(study_reference(item), error="m").save(
         buffer, kind="svg", scale=4, border=2, xmldecl=False, svgns=True

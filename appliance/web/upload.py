@@ -8,6 +8,8 @@ never held in memory whole.
 
 from __future__ import annotations
 
+import secrets
+
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -42,7 +44,10 @@ def upload():
     ensure_free_space(
         importer.store.data_dir, request.content_length or 0, importer.config.min_free_mb
     )
-    results = [import_upload(importer, stream, name).as_dict() for stream, name in uploads]
+    batch = f"upload:{secrets.token_hex(8)}"  # one request: one batch (store/visits.py)
+    results = [
+        import_upload(importer, stream, name, visit_key=batch).as_dict() for stream, name in uploads
+    ]
     status = 201 if any(r["status"] == "stored" for r in results) else 200
     return jsonify({"results": results}), status
 
@@ -55,9 +60,18 @@ def base_name(name: str | None) -> str:
     return name[:255] if name not in ("", ".", "..") else "upload"
 
 
-def import_upload(importer: Importer, stream, name: str) -> ImportOutcome:
+def import_upload(
+    importer: Importer,
+    stream,
+    name: str,
+    *,
+    visit_key: str,
+    file_time: float | None = None,
+) -> ImportOutcome:
     """Spool one uploaded file to disk (refusing it past ``upload_max_mb`` as soon as the
-    limit is crossed, like a body refused by its Content-Length) and import it."""
+    limit is crossed, like a body refused by its Content-Length) and import it.
+    ``visit_key``: the upload's batch; ``file_time``: the file's own time, as the
+    browser gave it."""
     try:
         return importer.import_stream(
             stream,
@@ -65,6 +79,8 @@ def import_upload(importer: Importer, stream, name: str) -> ImportOutcome:
             source_detail=request.remote_addr or "",
             original_name=name,
             priority=PRIORITY_INTERACTIVE,  # someone is at the screen waiting for it
+            visit_key=visit_key,
+            file_time=file_time,
         )
     except FileTooLargeError as exc:
         raise RequestEntityTooLarge() from exc

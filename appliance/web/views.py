@@ -1,18 +1,29 @@
-"""What every template can use: the signed-in user, translated labels, local dates."""
+"""What every template can use: the signed-in user, translated labels, local dates, and
+what the devices sent (person names, body parts, sources) in the words people use."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import re
+from datetime import date, datetime, timezone
+from functools import lru_cache
 
+from babel.dates import get_date_format, get_datetime_format, get_time_format
 from flask import Flask, current_app, g
-from flask_babel import format_date, format_datetime, format_decimal, format_percent
+from flask_babel import (
+    format_date,
+    format_datetime,
+    format_decimal,
+    format_percent,
+    get_locale,
+)
 from flask_babel import lazy_gettext as _l
 
 from appliance.monitoring.outcomes import RESULTS, TESTS
-from appliance.screening.models import CXR, CXR_ADULT, FUNDUS
+from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER
 from appliance.store.reviews import REASON_CODES
+from appliance.store.routes import can_choose_route
 from appliance.web import user_language
-from appliance.web.reasons import translate_reason
+from appliance.web.reasons import body_part_name, translate_reason
 
 STATUS = {
     "waiting": _l("waiting"),
@@ -44,11 +55,19 @@ ENGINE_STATE = {
     "off": _l("turned off"),
     "stopped": _l("stopped"),
 }
+# Proper names, the same in every language.
+BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 TRIAGE = {"urgent": _l("urgent"), "review": _l("review"), "routine": _l("routine")}
 ROUTE = {
     "chest_xray": _l("Chest X-ray"),
     "fundus": _l("Retina photo"),
     "refused": _l("Not screened"),
+}
+# The router model's labels (results.router), for the clinician's Details.
+ROUTER_LABEL = {
+    "chest_xray": _l("Chest X-ray"),
+    "fundus_photo": _l("Retina photo"),
+    "other": _l("something else"),
 }
 ROLE = {"operator": _l("operator"), "clinician": _l("clinician"), "admin": _l("admin")}
 LANGUAGE = {"en": "English", "fr": "Français", "pt": "Português"}
@@ -97,11 +116,44 @@ OTHER_FINDING = {
     True: _l("The screening found signs that a clinician should review."),
     False: _l("The screening found no signs that need review."),
 }
-# Which model scored, named in people's words; %(model)s is its name and version.
+# Which model scored, named in people's words (its file name and version are in the
+# study page's Details and at the foot of the slip).
 SCORED_BY = {
-    CXR: _l("Scored by the child chest X-ray model (%(model)s)."),
-    CXR_ADULT: _l("Scored by the adult chest X-ray model (%(model)s)."),
-    FUNDUS: _l("Scored by the retina photo model (%(model)s)."),
+    CXR: _l("Scored by the child chest X-ray model."),
+    CXR_ADULT: _l("Scored by the adult chest X-ray model."),
+    FUNDUS: _l("Scored by the retina photo model."),
+}
+# The models as people say them (settings, System, calibration).
+MODEL_NAMES = {
+    CXR_ADULT: _l("Adult chest X-ray"),
+    CXR: _l("Child chest X-ray"),
+    FUNDUS: _l("Retina photo (diabetic retinopathy)"),
+    ROUTER: _l("Image check (chest X-ray or retina photo?)"),
+}
+# Where an image came from (images.source); %(name)s: the stick's label or the sender's
+# AE title.
+SOURCES = {
+    "usb": _l("USB stick %(name)s"),
+    "dicom": _l("Sent by %(name)s"),
+    "upload": _l("Uploaded"),
+    "folder": _l("Watched folder"),
+    "cli": _l("Imported on the command line"),
+    "recovered": _l("Recovered after a restart"),
+}
+# An image a clinician had screened although the router refused it (store/routes.py).
+ROUTE_CHOSEN = {
+    "chest_xray": _l(
+        "Screened as a chest X-ray on the instruction of %(user)s: the box's image check "
+        "had not recognised it."
+    ),
+    "fundus": _l(
+        "Screened as a retina photo on the instruction of %(user)s: the box's image check "
+        "had not recognised it."
+    ),
+}
+BEING_SCREENED_AS = {
+    "chest_xray": _l("Being screened as a chest X-ray, as %(user)s chose…"),
+    "fundus": _l("Being screened as a retina photo, as %(user)s chose…"),
 }
 # How a chest X-ray's population was decided (results.population_source).
 SCREENED_AS = {
@@ -137,10 +189,53 @@ def finding(result: dict) -> str:
 
 
 def scored_by(result: dict) -> str:
-    """e.g. "Scored by the adult chest X-ray model (cxr-adult-abnormal 1.0.0)." """
-    name = f"{result.get('model_name') or ''} {result.get('model_version') or ''}".strip()
+    """e.g. "Scored by the adult chest X-ray model." (a model this version does not
+    know: its file name and version)."""
     sentence = SCORED_BY.get(result.get("model_name"))
-    return str(sentence) % {"model": name} if sentence else name
+    if sentence:
+        return str(sentence)
+    return f"{result.get('model_name') or ''} {result.get('model_version') or ''}".strip()
+
+
+def route_chosen(result: dict, image: dict) -> str:
+    """For a result whose route a clinician chose: who, in a sentence; else ""."""
+    if result.get("route_source") != "clinician":
+        return ""
+    sentence = ROUTE_CHOSEN.get(result.get("route"))
+    return str(sentence) % {"user": image.get("route_chosen_by") or "?"} if sentence else ""
+
+
+def model_name(name: str) -> str:
+    """A model as people say it; its file name when this version does not know it."""
+    return str(MODEL_NAMES.get(name, name))
+
+
+def source_label(row: dict) -> str:
+    """Where an image came from: "USB stick CAMERA", "Sent by XRAY_ROOM", "Uploaded"."""
+    source, detail = row.get("source") or "", row.get("source_detail") or ""
+    if source == "usb":
+        name = detail.split(":/", 1)[0]
+    elif source == "dicom":
+        name = detail.rpartition("@")[0] or detail
+    else:
+        name = detail
+    sentence = SOURCES.get(source)
+    return str(sentence) % {"name": name} if sentence else source
+
+
+def person_name(value: str | None) -> str:
+    """A DICOM person name as a register writes it: "Family^Given^Middle^Prefix^Suffix"
+    -> "Prefix Family, Given Middle Suffix" ("DOE^JANE" -> "DOE, JANE" keeps the family
+    name first, as DICOM sent it: swapping them would misname the patient). Only the
+    first (alphabetic) group of a multi-script name; a typed name is shown as typed."""
+    if not value or "^" not in value:
+        return value or ""
+    parts = [p.strip() for p in value.split("=", 1)[0].split("^")]
+    family, given = parts[0], " ".join(p for p in parts[1:3] if p)
+    prefix = parts[3] if len(parts) > 3 else ""
+    suffix = parts[4] if len(parts) > 4 else ""
+    name = ", ".join(p for p in (family, given) if p)
+    return " ".join(p for p in (prefix, name, suffix) if p)
 
 
 def screened_as(result: dict, image: dict) -> str:
@@ -149,10 +244,27 @@ def screened_as(result: dict, image: dict) -> str:
     return str(sentence) % {"user": image.get("population_by") or "?"} if sentence else ""
 
 
-def local_datetime(value: str | None, style: str = "short") -> str:
-    if not value:
+@lru_cache(maxsize=16)
+def _short_datetime_pattern(locale: str) -> str:
+    """The locale's short date and time, with the year in four digits (28/11/2026)."""
+    day = re.sub(r"y+", "y", get_date_format("short", locale).pattern)
+    clock = get_time_format("short", locale).pattern
+    return get_datetime_format("short", locale).replace("{1}", day).replace("{0}", clock)
+
+
+def local_datetime(value: str | float | None, style: str = "short") -> str:
+    """A stored UTC time (ISO text or epoch seconds) in the clinic's zone and the
+    reader's language; years always in four digits."""
+    if value is None or value == "":
         return ""
-    return format_datetime(datetime.fromisoformat(value), style)
+    moment = (
+        datetime.fromtimestamp(value, timezone.utc)
+        if isinstance(value, int | float)
+        else datetime.fromisoformat(value)
+    )
+    if style == "short":
+        return format_datetime(moment, _short_datetime_pattern(str(get_locale())))
+    return format_datetime(moment, style)
 
 
 def local_date(value: str | None, style: str = "medium") -> str:
@@ -180,6 +292,10 @@ def init_app(app: Flask) -> None:
     # 0.85 -> "85%" (en, pt), "85 %" (fr): the locale's own percent pattern.
     app.jinja_env.filters["percent"] = lambda v: format_percent(v)
     app.jinja_env.filters["translate_reason"] = translate_reason
+    app.jinja_env.filters["person_name"] = person_name
+    app.jinja_env.filters["body_part"] = lambda code: body_part_name(code, capital=True)
+    app.jinja_env.filters["model_name"] = model_name
+    app.jinja_env.filters["source_label"] = source_label
 
     @app.context_processor
     def labels():
@@ -196,9 +312,14 @@ def init_app(app: Flask) -> None:
             "finding": finding,
             "scored_by": scored_by,
             "screened_as": screened_as,
+            "route_chosen": route_chosen,
+            "can_choose_route": can_choose_route,
+            "BEING_SCREENED_AS": BEING_SCREENED_AS,
             "RECOMMENDATION": RECOMMENDATION,
             "IMPORT_STATUS": IMPORT_STATUS,
             "ENGINE_STATE": ENGINE_STATE,
+            "BACKEND_NAMES": BACKEND_NAMES,
+            "ROUTER_LABEL": ROUTER_LABEL,
             "TESTS": TEST_NAMES,
             "OUTCOME_RESULTS": OUTCOME_RESULTS,
         }

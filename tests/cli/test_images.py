@@ -45,6 +45,8 @@ def test_ingest_folder_then_list_studies_as_json(tmp_path):
 
     text = run("studies", "--data-dir", data).output
     assert "CompressedSamples^RG1" in text
+    # A photo without a patient is told apart by its file name.
+    assert "file:eye.jpg" in text and "  IM0001" in text
 
 
 def test_ingest_a_single_bad_file_keeps_a_copy_in_quarantine(tmp_path):
@@ -175,3 +177,23 @@ def test_results_lists_what_the_worker_stored(tmp_path):
     text = run("results", "--data-dir", data).output
     assert "score" in text and "9RG1" in text
     assert "cxr-adult-abnormal" in text and "(adult)" in text
+    assert "file:hrf_12_h.jpg" in text  # no patient: the original file name
+
+
+def test_volumes_says_when_there_is_none(tmp_path):
+    empty = tmp_path / "media"
+    empty.mkdir()
+    result = CliRunner().invoke(
+        main,
+        ["volumes", "--data-dir", str(tmp_path / "data")],
+        env={"APPLIANCE_USB_ROOTS": str(empty)},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0
+    assert result.output.startswith("no removable volumes (looked under ")
+    as_json = CliRunner().invoke(
+        main,
+        ["volumes", "--data-dir", str(tmp_path / "data"), "--json"],
+        env={"APPLIANCE_USB_ROOTS": str(empty)},
+    )
+    assert json.loads(as_json.output) == []

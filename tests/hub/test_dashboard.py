@@ -119,3 +119,36 @@ def test_five_wrong_passwords_lock_the_login_and_idle_sessions_expire(hub):
     finally:
         conn.close()
     assert other.get("/").status_code == 302  # idle too long: log in again
+
+
+@pytest.mark.parametrize("lang", ["fr", "pt"])
+def test_the_dashboard_speaks_the_boxes_languages(hub, lang):
+    """The browser's language, or the one chosen on the page (kept across sign-in):
+    no sentence of the hub's templates is left in English."""
+    from web.test_i18n import english_phrases, extracted_msgids, visible
+
+    client = hub.app.test_client()
+    asked = client.get("/login", headers={"Accept-Language": f"{lang},en;q=0.5"})
+    assert f'<html lang="{lang}">' in asked.get_data(as_text=True)
+
+    client = hub.app.test_client()  # an English browser that chooses on the page
+    csrf = re.search(
+        r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)
+    ).group(1)
+    chosen = client.post("/language", data={"language": lang, "csrf_token": csrf})
+    assert chosen.status_code == 302
+    assert client.post("/language", data={"language": "fr"}).status_code == 400  # CSRF
+    wrong = client.post("/login", data={"username": "x", "password": "y", "csrf_token": csrf})
+    ok = client.post(
+        "/login",
+        data={"username": "manager", "password": "correct horse battery", "csrf_token": csrf},
+    )
+    assert ok.status_code == 302
+    page = client.get("/").get_data(as_text=True)
+    assert f'<html lang="{lang}">' in page  # the choice outlived the new session
+    phrases = english_phrases(extracted_msgids())
+    for html in (wrong.get_data(as_text=True), page):
+        text = visible(html)
+        assert sorted(p for p in phrases if p in text) == []
+    expected = {"fr": "Centre de dépistage", "pt": "Central de rastreio"}[lang]
+    assert expected in visible(page)

@@ -52,7 +52,7 @@ def test_outbox_failure_rolls_the_result_back(store):
 
 
 def test_a_later_review_supersedes_the_earlier_one(store):
-    [image_id] = make_backlog(store, 1)
+    [_refused, image_id] = make_backlog(store, 2)  # a refusal has nothing to review
     user_id = create_user(store, "dr.banda", "1234", "clinician")
     user = {"id": user_id, "username": "dr.banda"}
     add_review(store, image_id=image_id, user=user, verdict="agree", reasons=[], note="")
@@ -62,10 +62,10 @@ def test_a_later_review_supersedes_the_earlier_one(store):
     reviews = [r for r in rows(store) if r["kind"] == "review"]
     assert [r["entry_id"] for r in reviews] == [reviews[0]["entry_id"]] * 2
     assert [(r["revision"], r["state"]) for r in reviews] == [(1, "superseded"), (2, "pending")]
-    result_entry = rows(store)[0]["entry_id"]
+    result_entry = rows(store)[1]["entry_id"]
     assert json.loads(reviews[1]["payload"])["result_entry"] == result_entry
     # Results go first, and the superseded review is not sent at all.
-    assert [e.kind for e in outbox.pending(store.conn(), 10)] == ["result", "review"]
+    assert [e.kind for e in outbox.pending(store.conn(), 10)] == ["result", "result", "review"]
     assert outbox.counts(store.conn())["review_pending"] == 1
 
 

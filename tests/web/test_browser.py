@@ -3,9 +3,8 @@ a real ``appliance serve`` process: first run, log in with the keypad, add a cli
 import a simulated USB stick, triaged worklist, study viewer (heatmap, pinch, wheel),
 review, referral slip printed to A5 and A4 PDF. At 1024x600 and 1280x800, with touch.
 
-Screenshots of every page go to ``test-artifacts/screenshots/<viewport>/``; with
-``UPDATE_DOCS_SCREENSHOTS=1`` a few at 1280x800 are also written to ``docs/screenshots/``
-(a test run never changes tracked files by itself).
+Screenshots of every page go to ``test-artifacts/screenshots/<viewport>/`` (the README's,
+at 1024x600, are written by test_desk_browser.py).
 """
 
 from __future__ import annotations
@@ -33,8 +32,6 @@ CHROMIUM_ARGS = [
 ]
 ROOT = TESTS.parent
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
-DOCS = ROOT / "docs" / "screenshots"
-DOC_PAGES = ("login", "worklist", "study", "import", "slip")
 
 ADMIN, ADMIN_PIN = "admin", "2468"
 CLINICIAN, CLINICIAN_PIN = "dr.banda", "1357"
@@ -191,11 +188,10 @@ class Visit:
     """For each page the flow goes through: a screenshot, the touch-target check and the
     check that nothing makes the page scroll sideways."""
 
-    def __init__(self, page, viewport: str, docs: bool) -> None:
+    def __init__(self, page, viewport: str) -> None:
         self.page = page
         self.folder = ARTIFACTS / viewport
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.docs = docs
         self.too_small: dict[str, list[str]] = {}
         self.too_wide: dict[str, int] = {}
 
@@ -203,10 +199,6 @@ class Visit:
         page = self.page
         page.wait_for_load_state("load")
         page.screenshot(path=self.folder / f"{name}.png", full_page=True)
-        if self.docs and name in DOC_PAGES:
-            # The README's pictures: the screen as the user sees it, small enough for git.
-            DOCS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=DOCS / f"{name}.jpg", type="jpeg", quality=70)
         small = page.evaluate(TOO_SMALL_JS, TAP_TARGETS)
         if small:
             self.too_small[name] = small
@@ -282,8 +274,7 @@ def test_the_whole_flow_on_a_touchscreen(browser, served, usb_root, tmp_path, si
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    docs = viewport == "1280x800" and os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1"
-    visit = Visit(page, viewport, docs)
+    visit = Visit(page, viewport)
     try:
         # First run: every page leads to /setup until the administrator exists.
         page.goto("/")
@@ -519,7 +510,7 @@ def test_adult_or_child_chosen_on_a_small_touchscreen(browser, served_asking):
     )
     context.set_default_timeout(15_000)
     page = context.new_page()
-    visit = Visit(page, "1024x600", docs=False)
+    visit = Visit(page, "1024x600")
     try:
         page.goto("/")
         landed(page, r"/setup$")
@@ -554,7 +545,7 @@ def test_adult_or_child_chosen_on_a_small_touchscreen(browser, served_asking):
                 break
             page.wait_for_timeout(500)
             page.reload()
-        expect(scored).to_contain_text("Scored by the child chest X-ray model (cxr-pneumonia")
+        expect(scored).to_contain_text("Scored by the child chest X-ray model.")
         expect(scored).to_contain_text(f"Screened as a child, as chosen by {ADMIN}.")
         visit("study-chosen-child")
         page.goto("/")

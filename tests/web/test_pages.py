@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -68,6 +69,8 @@ PAGES = [
     ("POST", "/study/1/patient", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/population", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/retry", {"operator", "clinician", "admin"}),
+    ("GET", "/study/1/thumb", {"operator", "clinician", "admin"}),
+    ("POST", "/study/1/route", {"clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
     ("POST", "/import/upload", {"operator", "clinician", "admin"}),
@@ -136,6 +139,8 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
         ("/import/scan", {}),
         ("/system/retry-failed", {}),
         ("/study/1/retry", {}),
+        ("/study/1/route", {"route": "chest_xray"}),
+        ("/study/1/patient", {"patient_id": "X1"}),
     ],
 )
 def test_state_changing_requests_without_the_csrf_token_are_refused(app, url, data):
@@ -391,15 +396,61 @@ def test_import_page_lists_a_stick_and_imports_a_chosen_image(app, tmp_path):
     )
 
 
-def test_upload_from_the_page(app):
+def test_upload_from_the_page_says_what_became_of_each_file(app):
+    """Without script the Import page answers the post itself (a redirect would lose the
+    outcomes); the page's script asks for JSON. Stored, already on the box, refused."""
     client = logged_in(app, "operator")
     token = csrf_from(client.get("/import/").text)
-    data = {"csrf_token": token, "file": [(open(FUNDUS_DIR / "IDRiD_003.jpg", "rb"), "eye.jpg")]}
+    eye = (FUNDUS_DIR / "IDRiD_003.jpg").read_bytes()
+    files = [(io.BytesIO(eye), "eye.jpg"), (io.BytesIO(eye), "eye-again.jpg")]
+    files.append((io.BytesIO(b"%PDF-1.4\n%%EOF\n"), "letter.pdf"))
     response = client.post(
-        "/import/upload", data=data, content_type="multipart/form-data", follow_redirects=True
+        "/import/upload",
+        data={"csrf_token": token, "file": files},
+        content_type="multipart/form-data",
     )
-    data["file"][0][0].close()
-    assert "eye.jpg: imported." in response.text
+    assert response.status_code == 200  # shown where the upload was made
+    listed = re.findall(
+        r'<li class="(\w+)"><strong class="name">([^<]+)</strong> <span class="outcome">([^<]+)',
+        response.text,
+    )
+    assert listed == [
+        ("stored", "eye.jpg", "imported"),
+        ("duplicate", "eye-again.jpg", "already on the box"),
+        ("quarantined", "letter.pdf", "refused, copy kept"),
+    ]
+    assert "This is a PDF document, not an image." in response.text
+    image_id = app.extensions["appliance_store"].conn().execute(
+        "SELECT id FROM images WHERE original_name='eye.jpg'"
+    ).fetchone()[0]
+    assert f'href="/study/{image_id}"' in response.text
+
+    again = client.post(
+        "/import/upload",
+        data={"csrf_token": token, "file": [(io.BytesIO(eye), "same.jpg")]},
+        content_type="multipart/form-data",
+        headers={"Accept": "application/json"},
+    )
+    assert again.status_code == 200
+    assert again.json == {
+        "error": None,
+        "results": [
+            {
+                "name": "same.jpg",
+                "status": "duplicate",
+                "label": "already on the box",
+                "reason": "",
+                "url": f"/study/{image_id}",
+            }
+        ],
+    }
+    nothing = client.post(
+        "/import/upload",
+        data={"csrf_token": token},
+        content_type="multipart/form-data",
+        headers={"Accept": "application/json"},
+    )
+    assert nothing.status_code == 400 and nothing.json["error"] == "Choose at least one file."
 
 
 def test_slip_has_a_qr_code_and_print_css(app):

@@ -1,0 +1,55 @@
+"""Screen anyway: a clinician says what an image is when the box's router refused it.
+
+Only a refusal by the router (the model that looks at the pixels: "cannot tell what this
+image shows", "not a chest X-ray or a retina photograph", "labelled as ... but does not
+look like one") may be overruled, never one by the DICOM tags (a CT, a hand, a side
+view) nor a photo too poor to grade. The choice is kept with the image, attributed and
+audited, and the image is screened again with that route; the refusal stays on record
+(results are never changed) and the new result says a clinician chose its route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.store import jobs
+from appliance.store.db import Store, audit, utc_now
+from appliance.store.worklist_items import refresh_item
+
+# screening.gate.ROUTES and BY_ROUTER (the store imports nothing above it).
+ROUTES = ("chest_xray", "fundus")
+BY_ROUTER = "router"
+
+
+class RouteError(ApplianceError):
+    """An image cannot be screened as asked."""
+
+
+def can_choose_route(result: dict[str, Any] | None) -> bool:
+    """Whether a result is a refusal a clinician may overrule (the router's)."""
+    return bool(result) and result["route"] == "refused" and result["route_source"] == BY_ROUTER
+
+
+def choose_route(store: Store, image_id: int, route: str, user: dict[str, Any]) -> None:
+    """Keep the clinician's choice with the image and queue it to be screened with it."""
+    if route not in ROUTES:
+        raise RouteError("Choose chest X-ray or retina photo.")
+    with store.write() as conn:
+        result = conn.execute(
+            "SELECT route, route_source FROM results WHERE image_id = ? ORDER BY id DESC LIMIT 1",
+            (image_id,),
+        ).fetchone()
+        if result is None or not can_choose_route(dict(result)):
+            raise RouteError(
+                "Only an image the box could not recognise can be screened anyway; "
+                "a refusal by the image's own DICOM tags stands."
+            )
+        conn.execute(
+            "UPDATE images SET route_chosen=?, route_chosen_by=?, route_chosen_at=? WHERE id=?",
+            (route, user["username"], utc_now(), image_id),
+        )
+        jobs.requeue(conn, jobs.SCREEN, image_id)
+        refresh_item(conn, image_id)
+        audit(conn, user["username"], "image.route_chosen", f"image:{image_id}", route)
+    store.jobs_waiting.set()
