@@ -9,8 +9,7 @@ Before decoding, a worker notes on the job that it is decoding (``decoding_since
 committed). A job found with that note on its next attempt stopped the box mid-decode:
 it is decoded again only in a memory-limited child process (ingest/sandbox.py), and
 quarantined if that fails, so one crafted file cannot crash the box after every restart.
-The viewer's full-resolution image is a job of its own (``full``), decoded here one at
-a time under the same guard, never in a web thread.
+Full detail is a job of its own (``full``), decoded here under the same guard, never on the web.
 
 A full disk is not the image's fault. Below the free-space reserve (``min_free_mb``) a
 worker claims nothing (the jobs wait, no attempt is spent), and the previews, heatmaps

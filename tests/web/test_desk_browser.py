@@ -247,7 +247,7 @@ def test_a_day_at_the_desk(browser, desk, size):  # noqa: F811
                 break
             page.wait_for_timeout(500)
             page.reload()
-        expect(page.locator("p.caution")).to_contain_text(
+        expect(page.locator("p.caution", has_text="Screened as")).to_contain_text(
             f"Screened as a chest X-ray on the instruction of {CLINICIAN}"
         )
         with sqlite3.connect(desk.data_dir / "appliance.db") as db:
