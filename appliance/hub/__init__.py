@@ -93,7 +93,7 @@ def create_app(
     app.teardown_appcontext(close_db)
     app.after_request(security_headers)
 
-    from appliance.hub import api, dashboard
+    from appliance.hub import api, dashboard, model_api  # noqa: F401 - its routes join api.bp
 
     @app.errorhandler(404)
     @app.errorhandler(405)
