@@ -3,14 +3,16 @@ JSON error shape apply): what this box should have, the signed files themselves 
 Range: a box resumes a cut download where it stopped), and what the box runs now.
 
 A file is served only to a box it was rolled out to (404 otherwise), straight from
-disk in blocks (never read whole into memory).
+disk in 64 KB blocks (never read whole into memory); one byte range per request.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
-from flask import g, jsonify, request, send_file
+from flask import Response, g, jsonify, request
 
 from appliance.hub import distribution, records
 from appliance.hub.api import SHA256, ApiError, bp, db
@@ -30,15 +32,51 @@ def model_file(sha: str):
     path = Path(row["stored_path"]) if row else None
     if path is None or not path.is_file():
         raise ApiError(404, "not_rolled_out", "no such model bundle for this device")
-    # Range requests are answered 206 (werkzeug); the content of a sha never changes.
-    return send_file(
-        path,
+    size = path.stat().st_size
+    start, end = _range(request.headers.get("Range"), size)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start + 1),
+        "ETag": f'"{sha}"',  # the content of a sha never changes
+    }
+    status = 200
+    if request.headers.get("Range"):
+        status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{size}"
+    return Response(
+        _blocks(path, start, end - start + 1),
+        status=status,
+        headers=headers,
         mimetype="application/octet-stream",
-        conditional=True,
-        etag=sha,
-        max_age=0,
-        download_name=f"{sha}.tar",
+        direct_passthrough=True,
     )
+
+
+RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
+BLOCK = 64 * 1024
+
+
+def _range(header: str | None, size: int) -> tuple[int, int]:
+    """The first and last byte asked for (one range: what the box asks); 416 otherwise."""
+    if not header:
+        return 0, size - 1
+    found = RANGE.match(header.strip())
+    start = int(found.group(1)) if found else size
+    end = min(int(found.group(2)), size - 1) if found and found.group(2) else size - 1
+    if start >= size or end < start:
+        raise ApiError(416, "range_not_satisfiable", f"the file has {size} bytes")
+    return start, end
+
+
+def _blocks(path: Path, start: int, length: int) -> Iterator[bytes]:
+    """The file's bytes in blocks; closed when the box goes away mid-file."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while length > 0:
+            block = fh.read(min(BLOCK, length))
+            if not block:
+                return
+            length -= len(block)
+            yield block
 
 
 @bp.post("/models/status")

@@ -183,7 +183,7 @@ class HubClient:
                 sink.truncate()
                 length = total  # the whole file, from its start
             while written < length:
-                block = response.read(min(1 << 16, length - written))
+                block = response.read1(min(1 << 16, length - written))  # keeps a cut tail
                 if not block:
                     break
                 sink.write(block)

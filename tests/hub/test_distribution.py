@@ -98,6 +98,8 @@ def test_a_file_is_served_with_ranges_only_to_the_boxes_it_was_rolled_out_to(hub
     assert headers["Content-Range"] == f"bytes 100-1123/{size}"
     status, _, body = raw_get(hub, f"/api/v1/models/{sha}", first.token)
     assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+    ranged = {"Range": f"bytes={size}-"}
+    assert raw_get(hub, f"/api/v1/models/{sha}", first.token, ranged)[0] == 416
     status, _, body = raw_get(hub, f"/api/v1/models/{sha}", other.token)
     assert status == 404 and json.loads(body)["error"]["code"] == "not_rolled_out"
     assert raw_get(hub, f"/api/v1/models/{sha}", "not-a-token")[0] == 401
