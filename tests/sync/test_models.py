@@ -169,9 +169,13 @@ class CuttingProxy:
                     _pipe(upstream, client)
                     return
                 self.cut_after, self.down = None, True
+                upstream.settimeout(10)
                 received = b""
                 while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < cut:
-                    received += upstream.recv(65536)
+                    data = upstream.recv(65536)
+                    if not data:  # the hub answered less than the cut: pass it on as is
+                        break
+                    received += data
                 header, body = received.split(b"\r\n\r\n", 1)
                 client.sendall(header + b"\r\n\r\n" + body[:cut])
 
