@@ -127,7 +127,7 @@ def install_model(volume_id: int):
             actor=g.user["username"],
         )
     except ApplianceError as exc:
-        flash(_("%(file)s refused: %(why)s", file=chosen, why=str(exc)), "error")
+        flash(_("Not done: %(why)s", why=str(exc)), "error")  # names the file and why
     else:
         flash(
             _(
