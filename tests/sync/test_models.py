@@ -8,18 +8,22 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 
 import pytest
+from helpers import free_port
 from lifecycle.modelkit import NAME, NEW, new_version
-from sync.synckit import FAST_RETRIES, enrol
+from sync.synckit import FAST_RETRIES, HubProcess, enrol, wait_for_port
 
 from appliance.config import load_config
-from appliance.hub import distribution
+from appliance.hub import distribution, records
+from appliance.hub.db import HubDatabase
 from appliance.lifecycle import activation
 from appliance.lifecycle.keys import trust
 from appliance.lifecycle.pack import pack
 from appliance.store import model_versions
 from appliance.store.db import Store
+from appliance.sync.client import HubClient
 from appliance.sync.identity import load_identity
 from appliance.sync.models import downloads_dir
 from appliance.sync.worker import SyncWorker, sync_status
@@ -252,3 +256,64 @@ def test_a_file_signed_by_a_key_the_box_does_not_trust_is_refused_by_install(hub
     assert state(store) == "refused"
     assert not list(downloads_dir(config.data_dir).iterdir())
     assert SyncWorker(store, config).sync_once()["models"]["refused"] == 0
+
+
+def test_the_hub_killed_mid_download_then_restarted_the_box_resumes(tmp_path, programme):
+    """The real `appliance hub serve` (waitress), killed with -9 while a bundle comes down
+    slowly (bandwidth cap), started again: the next pass fetches only the rest."""
+    hub_dir, port = tmp_path / "hub", free_port()
+    hub = HubProcess(hub_dir, port)
+    box_dir = tmp_path / "box"
+    store = Store.open(box_dir)
+    database = HubDatabase(hub_dir)
+    conn = database.connect()
+    try:
+        code = records.create_enrolment_code(conn, "Clinic A")
+    finally:
+        conn.close()
+    enrol(box_dir, f"http://127.0.0.1:{port}", code)
+    config = load_config(
+        box_dir,
+        environ={},
+        usb_roots=[],
+        min_free_mb=1,
+        **FAST_RETRIES,
+        sync_image_chunk_kb=64,
+        sync_max_kbps=3000,  # ~1.6 MB in ~4 s: time to kill the hub mid-file
+    )
+    trust(config.data_dir, programme[1])
+    conn = database.connect()
+    try:
+        distribution.trust_key(conn, programme[1])
+        sha = distribution.publish(conn, hub_dir, programme[0])["sha256"]
+        distribution.rollout(conn, NAME, NEW, [f"device:{device_id(config)}"], activate=False)
+    finally:
+        conn.close()
+    part = downloads_dir(config.data_dir) / f"{sha}.part"
+    reports: list = []
+    worker = threading.Thread(target=lambda: reports.append(SyncWorker(store, config).sync_once()))
+    try:
+        worker.start()
+        start = time.monotonic()
+        while not (part.exists() and part.stat().st_size > 300_000):
+            assert time.monotonic() - start < 60, "the download never started"
+            time.sleep(0.02)
+        hub.kill()
+        worker.join(timeout=60)
+        assert isinstance(reports[0]["models"], str)
+        kept = part.stat().st_size
+        size = programme[0].stat().st_size
+        assert 300_000 < kept < size
+        hub = HubProcess(hub_dir, port)
+        wait_for_port(port, 20)
+        identity = load_identity(config.data_dir)
+        client = HubClient(f"http://127.0.0.1:{port}", identity.token)
+        report = SyncWorker(
+            store, config.with_overrides(sync_max_kbps=0), client=client
+        ).sync_once()
+    finally:
+        hub.kill()
+        store.close()
+    assert report["models"]["installed"] == 1 and state(store) == "shadow"
+    assert client.bytes_received < size - kept + 20_000  # only the rest came down again
+    assert not part.exists()
