@@ -171,3 +171,100 @@ def import_(bundles, data_dir, database_url, receipt_to, as_json) -> None:
     for path, report in zip(bundles, reports, strict=True):
         what = "already imported: nothing changed" if report["replay"] else "imported"
         echo(f"{path}: {report['entries']} entries {what}")
+
+
+# -- model distribution (hub/distribution.py) ------------------------------------------
+@hub.command("trust-model-key")
+@click.argument("pubkey")
+@data_dir_option
+@database_option
+@translate_errors
+def trust_model_key(pubkey, data_dir, database_url) -> None:
+    """Trust a programme key for `hub publish`: PUBKEY is its base64 text or a file."""
+    from appliance.hub import distribution
+
+    path = Path(pubkey)
+    text = path.read_text(encoding="utf-8") if path.is_file() else pubkey
+    conn = _database(data_dir, database_url).connect()
+    try:
+        kid = distribution.trust_key(conn, text)
+    finally:
+        conn.close()
+    click.echo(f"trusted key {kid}")
+
+
+@hub.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@data_dir_option
+@database_option
+@json_option
+@translate_errors
+def publish(file, data_dir, database_url, as_json) -> None:
+    """Verify a signed bundle FILE (trusted key, every sha256) and keep it for boxes."""
+    from appliance.hub import distribution
+
+    database = _database(data_dir, database_url)
+    conn = database.connect()
+    try:
+        done = distribution.publish(conn, database.data_dir, file)
+    finally:
+        conn.close()
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+        return
+    what = "already published" if done["already"] else "published"
+    click.echo(f"{done['name']} {done['version']} {what} (sha256 {done['sha256'][:16]}…)")
+
+
+@hub.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--devices", default="", help="Comma-separated device ids (stage these first).")
+@click.option("--sites", default="", help="Comma-separated site names.")
+@click.option("--all", "everyone", is_flag=True, help="Every box.")
+@click.option("--activate", is_flag=True, help="Boxes make it active once installed.")
+@data_dir_option
+@database_option
+@translate_errors
+def rollout(name, version, devices, sites, everyone, activate, data_dir, database_url) -> None:
+    """Give a published VERSION of NAME to chosen boxes, sites, or --all (in shadow
+    unless --activate; run again with --activate to switch those boxes over)."""
+    from appliance.hub import distribution
+
+    targets = [f"device:{d.strip()}" for d in devices.split(",") if d.strip()]
+    targets += [f"site:{s.strip()}" for s in sites.split(",") if s.strip()]
+    targets += ["all"] if everyone else []
+    if not targets:
+        raise click.UsageError("name the boxes: --devices, --sites or --all")
+    conn = _database(data_dir, database_url).connect()
+    try:
+        distribution.rollout(conn, name, version, targets, activate)
+    finally:
+        conn.close()
+    state = "to activate" if activate else "in shadow"
+    click.echo(f"{name} {version} rolled out {state} to {', '.join(targets)}")
+
+
+@hub.command()
+@data_dir_option
+@database_option
+@json_option
+@translate_errors
+def bundles(data_dir, database_url, as_json) -> None:
+    """List published model bundles and who they are rolled out to."""
+    from appliance.hub import distribution
+
+    conn = _database(data_dir, database_url).connect()
+    try:
+        rows = distribution.published(conn)
+    finally:
+        conn.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        targets = ", ".join(
+            r["target"] + (" (activate)" if r["activate"] else "") for r in row["rollouts"]
+        )
+        targets = targets or "not rolled out"
+        echo(f"{row['name']} {row['version']}  {row['sha256'][:16]}…  {targets}")

@@ -92,6 +92,8 @@ def status(data_dir, as_json) -> None:
     click.echo(f"last success: {state['last_success_at'] or 'never'}")
     if state["last_error"]:
         echo(f"last error: {state['last_error']}")
+    if state["models_error"]:
+        echo(f"model bundles: {state['models_error']}")
 
 
 @sync.command()

@@ -113,7 +113,7 @@ def create_app(
     Babel(app, locale_selector=lambda: LOCALES[hub_language()])
     app.jinja_env.globals.update(hub_language=hub_language, LANGUAGES=LANGUAGE_NAMES)
 
-    from appliance.hub import api, dashboard
+    from appliance.hub import api, dashboard, model_api  # noqa: F401 - its routes join api.bp
 
     @app.errorhandler(404)
     @app.errorhandler(405)

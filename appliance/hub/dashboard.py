@@ -1,7 +1,8 @@
 """The hub's dashboard (login required): sites, last seen, results per week, positivity
-and refusal rates, reviews pending, model versions in the field; and the programme view
-(``programme.py``): rates week by week per site, thresholds in force, calibration status
-and drift alarms.
+and refusal rates, reviews pending, model versions in the field (each box's active and
+shadow versions as it reports them, the published bundles and their rollouts); and the
+programme view (``programme.py``): rates week by week per site, thresholds in force,
+calibration status and drift alarms.
 
 Logins work as on the box: a server-side session (``logins.sessions``; sign-out ends it,
 a copied cookie is then refused) and failed sign-ins counted per client before the
@@ -32,7 +33,7 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
-from appliance.hub import get_db, programme, records
+from appliance.hub import distribution, get_db, programme, records
 from appliance.logins import sessions, throttle
 
 bp = Blueprint("dashboard", __name__)
@@ -204,6 +205,8 @@ def summary() -> dict[str, Any]:
         "weeks": weeks,
         "models": models,
         "devices": records.list_devices(conn),
+        "device_models": distribution.device_models(conn),
+        "bundles": distribution.published(conn),
         "programme": programme.programme(conn),
     }
 

@@ -104,6 +104,40 @@ SCHEMA: tuple[str, ...] = (
         updated_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
+    # Model distribution (hub/distribution.py): the programme keys the hub checks a
+    # bundle file with before publishing it, the published files, which boxes get which
+    # (a device, a site or everyone; activate 0/1), and what each box reports it runs.
+    """CREATE TABLE IF NOT EXISTS model_keys (
+        key_id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        trusted_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS model_bundles (
+        sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        stored_path TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        UNIQUE (name, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS rollouts (
+        sha256 TEXT NOT NULL REFERENCES model_bundles(sha256),
+        target TEXT NOT NULL,
+        activate INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (sha256, target)
+    )""",
+    """CREATE TABLE IF NOT EXISTS device_models (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reported_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, name, version)
+    )""",
 )
 
 

@@ -58,6 +58,8 @@ LIMITS = {
     # sync_batch_size is at most 1000 results of ~1-2 KB (gzip makes them ~5x smaller).
     "api.entries": Limit(body=4 * MB, inflated=4 * MB, values=250_000, depth=16),
     "api.image_complete": Limit(body=1 * KB, inflated=1 * KB, values=8, depth=2),
+    # At most distribution.MAX_REPORTED {"name", "version", "state"} of short text.
+    "api.model_status": Limit(body=64 * KB, inflated=64 * KB, values=2_000, depth=3),
 }
 OTHER = Limit(body=1 * KB, inflated=1 * KB, values=8, depth=2)
 PARSERS = 2

@@ -15,9 +15,14 @@ import tarfile
 from pathlib import Path
 
 from appliance.inference.bundle import MANIFEST, load_bundle
-from appliance.wire.model_signature import SIGNATURE_FILE, load_private, sign_manifest
+from appliance.wire.model_signature import (
+    BUNDLE_PREFIX,
+    SIGNATURE_FILE,
+    load_private,
+    sign_manifest,
+)
 
-PREFIX = "bundle/"
+PREFIX = BUNDLE_PREFIX
 
 
 def _member(name: str, size: int) -> tarfile.TarInfo:

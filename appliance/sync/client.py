@@ -12,7 +12,7 @@ import gzip
 import http.client
 import json
 import ssl
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from appliance import __version__
@@ -146,3 +146,58 @@ class HubClient:
 
     def complete_image(self, sha256: str, size: int, chunks: int) -> dict[str, Any]:
         return self.request("POST", f"/images/{sha256}/complete", {"size": size, "chunks": chunks})
+
+    # -- model bundles (appliance/sync/models.py) ----------------------------------
+    def list_models(self) -> list[dict[str, Any]]:
+        answer = self.request("GET", "/models")
+        models = answer.get("models")
+        return models if isinstance(models, list) else []
+
+    def report_models(self, models: list[dict[str, str]]) -> None:
+        self.request("POST", "/models/status", {"models": models})
+
+    def download_range(
+        self, sha256: str, sink: BinaryIO, offset: int, length: int, total: int
+    ) -> int:
+        """Append bytes ``offset`` .. ``offset + length - 1`` of bundle ``sha256`` (of
+        ``total`` bytes) to ``sink`` as they arrive (a cut connection keeps what came:
+        the caller resumes from the file's size). A hub that answers 200 sends the
+        whole file: ``sink`` starts again from 0. Returns the bytes written."""
+        url = f"{self.prefix}{API}/models/{sha256}"
+        headers = {
+            "User-Agent": f"appliance/{__version__}",
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection()
+        written = 0
+        try:
+            conn.request("GET", url, headers=headers)
+            response = conn.getresponse()
+            if response.status not in (200, 206):
+                self._answer(response.status, response.read())  # raises for any of them
+                raise HubUnreachableError(f"the hub answered {response.status}")
+            if response.status == 200:
+                sink.seek(0)
+                sink.truncate()
+                length = total  # the whole file, from its start
+            while written < length:
+                block = response.read1(min(1 << 16, length - written))  # keeps a cut tail
+                if not block:
+                    break
+                sink.write(block)
+                written += len(block)
+                self.bytes_received += len(block)
+        except ssl.SSLCertVerificationError as exc:
+            raise HubCertificateError(f"the hub's certificate does not verify ({exc})") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise HubUnreachableError(f"{self.host}:{self.port}: {reason}") from exc
+        finally:
+            sink.flush()
+            conn.close()
+            self.bytes_sent += len(url) + 200
+        if written < length:
+            raise HubUnreachableError(f"{self.host}:{self.port}: the download was cut short")
+        return written

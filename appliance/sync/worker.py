@@ -1,7 +1,8 @@
 """The sync worker: drains the outbox to the hub, by itself, whenever the link allows.
 
 One pass (``sync_once``): probe the hub, confirm what a data-mule already delivered, send
-pending results then reviews in batches, then (``sync_images``) the originals in chunks.
+pending results then reviews in batches, then (``sync_images``) the originals in chunks,
+then fetch the model bundles the hub rolled out to this box (``models.py``).
 Each request that fails for a transient reason is retried with exponential backoff and
 full jitter; a pass that still fails leaves everything pending, and ``run_forever``
 tries again later (longer and longer, up to ``sync_retry_max_seconds``). Outbox rows only
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from appliance.config import Config
 from appliance.errors import (
+    ApplianceError,
     HubRejectedError,
     HubUnreachableError,
     NotEnrolledError,
@@ -31,6 +33,7 @@ from appliance.store.db import Store, utc_now
 from appliance.sync.client import HubClient
 from appliance.sync.entries import wire_entry
 from appliance.sync.identity import load_identity
+from appliance.sync.models import ERROR_KEY, ModelSync
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,11 +114,11 @@ class SyncWorker:
         sync_state.write(self.store, **values)
 
     # -- one pass --------------------------------------------------------------------
-    def sync_once(self) -> dict[str, int]:
+    def sync_once(self) -> dict[str, Any]:
         """Send everything pending now; raises a ``SyncError`` when the hub cannot be reached."""
         started = utc_now()
         self._set_state(last_attempt_at=started)
-        report = {"confirmed": 0, "sent": 0, "acked": 0, "images": 0}
+        report: dict[str, Any] = {"confirmed": 0, "sent": 0, "acked": 0, "images": 0}
         try:
             client = self.client()
             self._window_start = time.monotonic()
@@ -135,6 +138,7 @@ class SyncWorker:
                     raise HubRejectedError(f"the hub did not acknowledge {len(missing)} entries")
             if self.config.sync_images:
                 report["images"] = self._send_images(client)
+            report["models"] = self._sync_models(client)
         except SyncError as exc:
             failures = int(self.state().get("failures") or 0) + 1
             self._set_state(last_error=f"{utc_now()} {exc}", failures=failures)
@@ -143,6 +147,17 @@ class SyncWorker:
         if report["acked"]:
             log.info("sync: %s entries acknowledged by the hub", report["acked"])
         return report
+
+    def _sync_models(self, client: HubClient) -> dict[str, int] | str:
+        """The model step: its failure (a cut download, a full disk) is recorded and
+        logged but fails no pass, since results and images went through; what was
+        downloaded so far stays, and the next pass resumes it."""
+        try:
+            return ModelSync(self.store, self.config, client, self._retry).run()
+        except (ApplianceError, OSError) as exc:
+            log.warning("sync: model bundles: %s", exc)
+            self._set_state(**{ERROR_KEY: f"{utc_now()} {exc}"})
+            return str(exc)
 
     def _confirm_exported(self, client: HubClient) -> int:
         """Entries a data-mule carried: ask the hub which it holds instead of resending."""
@@ -243,6 +258,7 @@ def sync_status(store: Store, config: Config) -> dict[str, Any]:
         "last_attempt_at": state.get("last_attempt_at"),
         "last_success_at": state.get("last_success_at"),
         "last_error": state.get("last_error"),
+        "models_error": state.get(ERROR_KEY),
         "failures": int(state.get("failures") or 0),
         "next_attempt_in_s": (max(0, round(float(next_at) - time.time())) if next_at else None),
     }

@@ -13,6 +13,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -24,6 +25,8 @@ from flask_babel import gettext as _
 from appliance.errors import ApplianceError
 from appliance.ingest.importer import Importer
 from appliance.ingest.usb import Listing, UsbWatcher, import_listing, list_importable
+from appliance.lifecycle.bundle_files import find_bundle_files
+from appliance.lifecycle.install import install
 from appliance.store import volumes as volume_rows
 from appliance.store.images import list_quarantine
 from appliance.web.auth import requires
@@ -89,10 +92,59 @@ def volume(volume_id: int):
     root = Path(row["path"])
     listing = list_importable(root) if root.is_dir() else Listing()
     files = [p.relative_to(root).as_posix() for p in listing.importable]
-    skipped = [(p.relative_to(root).as_posix(), reason) for p, reason in listing.skipped]
+    bundles = _bundle_files(root)
+    skipped = [
+        (p.relative_to(root).as_posix(), reason)
+        for p, reason in listing.skipped
+        if p.relative_to(root).as_posix() not in bundles
+    ]
     return render_template(
-        "imports/volume.html", volume=row, files=files, skipped=skipped, present=root.is_dir()
+        "imports/volume.html",
+        volume=row,
+        files=files,
+        skipped=skipped,
+        bundles=sorted(bundles),
+        present=root.is_dir(),
     )
+
+
+def _bundle_files(root: Path) -> dict[str, Path]:
+    """Signed model files on the stick, by their path on it."""
+    found = find_bundle_files(root) if root.is_dir() else []
+    return {p.relative_to(root).as_posix(): p for p in found}
+
+
+@bp.post("/volume/<int:volume_id>/model")
+@requires()  # admins only: a new model version is the admin's decision
+def install_model(volume_id: int):
+    """Install a signed model file from the stick into shadow (never automatically)."""
+    row = _volume(volume_id)
+    chosen = request.form.get("file", "")
+    # Only a file the scan offered: a form cannot name a path off the stick.
+    path = _bundle_files(Path(row["path"])).get(chosen)
+    if path is None:
+        flash(_("That model file is no longer on the stick."), "error")
+        return redirect(url_for("imports.volume", volume_id=volume_id))
+    try:
+        done = install(
+            current_app.extensions["appliance_store"],
+            current_app.config["APPLIANCE"],
+            path,
+            actor=g.user["username"],
+        )
+    except ApplianceError as exc:
+        flash(_("Not done: %(why)s", why=str(exc)), "error")  # names the file and why
+    else:
+        flash(
+            _(
+                "%(name)s %(version)s installed in shadow: compare it with the active"
+                " version on the System page before activating it.",
+                name=done["name"],
+                version=done["version"],
+            ),
+            "ok",
+        )
+    return redirect(url_for("imports.volume", volume_id=volume_id))
 
 
 @bp.post("/volume/<int:volume_id>")

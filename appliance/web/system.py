@@ -1,19 +1,23 @@
 """The System page: what runs, what is loaded, how full the disk and the queue are, and
-a way to queue the failed screenings again."""
+a way to queue the failed screenings again; for admins, activating an installed model
+version or rolling back to the one before (appliance/lifecycle/activation.py: the
+files verified again, audited with the admin's name, a running box switches between
+jobs)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 
+from appliance.errors import ApplianceError
 from appliance.inference.backends import backend_report
 from appliance.inference.engines.status import read_status
-from appliance.lifecycle.activation import listing
+from appliance.lifecycle.activation import activate, listing, rollback
 from appliance.screening.models import REQUIRED, active_bundle_dirs
 from appliance.store import jobs
 from appliance.sync.worker import sync_status
@@ -109,6 +113,36 @@ def retry_failed():
         )
     else:
         flash(_("No failed screenings to retry."), "ok")
+    return redirect(url_for("system.index"))
+
+
+@bp.post("/system/models/activate")
+@requires()  # admins only
+def activate_model():
+    store = current_app.extensions["appliance_store"]
+    config = current_app.config["APPLIANCE"]
+    name, version = request.form.get("name", ""), request.form.get("version", "")
+    try:
+        activate(store, config, name, version, actor=g.user["username"])
+    except ApplianceError as exc:
+        flash(_("Not done: %(why)s", why=str(exc)), "error")
+    else:
+        flash(_("%(name)s %(version)s is now active.", name=name, version=version), "ok")
+    return redirect(url_for("system.index"))
+
+
+@bp.post("/system/models/rollback")
+@requires()  # admins only
+def rollback_model():
+    store = current_app.extensions["appliance_store"]
+    config = current_app.config["APPLIANCE"]
+    name = request.form.get("name", "")
+    try:
+        done = rollback(store, config, name, actor=g.user["username"])
+    except ApplianceError as exc:
+        flash(_("Not done: %(why)s", why=str(exc)), "error")
+    else:
+        flash(_("%(name)s is back to %(version)s.", name=name, version=done["version"]), "ok")
     return redirect(url_for("system.index"))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from appliance.wire.secret_files import write_secret
 
 FORMAT = "appliance-model-signature/1"
 SIGNATURE_FILE = "signature.json"
+BUNDLE_PREFIX = "bundle/"  # the bundle's files inside the signed tar
+MAX_HEADER_BYTES = 1 << 20  # signature.json and manifest.json: far below this
 
 
 def public_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -123,3 +126,26 @@ def verify_manifest(manifest_bytes: bytes, signature: bytes | None, trusted: dic
             " or signed by another key"
         ) from exc
     return kid
+
+
+def signed_parts(path: Path) -> tuple[bytes, bytes | None]:
+    """(manifest.json's bytes, signature.json's bytes or None) read from a signed bundle
+    file, without extracting anything else: what the hub checks before it publishes a
+    file, and what a USB scan reads to recognise one."""
+    found: dict[str, bytes] = {}
+    wanted = (SIGNATURE_FILE, BUNDLE_PREFIX + "manifest.json")
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    if member.size > MAX_HEADER_BYTES:
+                        raise ModelPackageError(f"{member.name} is too large")
+                    found[member.name] = tar.extractfile(member).read()
+                    if len(found) == len(wanted):
+                        break
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise ModelPackageError(f"not a readable bundle file ({exc})") from exc
+    manifest = found.get(wanted[1])
+    if manifest is None:
+        raise ModelPackageError("no bundle/manifest.json in the file")
+    return manifest, found.get(SIGNATURE_FILE)

@@ -33,7 +33,13 @@ def test_images_go_after_results_in_chunks_and_resume_where_they_stopped(box, hu
     put_chunk = client.put_chunk
     client.put_chunk = lambda s, i, d, h: (sent.append(i), put_chunk(s, i, d, h))
     report = worker.sync_once()
-    assert report == {"confirmed": 0, "sent": 1, "acked": 1, "images": 1}
+    assert report == {
+        "confirmed": 0,
+        "sent": 1,
+        "acked": 1,
+        "images": 1,
+        "models": {"installed": 0, "activated": 0, "refused": 0},
+    }
     assert sent == [2, 3, 4]
     device = worker.client().ping()["device_id"]
     assert (hub.data_dir / "images" / device / sha[:2] / sha).read_bytes() == original

@@ -80,6 +80,8 @@ PAGES = [
     ("POST", "/users", {"admin"}),
     ("GET", "/system", {"operator", "clinician", "admin"}),
     ("POST", "/system/retry-failed", {"operator", "clinician", "admin"}),
+    ("POST", "/system/models/activate", {"admin"}),
+    ("POST", "/system/models/rollback", {"admin"}),
     ("POST", "/study/1/outcome", {"clinician", "admin"}),
     ("GET", "/calibration", {"admin"}),
     ("POST", "/calibration/apply", {"admin"}),
@@ -122,6 +124,7 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
         "/import/volume/<int:volume_id>",
         "/import/task/<task_id>",
         "/import/volume/<int:volume_id>/eject",
+        "/import/volume/<int:volume_id>/model",  # tests/lifecycle/test_distribution_pages.py
     }
     rules = {rule.rule for rule in app.url_map.iter_rules()} - skip
     missing = {r for r in rules if r not in covered and r.replace("preview", "kind") not in covered}
