@@ -159,6 +159,8 @@ def render_card(manifest: Mapping[str, Any], limitations: list[str], story: str 
                   "Single models, shorter runs than the shipped ensemble, each scored on "
                   f"a source it never saw (`{loso['command']}`):", ""]
         lines += _generic_table(loso["rows"]) + [""]
+        notes = loso.get("notes", [])
+        lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     op = manifest["operating_points"]
     s = op["suggested"]
     lines += ["## Operating point", "", op["description"], "",
