@@ -258,7 +258,7 @@ def sync_status(store: Store, config: Config) -> dict[str, Any]:
         "last_attempt_at": state.get("last_attempt_at"),
         "last_success_at": state.get("last_success_at"),
         "last_error": state.get("last_error"),
-        "models_error": state.get(ERROR_KEY),
         "failures": int(state.get("failures") or 0),
         "next_attempt_in_s": (max(0, round(float(next_at) - time.time())) if next_at else None),
+        "models_error": state.get(ERROR_KEY),  # added last: --json keys keep their order
     }

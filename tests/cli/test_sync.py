@@ -37,6 +37,7 @@ STATUS_KEYS = [
     "last_error",
     "failures",
     "next_attempt_in_s",
+    "models_error",
 ]
 
 
