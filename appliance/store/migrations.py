@@ -567,3 +567,32 @@ def m017_model_versions(db: Database) -> None:
         ALTER TABLE jobs ADD COLUMN model_versions TEXT;
         """
     )
+
+
+@migrations()
+def m018_pacs_deliveries(db: Database) -> None:
+    # Numbered after m016 and m017 (written meanwhile on other branches), so merged,
+    # they apply in one order everywhere.
+    # DICOM results to PACS (appliance/pacs) go through the deliveries outbox with the
+    # destination ``pacs``: one row per (result, PACS) and SR revision. ``pacs_targets``
+    # is the configured list (written at start-up from ``pacs_destinations``), so the
+    # store can queue a row for each inside the result's transaction without reading the
+    # settings, and holds each PACS's backoff so it survives a restart. A row a PACS
+    # refused counts its tries in ``attempts`` (an unreachable PACS spends none).
+    db.executescript(
+        """
+        CREATE TABLE pacs_targets (
+            address TEXT PRIMARY KEY,
+            objects TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            failures INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_attempt_at TEXT,
+            last_success_at TEXT,
+            last_error TEXT,
+            updated_at TEXT NOT NULL
+        );
+        ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN last_error TEXT;
+        """
+    )

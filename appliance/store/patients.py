@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.errors import ApplianceError
-from appliance.store import outbox
+from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
 
 # Shown wherever a patient is shown: what the device sent, else what staff typed.
@@ -49,3 +49,4 @@ def set_patient(
         ).fetchall()
         for row in results:
             outbox.refresh_result(conn, row["id"])
+            pacs_outbox.revise(conn, row["id"], "patient")  # the SR names the patient
