@@ -99,6 +99,9 @@ def build_capture(facts: ResultFacts) -> pydicom.Dataset:
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
     )
     sc.PatientOrientation = None
+    body_part = facts.image.get("body_part") or (facts.source or {}).get("BodyPartExamined")
+    if body_part:
+        sc.BodyPartExamined = body_part  # so a reader knows whether Laterality applies
     if facts.image.get("laterality") in ("L", "R"):  # else absent: unpaired or unknown
         sc.Laterality = facts.image["laterality"]
     sc.SeriesDescription = "AI decision support (not for diagnosis)"

@@ -9,21 +9,24 @@ nothing, and every PACS gets the same instance for the same version.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.uid import generate_uid
 
 from appliance.store.db import Store
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
 
 def stable_uid(*parts: object) -> str:
-    """A ``2.25.`` UID from a hash of ``parts``: the same parts, the same UID."""
-    return generate_uid(prefix=None, entropy_srcs=["appliance-pacs", *map(str, parts)])
+    """A ``2.25.`` UID (PS3.5 B.2: a UUID as an integer) from a hash of ``parts``: the
+    same parts, the same UID. (pydicom's ``generate_uid(prefix=None)`` is random.)"""
+    digest = hashlib.sha256("\x1f".join(["appliance-pacs", *map(str, parts)]).encode()).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
 @dataclass

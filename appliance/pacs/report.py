@@ -80,6 +80,43 @@ def _group(
     )
 
 
+PROJECTION = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
+
+
+def _library_view(image: pydicom.Dataset) -> pydicom.Dataset | None:
+    """The image as TID 1601 describes it, or None where it cannot be described: for a
+    projection radiograph it wants the orientation and the imager's pixel spacing. A CR
+    without Imager Pixel Spacing gives it in Pixel Spacing (the CR module's own, at the
+    imager plane unless calibrated); with neither, the image is left out of the library
+    (the measurement group still references it)."""
+    if image.get("Modality") not in PROJECTION:
+        return image
+    orientation = image.get("PatientOrientation")
+    spacing = image.get("ImagerPixelSpacing") or (
+        image.get("PixelSpacing") if image.get("Modality") == "CR" else None
+    )
+    if not orientation or len(orientation) != 2 or not spacing:
+        return None
+    view = pydicom.Dataset()
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "Modality",
+        "Rows",
+        "Columns",
+        "StudyDate",
+        "StudyTime",
+        "ContentDate",
+        "ContentTime",
+        "FrameOfReferenceUID",
+        "PatientOrientation",
+    ):
+        if keyword in image:
+            setattr(view, keyword, image.data_element(keyword).value)
+    view.ImagerPixelSpacing = spacing
+    return view
+
+
 def statements(facts: ResultFacts) -> list[str]:
     """The report's text: the warning first, then what people said of the result."""
     lines = [ours.DECISION_SUPPORT]
@@ -115,6 +152,7 @@ def build_report(
     images = [facts.source] if facts.source is not None else []
     if with_capture or not images:
         images.append(capture)
+    library = [view for view in map(_library_view, images) if view is not None]
     result = facts.result
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -130,7 +168,7 @@ def build_report(
         procedure_reported=_code(ours.PROCEDURES.get(result["route"], ours.OTHER_PROCEDURE)),
         imaging_measurements=[_group(facts, images)],
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=images,
+        referenced_images=library or None,
     )
     text = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS

@@ -10,6 +10,7 @@ kept the object.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,16 +40,28 @@ def association(target: Target, calling_aet: str, timeout: float) -> Iterator[As
     ae.connection_timeout = timeout
     for sop_class in SOP_CLASSES:
         ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-    assoc = ae.associate(target.host, target.port, ae_title=target.aet)
-    if not assoc.is_established:
-        why = "rejected the association" if assoc.is_rejected else "could not be reached"
-        raise PacsUnreachableError(f"{target.address} {why}")
     try:
-        yield assoc
+        _probe(target, timeout)
+        assoc = ae.associate(target.host, target.port, ae_title=target.aet)
+        if not assoc.is_established:
+            why = "rejected the association" if assoc.is_rejected else "could not be reached"
+            raise PacsUnreachableError(f"{target.address} {why}")
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
     finally:
-        if assoc.is_established:
-            assoc.release()
         ae.shutdown()
+
+
+def _probe(target: Target, timeout: float) -> None:
+    """Connect once ourselves: pynetdicom 3.0 leaves the socket of a refused connection
+    open (a ResourceWarning per try, every few seconds while a PACS is down)."""
+    try:
+        socket.create_connection((target.host, target.port), timeout=timeout).close()
+    except OSError as exc:
+        raise PacsUnreachableError(f"{target.address} could not be reached ({exc})") from exc
 
 
 def store(assoc: Association, target: Target, dataset: pydicom.Dataset) -> None:

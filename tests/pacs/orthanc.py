@@ -90,7 +90,9 @@ class Orthanc:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=5) as response:
             body = response.read()
-        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+        return (
+            json.loads(body) if response.headers.get_content_type() == "application/json" else body
+        )
 
     def instances_in_study(self, study_uid: str) -> list[dict[str, Any]]:
         """Every instance Orthanc holds in the study, with its main tags."""
