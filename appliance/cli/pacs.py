@@ -21,7 +21,7 @@ def pacs() -> None:
 @translate_errors
 def status(data_dir, as_json) -> None:
     """Each PACS: pending, failed and sent results, last success and error, next try."""
-    from appliance.pacs.sender import pacs_status
+    from appliance.pacs.status import pacs_status
     from appliance.pacs.targets import register
     from appliance.store.db import Store
 

@@ -8,7 +8,9 @@ what a minute is to the default 5 s .. 300 s.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -16,12 +18,13 @@ import time
 import pydicom
 import pytest
 from click.testing import CliRunner
-from helpers import testdata
+from helpers import Served, require_tool, testdata
 from pacs.kit import stored_result
 from pacs.orthanc import Orthanc
 
 from appliance.cli import main
-from appliance.pacs.sender import PacsSender, pacs_status
+from appliance.pacs.sender import PacsSender
+from appliance.pacs.status import pacs_status
 from appliance.pacs.targets import register
 from appliance.store.reviews import add_review
 from appliance.store.users import create_user
@@ -193,3 +196,45 @@ def test_cli_status_and_send_all_pending(store, importer, config, orthanc, data_
     assert f"{orthanc.address} [sc+sr]: 0 pending, 0 failed, 1 sent" in text
     assert "NOWHERE@127.0.0.1:9 [sr]: 1 pending" in text and "could not be reached" in text
     assert len(orthanc.wait_for(rg1_study(), 2)) == 2
+
+
+def test_rg1_sent_to_the_box_with_storescu_reaches_orthanc_as_sr_and_sc(tmp_path, orthanc):
+    """The whole box (``appliance serve``): storescu -> screening -> SR and SC in Orthanc."""
+    require_tool("storescu")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(
+        {
+            "APPLIANCE_USB_ROOTS": "",
+            "APPLIANCE_MIN_FREE_MB": "1",
+            "APPLIANCE_PACS_DESTINATIONS": orthanc.address,
+            "APPLIANCE_PACS_INTERVAL_SECONDS": "0.5",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    served = Served(tmp_path / "box", env)
+    try:
+        sent = time.monotonic()
+        subprocess.run(
+            [
+                "storescu",
+                "-aec",
+                "APPLIANCE",
+                "127.0.0.1",
+                str(served.dicom_port),
+                str(testdata(RG1)),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        found = by_modality(orthanc.wait_for(rg1_study(), 2, timeout=60))
+        took = time.monotonic() - sent
+    finally:
+        served.close()
+    assert len(found["SR"]) == len(found["OT"]) == 1
+    items = sr_items(orthanc.get(f"/instances/{found['SR'][0]['ID']}/simplified-tags"))
+    conn = sqlite3.connect(tmp_path / "box" / "appliance.db")
+    score, model = conn.execute("SELECT score, model_name FROM results").fetchone()
+    conn.close()
+    assert items["AI score (0-100)"] == [float(score)]
+    assert items["Algorithm Name"][0] == model
+    print(f"storescu to SR and SC in Orthanc: {took:.1f} s")
