@@ -94,6 +94,7 @@ def create_app(
     app.after_request(security_headers)
 
     from appliance.hub import api, dashboard
+    from appliance.hub.fhir import api as fhir_api
 
     @app.errorhandler(404)
     @app.errorhandler(405)
@@ -112,4 +113,5 @@ def create_app(
     app.register_error_handler(api.ApiError, api.api_error)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(fhir_api.bp)
     return app

@@ -123,6 +123,7 @@ def build_capture(facts: ResultFacts) -> pydicom.Dataset:
 def _copy_patient(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
     """What the device sent wins over the store's copy (same study, same patient)."""
     for keyword in (
+        "SpecificCharacterSet",  # first: the names below are in its encoding
         "PatientName",
         "PatientID",
         "PatientBirthDate",

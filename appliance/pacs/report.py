@@ -207,6 +207,8 @@ def build_report(
     scheme.CodingSchemeDesignator = ours.LOCAL_SCHEME
     scheme.CodingSchemeName = "Open screening appliance local codes"
     sr.CodingSchemeIdentificationSequence = [scheme]
+    if facts.source is not None and "SpecificCharacterSet" in facts.source:
+        sr.SpecificCharacterSet = facts.source.SpecificCharacterSet
     sr.SeriesDescription = "AI decision support report (not for diagnosis)"
     sr.SoftwareVersions = __version__
     return sr

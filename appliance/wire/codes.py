@@ -15,6 +15,7 @@ LOCAL_SCHEME = "99APPLIANCE"
 LOCAL_SYSTEM = "urn:appliance:screening"
 SNOMED_SYSTEM = "http://snomed.info/sct"
 LOINC_SYSTEM = "http://loinc.org"
+DICOM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
 class Concept(NamedTuple):
@@ -24,7 +25,8 @@ class Concept(NamedTuple):
 
     @property
     def fhir_system(self) -> str:
-        return {"SCT": SNOMED_SYSTEM, "LN": LOINC_SYSTEM}.get(self.scheme, LOCAL_SYSTEM)
+        systems = {"SCT": SNOMED_SYSTEM, "LN": LOINC_SYSTEM, "DCM": DICOM_SYSTEM}
+        return systems.get(self.scheme, LOCAL_SYSTEM)
 
 
 def local(code: str, meaning: str) -> Concept:
