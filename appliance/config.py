@@ -617,6 +617,21 @@ SETTINGS: tuple[Setting, ...] = (
         hub_database,
     ),
     Setting(
+        "hub_fhir_server_url",
+        str,
+        "",
+        "Hub only: FHIR R4 server base URL the hub pushes each report to (a transaction"
+        " Bundle); empty: none.",
+        url("http", "https"),
+    ),
+    Setting(
+        "hub_fhir_push_interval_seconds",
+        float,
+        60.0,
+        "Hub only: pause between pushes of new or changed reports to the FHIR server.",
+        between(0.1, 86_400),
+    ),
+    Setting(
         "hub_trusted_proxies",
         list,
         ["127.0.0.1", "::1"],

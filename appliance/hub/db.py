@@ -104,6 +104,14 @@ SCHEMA: tuple[str, ...] = (
         updated_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
+    # What the FHIR server holds of each report (appliance/hub/fhir/push.py).
+    """CREATE TABLE IF NOT EXISTS fhir_pushed (
+        device_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        pushed_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
 )
 
 

@@ -5,7 +5,9 @@ fhir.resources."""
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import threading
 import urllib.error
 import urllib.request
 
@@ -103,3 +105,74 @@ def test_only_an_authenticated_client_gets_reports(synced):
     assert status_of(synced, "/fhir/DiagnosticReport", "wrong password") == 401
     assert status_of(synced, "/fhir/DiagnosticReport?colour=blue", PASSWORD) == 400
     assert status_of(synced, "/fhir/DiagnosticReport/dev-0.ffff", PASSWORD) == 404
+
+
+class FhirServer:
+    """A FHIR server stand-in on loopback: answers 503 to the first ``fail`` POSTs, then
+    takes each transaction Bundle (validated with fhir.resources) and keeps it."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.fail = fail
+        self.received: list[Bundle] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.fail:
+                    outer.fail -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.received.append(Bundle.model_validate_json(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.end_headers()
+                self.wfile.write(b'{"resourceType":"Bundle","type":"transaction-response"}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_hub_pushes_each_report_once_with_retries_and_again_when_it_changes(
+    synced, box, tmp_path
+):
+    from appliance.hub.fhir.push import FhirPusher
+
+    server = FhirServer(fail=2)
+    try:
+        pusher = FhirPusher(
+            synced.app.extensions["hub_database"], server.url, tmp_path, retry_min=0.01
+        )
+        assert pusher.push_once() == {"pushed": 1, "unchanged": 0}  # after two 503s
+        assert len(server.received) == 1
+        bundle = server.received[0]
+        assert bundle.type == "transaction"
+        assert [e.request.url.split("/")[0] for e in bundle.entry] == [
+            "ImagingStudy",
+            "DiagnosticReport",
+        ]
+        assert all(e.request.method == "PUT" for e in bundle.entry)
+        assert pusher.push_once() == {"pushed": 0, "unchanged": 1}
+        # a new review on the box reaches the hub: the report changed, pushed again
+        store, config = box
+        image_id = store.conn().execute("SELECT image_id FROM results").fetchone()[0]
+        user = {"id": store.conn().execute("SELECT id FROM users").fetchone()[0], "username": "dr"}
+        add_review(
+            store, image_id=image_id, user=user, verdict="disagree", reasons=["artefact"], note=""
+        )
+        SyncWorker(store, config).sync_once()
+        assert pusher.push_once() == {"pushed": 1, "unchanged": 0}
+        report = DiagnosticReport.model_validate(server.received[1].entry[1].resource.model_dump())
+        assert "Clinician review: disagree (artefact)" in report.conclusion
+    finally:
+        server.close()
