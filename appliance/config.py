@@ -610,6 +610,27 @@ SETTINGS: tuple[Setting, ...] = (
         between(1, 1000),
     ),
     Setting(
+        "mwl_address",
+        str,
+        "",
+        "Modality worklist SCP asked for today's procedures: `AET@host:port`; empty: none.",
+        lambda v: pacs_addresses([v]) if v else None,
+    ),
+    Setting(
+        "mwl_station_aet",
+        str,
+        "",
+        "Scheduled Station AE Title to ask the worklist for; empty: every station's.",
+        lambda v: ae_title(v) if v else None,
+    ),
+    Setting(
+        "mwl_interval_seconds",
+        float,
+        300.0,
+        "How often `appliance serve` asks the worklist again (the last answer is kept).",
+        between(1, 86_400),
+    ),
+    Setting(
         "hub_database_url",
         str,
         "",

@@ -131,6 +131,12 @@ class Service:
 
             self._thread("pacs", PacsSender(self.store, self.config).run_forever, self.stop_event)
             self.status["pacs"] = ", ".join(self.config.pacs_destinations)
+        if self.config.mwl_address:
+            from appliance.pacs import worklist
+
+            args = (self.store, self.config, self.stop_event)
+            self._thread("worklist", worklist.run_forever, *args)
+            self.status["worklist"] = self.config.mwl_address
         for index in range(self.config.workers):
             worker = Worker(self.store, self.config, screener, name=f"worker-{index}")
             self._thread(f"worker-{index}", worker.run_forever, self.stop_event)

@@ -41,7 +41,7 @@ def association(target: Target, calling_aet: str, timeout: float) -> Iterator[As
     for sop_class in SOP_CLASSES:
         ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
     try:
-        _probe(target, timeout)
+        probe(target, timeout)
         assoc = ae.associate(target.host, target.port, ae_title=target.aet)
         if not assoc.is_established:
             why = "rejected the association" if assoc.is_rejected else "could not be reached"
@@ -55,7 +55,7 @@ def association(target: Target, calling_aet: str, timeout: float) -> Iterator[As
         ae.shutdown()
 
 
-def _probe(target: Target, timeout: float) -> None:
+def probe(target: Target, timeout: float) -> None:
     """Connect once ourselves: pynetdicom 3.0 leaves the socket of a refused connection
     open (a ResourceWarning per try, every few seconds while a PACS is down)."""
     try:

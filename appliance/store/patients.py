@@ -22,8 +22,14 @@ class PatientError(ApplianceError):
 
 
 def set_patient(
-    store: Store, image_id: int, patient_id: str, patient_name: str, user: dict[str, Any]
+    store: Store,
+    image_id: int,
+    patient_id: str,
+    patient_name: str,
+    user: dict[str, Any],
+    accession_number: str | None = None,
 ) -> None:
+    """``accession_number``: from the worklist entry tapped, kept where the study has none."""
     patient_id, patient_name = patient_id.strip(), patient_name.strip()
     if not patient_id or len(patient_id) > 64 or len(patient_name) > 128:
         raise PatientError("Type the patient ID (up to 64 characters).")
@@ -43,6 +49,12 @@ def set_patient(
             (patient_id, patient_name or None, user["username"], utc_now(), study["id"]),
         )
         audit(conn, user["username"], "study.patient_entered", f"study:{study['id']}", patient_id)
+        if accession_number:
+            conn.execute(
+                "UPDATE studies SET accession_number = ? WHERE id = ?"
+                " AND COALESCE(accession_number, '') = ''",
+                (accession_number[:16], study["id"]),
+            )
         results = conn.execute(
             "SELECT r.id FROM results r JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
             (study["id"],),

@@ -23,7 +23,8 @@ from flask_babel import gettext as _
 from markupsafe import Markup
 
 from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
-from appliance.store import jobs
+from appliance.pacs.worklist import candidates
+from appliance.store import jobs, mwl
 from appliance.store import worklist as queries
 from appliance.store.patients import PatientError, set_patient
 from appliance.store.population import PopulationError, choose_population
@@ -55,6 +56,10 @@ def view(image_id: int):
         reviews=reviews_for(_store(), image_id),
         outcomes=outcomes_for(_store(), image_id),
         today=date.today().isoformat(),
+        # the worklist's patients for an image without one: one tap instead of typing
+        scheduled=[]
+        if item["received_patient_id"]
+        else candidates(_store(), current_app.config["APPLIANCE"], item),
     )
 
 
@@ -140,14 +145,14 @@ def outcome(image_id: int):
 def patient(image_id: int):
     """Type in the patient of an image that came without one (a camera card's photo)."""
     _load(image_id)
+    fields = (request.form.get("patient_id", ""), request.form.get("patient_name", ""), None)
+    if request.form.get("mwl_entry", "").isdigit():  # a worklist entry tapped
+        chosen = mwl.entry(_store().conn(), int(request.form["mwl_entry"]))
+        if chosen is None:
+            abort(404)
+        fields = (chosen["patient_id"], chosen["patient_name"] or "", chosen["accession_number"])
     try:
-        set_patient(
-            _store(),
-            image_id,
-            request.form.get("patient_id", ""),
-            request.form.get("patient_name", ""),
-            g.user,
-        )
+        set_patient(_store(), image_id, fields[0], fields[1], g.user, accession_number=fields[2])
     except PatientError as exc:
         flash(translate_reason(str(exc)), "error")
     else:

@@ -47,6 +47,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
             "StableAge": 1,
+            "DicomAlwaysAllowFindWorklist": True,  # any AE may ask the worklist
             "Plugins": [str(WORKLIST_PLUGIN)] if WORKLIST_PLUGIN.exists() else [],
             "Worklists": {"Enable": True, "Database": str(self.worklists)},
         }
