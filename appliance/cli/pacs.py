@@ -32,6 +32,13 @@ def status(data_dir, as_json) -> None:
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
+    wl = state["worklist"]
+    if wl["address"]:
+        echo(
+            f"worklist {wl['address']}: {wl['entries']} procedures at the last answer"
+            f" ({wl['last_success_at'] or 'never'})"
+            + (f"; last error: {wl['last_error']}" if wl["last_error"] else "")
+        )
     if not state["destinations"]:
         click.echo("no PACS configured (pacs_destinations): results stay on the box")
     for dest in state["destinations"]:

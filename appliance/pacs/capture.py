@@ -27,6 +27,8 @@ FONT_FILES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
 )
 HEATMAP_OPACITY = 0.45
+ROUTE_BODY_PARTS = {"chest_xray": "CHEST", "fundus": "EYE"}
+UNPAIRED = ("CHEST",)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -34,6 +36,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         if Path(name).exists():
             return ImageFont.truetype(name, size)
     return ImageFont.load_default(size)  # Pillow's own font: has the em dash too
+
+
+def person_name(text: str | None) -> str | None:
+    """A name typed on the page as a DICOM PN: all of it the family name (a trailing
+    caret says so) unless it already has PN components."""
+    if not text:
+        return None
+    return text if "^" in text else f"{text.strip()}^"
 
 
 def summary_line(facts: ResultFacts) -> str:
@@ -92,7 +102,7 @@ def build_capture(facts: ResultFacts) -> pydicom.Dataset:
         instance_number=1,
         manufacturer=MANUFACTURER,
         patient_id=study["shown_patient_id"] or None,
-        patient_name=study["shown_patient_name"] or None,
+        patient_name=person_name(study["shown_patient_name"]),
         patient_birth_date=study.get("patient_birth_date") or None,
         accession_number=study["accession_number"] or None,
         study_date=study["study_date"] or None,
@@ -100,10 +110,13 @@ def build_capture(facts: ResultFacts) -> pydicom.Dataset:
     )
     sc.PatientOrientation = None
     body_part = facts.image.get("body_part") or (facts.source or {}).get("BodyPartExamined")
+    body_part = body_part or ROUTE_BODY_PARTS.get(facts.result["route"])
     if body_part:
         sc.BodyPartExamined = body_part  # so a reader knows whether Laterality applies
-    if facts.image.get("laterality") in ("L", "R"):  # else absent: unpaired or unknown
+    if facts.image.get("laterality") in ("L", "R"):
         sc.Laterality = facts.image["laterality"]
+    elif body_part not in UNPAIRED:
+        sc.Laterality = None  # Type 2C, empty: a paired (or unknown) part, side not known
     sc.SeriesDescription = "AI decision support (not for diagnosis)"
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]

@@ -63,7 +63,9 @@ class ResultFacts:
 
     @property
     def sc_uid(self) -> str:
-        return stable_uid("sc", self.sha, self.result["id"])
+        # The patient is in the capture's header: a patient typed in later is a new one.
+        patient = (self.study["shown_patient_id"], self.study["accession_number"])
+        return stable_uid("sc", self.sha, self.result["id"], *patient)
 
     @property
     def device_uid(self) -> str:

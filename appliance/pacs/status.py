@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from appliance.config import Config
-from appliance.store import pacs_outbox
+from appliance.store import mwl, pacs_outbox
 from appliance.store.db import Store
 
 
@@ -34,6 +34,7 @@ def pacs_status(store: Store, config: Config) -> dict[str, Any]:
             }
         )
     return {
+        "worklist": {"address": config.mwl_address or None, **mwl.state(conn)},
         "destinations": shown,
         "pending": sum(d["pending"] for d in shown),
         "failed": sum(d["failed"] for d in shown),

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
@@ -91,7 +92,9 @@ def query(config: Config, day: date) -> list[dict[str, Any]]:
     probe(target, timeout)
     ae = AE(ae_title=config.dicom_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(ModalityWorklistInformationFind)
+    ae.add_requested_context(
+        ModalityWorklistInformationFind, [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
+    )
     try:
         assoc = ae.associate(target.host, target.port, ae_title=target.aet)
         if not assoc.is_established:

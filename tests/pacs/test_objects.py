@@ -154,3 +154,36 @@ def _roundtrip(dataset):
     dataset.save_as(buffer, enforce_file_format=True)
     buffer.seek(0)
     return buffer
+
+
+def test_a_photo_without_dicom_gets_both_objects_and_its_typed_patient(
+    store, importer, pacs_config, tmp_path
+):
+    from helpers import FUNDUS_DIR
+    from pacs.test_worklist import FUNDUS_RESULT
+
+    from appliance.store.patients import set_patient
+
+    register(store, pacs_config)
+    result_id = stored_result(store, importer, FUNDUS_DIR / "IDRiD_003.jpg", FUNDUS_RESULT)
+    _, capture1, report1 = build(store, result_id)
+    # a photo's SR points at the capture (there is no other image to point at)
+    assert [
+        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for i in _items(report1)
+        if i.ValueType == "IMAGE"
+    ][-1] == capture1.SOPInstanceUID
+    assert report1.StudyInstanceUID == capture1.StudyInstanceUID
+    image_id = store.conn().execute("SELECT image_id FROM results").fetchone()[0]
+    user = {"id": create_user(store, "nurse", "123456", "operator"), "username": "nurse"}
+    set_patient(store, image_id, "P-7", "Banda Amina", user)
+    assert [r["revision"] for r in _pacs_rows(store)][-2:] == [2, 2]  # a new SR version
+    _, capture2, report2 = build(store, result_id, version=2)
+    assert report2.PatientID == capture2.PatientID == "P-7"
+    assert capture2.SOPInstanceUID != capture1.SOPInstanceUID  # the header changed
+    if shutil.which("dciodvfy"):
+        for name, obj in (("sc", capture2), ("sr", report2)):
+            path = tmp_path / f"{name}.dcm"
+            obj.save_as(path, enforce_file_format=True)
+            done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            assert [x for x in done.stderr.splitlines() if x.startswith("Error")] == [], name

@@ -21,6 +21,7 @@ from appliance.config import load_config
 from appliance.errors import PacsUnreachableError
 from appliance.ingest.importer import Importer
 from appliance.pacs import worklist
+from appliance.pacs.status import pacs_status
 from appliance.store import mwl, users
 from appliance.web import create_app
 
@@ -129,8 +130,9 @@ def test_today_is_cached_and_kept_through_a_ris_outage(store, mwl_config, ris):
     with pytest.raises(PacsUnreachableError):
         worklist.refresh(store, mwl_config)
     assert len(mwl.entries_for(store.conn(), day)) == 2  # still offered during the outage
-    state = mwl.state(store.conn())
+    state = pacs_status(store, mwl_config)["worklist"]
     assert "could not be reached" in state["last_error"] and state["last_success_at"]
+    assert state["entries"] == 2
 
 
 def test_a_fundus_photo_gets_its_patient_from_one_tap(tmp_path, mwl_config):
