@@ -126,6 +126,22 @@ def host(value: str) -> str | None:
     return None if HOSTNAME.match(value) else "must be an IP address or a host name"
 
 
+# ``AET@host:port`` with an optional ``:sr`` or ``:sc`` (appliance/pacs/targets.py parses it).
+PACS_ADDRESS = re.compile(
+    r"^(?P<aet>[^@\\]{1,16})@(?P<host>[^:@\s]+):(?P<port>\d{1,5})(:(sr|sc))?$"
+)
+
+
+def pacs_addresses(values: list[str]) -> str | None:
+    for value in values:
+        found = PACS_ADDRESS.match(value)
+        if not found or ae_title(found["aet"]) or host(found["host"]):
+            return f"{value!r} is not AET@host:port (optionally :sr or :sc)"
+        if not 1 <= int(found["port"]) <= 65535:
+            return f"{value!r}: the port must be 1 to 65535"
+    return None
+
+
 def networks(values: list[str]) -> str | None:
     for value in values:
         try:
@@ -559,11 +575,91 @@ SETTINGS: tuple[Setting, ...] = (
         "Replace patient name, IDs and UIDs by keyed hashes before sync (images not sent).",
     ),
     Setting(
+        "pacs_destinations",
+        list,
+        [],
+        "PACS to send each result to as DICOM (SR and Secondary Capture): `AET@host:port`,"
+        " optionally `:sr` or `:sc` for one kind only; read at start-up. Empty: none.",
+        pacs_addresses,
+    ),
+    Setting(
+        "pacs_interval_seconds",
+        float,
+        2.0,
+        "How often the PACS sender looks for results to send.",
+        between(0.1, 3600),
+    ),
+    Setting(
+        "pacs_retry_min_seconds",
+        float,
+        5.0,
+        "First wait after a PACS could not be reached; doubles (with jitter) on each failure.",
+        between(0.01, 86_400),
+    ),
+    Setting(
+        "pacs_retry_max_seconds",
+        float,
+        300.0,
+        "Longest wait between tries while a PACS cannot be reached.",
+        between(0.01, 86_400),
+    ),
+    Setting(
+        "pacs_timeout_seconds",
+        float,
+        30.0,
+        "Network timeout of one DICOM association with a PACS or the worklist.",
+        between(1, 3600),
+    ),
+    Setting(
+        "pacs_max_attempts",
+        int,
+        5,
+        "A result a PACS refuses (a C-STORE failure status) is tried this many times, then"
+        " shown as failed until `appliance pacs send --all-pending`.",
+        between(1, 1000),
+    ),
+    Setting(
+        "mwl_address",
+        str,
+        "",
+        "Modality worklist SCP asked for today's procedures: `AET@host:port`; empty: none.",
+        lambda v: pacs_addresses([v]) if v else None,
+    ),
+    Setting(
+        "mwl_station_aet",
+        str,
+        "",
+        "Scheduled Station AE Title to ask the worklist for; empty: every station's.",
+        lambda v: ae_title(v) if v else None,
+    ),
+    Setting(
+        "mwl_interval_seconds",
+        float,
+        300.0,
+        "How often `appliance serve` asks the worklist again (the last answer is kept).",
+        between(1, 86_400),
+    ),
+    Setting(
         "hub_database_url",
         str,
         "",
         "Hub only: postgresql://... database; empty: SQLite `hub.db` in the hub's data dir.",
         hub_database,
+    ),
+    Setting(
+        "hub_fhir_server_url",
+        str,
+        "",
+        "Hub only: FHIR R4 server base URL the hub pushes each report to (a transaction"
+        " Bundle); empty: none.",
+        url("http", "https"),
+    ),
+    Setting(
+        "hub_fhir_push_interval_seconds",
+        float,
+        60.0,
+        "Hub only: pause between pushes of new or changed reports to the FHIR server.",
+        between(0.1, 86_400),
     ),
     Setting(
         "hub_trusted_proxies",

@@ -28,6 +28,9 @@
         ├── EnrolmentError         an enrolment code is unknown, used or expired (hub side)
         ├── HubDatabaseError       the hub's database cannot be opened or written (hub side)
         └── MuleBundleError        a data-mule bundle is unreadable, tampered or unsigned
+    └── PacsError              DICOM results cannot reach a PACS, or the worklist cannot be read
+        ├── PacsUnreachableError   no association (refused, timeout, aborted): retry later
+        └── PacsRejectedError      the PACS answered a C-STORE with a failure status
 
 The CLI turns these into ``click.ClickException``, the web layer into one JSON error
 shape, and the DICOM layer into C-STORE status codes. ``IngestError.reason`` is written
@@ -132,3 +135,15 @@ class MuleBundleError(SyncError):
 
 class HubDatabaseError(SyncError):
     """The hub's database cannot be opened or written."""
+
+
+class PacsError(ApplianceError):
+    """DICOM results cannot reach a PACS, or the modality worklist cannot be read."""
+
+
+class PacsUnreachableError(PacsError):
+    """No association with the PACS or worklist (refused, timed out, aborted): retry later."""
+
+
+class PacsRejectedError(PacsError):
+    """The PACS answered a C-STORE with a failure status."""

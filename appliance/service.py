@@ -123,6 +123,20 @@ class Service:
             HotFolder(self.importer, Path(self.config.hot_folder), self.stop_event).start()
             self.status["hot_folder"] = self.config.hot_folder
 
+        # Before the workers: each result they store is queued for each configured PACS.
+        from appliance.pacs.targets import register
+
+        if register(self.store, self.config):
+            from appliance.pacs.sender import PacsSender
+
+            self._thread("pacs", PacsSender(self.store, self.config).run_forever, self.stop_event)
+            self.status["pacs"] = ", ".join(self.config.pacs_destinations)
+        if self.config.mwl_address:
+            from appliance.pacs import worklist
+
+            args = (self.store, self.config, self.stop_event)
+            self._thread("worklist", worklist.run_forever, *args)
+            self.status["worklist"] = self.config.mwl_address
         for index in range(self.config.workers):
             worker = Worker(self.store, self.config, screener, name=f"worker-{index}")
             self._thread(f"worker-{index}", worker.run_forever, self.stop_event)

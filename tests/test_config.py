@@ -35,6 +35,14 @@ def test_lists_and_booleans_from_environment(tmp_path):
     assert config.usb_auto_import is False
 
 
+def test_pacs_destinations_from_config_toml_or_the_environment(tmp_path):
+    (tmp_path / "config.toml").write_text('pacs_destinations = ["PACS1@10.0.0.5:104"]\n')
+    assert load_config(tmp_path, environ={}).pacs_destinations == ["PACS1@10.0.0.5:104"]
+    both = "PACS1@10.0.0.5:104, VIEW@viewer.local:11112:sc"
+    config = load_config(tmp_path, environ={"APPLIANCE_PACS_DESTINATIONS": both})
+    assert config.pacs_destinations == ["PACS1@10.0.0.5:104", "VIEW@viewer.local:11112:sc"]
+
+
 @pytest.mark.parametrize(
     "environ, message",
     [
@@ -96,6 +104,11 @@ BAD_VALUES = [
     ("monitor_window", "0", "[10, 100000]"),
     ("monitor_interval_seconds", "0", "[1, 86400]"),
     ("monitor_max_temperature_c", "nan", "finite"),
+    ("pacs_destinations", "ORTHANC@pacs", "AET@host:port"),
+    ("pacs_destinations", "PACS@pacs:104:xx", "AET@host:port"),
+    ("pacs_destinations", "PACS@pacs:70000", "1 to 65535"),
+    ("mwl_address", "RIS", "AET@host:port"),
+    ("hub_fhir_server_url", "ftp://fhir", "URL"),
 ]
 
 

@@ -24,6 +24,7 @@ UPPER = (
     "appliance.hub",
     "appliance.screening",
     "appliance.monitoring",
+    "appliance.pacs",
 )
 # importer (a package or module) -> what it must never import
 FORBIDDEN = {
@@ -42,6 +43,8 @@ FORBIDDEN = {
     # Model lifecycle sits on the store, the bundles and the screening models; the page
     # and the hub show what it records.
     "appliance.lifecycle": ("appliance.web", "appliance.sync", "appliance.hub"),
+    # PACS delivery reads the store and sends; the page shows its status.
+    "appliance.pacs": ("appliance.web", "appliance.sync", "appliance.hub"),
 }
 # Who may import appliance.cli: the package itself and ``python -m appliance``.
 CLI = "appliance.cli"

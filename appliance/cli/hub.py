@@ -66,6 +66,16 @@ def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None
         clear_untrusted_proxy_headers=False,
     )
     database = app.extensions["hub_database"]
+    if config.hub_fhir_server_url:
+        import threading
+
+        from appliance.hub.fhir.push import FhirPusher
+
+        pusher = FhirPusher(database, config.hub_fhir_server_url, config.data_dir)
+        interval = config.hub_fhir_push_interval_seconds
+        threading.Thread(
+            target=pusher.run_forever, args=(threading.Event(), interval), daemon=True
+        ).start()
     click.echo(f"hub ready: http://{host}:{port} ({database.describe()})", err=True)
     server.run()
 
@@ -146,6 +156,27 @@ def create_admin(data_dir, database_url, username, password) -> None:
     finally:
         conn.close()
     click.echo(f"hub admin {username} set")
+
+
+@hub.command("fhir-push")
+@data_dir_option
+@database_option
+@translate_errors
+def fhir_push(data_dir, database_url) -> None:
+    """Push new or changed reports to the FHIR server (hub_fhir_server_url) once."""
+    from appliance.hub.fhir.push import FhirPusher, PushError
+
+    config = configure(data_dir)
+    if not config.hub_fhir_server_url:
+        raise click.ClickException("no FHIR server configured (hub_fhir_server_url)")
+    pusher = FhirPusher(
+        _database(data_dir, database_url), config.hub_fhir_server_url, config.data_dir
+    )
+    try:
+        report = pusher.push_once()
+    except PushError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{report['pushed']} reports pushed, {report['unchanged']} unchanged")
 
 
 @hub.command("import")

@@ -114,6 +114,7 @@ def create_app(
     app.jinja_env.globals.update(hub_language=hub_language, LANGUAGES=LANGUAGE_NAMES)
 
     from appliance.hub import api, dashboard, model_api  # noqa: F401 - its routes join api.bp
+    from appliance.hub.fhir import api as fhir_api
 
     @app.errorhandler(404)
     @app.errorhandler(405)
@@ -132,4 +133,5 @@ def create_app(
     app.register_error_handler(api.ApiError, api.api_error)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(fhir_api.bp)
     return app

@@ -138,6 +138,14 @@ SCHEMA: tuple[str, ...] = (
         reported_at TEXT NOT NULL,
         PRIMARY KEY (device_id, name, version)
     )""",
+    # What the FHIR server holds of each report (appliance/hub/fhir/push.py).
+    """CREATE TABLE IF NOT EXISTS fhir_pushed (
+        device_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        pushed_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
 )
 
 

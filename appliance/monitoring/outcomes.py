@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from appliance.errors import ApplianceError
-from appliance.store import outbox
+from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.patients import PATIENT_ID_SQL
 
@@ -125,6 +125,7 @@ def _insert(
     )
     outcome_id = int(cur.lastrowid)
     outbox.record_outcome(conn, outcome_id)  # same transaction: the hub never misses it
+    pacs_outbox.record_change(conn, image_id, "outcome")  # a new SR version
     audit(
         conn,
         entered_by,

@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.store import jobs
+from appliance.store import jobs, mwl
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.worklist_items import refresh_item
 
@@ -115,6 +115,9 @@ def insert_image(
             (record.study_instance_uid, *(getattr(record, f) for f in _STUDY_FIELDS), now),
         )
         study_id = cur.lastrowid
+        day = mwl.iso_day(record.study_date)
+        if record.patient_id and not record.accession_number and day:
+            mwl.accession_for(conn, study_id, record.patient_id, day, record.modality)
     else:
         study_id = study["id"]
     columns = ", ".join(_IMAGE_FIELDS)

@@ -593,3 +593,60 @@ def m017_model_versions(db: Database) -> None:
         ALTER TABLE jobs ADD COLUMN model_versions TEXT;
         """
     )
+
+
+@migrations()
+def m018_pacs_deliveries(db: Database) -> None:
+    # Numbered after m016 and m017 (written meanwhile on other branches), so merged,
+    # they apply in one order everywhere.
+    # DICOM results to PACS (appliance/pacs) go through the deliveries outbox with the
+    # destination ``pacs``: one row per (result, PACS) and SR revision. ``pacs_targets``
+    # is the configured list (written at start-up from ``pacs_destinations``), so the
+    # store can queue a row for each inside the result's transaction without reading the
+    # settings, and holds each PACS's backoff so it survives a restart. A row a PACS
+    # refused counts its tries in ``attempts`` (an unreachable PACS spends none).
+    # ``mwl_entries`` caches the modality worklist (appliance/pacs/worklist.py): the
+    # procedures scheduled per day as the RIS last gave them, usable while it is down;
+    # ``mwl_state`` says when it was last asked and answered.
+    db.executescript(
+        """
+        CREATE TABLE pacs_targets (
+            address TEXT PRIMARY KEY,
+            objects TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            failures INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_attempt_at TEXT,
+            last_success_at TEXT,
+            last_error TEXT,
+            updated_at TEXT NOT NULL
+        );
+        ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN last_error TEXT;
+
+        CREATE TABLE mwl_entries (
+            id INTEGER PRIMARY KEY,
+            scheduled_date TEXT NOT NULL,
+            scheduled_time TEXT,
+            modality TEXT,
+            station_aet TEXT,
+            patient_id TEXT NOT NULL,
+            patient_name TEXT,
+            patient_birth_date TEXT,
+            patient_sex TEXT,
+            accession_number TEXT,
+            study_instance_uid TEXT,
+            description TEXT,
+            fetched_at TEXT NOT NULL
+        );
+        CREATE INDEX mwl_entries_day ON mwl_entries(scheduled_date, patient_id);
+        CREATE TABLE mwl_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            last_attempt_at TEXT,
+            last_success_at TEXT,
+            last_error TEXT,
+            entries INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO mwl_state (id) VALUES (1);
+        """
+    )

@@ -1,9 +1,9 @@
 """The deliveries outbox: what each destination must receive, written in the transaction
 that creates it.
 
-A destination is a kind of receiver, not an address: today only ``hub`` (the
-programme's central hub, sent by ``appliance.sync``); PACS and FHIR deliveries will add
-their own kinds, each drained by its own sender through the functions here. Every row
+A destination is a kind of receiver, not an address: ``hub`` (the programme's central
+hub, sent by ``appliance.sync``) and ``pacs`` (DICOM results, queued by ``pacs_outbox.py``
+one row per configured PACS, sent by ``appliance.pacs``); each has its own sender. Every row
 belongs to one destination, so one result can be pending for one receiver and
 acknowledged by another.
 
@@ -33,8 +33,8 @@ from typing import Any
 
 from appliance.store.db import Store, utc_now
 
-HUB = "hub"
-DESTINATIONS = (HUB,)
+HUB, PACS = "hub", "pacs"
+DESTINATIONS = (HUB, PACS)
 KINDS = ("result", "review", "outcome", "monitor")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from appliance.errors import ApplianceError
-from appliance.store import outbox
+from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
 
 # Shown wherever a patient is shown: what the device sent, else what staff typed.
@@ -50,9 +50,15 @@ def patient_of(store: Store, image_id: int) -> tuple[str, str] | None:
 
 
 def set_patient(
-    store: Store, image_id: int, patient_id: str, patient_name: str, user: dict[str, Any]
+    store: Store,
+    image_id: int,
+    patient_id: str,
+    patient_name: str,
+    user: dict[str, Any],
+    accession_number: str | None = None,
 ) -> None:
-    set_patients(store, image_id, (), patient_id, patient_name, user)
+    """``accession_number``: from the worklist entry tapped, kept where the study has none."""
+    set_patients(store, image_id, (), patient_id, patient_name, user, accession_number)
 
 
 def set_patients(
@@ -62,6 +68,7 @@ def set_patients(
     patient_id: str,
     patient_name: str,
     user: dict[str, Any],
+    accession_number: str | None = None,
 ) -> list[int]:
     """Type the patient of ``image_id`` and of the images in ``also`` (its visit's other
     photos) that have no patient yet or had the same typed patient as ``image_id``
@@ -84,22 +91,31 @@ def set_patients(
                 continue
             if other_id != image_id and other["entered_patient_id"] not in (None, before):
                 continue
-            _enter(conn, other["id"], patient_id, patient_name, user["username"])
+            _enter(conn, other["id"], patient_id, patient_name, user["username"],
+                   accession_number if other_id == image_id else None)
             done.add(other["id"])
             changed.append(other_id)
     return changed
 
 
-def _enter(conn, study_id: int, patient_id: str, patient_name: str, username: str) -> None:
+def _enter(conn, study_id: int, patient_id: str, patient_name: str, username: str,
+           accession_number: str | None) -> None:
     conn.execute(
         "UPDATE studies SET entered_patient_id=?, entered_patient_name=?, entered_by=?,"
         " entered_at=? WHERE id=?",
         (patient_id, patient_name or None, username, utc_now(), study_id),
     )
     audit(conn, username, "study.patient_entered", f"study:{study_id}", patient_id)
+    if accession_number:  # the worklist entry's, kept where the study has none
+        conn.execute(
+            "UPDATE studies SET accession_number = ? WHERE id = ?"
+            " AND COALESCE(accession_number, '') = ''",
+            (accession_number[:16], study_id),
+        )
     results = conn.execute(
         "SELECT r.id FROM results r JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
         (study_id,),
     ).fetchall()
     for row in results:
         outbox.refresh_result(conn, row["id"])
+        pacs_outbox.revise(conn, row["id"], "patient")  # the SR names the patient

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from appliance.store import outbox
+from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 from appliance.store.worklist_items import refresh_item
@@ -56,6 +56,7 @@ def insert_result(
     result_id = int(cur.lastrowid)
     refresh_item(conn, image_id)
     outbox.record_result(conn, result_id)  # same transaction: never a result the hub misses
+    pacs_outbox.record_result(conn, result_id)  # and one row per configured PACS
     audit(
         conn,
         "worker",

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from appliance.errors import ApplianceError
-from appliance.store import outbox
+from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.worklist_items import refresh_item
 
@@ -65,6 +65,7 @@ def add_review(
             ),
         )
         outbox.record_review(conn, int(cur.lastrowid))  # same transaction as the review
+        pacs_outbox.record_change(conn, image_id, "review")  # a new SR version
         refresh_item(conn, image_id)
         audit(
             conn,

@@ -26,7 +26,8 @@ from flask_babel import ngettext
 from markupsafe import Markup
 
 from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
-from appliance.store import jobs
+from appliance.pacs.worklist import candidates
+from appliance.store import jobs, mwl
 from appliance.store import worklist as queries
 from appliance.store.patients import PatientError, patient_of, set_patients
 from appliance.store.population import PopulationError, choose_population
@@ -72,6 +73,10 @@ def view(image_id: int):
         today=date.today().isoformat(),
         visit=_visit(image_id) if typed else [],
         previous=previous_photo(_store(), image_id) if typed else None,
+        # the worklist's patients for an image without one: one tap instead of typing
+        scheduled=[]
+        if item["received_patient_id"]
+        else candidates(_store(), current_app.config["APPLIANCE"], item),
     )
 
 
@@ -184,8 +189,15 @@ def patient(image_id: int):
     _load(image_id)
     patient_id = request.form.get("patient_id", "")
     patient_name = request.form.get("patient_name", "")
+    accession = None
     same_as = request.form.get("same_as", "")
-    if same_as.isdigit():
+    if request.form.get("mwl_entry", "").isdigit():  # a worklist entry tapped
+        chosen = mwl.entry(_store().conn(), int(request.form["mwl_entry"]))
+        if chosen is None:
+            abort(404)
+        patient_id, patient_name = chosen["patient_id"], chosen["patient_name"] or ""
+        accession = chosen["accession_number"]
+    elif same_as.isdigit():
         previous = patient_of(_store(), int(same_as))
         if previous is None:
             flash(_("The previous photo has no patient yet."), "error")
@@ -193,7 +205,8 @@ def patient(image_id: int):
         patient_id, patient_name = previous
     also = [p["id"] for p in _visit(image_id)] if request.form.get("visit") == "1" else []
     try:
-        changed = set_patients(_store(), image_id, also, patient_id, patient_name, g.user)
+        changed = set_patients(_store(), image_id, also, patient_id, patient_name, g.user,
+                               accession)
     except PatientError as exc:
         flash(translate_reason(str(exc)), "error")
     else:

@@ -18,6 +18,7 @@ from appliance.errors import ApplianceError
 from appliance.inference.backends import backend_report
 from appliance.inference.engines.status import read_status
 from appliance.lifecycle.activation import activate, listing, rollback
+from appliance.pacs.status import pacs_status
 from appliance.screening.models import REQUIRED, active_bundle_dirs
 from appliance.store import jobs
 from appliance.sync.worker import sync_status
@@ -88,6 +89,7 @@ def index():
         components=current_app.extensions.get("appliance_status", {}),
         engines=read_status(config.data_dir),
         sync=sync_status(store, config),
+        pacs=pacs_status(store, config),
         services=SERVICES,
         monitoring=_monitoring(),
         versions=listing(store, config),

@@ -74,8 +74,8 @@ def test_every_entry_names_its_destination_and_an_unknown_one_is_refused(store):
     assert [r["destination"] for r in rows(store)] == ["hub"]
     assert outbox.counts(store.conn(), outbox.HUB)["result_pending"] == 1
     result_id = store.conn().execute("SELECT id FROM results").fetchone()[0]
-    with pytest.raises(ValueError, match="'pacs'"), store.write() as conn:
-        outbox.record_result(conn, result_id, destination="pacs")
+    with pytest.raises(ValueError, match="'fhir'"), store.write() as conn:
+        outbox.record_result(conn, result_id, destination="fhir")
     assert len(rows(store)) == 1
 
 
