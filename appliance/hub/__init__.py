@@ -86,12 +86,20 @@ def session_key(data_dir: Path) -> bytes:
 
 
 def create_app(
-    data_dir: Path, database_url: str = "", test_config: dict[str, Any] | None = None
+    data_dir: Path,
+    database_url: str = "",
+    test_config: dict[str, Any] | None = None,
+    *,
+    pool_size: int = 0,
 ) -> Flask:
-    """The hub app for ``data_dir`` (and the database at ``database_url``, if given)."""
+    """The hub app for ``data_dir`` (and the database at ``database_url``, if given).
+
+    Pending migrations are applied here, as they always were (``migrations.py``); a
+    database newer than this code is refused. ``pool_size``: pooled PostgreSQL
+    connections per process (0: one connection per request)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    database = HubDatabase(data_dir, database_url)
+    database = HubDatabase(data_dir, database_url, pool_size=pool_size)
     database.migrate()
     app = Flask(__name__)
     app.config.update(

@@ -32,7 +32,8 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
-from appliance.hub import get_db, programme, records
+from appliance.hub import get_db, programme, records, tallies
+from appliance.hub.migrations import TALLY_COUNTERS
 from appliance.logins import sessions, throttle
 
 bp = Blueprint("dashboard", __name__)
@@ -157,48 +158,19 @@ def summary() -> dict[str, Any]:
         " SUM(CASE WHEN d.revoked_at IS NULL THEN 0 ELSE 1 END) AS revoked"
         " FROM devices d GROUP BY d.site ORDER BY d.site"
     )
-    per_site = {
-        row["site"]: row
-        for row in conn.execute(
-            "SELECT d.site,"
-            " SUM(CASE WHEN e.kind = 'result' THEN 1 ELSE 0 END) AS results,"
-            " SUM(CASE WHEN e.route = 'refused' THEN 1 ELSE 0 END) AS refused,"
-            " SUM(CASE WHEN e.triage IN ('urgent', 'review') THEN 1 ELSE 0 END) AS positive,"
-            " SUM(CASE WHEN e.kind = 'review' THEN 1 ELSE 0 END) AS reviews"
-            " FROM entries e JOIN devices d ON d.id = e.device_id GROUP BY d.site"
-        )
-    }
-    pending = {
-        row["site"]: row["n"]
-        for row in conn.execute(
-            "SELECT d.site, COUNT(*) AS n FROM entries r JOIN devices d ON d.id = r.device_id"
-            " WHERE r.kind = 'result' AND r.triage IN ('urgent', 'review') AND NOT EXISTS"
-            " (SELECT 1 FROM entries v WHERE v.device_id = r.device_id AND v.kind = 'review'"
-            " AND v.image_sha256 = r.image_sha256) GROUP BY d.site"
-        )
-    }
+    per_site = tallies.per_site(conn)  # kept on write: no scan of the entries
     for site in sites:
-        counts = per_site.get(site["site"]) or {}
-        results = int(counts.get("results") or 0)
-        refused = int(counts.get("refused") or 0)
-        screened = results - refused
+        counts = per_site.get(site["site"]) or dict.fromkeys(TALLY_COUNTERS, 0)
+        results, refused = counts["results"], counts["refused"]
         site.update(
             results=results,
-            reviews=int(counts.get("reviews") or 0),
+            reviews=counts["reviews"],
             refusal_rate=_rate(refused, results),
-            positivity_rate=_rate(int(counts.get("positive") or 0), screened),
-            reviews_pending=pending.get(site["site"], 0),
+            positivity_rate=_rate(counts["positive"], results - refused),
+            reviews_pending=counts["pending"],
         )
-    weeks = conn.execute(
-        "SELECT week, COUNT(*) AS n FROM entries WHERE kind = 'result' AND week IS NOT NULL"
-        " GROUP BY week ORDER BY week DESC LIMIT 12"
-    )
-    models = conn.execute(
-        "SELECT e.model_name, e.model_version, COUNT(DISTINCT e.device_id) AS devices,"
-        " COUNT(*) AS results, MAX(e.received_at) AS last_used FROM entries e"
-        " WHERE e.kind = 'result' AND e.model_name IS NOT NULL"
-        " GROUP BY e.model_name, e.model_version ORDER BY e.model_name, e.model_version"
-    )
+    weeks = tallies.recent_weeks(conn, 12)
+    models = tallies.models(conn)
     return {
         "sites": sites,
         "weeks": weeks,

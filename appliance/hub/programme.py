@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from appliance.hub import tallies
 from appliance.hub.db import Connection
 
 WEEKS = 8
@@ -23,25 +24,19 @@ def _rate(part: int, whole: int) -> float | None:
 
 def weekly_rates(conn: Connection) -> dict[str, list[dict[str, Any]]]:
     """site -> its last ``WEEKS`` weeks, newest first: results, positivity, refusal."""
-    rows = conn.execute(
-        "SELECT d.site, e.week, COUNT(*) AS results,"
-        " SUM(CASE WHEN e.route = 'refused' THEN 1 ELSE 0 END) AS refused,"
-        " SUM(CASE WHEN e.triage IN ('urgent', 'review') THEN 1 ELSE 0 END) AS positive"
-        " FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'result' AND e.week IS NOT NULL"
-        " GROUP BY d.site, e.week ORDER BY d.site, e.week DESC"
-    )
+    rows = [r for r in reversed(tallies.site_weeks(conn)) if r["results"]]
+    rows.sort(key=lambda r: r["site"])  # stable: by site, newest week first
     out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         weeks = out.setdefault(row["site"], [])
         if len(weeks) >= WEEKS:
             continue
-        results, refused = int(row["results"]), int(row["refused"] or 0)
+        results, refused = row["results"], row["refused"]
         weeks.append(
             {
                 "week": row["week"],
                 "results": results,
-                "positivity": _rate(int(row["positive"] or 0), results - refused),
+                "positivity": _rate(row["positive"], results - refused),
                 "refusal": _rate(refused, results),
             }
         )
@@ -49,11 +44,7 @@ def weekly_rates(conn: Connection) -> dict[str, list[dict[str, Any]]]:
 
 
 def outcome_counts(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT d.site, COUNT(*) AS n FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'outcome' GROUP BY d.site"
-    )
-    return {row["site"]: int(row["n"]) for row in rows}
+    return {site: n["outcomes"] for site, n in tallies.per_site(conn).items() if n["outcomes"]}
 
 
 def box_summaries(conn: Connection) -> list[dict[str, Any]]:

@@ -1,0 +1,236 @@
+"""The hub's schema, versioned: one list of migrations for SQLite and PostgreSQL alike.
+
+As sqlite-utils' ``Migrations``: each migration has a number and is applied once, in
+order, inside one transaction with the others pending, and recorded in
+``schema_migrations``; an applied migration is never edited — a change is a new one.
+``appliance hub migrate`` applies what is pending (idempotent), and so does every start
+of the hub (``create_app``), as it always has. A database already at a *newer* version
+than this code knows is refused: an older hub must not write to it.
+
+The SQL is the dialect both understand (``CREATE ... IF NOT EXISTS``, ``ON CONFLICT``).
+On PostgreSQL an advisory lock makes several workers starting at once take turns; on
+SQLite ``BEGIN IMMEDIATE`` does the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from appliance.errors import HubDatabaseError
+
+if TYPE_CHECKING:
+    from appliance.hub.db import Connection
+
+# The schema as hubs created it before migrations were numbered (every statement is
+# IF NOT EXISTS, so applying it to such a hub's database changes nothing).
+INITIAL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS hub_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        enrolled_at TEXT NOT NULL,
+        revoked_at TEXT,
+        last_seen_at TEXT,
+        software TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS enrol_codes (
+        code_hash TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at TEXT,
+        device_id TEXT
+    )""",
+    # One row per (device, entry id): the highest revision received wins.
+    """CREATE TABLE IF NOT EXISTS entries (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        entry_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        image_sha256 TEXT,
+        route TEXT,
+        triage TEXT,
+        model_name TEXT,
+        model_version TEXT,
+        week TEXT,
+        payload TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS entries_kind_week ON entries(kind, week)",
+    "CREATE INDEX IF NOT EXISTS entries_image ON entries(device_id, image_sha256)",
+    """CREATE TABLE IF NOT EXISTS images (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        sha256 TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        stored_path TEXT NOT NULL,
+        completed_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, sha256)
+    )""",
+    # Superseded by bundle_imports (a bundle id is one box's, not the hub's: another box
+    # must not be able to take it); kept so an older hub's rows carry over.
+    """CREATE TABLE IF NOT EXISTS imports (
+        bundle_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        entries INTEGER NOT NULL,
+        imported_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS bundle_imports (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        bundle_id TEXT NOT NULL,
+        entries INTEGER NOT NULL,
+        imported_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, bundle_id)
+    )""",
+    """INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)
+        SELECT device_id, bundle_id, entries, imported_at FROM imports WHERE true
+        ON CONFLICT (device_id, bundle_id) DO NOTHING""",
+    """CREATE TABLE IF NOT EXISTS admins (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    # Dashboard logins (appliance.logins.sessions) and failed-login counters
+    # (appliance.logins.throttle): the same tables as on the box.
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id_hash TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_subject ON sessions(subject)",
+    """CREATE TABLE IF NOT EXISTS login_throttle (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        blocked_until DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
+    "INSERT INTO hub_meta (key, value) VALUES ('schema', '1') ON CONFLICT (key) DO NOTHING",
+)
+
+
+# Counts per device, ISO week and model, kept in the same transaction as the entries
+# (records.store_entries): the dashboard, the programme view and the DHIS2 export read
+# these few thousand rows, never the million entries. '' stands for "none" (unknown
+# week, no model: reviews, outcomes, pending reviews) so the key has no NULLs.
+TALLY_COUNTERS = ("results", "refused", "positive", "referred", "reviews", "outcomes", "pending")
+TALLIES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS tallies (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        week TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        results BIGINT NOT NULL DEFAULT 0,
+        refused BIGINT NOT NULL DEFAULT 0,
+        positive BIGINT NOT NULL DEFAULT 0,
+        referred BIGINT NOT NULL DEFAULT 0,
+        reviews BIGINT NOT NULL DEFAULT 0,
+        outcomes BIGINT NOT NULL DEFAULT 0,
+        pending BIGINT NOT NULL DEFAULT 0,
+        last_received TEXT,
+        PRIMARY KEY (device_id, week, model_name, model_version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS tallies_week ON tallies(week)",
+    "CREATE INDEX IF NOT EXISTS devices_site ON devices(site)",
+    # CSV export of one site (its devices) for a period, in entry order.
+    "CREATE INDEX IF NOT EXISTS entries_device_kind_week ON entries(device_id, kind, week)",
+    "DELETE FROM tallies",
+    # What the entries already held (a hub upgraded in place), counted once.
+    """INSERT INTO tallies (device_id, week, model_name, model_version, results, refused,
+        positive, referred, reviews, outcomes, pending, last_received)
+    SELECT device_id, COALESCE(week, ''),
+        CASE WHEN kind = 'result' THEN COALESCE(model_name, '') ELSE '' END,
+        CASE WHEN kind = 'result' THEN COALESCE(model_version, '') ELSE '' END,
+        SUM(CASE WHEN kind = 'result' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'result' AND route = 'refused' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'result' AND triage IN ('urgent', 'review') THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'result' AND triage = 'urgent' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'review' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'outcome' THEN 1 ELSE 0 END),
+        0,
+        MAX(CASE WHEN kind = 'result' THEN received_at END)
+    FROM entries WHERE kind IN ('result', 'review', 'outcome')
+    GROUP BY 1, 2, 3, 4""",
+    # A review is pending for an image with a positive result and no review yet; it is
+    # counted in the week of the image's first positive result.
+    """INSERT INTO tallies (device_id, week, model_name, model_version, pending)
+    SELECT device_id, week, '', '', n FROM (
+        SELECT device_id, week, COUNT(*) AS n FROM (
+            SELECT r.device_id, COALESCE(MIN(r.week), '') AS week FROM entries r
+            WHERE r.kind = 'result' AND r.triage IN ('urgent', 'review')
+            AND r.image_sha256 IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM entries v WHERE v.device_id = r.device_id
+                AND v.kind = 'review' AND v.image_sha256 = r.image_sha256)
+            GROUP BY r.device_id, r.image_sha256
+        ) AS images GROUP BY device_id, week
+    ) AS counted WHERE true
+    ON CONFLICT (device_id, week, model_name, model_version)
+    DO UPDATE SET pending = tallies.pending + excluded.pending""",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: devices, codes, entries, images, imports, logins", INITIAL),
+    Migration(2, "tallies per device, week and model; indexes for exports", TALLIES),
+)
+LATEST = MIGRATIONS[-1].version
+
+LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+ADVISORY_LOCK = 74_180_318  # any constant: "the hub's schema" for pg_advisory_xact_lock
+
+
+def applied_versions(conn: Connection) -> list[int]:
+    rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+    return [int(r["version"]) for r in rows]
+
+
+def check_not_newer(versions: list[int]) -> None:
+    newest = max(versions, default=0)
+    if newest > LATEST:
+        raise HubDatabaseError(
+            f"the hub database is at schema version {newest}, newer than this hub knows "
+            f"({LATEST}): run the newer hub software, or restore a backup made for this one"
+        )
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Apply every pending migration in one transaction; returns the versions applied."""
+    from appliance.hub.records import now
+
+    with conn.transaction():
+        if conn.backend == "postgresql":
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (ADVISORY_LOCK,))
+        conn.execute(LEDGER)
+        held = applied_versions(conn)
+        check_not_newer(held)
+        done = []
+        for migration in MIGRATIONS:
+            if migration.version in held:
+                continue
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now()),
+            )
+            done.append(migration.version)
+    return done
