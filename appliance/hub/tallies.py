@@ -206,3 +206,44 @@ def models(conn: Connection) -> list[dict[str, Any]]:
         " WHERE model_name <> '' GROUP BY model_name, model_version"
         " HAVING SUM(results) > 0 ORDER BY model_name, model_version"
     )
+
+
+def recount(conn: Connection) -> dict[tuple[str, str], dict[str, int]]:
+    """(device, week) -> counts recomputed from the entries themselves: the slow, exact
+    way the tallies stand for (tests and ``bench/hub_load.py`` compare the two)."""
+    out: dict[tuple[str, str], dict[str, int]] = defaultdict(
+        lambda: dict.fromkeys(TALLY_COUNTERS, 0)
+    )
+    for row in conn.execute(
+        "SELECT device_id, COALESCE(week, '') AS week,"
+        " SUM(CASE WHEN kind = 'result' THEN 1 ELSE 0 END) AS results,"
+        " SUM(CASE WHEN kind = 'result' AND route = 'refused' THEN 1 ELSE 0 END) AS refused,"
+        " SUM(CASE WHEN kind = 'result' AND triage IN ('urgent', 'review') THEN 1 ELSE 0 END)"
+        " AS positive,"
+        " SUM(CASE WHEN kind = 'result' AND triage = 'urgent' THEN 1 ELSE 0 END) AS referred,"
+        " SUM(CASE WHEN kind = 'review' THEN 1 ELSE 0 END) AS reviews,"
+        " SUM(CASE WHEN kind = 'outcome' THEN 1 ELSE 0 END) AS outcomes"
+        " FROM entries GROUP BY device_id, COALESCE(week, '')"
+    ):
+        out[(row["device_id"], row["week"])].update(
+            {c: int(row[c] or 0) for c in TALLY_COUNTERS if c != "pending"}
+        )
+    for row in conn.execute(
+        "SELECT device_id, week, COUNT(*) AS n FROM (SELECT r.device_id,"
+        " COALESCE(MIN(r.week), '') AS week FROM entries r WHERE r.kind = 'result'"
+        " AND r.triage IN ('urgent', 'review') AND r.image_sha256 IS NOT NULL AND NOT EXISTS"
+        " (SELECT 1 FROM entries v WHERE v.device_id = r.device_id AND v.kind = 'review'"
+        " AND v.image_sha256 = r.image_sha256) GROUP BY r.device_id, r.image_sha256) AS p"
+        " GROUP BY device_id, week"
+    ):
+        out[(row["device_id"], row["week"])]["pending"] = int(row["n"])
+    return {k: v for k, v in out.items() if any(v.values())}
+
+
+def tallied(conn: Connection) -> dict[tuple[str, str], dict[str, int]]:
+    """(device, week) -> counts as the tallies hold them."""
+    rows = conn.execute(
+        f"SELECT t.device_id, t.week, {SUMS} FROM tallies t GROUP BY t.device_id, t.week"
+    )
+    out = {(r["device_id"], r["week"]): {c: int(r[c] or 0) for c in TALLY_COUNTERS} for r in rows}
+    return {k: v for k, v in out.items() if any(v.values())}
