@@ -121,7 +121,7 @@ def create_app(
     Babel(app, locale_selector=lambda: LOCALES[hub_language()])
     app.jinja_env.globals.update(hub_language=hub_language, LANGUAGES=LANGUAGE_NAMES)
 
-    from appliance.hub import api, dashboard
+    from appliance.hub import api, dashboard, exports
 
     @app.errorhandler(404)
     @app.errorhandler(405)
@@ -140,4 +140,5 @@ def create_app(
     app.register_error_handler(api.ApiError, api.api_error)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(exports.bp)
     return app
