@@ -83,8 +83,8 @@ def start_hub(base: Path, url: str, workers: int, threads: int) -> tuple[subproc
     args += ["--port", str(port), "--database-url", url]
     args += ["--workers", str(workers), "--threads", str(threads)]
     env = {**clean_env(), "PYTHONPATH": str(ROOT)}
-    log = open(base / "hub.log", "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=ROOT)
+    with open(base / "hub.log", "ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=ROOT)
     wait_for_port(port, 60)
     time.sleep(1.0)  # the workers are forked once the port is bound
     return proc, port
