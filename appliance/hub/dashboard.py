@@ -151,13 +151,23 @@ def _rate(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f} %" if whole else "–"
 
 
-def summary() -> dict[str, Any]:
+SITES_PER_PAGE = 50  # a national programme has hundreds: the page shows them in pages
+
+
+def summary(page: int = 1) -> dict[str, Any]:
+    """Everything the dashboard shows, for one page of sites (programme-wide figures
+    and alarms are for every site). Read from the tallies, never the entries."""
     conn = get_db()
-    sites = conn.execute(
+    every_site = conn.execute(
         "SELECT d.site, COUNT(*) AS devices, MAX(d.last_seen_at) AS last_seen,"
         " SUM(CASE WHEN d.revoked_at IS NULL THEN 0 ELSE 1 END) AS revoked"
         " FROM devices d GROUP BY d.site ORDER BY d.site"
     )
+    pages = max(1, math.ceil(len(every_site) / SITES_PER_PAGE))
+    page = min(max(1, page), pages)
+    first = (page - 1) * SITES_PER_PAGE
+    sites = every_site[first : first + SITES_PER_PAGE]
+    names = [s["site"] for s in sites]
     per_site = tallies.per_site(conn)  # kept on write: no scan of the entries
     for site in sites:
         counts = per_site.get(site["site"]) or dict.fromkeys(TALLY_COUNTERS, 0)
@@ -169,18 +179,25 @@ def summary() -> dict[str, Any]:
             positivity_rate=_rate(counts["positive"], results - refused),
             reviews_pending=counts["pending"],
         )
-    weeks = tallies.recent_weeks(conn, 12)
-    models = tallies.models(conn)
     return {
         "sites": sites,
-        "weeks": weeks,
-        "models": models,
-        "devices": records.list_devices(conn),
-        "programme": programme.programme(conn),
+        "pager": {
+            "page": page,
+            "pages": pages,
+            "first": first + 1,
+            "last": first + len(sites),
+            "total": len(every_site),
+        },
+        "weeks": tallies.recent_weeks(conn, 12),
+        "models": tallies.models(conn),
+        "devices": [d for d in records.list_devices(conn) if d["site"] in set(names)],
+        "programme": programme.programme(conn, names, per_site),
     }
 
 
 @bp.get("/")
 @login_required
 def index():
-    return render_template("hub/dashboard.html", csrf=csrf_token(), **summary())
+    page = request.args.get("page", "1")
+    page_number = int(page) if page.isdigit() else 1
+    return render_template("hub/dashboard.html", csrf=csrf_token(), **summary(page_number))

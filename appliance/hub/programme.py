@@ -22,17 +22,13 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def weekly_rates(conn: Connection) -> dict[str, list[dict[str, Any]]]:
-    """site -> its last ``WEEKS`` weeks, newest first: results, positivity, refusal."""
-    rows = [r for r in reversed(tallies.site_weeks(conn)) if r["results"]]
-    rows.sort(key=lambda r: r["site"])  # stable: by site, newest week first
+def weekly_rates(conn: Connection, sites: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """site -> its last ``WEEKS`` weeks with results, newest first: results, positivity,
+    refusal (for ``sites``: a page of the dashboard)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        weeks = out.setdefault(row["site"], [])
-        if len(weeks) >= WEEKS:
-            continue
+    for row in tallies.last_weeks(conn, sites, WEEKS):
         results, refused = row["results"], row["refused"]
-        weeks.append(
+        out.setdefault(row["site"], []).append(
             {
                 "week": row["week"],
                 "results": results,
@@ -41,10 +37,6 @@ def weekly_rates(conn: Connection) -> dict[str, list[dict[str, Any]]]:
             }
         )
     return out
-
-
-def outcome_counts(conn: Connection) -> dict[str, int]:
-    return {site: n["outcomes"] for site, n in tallies.per_site(conn).items() if n["outcomes"]}
 
 
 def box_summaries(conn: Connection) -> list[dict[str, Any]]:
@@ -89,9 +81,15 @@ def box_summaries(conn: Connection) -> list[dict[str, Any]]:
     return boxes
 
 
-def programme(conn: Connection) -> dict[str, Any]:
+def programme(
+    conn: Connection, sites: list[str], per_site: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    """For the dashboard's page of ``sites``; drift and health alarms from every site."""
+    boxes = box_summaries(conn)
+    shown = set(sites)
     return {
-        "weekly": weekly_rates(conn),
-        "outcomes": outcome_counts(conn),
-        "boxes": box_summaries(conn),
+        "weekly": weekly_rates(conn, sites),
+        "outcomes": {site: n["outcomes"] for site, n in per_site.items() if n["outcomes"]},
+        "boxes": [b for b in boxes if b["site"] in shown],
+        "alarms": [b for b in boxes if b["warnings"]],
     }

@@ -1,14 +1,15 @@
-"""Counts per device, ISO week and model, kept exact in the entries' own transaction.
+"""Counts per device and ISO week, and results per device and model, kept exact in
+the entries' own transaction.
 
 The dashboard, the programme view and the DHIS2 export read ``tallies`` (a row per
-device, week and model: tens of thousands of rows for a national programme's year),
-never the million entries. They stay exact because ``kept`` runs inside the
-transaction that upserts a batch: it reads what the hub held for those entries, lets
-the upsert run, and adds the difference — nothing for a resend (the same revision),
-the new revision's counts minus the old one's for a revision, everything for a first
-arrival. The box's device row is locked first (``FOR UPDATE``; SQLite's ``BEGIN
-IMMEDIATE`` already serialises writers), so two overlapping requests from one box (a
-retry while the first is still being written) are counted one after the other.
+device and week: 26,000 rows for 500 boxes' year) and ``model_tallies``, never the
+million entries. They stay exact because ``kept`` runs inside the transaction that
+upserts a batch: it reads what the hub held for those entries, lets the upsert run,
+and adds the difference — nothing for a resend (the same revision), the new
+revision's counts minus the old one's for a revision, everything for a first arrival.
+The box's device row is locked first (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``
+already serialises writers), so two overlapping requests from one box (a retry while
+the first is still being written) are counted one after the other.
 
 A review is *pending* for an image that has a positive result (triage urgent or
 review) and no review yet; it is counted in the week of that first positive result.
@@ -38,36 +39,40 @@ COLUMNS = (
     "model_version",
     "week",
 )
-Key = tuple[str, str, str]  # week, model name, model version
 
 ADD = (
-    "INSERT INTO tallies (device_id, week, model_name, model_version, "
+    "INSERT INTO tallies (device_id, week, "
     + ", ".join(TALLY_COUNTERS)
-    + ", last_received) VALUES (?, ?, ?, ?, "
+    + ") VALUES (?, ?, "
     + ", ".join("?" for _ in TALLY_COUNTERS)
-    + ", ?) ON CONFLICT (device_id, week, model_name, model_version) DO UPDATE SET "
+    + ") ON CONFLICT (device_id, week) DO UPDATE SET "
     + ", ".join(f"{c} = tallies.{c} + excluded.{c}" for c in TALLY_COUNTERS)
-    + ", last_received = CASE WHEN tallies.last_received IS NULL"
-    " OR excluded.last_received > tallies.last_received"
-    " THEN excluded.last_received ELSE tallies.last_received END"
+)
+ADD_MODEL = (
+    "INSERT INTO model_tallies (device_id, model_name, model_version, results, last_received)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, model_name, model_version) DO UPDATE"
+    " SET results = model_tallies.results + excluded.results,"
+    " last_received = CASE WHEN excluded.last_received IS NULL THEN model_tallies.last_received"
+    " WHEN model_tallies.last_received IS NULL"
+    " OR excluded.last_received > model_tallies.last_received"
+    " THEN excluded.last_received ELSE model_tallies.last_received END"
 )
 
 
-def contribution(row: dict[str, Any]) -> tuple[Key, dict[str, int]] | None:
-    """What one stored entry adds to its tally (a monitor summary adds nothing)."""
+def contribution(row: dict[str, Any]) -> tuple[str, dict[str, int]] | None:
+    """What one stored entry adds to its week (a monitor summary adds nothing)."""
     week = row["week"] or ""
     if row["kind"] == "result":
-        key = (week, row["model_name"] or "", row["model_version"] or "")
-        return key, {
+        return week, {
             "results": 1,
             "refused": int(row["route"] == "refused"),
             "positive": int(row["triage"] in POSITIVE),
             "referred": int(row["triage"] == REFERRED),
         }
     if row["kind"] == "review":
-        return (week, "", ""), {"reviews": 1}
+        return week, {"reviews": 1}
     if row["kind"] == "outcome":
-        return (week, "", ""), {"outcomes": 1}
+        return week, {"outcomes": 1}
     return None
 
 
@@ -123,8 +128,8 @@ def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Ite
     shas = {s for s in shas if isinstance(s, str)}
     pending_before = pending_images(conn, device_id, shas) if shas else {}
     yield
-    deltas: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys(TALLY_COUNTERS, 0))
-    latest: dict[Key, str] = {}
+    weeks: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(TALLY_COUNTERS, 0))
+    models: dict[tuple[str, str], list] = defaultdict(lambda: [0, None])
     state = dict(before)
     for row in new:  # the upsert's rule, row by row: a higher revision replaces
         old = state.get(row["entry_id"])
@@ -132,24 +137,34 @@ def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Ite
             continue
         for sign, entry in ((-1, old), (1, row)):
             counted = contribution(entry) if entry is not None else None
-            if counted is not None:
-                key, counts = counted
-                for name, n in counts.items():
-                    deltas[key][name] += sign * n
-                if sign == 1 and entry["kind"] == "result":
-                    latest[key] = received
+            if counted is None:
+                continue
+            week, counts = counted
+            for name, n in counts.items():
+                weeks[week][name] += sign * n
+            if entry["kind"] == "result" and entry["model_name"]:
+                model = models[(entry["model_name"], entry["model_version"] or "")]
+                model[0] += sign
+                if sign == 1:
+                    model[1] = received
         state[row["entry_id"]] = row
     pending_after = pending_images(conn, device_id, shas) if shas else {}
     for week in pending_before.values():
-        deltas[(week, "", "")]["pending"] -= 1
+        weeks[week]["pending"] -= 1
     for week in pending_after.values():
-        deltas[(week, "", "")]["pending"] += 1
-    changes = [
-        (device_id, *key, *(counts[c] for c in TALLY_COUNTERS), latest.get(key))
-        for key, counts in sorted(deltas.items())
-        if any(counts.values()) or key in latest
-    ]
-    conn.executemany(ADD, changes)
+        weeks[week]["pending"] += 1
+    conn.executemany(
+        ADD,
+        [
+            (device_id, week, *(counts[c] for c in TALLY_COUNTERS))
+            for week, counts in sorted(weeks.items())
+            if any(counts.values())
+        ],
+    )
+    conn.executemany(
+        ADD_MODEL,
+        [(device_id, *key, n, last) for key, (n, last) in sorted(models.items()) if n or last],
+    )
 
 
 # -- reading ---------------------------------------------------------------------
@@ -191,6 +206,23 @@ def site_weeks(
     return out
 
 
+def last_weeks(conn: Connection, sites: list[str], weeks: int) -> list[dict[str, Any]]:
+    """Per site of ``sites``, its last ``weeks`` weeks with results, newest first."""
+    if not sites:
+        return []
+    marks = ", ".join("?" for _ in sites)
+    rows = conn.execute(
+        "SELECT site, week, results, refused, positive FROM (SELECT d.site, t.week,"
+        " SUM(t.results) AS results, SUM(t.refused) AS refused, SUM(t.positive) AS positive,"
+        " ROW_NUMBER() OVER (PARTITION BY d.site ORDER BY t.week DESC) AS n"
+        " FROM tallies t JOIN devices d ON d.id = t.device_id"
+        f" WHERE t.week <> '' AND t.results > 0 AND d.site IN ({marks})"
+        " GROUP BY d.site, t.week) AS ranked WHERE n <= ? ORDER BY site, week DESC",
+        (*sites, weeks),
+    )
+    return [{**r, **{c: int(r[c] or 0) for c in ("results", "refused", "positive")}} for r in rows]
+
+
 def recent_weeks(conn: Connection, limit: int = 12) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT week, SUM(results) AS n FROM tallies WHERE week <> ''"
@@ -202,9 +234,9 @@ def recent_weeks(conn: Connection, limit: int = 12) -> list[dict[str, Any]]:
 def models(conn: Connection) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT model_name, model_version, COUNT(DISTINCT device_id) AS devices,"
-        " SUM(results) AS results, MAX(last_received) AS last_used FROM tallies"
-        " WHERE model_name <> '' GROUP BY model_name, model_version"
-        " HAVING SUM(results) > 0 ORDER BY model_name, model_version"
+        " SUM(results) AS results, MAX(last_received) AS last_used FROM model_tallies"
+        " WHERE results > 0 GROUP BY model_name, model_version"
+        " ORDER BY model_name, model_version"
     )
 
 
@@ -247,3 +279,19 @@ def tallied(conn: Connection) -> dict[tuple[str, str], dict[str, int]]:
     )
     out = {(r["device_id"], r["week"]): {c: int(r[c] or 0) for c in TALLY_COUNTERS} for r in rows}
     return {k: v for k, v in out.items() if any(v.values())}
+
+
+def models_recount(conn: Connection) -> dict[tuple[str, str, str], int]:
+    rows = conn.execute(
+        "SELECT device_id, model_name, COALESCE(model_version, '') AS model_version,"
+        " COUNT(*) AS n FROM entries WHERE kind = 'result' AND model_name IS NOT NULL"
+        " GROUP BY device_id, model_name, COALESCE(model_version, '')"
+    )
+    return {(r["device_id"], r["model_name"], r["model_version"]): int(r["n"]) for r in rows}
+
+
+def models_tallied(conn: Connection) -> dict[tuple[str, str, str], int]:
+    rows = conn.execute(
+        "SELECT device_id, model_name, model_version, results FROM model_tallies WHERE results <> 0"
+    )
+    return {(r["device_id"], r["model_name"], r["model_version"]): int(r["results"]) for r in rows}

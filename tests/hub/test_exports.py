@@ -94,3 +94,18 @@ def test_the_dashboard_offers_the_exports_in_french(app):
 def _csrf(client) -> str:
     page = client.get("/").get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def test_hundreds_of_sites_are_shown_fifty_at_a_time(app):
+    conn = app.extensions["hub_database"].connect()
+    try:
+        for n in range(58):
+            store(conn, device(conn, f"ZONE-{n:03d}"), [result(1000 + n)])
+    finally:
+        conn.close()
+    client = signed_in(app)
+    first = client.get("/").get_data(as_text=True)
+    assert "Sites 1–50 of 60" in first and "ZONE-047" in first and "ZONE-048" not in first
+    second = client.get("/?page=2").get_data(as_text=True)
+    assert "Sites 51–60 of 60" in second and "ZONE-057" in second and "ZONE-047" not in second
+    assert client.get("/?page=99").status_code == 200  # the last page

@@ -62,6 +62,9 @@ def test_resends_revisions_and_reviews_keep_the_tallies_exact(tmp_path, database
             "pending": 1,  # 2: 4 and 5 were reviewed, 1 is routine now
         }
         assert tallies.tallied(conn) == tallies.recount(conn)
+        assert (
+            tallies.models_tallied(conn) == tallies.models_recount(conn) == {(box, "cxr", "1.0"): 4}
+        )
     finally:
         conn.close()
 
@@ -104,5 +107,6 @@ def test_random_traffic_with_overlapping_requests_stays_exact(tmp_path, database
     conn = database.connect()
     try:
         assert tallies.tallied(conn) == tallies.recount(conn)
+        assert tallies.models_tallied(conn) == tallies.models_recount(conn)
     finally:
         conn.close()
