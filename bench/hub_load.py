@@ -29,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -82,6 +83,7 @@ def start_hub(base: Path, url: str, workers: int, threads: int) -> tuple[subproc
     args = [sys.executable, "-m", "appliance", "hub", "serve", "--data-dir", str(base / "hub")]
     args += ["--port", str(port), "--database-url", url]
     args += ["--workers", str(workers), "--threads", str(threads)]
+    args += ["--access-log", str(base / "access.log")]
     env = {**clean_env(), "PYTHONPATH": str(ROOT)}
     with open(base / "hub.log", "ab") as log:  # the child keeps its own copy
         proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=ROOT)
@@ -100,6 +102,15 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def server_times(log: Path) -> list[float]:
+    """Milliseconds each request spent in a hub worker (gunicorn's access log): the
+    request's own work, without the wait in the listen queue before a worker took it."""
+    if not log.exists():
+        return []
+    found = (re.search(r" (\d+)ms$", line) for line in log.read_text().splitlines())
+    return [float(m.group(1)) for m in found if m]
 
 
 def check_hub(url: str, base: Path, boxes: list[Box]) -> dict:
@@ -174,6 +185,7 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
     ok = [ms for b in boxes for ms in b.latencies_ms]
+    served = server_times(base / "access.log")
     errors = sum(b.errors for b in boxes) + sum(1 for b in boxes if not b.done)
     return {
         "boxes": args.boxes,
@@ -181,6 +193,7 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         "reviews_per_box": args.reviews,
         "workers": args.workers,
         "drop": args.drop,
+        "spread_s": args.spread,
         **checked,
         "errors": errors,
         "transport_failures": sum(b.transport_failures for b in boxes),
@@ -193,6 +206,8 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         "p95_ms": round(percentile(ok, 95), 1),
         "p99_ms": round(percentile(ok, 99), 1),
         "max_ms": round(max(ok, default=0.0), 1),
+        "hub_p50_ms": round(percentile(served, 50), 1),
+        "hub_p95_ms": round(percentile(served, 95), 1),
         "seconds": round(seconds, 1),
     }
 
@@ -210,6 +225,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=200, help="sync_batch_size of the boxes")
     parser.add_argument("--retry-min", type=float, default=0.5)
     parser.add_argument("--retry-max", type=float, default=8.0)
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="each box starts at a random moment within S seconds [default 0: all at once]",
+    )
     parser.add_argument("--kill-worker-after", type=float, default=None, metavar="S")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -81,6 +81,7 @@ class Box:
         self.index = index
         self.entries = box_entries(index, template)
         self.batch, self.retry_min, self.retry_max = args.batch, args.retry_min, args.retry_max
+        self.spread = args.spread
         self.rng = random.Random(1000 + index)
         self.device_id = ""
         self.token = ""
@@ -128,6 +129,8 @@ class Box:
         client = HubClient(hub_url, self.token, timeout=60.0)
         pending = list(self.entries)
         go.wait()
+        if self.spread:  # the box's own backoff timer running out, not the link coming back
+            time.sleep(self.rng.uniform(0, self.spread))
         for failures in range(1, 101):
             try:
                 self._retry(client.ping)

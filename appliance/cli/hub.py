@@ -44,9 +44,16 @@ def hub() -> None:
     help="Worker processes: above 1, gunicorn (pre-fork, Linux) serves; 1: waitress.",
 )
 @click.option("--threads", type=int, default=8, show_default=True, help="Threads per worker.")
+@click.option(
+    "--access-log",
+    default="",
+    help="With --workers: log each request, with its milliseconds, here ('-': stderr).",
+)
 @click.option("--test-write-delay", type=float, default=0.0, hidden=True)
 @translate_errors
-def serve(data_dir, database_url, host, port, workers, threads, test_write_delay) -> None:
+def serve(
+    data_dir, database_url, host, port, workers, threads, access_log, test_write_delay
+) -> None:
     """Serve the hub's device API and dashboard (put HTTPS in front of it).
 
     Pending schema migrations are applied first; a newer database is refused."""
@@ -76,6 +83,7 @@ def serve(data_dir, database_url, host, port, workers, threads, test_write_delay
             port=port,
             workers=workers,
             threads=threads,
+            access_log=access_log,
             on_ready=ready,
         )
         return

@@ -43,7 +43,12 @@ def available() -> bool:
     return True
 
 
-def options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
+ACCESS_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'  # M: milliseconds in the worker
+
+
+def options(
+    host: str, port: int, workers: int, threads: int, access_log: str = ""
+) -> dict[str, Any]:
     return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -65,6 +70,8 @@ def options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
         "proc_name": "appliance-hub",
         "control_socket_disable": True,
         "errorlog": "-",
+        "accesslog": access_log or None,
+        "access_log_format": ACCESS_FORMAT,
         "loglevel": "info",
     }
 
@@ -77,6 +84,7 @@ def serve_workers(
     port: int,
     workers: int,
     threads: int,
+    access_log: str = "",
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run gunicorn in this process (the master) until it is stopped."""
@@ -84,7 +92,7 @@ def serve_workers(
 
     class HubApplication(BaseApplication):
         def load_config(self) -> None:
-            for key, value in options(host, port, workers, threads).items():
+            for key, value in options(host, port, workers, threads, access_log).items():
                 self.cfg.set(key, value)
             self.cfg.set("when_ready", lambda server: on_ready and on_ready())
             self.cfg.set("worker_exit", _close_pool)
