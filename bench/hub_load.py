@@ -92,6 +92,12 @@ def start_hub(base: Path, url: str, workers: int, threads: int) -> tuple[subproc
     return proc, port
 
 
+def watch(proc: subprocess.Popen, abort: threading.Event) -> None:
+    """The hub's master exiting ends the run (its log says why)."""
+    proc.wait()
+    abort.set()
+
+
 def workers_of(master: int) -> list[int]:
     path = Path(f"/proc/{master}/task/{master}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -102,6 +108,10 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def server_times(log: Path) -> list[float]:
@@ -162,8 +172,9 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
             t.start()
         for t in threads:
             t.join()
-        go = threading.Event()
-        threads = [threading.Thread(target=b.sync, args=(proxy.url, go)) for b in boxes]
+        go, abort = threading.Event(), threading.Event()
+        threads = [threading.Thread(target=b.sync, args=(proxy.url, go, abort)) for b in boxes]
+        threading.Thread(target=watch, args=(proc, abort), daemon=True).start()
         for t in threads:
             t.start()
         killed = None
@@ -178,6 +189,8 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         for t in threads:
             t.join()
         seconds = time.perf_counter() - started
+        if abort.is_set():
+            raise SystemExit("the hub stopped during the run:\n" + tail(base / "hub.log"))
         checked = check_hub(url, base, boxes)
     finally:
         proxy.close()

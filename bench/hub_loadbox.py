@@ -124,7 +124,7 @@ class Box:
                 time.sleep(backoff_delay(attempt, self.retry_min, self.retry_max, self.rng.random))
         raise AssertionError("unreachable")
 
-    def sync(self, hub_url: str, go: threading.Event) -> None:
+    def sync(self, hub_url: str, go: threading.Event, abort: threading.Event) -> None:
         """Passes until everything is acknowledged (``run_forever``), at most 100."""
         client = HubClient(hub_url, self.token, timeout=60.0)
         pending = list(self.entries)
@@ -132,6 +132,8 @@ class Box:
         if self.spread:  # the box's own backoff timer running out, not the link coming back
             time.sleep(self.rng.uniform(0, self.spread))
         for failures in range(1, 101):
+            if abort.is_set():  # the hub is gone: nothing more to measure
+                return
             try:
                 self._retry(client.ping)
                 while pending:

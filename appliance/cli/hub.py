@@ -57,7 +57,7 @@ def serve(
     """Serve the hub's device API and dashboard (put HTTPS in front of it).
 
     Pending schema migrations are applied first; a newer database is refused."""
-    from appliance.hub import create_app, server
+    from appliance.hub import create_app, server, session_key
 
     config = configure(data_dir)
     url = database_url or config.hub_database_url
@@ -68,6 +68,7 @@ def serve(
     database = HubDatabase(config.data_dir, url)
     if workers > 1 and server.available():
         database.migrate()
+        session_key(config.data_dir)  # made once, before the workers that share it
 
         def ready() -> None:
             click.echo(
