@@ -47,6 +47,7 @@ PAYLOAD = (
 
 def build(conn, results: int, sites: int) -> dict:
     """Devices with COPY'd entries, then the tallies; returns what was written."""
+    conn.execute("SET statement_timeout = 0")  # a COPY of a million rows takes a while
     start = date.today() - timedelta(weeks=52)
     devices = []
     with conn.transaction():
