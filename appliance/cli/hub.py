@@ -36,24 +36,91 @@ def hub() -> None:
 @database_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8090, show_default=True)
-@click.option("--threads", type=int, default=8, show_default=True)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes: above 1, gunicorn (pre-fork, Linux) serves; 1: waitress.",
+)
+@click.option("--threads", type=int, default=8, show_default=True, help="Threads per worker.")
+@click.option(
+    "--access-log",
+    default="",
+    help="With --workers: log each request, with its milliseconds, here ('-': stderr).",
+)
 @click.option("--test-write-delay", type=float, default=0.0, hidden=True)
 @translate_errors
-def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None:
-    """Serve the hub's device API and dashboard (put HTTPS in front of it)."""
-    from appliance.http_server import create_server
-    from appliance.hub import create_app
+def serve(
+    data_dir, database_url, host, port, workers, threads, access_log, test_write_delay
+) -> None:
+    """Serve the hub's device API and dashboard (put HTTPS in front of it).
+
+    Pending schema migrations are applied first; a newer database is refused."""
+    from appliance.hub import create_app, server, session_key
 
     config = configure(data_dir)
     url = database_url or config.hub_database_url
-    app = create_app(
-        config.data_dir,
-        url,
-        {
-            "HUB_TEST_WRITE_DELAY": test_write_delay,
-            "HUB_TRUSTED_PROXIES": config.hub_trusted_proxies,
-        },
-    )
+    settings = {
+        "HUB_TEST_WRITE_DELAY": test_write_delay,
+        "HUB_TRUSTED_PROXIES": config.hub_trusted_proxies,
+    }
+    database = HubDatabase(config.data_dir, url)
+    if workers > 1 and server.available():
+        database.migrate()
+        session_key(config.data_dir)  # made once, before the workers that share it
+        _push_fhir(config, url, in_process=False)  # its own process: the master forks
+
+        def ready() -> None:
+            click.echo(
+                f"hub ready: http://{host}:{port} ({database.describe()},"
+                f" {workers} workers x {threads} threads)",
+                err=True,
+            )
+
+        server.serve_workers(
+            lambda: create_app(config.data_dir, url, settings, pool_size=threads),
+            database,
+            host=host,
+            port=port,
+            workers=workers,
+            threads=threads,
+            access_log=access_log,
+            on_ready=ready,
+        )
+        return
+    if workers > 1:
+        click.echo("gunicorn is not installed: serving with one waitress process", err=True)
+    app = create_app(config.data_dir, url, settings, pool_size=threads)
+    _push_fhir(config, url, in_process=True)
+    _serve_waitress(app, host, port, threads)
+
+
+def _push_fhir(config, url: str | None, *, in_process: bool) -> None:
+    """Push reports to ``hub_fhir_server_url`` every interval, beside the server: a thread
+    of the one waitress process, or a process of its own before gunicorn forks workers."""
+    if not config.hub_fhir_server_url:
+        return
+    import multiprocessing
+    import threading
+
+    target = threading.Thread if in_process else multiprocessing.Process
+    target(target=_run_fhir_pusher, args=(config, url), daemon=True).start()
+
+
+def _run_fhir_pusher(config, url: str | None) -> None:
+    import threading
+
+    from appliance.hub.fhir.push import FhirPusher
+
+    database = HubDatabase(config.data_dir, url)  # its own connections, in this process
+    pusher = FhirPusher(database, config.hub_fhir_server_url, config.data_dir)
+    pusher.run_forever(threading.Event(), config.hub_fhir_push_interval_seconds)
+
+
+def _serve_waitress(app, host: str, port: int, threads: int) -> None:
+    from appliance.http_server import create_server
+
     server = create_server(
         app,
         host=host,
@@ -66,18 +133,26 @@ def serve(data_dir, database_url, host, port, threads, test_write_delay) -> None
         clear_untrusted_proxy_headers=False,
     )
     database = app.extensions["hub_database"]
-    if config.hub_fhir_server_url:
-        import threading
-
-        from appliance.hub.fhir.push import FhirPusher
-
-        pusher = FhirPusher(database, config.hub_fhir_server_url, config.data_dir)
-        interval = config.hub_fhir_push_interval_seconds
-        threading.Thread(
-            target=pusher.run_forever, args=(threading.Event(), interval), daemon=True
-        ).start()
     click.echo(f"hub ready: http://{host}:{port} ({database.describe()})", err=True)
     server.run()
+
+
+@hub.command()
+@data_dir_option
+@database_option
+@translate_errors
+def migrate(data_dir, database_url) -> None:
+    """Bring the hub's database schema up to date (again: nothing to do)."""
+    from appliance.hub.migrations import LATEST
+
+    config = configure(data_dir)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    database = HubDatabase(config.data_dir, database_url or config.hub_database_url)
+    applied = database.migrate()
+    if applied:
+        click.echo(f"{database.describe()}: applied {', '.join(map(str, applied))}")
+    else:
+        click.echo(f"{database.describe()}: already at version {LATEST}")
 
 
 @hub.command("enrol-code")

@@ -86,12 +86,20 @@ def session_key(data_dir: Path) -> bytes:
 
 
 def create_app(
-    data_dir: Path, database_url: str = "", test_config: dict[str, Any] | None = None
+    data_dir: Path,
+    database_url: str = "",
+    test_config: dict[str, Any] | None = None,
+    *,
+    pool_size: int = 0,
 ) -> Flask:
-    """The hub app for ``data_dir`` (and the database at ``database_url``, if given)."""
+    """The hub app for ``data_dir`` (and the database at ``database_url``, if given).
+
+    Pending migrations are applied here, as they always were (``migrations.py``); a
+    database newer than this code is refused. ``pool_size``: pooled PostgreSQL
+    connections per process (0: one connection per request)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    database = HubDatabase(data_dir, database_url)
+    database = HubDatabase(data_dir, database_url, pool_size=pool_size)
     database.migrate()
     app = Flask(__name__)
     app.config.update(
@@ -113,7 +121,7 @@ def create_app(
     Babel(app, locale_selector=lambda: LOCALES[hub_language()])
     app.jinja_env.globals.update(hub_language=hub_language, LANGUAGES=LANGUAGE_NAMES)
 
-    from appliance.hub import api, dashboard, model_api  # noqa: F401 - its routes join api.bp
+    from appliance.hub import api, dashboard, exports, model_api  # noqa: F401 - routes join api.bp
     from appliance.hub.fhir import api as fhir_api
 
     @app.errorhandler(404)
@@ -134,4 +142,5 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(fhir_api.bp)
+    app.register_blueprint(exports.bp)
     return app

@@ -33,7 +33,8 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
-from appliance.hub import distribution, get_db, programme, records
+from appliance.hub import distribution, get_db, programme, records, tallies
+from appliance.hub.migrations import TALLY_COUNTERS
 from appliance.logins import sessions, throttle
 
 bp = Blueprint("dashboard", __name__)
@@ -151,67 +152,55 @@ def _rate(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f} %" if whole else "–"
 
 
-def summary() -> dict[str, Any]:
+SITES_PER_PAGE = 50  # a national programme has hundreds: the page shows them in pages
+
+
+def summary(page: int = 1) -> dict[str, Any]:
+    """Everything the dashboard shows, for one page of sites (programme-wide figures
+    and alarms are for every site). Read from the tallies, never the entries."""
     conn = get_db()
-    sites = conn.execute(
+    every_site = conn.execute(
         "SELECT d.site, COUNT(*) AS devices, MAX(d.last_seen_at) AS last_seen,"
         " SUM(CASE WHEN d.revoked_at IS NULL THEN 0 ELSE 1 END) AS revoked"
         " FROM devices d GROUP BY d.site ORDER BY d.site"
     )
-    per_site = {
-        row["site"]: row
-        for row in conn.execute(
-            "SELECT d.site,"
-            " SUM(CASE WHEN e.kind = 'result' THEN 1 ELSE 0 END) AS results,"
-            " SUM(CASE WHEN e.route = 'refused' THEN 1 ELSE 0 END) AS refused,"
-            " SUM(CASE WHEN e.triage IN ('urgent', 'review') THEN 1 ELSE 0 END) AS positive,"
-            " SUM(CASE WHEN e.kind = 'review' THEN 1 ELSE 0 END) AS reviews"
-            " FROM entries e JOIN devices d ON d.id = e.device_id GROUP BY d.site"
-        )
-    }
-    pending = {
-        row["site"]: row["n"]
-        for row in conn.execute(
-            "SELECT d.site, COUNT(*) AS n FROM entries r JOIN devices d ON d.id = r.device_id"
-            " WHERE r.kind = 'result' AND r.triage IN ('urgent', 'review') AND NOT EXISTS"
-            " (SELECT 1 FROM entries v WHERE v.device_id = r.device_id AND v.kind = 'review'"
-            " AND v.image_sha256 = r.image_sha256) GROUP BY d.site"
-        )
-    }
+    pages = max(1, math.ceil(len(every_site) / SITES_PER_PAGE))
+    page = min(max(1, page), pages)
+    first = (page - 1) * SITES_PER_PAGE
+    sites = every_site[first : first + SITES_PER_PAGE]
+    names = [s["site"] for s in sites]
+    per_site = tallies.per_site(conn)  # kept on write: no scan of the entries
     for site in sites:
-        counts = per_site.get(site["site"]) or {}
-        results = int(counts.get("results") or 0)
-        refused = int(counts.get("refused") or 0)
-        screened = results - refused
+        counts = per_site.get(site["site"]) or dict.fromkeys(TALLY_COUNTERS, 0)
+        results, refused = counts["results"], counts["refused"]
         site.update(
             results=results,
-            reviews=int(counts.get("reviews") or 0),
+            reviews=counts["reviews"],
             refusal_rate=_rate(refused, results),
-            positivity_rate=_rate(int(counts.get("positive") or 0), screened),
-            reviews_pending=pending.get(site["site"], 0),
+            positivity_rate=_rate(counts["positive"], results - refused),
+            reviews_pending=counts["pending"],
         )
-    weeks = conn.execute(
-        "SELECT week, COUNT(*) AS n FROM entries WHERE kind = 'result' AND week IS NOT NULL"
-        " GROUP BY week ORDER BY week DESC LIMIT 12"
-    )
-    models = conn.execute(
-        "SELECT e.model_name, e.model_version, COUNT(DISTINCT e.device_id) AS devices,"
-        " COUNT(*) AS results, MAX(e.received_at) AS last_used FROM entries e"
-        " WHERE e.kind = 'result' AND e.model_name IS NOT NULL"
-        " GROUP BY e.model_name, e.model_version ORDER BY e.model_name, e.model_version"
-    )
     return {
         "sites": sites,
-        "weeks": weeks,
-        "models": models,
-        "devices": records.list_devices(conn),
+        "pager": {
+            "page": page,
+            "pages": pages,
+            "first": first + 1,
+            "last": first + len(sites),
+            "total": len(every_site),
+        },
+        "weeks": tallies.recent_weeks(conn, 12),
+        "models": tallies.models(conn),
+        "devices": [d for d in records.list_devices(conn) if d["site"] in set(names)],
+        "programme": programme.programme(conn, names, per_site),
         "device_models": distribution.device_models(conn),
         "bundles": distribution.published(conn),
-        "programme": programme.programme(conn),
     }
 
 
 @bp.get("/")
 @login_required
 def index():
-    return render_template("hub/dashboard.html", csrf=csrf_token(), **summary())
+    page = request.args.get("page", "1")
+    page_number = int(page) if page.isdigit() else 1
+    return render_template("hub/dashboard.html", csrf=csrf_token(), **summary(page_number))

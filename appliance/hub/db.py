@@ -3,11 +3,19 @@
 The SQL is written once, in the dialect both understand (``ON CONFLICT ... DO UPDATE``,
 ``||``, no auto-increment: ids are text), with ``?`` placeholders translated to ``%s`` for
 psycopg. A write is one explicit transaction; the hub acknowledges only after COMMIT.
+
+With ``pool_size`` (``appliance hub serve`` sets it) PostgreSQL connections come from a
+``psycopg_pool.ConnectionPool`` per process, opened on first use — after gunicorn forks
+its workers, never before, so no two processes share a socket — and ``close()`` gives
+the connection back. Every PostgreSQL session has a statement timeout: a runaway query
+ends with an error instead of holding a worker.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,146 +23,18 @@ from typing import Any
 
 from appliance.errors import HubDatabaseError
 
-SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS hub_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS devices (
-        id TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        name TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        public_key TEXT NOT NULL,
-        enrolled_at TEXT NOT NULL,
-        revoked_at TEXT,
-        last_seen_at TEXT,
-        software TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS enrol_codes (
-        code_hash TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        expires_at TEXT NOT NULL,
-        used_at TEXT,
-        device_id TEXT
-    )""",
-    # One row per (device, entry id): the highest revision received wins.
-    """CREATE TABLE IF NOT EXISTS entries (
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        entry_id TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        image_sha256 TEXT,
-        route TEXT,
-        triage TEXT,
-        model_name TEXT,
-        model_version TEXT,
-        week TEXT,
-        payload TEXT NOT NULL,
-        received_at TEXT NOT NULL,
-        PRIMARY KEY (device_id, entry_id)
-    )""",
-    "CREATE INDEX IF NOT EXISTS entries_kind_week ON entries(kind, week)",
-    "CREATE INDEX IF NOT EXISTS entries_image ON entries(device_id, image_sha256)",
-    """CREATE TABLE IF NOT EXISTS images (
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        sha256 TEXT NOT NULL,
-        size_bytes BIGINT NOT NULL,
-        stored_path TEXT NOT NULL,
-        completed_at TEXT NOT NULL,
-        PRIMARY KEY (device_id, sha256)
-    )""",
-    # Superseded by bundle_imports (a bundle id is one box's, not the hub's: another box
-    # must not be able to take it); kept so an older hub's rows carry over.
-    """CREATE TABLE IF NOT EXISTS imports (
-        bundle_id TEXT PRIMARY KEY,
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        entries INTEGER NOT NULL,
-        imported_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS bundle_imports (
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        bundle_id TEXT NOT NULL,
-        entries INTEGER NOT NULL,
-        imported_at TEXT NOT NULL,
-        PRIMARY KEY (device_id, bundle_id)
-    )""",
-    """INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)
-        SELECT device_id, bundle_id, entries, imported_at FROM imports WHERE true
-        ON CONFLICT (device_id, bundle_id) DO NOTHING""",
-    """CREATE TABLE IF NOT EXISTS admins (
-        username TEXT PRIMARY KEY,
-        password_hash TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )""",
-    # Dashboard logins (appliance.logins.sessions) and failed-login counters
-    # (appliance.logins.throttle): the same tables as on the box.
-    """CREATE TABLE IF NOT EXISTS sessions (
-        id_hash TEXT PRIMARY KEY,
-        subject TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        seen_at DOUBLE PRECISION NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS sessions_subject ON sessions(subject)",
-    """CREATE TABLE IF NOT EXISTS login_throttle (
-        key TEXT PRIMARY KEY,
-        failures INTEGER NOT NULL,
-        blocked_until DOUBLE PRECISION,
-        updated_at DOUBLE PRECISION NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
-    # Model distribution (hub/distribution.py): the programme keys the hub checks a
-    # bundle file with before publishing it, the published files, which boxes get which
-    # (a device, a site or everyone; activate 0/1), and what each box reports it runs.
-    """CREATE TABLE IF NOT EXISTS model_keys (
-        key_id TEXT PRIMARY KEY,
-        public_key TEXT NOT NULL,
-        trusted_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS model_bundles (
-        sha256 TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        size_bytes BIGINT NOT NULL,
-        key_id TEXT NOT NULL,
-        stored_path TEXT NOT NULL,
-        published_at TEXT NOT NULL,
-        UNIQUE (name, version)
-    )""",
-    """CREATE TABLE IF NOT EXISTS rollouts (
-        sha256 TEXT NOT NULL REFERENCES model_bundles(sha256),
-        target TEXT NOT NULL,
-        activate INTEGER NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (sha256, target)
-    )""",
-    """CREATE TABLE IF NOT EXISTS device_models (
-        device_id TEXT NOT NULL REFERENCES devices(id),
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reported_at TEXT NOT NULL,
-        PRIMARY KEY (device_id, name, version)
-    )""",
-    # What the FHIR server holds of each report (appliance/hub/fhir/push.py).
-    """CREATE TABLE IF NOT EXISTS fhir_pushed (
-        device_id TEXT NOT NULL,
-        entry_id TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        pushed_at TEXT NOT NULL,
-        PRIMARY KEY (device_id, entry_id)
-    )""",
-)
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_MS = 30_000  # below gunicorn's worker timeout: the query ends first
+POOL_WAIT_S = 10.0
 
 
 class Connection:
     """A thin wrapper giving SQLite and psycopg the same small interface (rows as dicts)."""
 
-    def __init__(self, raw: Any, backend: str) -> None:
+    def __init__(self, raw: Any, backend: str, pool: Any = None) -> None:
         self.raw = raw
         self.backend = backend
+        self.pool = pool
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.backend == "postgresql" else sql
@@ -195,15 +75,22 @@ class Connection:
             self.raw.execute("COMMIT")
 
     def close(self) -> None:
-        self.raw.close()
+        if self.pool is not None:
+            self.pool.putconn(self.raw)  # the pool resets or discards a broken one
+        else:
+            self.raw.close()
 
 
 class HubDatabase:
     """Where the hub keeps what it received: ``url`` empty means ``data_dir/hub.db``."""
 
-    def __init__(self, data_dir: Path, url: str = "") -> None:
+    def __init__(self, data_dir: Path, url: str = "", pool_size: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.url = url
+        self.pool_size = pool_size
+        self._pool_obj: Any = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
         if url.startswith(("postgresql://", "postgres://")):
             self.backend = "postgresql"
         elif url in ("", "sqlite") or url.startswith("sqlite:///"):
@@ -225,19 +112,7 @@ class HubDatabase:
 
     def connect(self) -> Connection:
         if self.backend == "postgresql":
-            try:
-                import psycopg
-                from psycopg.rows import dict_row
-            except ImportError as exc:
-                raise HubDatabaseError(
-                    "PostgreSQL needs psycopg: "
-                    "pip install 'clinic-screening-appliance[hub-postgres]'"
-                ) from exc
-            try:
-                raw = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
-            except psycopg.Error as exc:
-                raise HubDatabaseError(f"cannot connect to {self.describe()}: {exc}") from exc
-            return Connection(raw, "postgresql")
+            return self._connect_postgresql()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             raw = sqlite3.connect(self.path, isolation_level=None, timeout=30)
@@ -250,15 +125,70 @@ class HubDatabase:
             raise HubDatabaseError(f"cannot open {self.path}: {exc}") from exc
         return Connection(raw, "sqlite")
 
-    def migrate(self) -> None:
+    def _connect_postgresql(self) -> Connection:
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError as exc:
+            raise HubDatabaseError(
+                "PostgreSQL needs psycopg: pip install 'clinic-screening-appliance[hub-postgres]'"
+            ) from exc
+        options = {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        }
+        try:
+            if self.pool_size > 0:
+                pool = self._pool(options)
+                return Connection(pool.getconn(timeout=POOL_WAIT_S), "postgresql", pool)
+            raw = psycopg.connect(self.url, **options)
+        except (psycopg.Error, OSError) as exc:
+            raise HubDatabaseError(f"cannot connect to {self.describe()}: {exc}") from exc
+        except Exception as exc:  # psycopg_pool.PoolTimeout: every connection busy
+            if type(exc).__name__ != "PoolTimeout":
+                raise
+            raise HubDatabaseError(f"no free connection to {self.describe()}: {exc}") from exc
+        return Connection(raw, "postgresql")
+
+    def _pool(self, options: dict[str, Any]) -> Any:
+        """This process's pool (a forked worker opens its own, never its parent's)."""
+        with self._pool_lock:
+            if self._pool_pid != os.getpid() or self._pool_obj is None:
+                try:
+                    from psycopg_pool import ConnectionPool
+                except ImportError as exc:
+                    raise HubDatabaseError(
+                        "a pooled hub needs psycopg_pool: "
+                        "pip install 'clinic-screening-appliance[hub-postgres]'"
+                    ) from exc
+                self._pool_obj = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs=options,
+                    timeout=POOL_WAIT_S,
+                    max_idle=300,
+                    name=f"hub-{os.getpid()}",
+                    open=True,
+                )
+                self._pool_pid = os.getpid()
+            return self._pool_obj
+
+    def close(self) -> None:
+        """Close this process's pool (connections given back are closed with it)."""
+        with self._pool_lock:
+            if self._pool_obj is not None and self._pool_pid == os.getpid():
+                self._pool_obj.close()
+            self._pool_obj = None
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations (``migrations.py``); returns the versions applied."""
+        from appliance.hub.migrations import migrate
+
         conn = self.connect()
         try:
-            with conn.transaction():
-                for statement in SCHEMA:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO hub_meta (key, value) VALUES ('schema', '1')"
-                    " ON CONFLICT (key) DO NOTHING"
-                )
+            return migrate(conn)
         finally:
             conn.close()

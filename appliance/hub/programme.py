@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from appliance.hub import tallies
 from appliance.hub.db import Connection
 
 WEEKS = 8
@@ -21,39 +22,21 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def weekly_rates(conn: Connection) -> dict[str, list[dict[str, Any]]]:
-    """site -> its last ``WEEKS`` weeks, newest first: results, positivity, refusal."""
-    rows = conn.execute(
-        "SELECT d.site, e.week, COUNT(*) AS results,"
-        " SUM(CASE WHEN e.route = 'refused' THEN 1 ELSE 0 END) AS refused,"
-        " SUM(CASE WHEN e.triage IN ('urgent', 'review') THEN 1 ELSE 0 END) AS positive"
-        " FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'result' AND e.week IS NOT NULL"
-        " GROUP BY d.site, e.week ORDER BY d.site, e.week DESC"
-    )
+def weekly_rates(conn: Connection, sites: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """site -> its last ``WEEKS`` weeks with results, newest first: results, positivity,
+    refusal (for ``sites``: a page of the dashboard)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        weeks = out.setdefault(row["site"], [])
-        if len(weeks) >= WEEKS:
-            continue
-        results, refused = int(row["results"]), int(row["refused"] or 0)
-        weeks.append(
+    for row in tallies.last_weeks(conn, sites, WEEKS):
+        results, refused = row["results"], row["refused"]
+        out.setdefault(row["site"], []).append(
             {
                 "week": row["week"],
                 "results": results,
-                "positivity": _rate(int(row["positive"] or 0), results - refused),
+                "positivity": _rate(row["positive"], results - refused),
                 "refusal": _rate(refused, results),
             }
         )
     return out
-
-
-def outcome_counts(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT d.site, COUNT(*) AS n FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'outcome' GROUP BY d.site"
-    )
-    return {row["site"]: int(row["n"]) for row in rows}
 
 
 def box_summaries(conn: Connection) -> list[dict[str, Any]]:
@@ -98,9 +81,15 @@ def box_summaries(conn: Connection) -> list[dict[str, Any]]:
     return boxes
 
 
-def programme(conn: Connection) -> dict[str, Any]:
+def programme(
+    conn: Connection, sites: list[str], per_site: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    """For the dashboard's page of ``sites``; drift and health alarms from every site."""
+    boxes = box_summaries(conn)
+    shown = set(sites)
     return {
-        "weekly": weekly_rates(conn),
-        "outcomes": outcome_counts(conn),
-        "boxes": box_summaries(conn),
+        "weekly": weekly_rates(conn, sites),
+        "outcomes": {site: n["outcomes"] for site, n in per_site.items() if n["outcomes"]},
+        "boxes": [b for b in boxes if b["site"] in shown],
+        "alarms": [b for b in boxes if b["warnings"]],
     }

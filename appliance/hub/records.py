@@ -178,9 +178,14 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
 def store_entries(
     conn: Connection, device_id: str, entries: list[dict[str, Any]]
 ) -> list[tuple[str, int]]:
-    """Upsert the batch in one transaction (call inside ``conn.transaction()``)."""
+    """Upsert the batch in one transaction (call inside ``conn.transaction()``); the
+    tallies follow in the same transaction (``tallies.kept``)."""
+    from appliance.hub import tallies
+
     received = now()
-    conn.executemany(UPSERT, [_row(device_id, e, received) for e in entries])
+    rows = [_row(device_id, e, received) for e in entries]
+    with tallies.kept(conn, device_id, rows):
+        conn.executemany(UPSERT, rows)
     return [(e["id"], e["rev"]) for e in entries]
 
 

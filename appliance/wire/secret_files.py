@@ -21,7 +21,20 @@ def write_secret(path: Path, data: bytes) -> None:
 
 
 def random_secret(path: Path, nbytes: int = 32) -> bytes:
-    """The random key kept at ``path``, made on first use."""
-    if not path.exists():
-        write_secret(path, secrets.token_bytes(nbytes))
+    """The random key kept at ``path``, made on first use.
+
+    Several processes may ask at once (the hub's workers starting together): each
+    writes its own candidate, and ``os.link`` — which fails when ``path`` exists — lets
+    exactly one become the key; every process then reads that one."""
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    write_secret(candidate, secrets.token_bytes(nbytes))
+    try:
+        os.link(candidate, path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        candidate.unlink()
     return path.read_bytes()

@@ -176,3 +176,42 @@ def test_the_hub_pushes_each_report_once_with_retries_and_again_when_it_changes(
         assert "Clinician review: disagree (artefact)" in report.conclusion
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hub_serve_pushes_reports_beside_the_server(synced, workers, tmp_path):
+    """`appliance hub serve` with `hub_fhir_server_url` set pushes on its own: a thread of
+    the one waitress process, or a process of its own beside gunicorn's workers."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import free_port
+    from sync.synckit import clean_env, wait_for_port
+
+    server = FhirServer()
+    port = free_port()
+    env = clean_env() | {
+        "APPLIANCE_HUB_FHIR_SERVER_URL": server.url,
+        "APPLIANCE_HUB_FHIR_PUSH_INTERVAL_SECONDS": "0.2",
+    }
+    args = [sys.executable, "-m", "appliance", "hub", "serve", "--data-dir",
+            str(synced.data_dir), "--port", str(port), "--workers", str(workers)]
+    log = tmp_path / "hub.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=out)
+    try:
+        wait_for_port(port, 30)
+        deadline = time.monotonic() + 20
+        while not server.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(server.received) == 1, log.read_text()
+        time.sleep(0.6)  # several more intervals: nothing changed, nothing pushed again
+        assert len(server.received) == 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        server.close()

@@ -1,0 +1,297 @@
+"""The hub's schema, versioned: one list of migrations for SQLite and PostgreSQL alike.
+
+As sqlite-utils' ``Migrations``: each migration has a number and is applied once, in
+order, inside one transaction with the others pending, and recorded in
+``schema_migrations``; an applied migration is never edited — a change is a new one.
+``appliance hub migrate`` applies what is pending (idempotent), and so does every start
+of the hub (``create_app``), as it always has. A database already at a *newer* version
+than this code knows is refused: an older hub must not write to it.
+
+The SQL is the dialect both understand (``CREATE ... IF NOT EXISTS``, ``ON CONFLICT``).
+On PostgreSQL an advisory lock makes several workers starting at once take turns; on
+SQLite ``BEGIN IMMEDIATE`` does the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from appliance.errors import HubDatabaseError
+
+if TYPE_CHECKING:
+    from appliance.hub.db import Connection
+
+# The schema as hubs created it before migrations were numbered (every statement is
+# IF NOT EXISTS, so applying it to such a hub's database changes nothing).
+INITIAL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS hub_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        enrolled_at TEXT NOT NULL,
+        revoked_at TEXT,
+        last_seen_at TEXT,
+        software TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS enrol_codes (
+        code_hash TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at TEXT,
+        device_id TEXT
+    )""",
+    # One row per (device, entry id): the highest revision received wins.
+    """CREATE TABLE IF NOT EXISTS entries (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        entry_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        image_sha256 TEXT,
+        route TEXT,
+        triage TEXT,
+        model_name TEXT,
+        model_version TEXT,
+        week TEXT,
+        payload TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS entries_kind_week ON entries(kind, week)",
+    "CREATE INDEX IF NOT EXISTS entries_image ON entries(device_id, image_sha256)",
+    """CREATE TABLE IF NOT EXISTS images (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        sha256 TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        stored_path TEXT NOT NULL,
+        completed_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, sha256)
+    )""",
+    # Superseded by bundle_imports (a bundle id is one box's, not the hub's: another box
+    # must not be able to take it); kept so an older hub's rows carry over.
+    """CREATE TABLE IF NOT EXISTS imports (
+        bundle_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        entries INTEGER NOT NULL,
+        imported_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS bundle_imports (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        bundle_id TEXT NOT NULL,
+        entries INTEGER NOT NULL,
+        imported_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, bundle_id)
+    )""",
+    """INSERT INTO bundle_imports (device_id, bundle_id, entries, imported_at)
+        SELECT device_id, bundle_id, entries, imported_at FROM imports WHERE true
+        ON CONFLICT (device_id, bundle_id) DO NOTHING""",
+    """CREATE TABLE IF NOT EXISTS admins (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    # Dashboard logins (appliance.logins.sessions) and failed-login counters
+    # (appliance.logins.throttle): the same tables as on the box.
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id_hash TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_subject ON sessions(subject)",
+    """CREATE TABLE IF NOT EXISTS login_throttle (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        blocked_until DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS login_throttle_updated ON login_throttle(updated_at)",
+    "INSERT INTO hub_meta (key, value) VALUES ('schema', '1') ON CONFLICT (key) DO NOTHING",
+)
+
+
+# Counts per device and ISO week, and results per device and model, kept in the same
+# transaction as the entries (records.store_entries): the dashboard, the programme view
+# and the DHIS2 export read these rows (26,000 for 500 boxes' year), never the million
+# entries. week '' stands for "unknown" so the key has no NULL.
+TALLY_COUNTERS = ("results", "refused", "positive", "referred", "reviews", "outcomes", "pending")
+# Counting the tallies again from the entries (migration 2; bench/hub_dashboard.py).
+TALLY_REBUILD: tuple[str, ...] = (
+    "DELETE FROM tallies",
+    "DELETE FROM model_tallies",
+    # What the entries already held (a hub upgraded in place), counted once.
+    """INSERT INTO tallies (device_id, week, results, refused, positive, referred, reviews,
+        outcomes, pending)
+    SELECT device_id, COALESCE(week, ''),
+        SUM(CASE WHEN kind = 'result' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'result' AND route = 'refused' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'result' AND triage IN ('urgent', 'review') THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'result' AND triage = 'urgent' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'review' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN kind = 'outcome' THEN 1 ELSE 0 END),
+        0
+    FROM entries WHERE kind IN ('result', 'review', 'outcome')
+    GROUP BY 1, 2""",
+    # A review is pending for an image with a positive result and no review yet; it is
+    # counted in the week of the image's first positive result.
+    """INSERT INTO tallies (device_id, week, pending)
+    SELECT device_id, week, n FROM (
+        SELECT device_id, week, COUNT(*) AS n FROM (
+            SELECT r.device_id, COALESCE(MIN(r.week), '') AS week FROM entries r
+            WHERE r.kind = 'result' AND r.triage IN ('urgent', 'review')
+            AND r.image_sha256 IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM entries v WHERE v.device_id = r.device_id
+                AND v.kind = 'review' AND v.image_sha256 = r.image_sha256)
+            GROUP BY r.device_id, r.image_sha256
+        ) AS images GROUP BY device_id, week
+    ) AS counted WHERE true
+    ON CONFLICT (device_id, week) DO UPDATE SET pending = tallies.pending + excluded.pending""",
+    """INSERT INTO model_tallies (device_id, model_name, model_version, results, last_received)
+    SELECT device_id, model_name, COALESCE(model_version, ''), COUNT(*), MAX(received_at)
+    FROM entries WHERE kind = 'result' AND model_name IS NOT NULL
+    GROUP BY 1, 2, 3""",
+)
+TALLIES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS tallies (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        week TEXT NOT NULL,
+        results BIGINT NOT NULL DEFAULT 0,
+        refused BIGINT NOT NULL DEFAULT 0,
+        positive BIGINT NOT NULL DEFAULT 0,
+        referred BIGINT NOT NULL DEFAULT 0,
+        reviews BIGINT NOT NULL DEFAULT 0,
+        outcomes BIGINT NOT NULL DEFAULT 0,
+        pending BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (device_id, week)
+    )""",
+    "CREATE INDEX IF NOT EXISTS tallies_week ON tallies(week)",
+    """CREATE TABLE IF NOT EXISTS model_tallies (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        results BIGINT NOT NULL DEFAULT 0,
+        last_received TEXT,
+        PRIMARY KEY (device_id, model_name, model_version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS devices_site ON devices(site)",
+    # CSV export of one site (its devices) for a period, in entry order.
+    "CREATE INDEX IF NOT EXISTS entries_device_kind_week ON entries(device_id, kind, week)",
+    *TALLY_REBUILD,
+)
+
+# Model distribution (hub/distribution.py) and what a FHIR server holds (hub/fhir/push.py):
+# written before migrations were numbered, so a hub that already has them keeps them.
+DISTRIBUTION_AND_FHIR: tuple[str, ...] = (
+    # The programme keys the hub checks a bundle file with before publishing it, the
+    # published files, which boxes get which (a device, a site or everyone; activate 0/1),
+    # and what each box reports it runs.
+    """CREATE TABLE IF NOT EXISTS model_keys (
+        key_id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        trusted_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS model_bundles (
+        sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        stored_path TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        UNIQUE (name, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS rollouts (
+        sha256 TEXT NOT NULL REFERENCES model_bundles(sha256),
+        target TEXT NOT NULL,
+        activate INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (sha256, target)
+    )""",
+    """CREATE TABLE IF NOT EXISTS device_models (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reported_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, name, version)
+    )""",
+    # What the FHIR server holds of each report (appliance/hub/fhir/push.py).
+    """CREATE TABLE IF NOT EXISTS fhir_pushed (
+        device_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        pushed_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: devices, codes, entries, images, imports, logins", INITIAL),
+    Migration(2, "tallies per device and week, and per model; indexes for exports", TALLIES),
+    Migration(3, "model bundles, rollouts, boxes' versions; FHIR push ledger",
+              DISTRIBUTION_AND_FHIR),
+)
+LATEST = MIGRATIONS[-1].version
+
+LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+ADVISORY_LOCK = 74_180_318  # any constant: "the hub's schema" for pg_advisory_xact_lock
+
+
+def applied_versions(conn: Connection) -> list[int]:
+    rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+    return [int(r["version"]) for r in rows]
+
+
+def check_not_newer(versions: list[int]) -> None:
+    newest = max(versions, default=0)
+    if newest > LATEST:
+        raise HubDatabaseError(
+            f"the hub database is at schema version {newest}, newer than this hub knows "
+            f"({LATEST}): run the newer hub software, or restore a backup made for this one"
+        )
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Apply every pending migration in one transaction; returns the versions applied."""
+    from appliance.hub.records import now
+
+    with conn.transaction():
+        if conn.backend == "postgresql":
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (ADVISORY_LOCK,))
+            # Counting a million entries may take longer than a request's timeout.
+            conn.execute("SET LOCAL statement_timeout = 0")
+        conn.execute(LEDGER)
+        held = applied_versions(conn)
+        check_not_newer(held)
+        done = []
+        for migration in MIGRATIONS:
+            if migration.version in held:
+                continue
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now()),
+            )
+            done.append(migration.version)
+    return done

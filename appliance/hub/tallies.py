@@ -1,0 +1,297 @@
+"""Counts per device and ISO week, and results per device and model, kept exact in
+the entries' own transaction.
+
+The dashboard, the programme view and the DHIS2 export read ``tallies`` (a row per
+device and week: 26,000 rows for 500 boxes' year) and ``model_tallies``, never the
+million entries. They stay exact because ``kept`` runs inside the transaction that
+upserts a batch: it reads what the hub held for those entries, lets the upsert run,
+and adds the difference — nothing for a resend (the same revision), the new
+revision's counts minus the old one's for a revision, everything for a first arrival.
+The box's device row is locked first (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``
+already serialises writers), so two overlapping requests from one box (a retry while
+the first is still being written) are counted one after the other.
+
+A review is *pending* for an image that has a positive result (triage urgent or
+review) and no review yet; it is counted in the week of that first positive result.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from appliance.hub.db import Connection
+from appliance.hub.migrations import TALLY_COUNTERS
+
+POSITIVE = ("urgent", "review")
+REFERRED = "urgent"  # the box's "refer now" tier
+COLUMNS = (
+    "device_id",
+    "entry_id",
+    "revision",
+    "kind",
+    "image_sha256",
+    "route",
+    "triage",
+    "model_name",
+    "model_version",
+    "week",
+)
+
+ADD = (
+    "INSERT INTO tallies (device_id, week, "
+    + ", ".join(TALLY_COUNTERS)
+    + ") VALUES (?, ?, "
+    + ", ".join("?" for _ in TALLY_COUNTERS)
+    + ") ON CONFLICT (device_id, week) DO UPDATE SET "
+    + ", ".join(f"{c} = tallies.{c} + excluded.{c}" for c in TALLY_COUNTERS)
+)
+ADD_MODEL = (
+    "INSERT INTO model_tallies (device_id, model_name, model_version, results, last_received)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, model_name, model_version) DO UPDATE"
+    " SET results = model_tallies.results + excluded.results,"
+    " last_received = CASE WHEN excluded.last_received IS NULL THEN model_tallies.last_received"
+    " WHEN model_tallies.last_received IS NULL"
+    " OR excluded.last_received > model_tallies.last_received"
+    " THEN excluded.last_received ELSE model_tallies.last_received END"
+)
+
+
+def contribution(row: dict[str, Any]) -> tuple[str, dict[str, int]] | None:
+    """What one stored entry adds to its week (a monitor summary adds nothing)."""
+    week = row["week"] or ""
+    if row["kind"] == "result":
+        return week, {
+            "results": 1,
+            "refused": int(row["route"] == "refused"),
+            "positive": int(row["triage"] in POSITIVE),
+            "referred": int(row["triage"] == REFERRED),
+        }
+    if row["kind"] == "review":
+        return week, {"reviews": 1}
+    if row["kind"] == "outcome":
+        return week, {"outcomes": 1}
+    return None
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> Iterator[list[str]]:
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def held(conn: Connection, device_id: str, entry_ids: Sequence[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for part in _chunks(sorted(set(entry_ids))):
+        marks = ", ".join("?" for _ in part)
+        for row in conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM entries"
+            f" WHERE device_id = ? AND entry_id IN ({marks})",
+            (device_id, *part),
+        ):
+            out[row["entry_id"]] = row
+    return out
+
+
+def pending_images(conn: Connection, device_id: str, shas: set[str]) -> dict[str, str]:
+    """image sha256 -> the week its pending review counts in, for those pending now."""
+    positive: dict[str, str] = {}
+    reviewed: set[str] = set()
+    for part in _chunks(sorted(shas)):
+        marks = ", ".join("?" for _ in part)
+        for row in conn.execute(
+            "SELECT image_sha256, kind, triage, week FROM entries WHERE device_id = ?"
+            f" AND image_sha256 IN ({marks}) AND kind IN ('result', 'review')",
+            (device_id, *part),
+        ):
+            sha = row["image_sha256"]
+            if row["kind"] == "review":
+                reviewed.add(sha)
+            elif row["triage"] in POSITIVE:
+                week = row["week"] or ""
+                positive[sha] = min(week, positive.get(sha, week))
+    return {sha: week for sha, week in positive.items() if sha not in reviewed}
+
+
+@contextmanager
+def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Iterator[None]:
+    """Around the upsert of ``rows`` (``records._row`` tuples, in order): keep the
+    tallies exact. Call inside the batch's transaction."""
+    if conn.backend == "postgresql":
+        conn.execute("SELECT id FROM devices WHERE id = ? FOR UPDATE", (device_id,))
+    new = [dict(zip(COLUMNS, row[: len(COLUMNS)], strict=True)) for row in rows]
+    received = rows[0][11] if rows else None
+    before = held(conn, device_id, [r["entry_id"] for r in new])
+    shas = {r["image_sha256"] for r in (*new, *before.values()) if r["image_sha256"]}
+    shas = {s for s in shas if isinstance(s, str)}
+    pending_before = pending_images(conn, device_id, shas) if shas else {}
+    yield
+    weeks: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(TALLY_COUNTERS, 0))
+    models: dict[tuple[str, str], list] = defaultdict(lambda: [0, None])
+    state = dict(before)
+    for row in new:  # the upsert's rule, row by row: a higher revision replaces
+        old = state.get(row["entry_id"])
+        if old is not None and old["revision"] >= row["revision"]:
+            continue
+        for sign, entry in ((-1, old), (1, row)):
+            counted = contribution(entry) if entry is not None else None
+            if counted is None:
+                continue
+            week, counts = counted
+            for name, n in counts.items():
+                weeks[week][name] += sign * n
+            if entry["kind"] == "result" and entry["model_name"]:
+                model = models[(entry["model_name"], entry["model_version"] or "")]
+                model[0] += sign
+                if sign == 1:
+                    model[1] = received
+        state[row["entry_id"]] = row
+    pending_after = pending_images(conn, device_id, shas) if shas else {}
+    for week in pending_before.values():
+        weeks[week]["pending"] -= 1
+    for week in pending_after.values():
+        weeks[week]["pending"] += 1
+    conn.executemany(
+        ADD,
+        [
+            (device_id, week, *(counts[c] for c in TALLY_COUNTERS))
+            for week, counts in sorted(weeks.items())
+            if any(counts.values())
+        ],
+    )
+    conn.executemany(
+        ADD_MODEL,
+        [(device_id, *key, n, last) for key, (n, last) in sorted(models.items()) if n or last],
+    )
+
+
+# -- reading ---------------------------------------------------------------------
+SUMS = ", ".join(f"SUM(t.{c}) AS {c}" for c in TALLY_COUNTERS)
+
+
+def per_site(conn: Connection) -> dict[str, dict[str, int]]:
+    rows = conn.execute(
+        f"SELECT d.site, {SUMS} FROM tallies t JOIN devices d ON d.id = t.device_id GROUP BY d.site"
+    )
+    return {r["site"]: {c: int(r[c] or 0) for c in TALLY_COUNTERS} for r in rows}
+
+
+def site_weeks(
+    conn: Connection, since: str = "", until: str = "", site: str | None = None
+) -> list[dict[str, Any]]:
+    """Counts per site and ISO week (``since`` <= week <= ``until``, '' = open), by site
+    then week; weeks without any result, review, outcome or pending review are left out."""
+    sql = (
+        f"SELECT d.site, t.week, {SUMS} FROM tallies t JOIN devices d ON d.id = t.device_id"
+        " WHERE t.week <> ''"
+    )
+    params: list[Any] = []
+    if since:
+        sql += " AND t.week >= ?"
+        params.append(since)
+    if until:
+        sql += " AND t.week <= ?"
+        params.append(until)
+    if site is not None:
+        sql += " AND d.site = ?"
+        params.append(site)
+    rows = conn.execute(sql + " GROUP BY d.site, t.week ORDER BY d.site, t.week", params)
+    out = []
+    for r in rows:
+        counts = {c: int(r[c] or 0) for c in TALLY_COUNTERS}
+        if any(counts.values()):
+            out.append({"site": r["site"], "week": r["week"], **counts})
+    return out
+
+
+def last_weeks(conn: Connection, sites: list[str], weeks: int) -> list[dict[str, Any]]:
+    """Per site of ``sites``, its last ``weeks`` weeks with results, newest first."""
+    if not sites:
+        return []
+    marks = ", ".join("?" for _ in sites)
+    rows = conn.execute(
+        "SELECT site, week, results, refused, positive FROM (SELECT d.site, t.week,"
+        " SUM(t.results) AS results, SUM(t.refused) AS refused, SUM(t.positive) AS positive,"
+        " ROW_NUMBER() OVER (PARTITION BY d.site ORDER BY t.week DESC) AS n"
+        " FROM tallies t JOIN devices d ON d.id = t.device_id"
+        f" WHERE t.week <> '' AND t.results > 0 AND d.site IN ({marks})"
+        " GROUP BY d.site, t.week) AS ranked WHERE n <= ? ORDER BY site, week DESC",
+        (*sites, weeks),
+    )
+    return [{**r, **{c: int(r[c] or 0) for c in ("results", "refused", "positive")}} for r in rows]
+
+
+def recent_weeks(conn: Connection, limit: int = 12) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT week, SUM(results) AS n FROM tallies WHERE week <> ''"
+        " GROUP BY week HAVING SUM(results) > 0 ORDER BY week DESC LIMIT ?",
+        (limit,),
+    )
+
+
+def models(conn: Connection) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT model_name, model_version, COUNT(DISTINCT device_id) AS devices,"
+        " SUM(results) AS results, MAX(last_received) AS last_used FROM model_tallies"
+        " WHERE results > 0 GROUP BY model_name, model_version"
+        " ORDER BY model_name, model_version"
+    )
+
+
+def recount(conn: Connection) -> dict[tuple[str, str], dict[str, int]]:
+    """(device, week) -> counts recomputed from the entries themselves: the slow, exact
+    way the tallies stand for (tests and ``bench/hub_load.py`` compare the two)."""
+    out: dict[tuple[str, str], dict[str, int]] = defaultdict(
+        lambda: dict.fromkeys(TALLY_COUNTERS, 0)
+    )
+    for row in conn.execute(
+        "SELECT device_id, COALESCE(week, '') AS week,"
+        " SUM(CASE WHEN kind = 'result' THEN 1 ELSE 0 END) AS results,"
+        " SUM(CASE WHEN kind = 'result' AND route = 'refused' THEN 1 ELSE 0 END) AS refused,"
+        " SUM(CASE WHEN kind = 'result' AND triage IN ('urgent', 'review') THEN 1 ELSE 0 END)"
+        " AS positive,"
+        " SUM(CASE WHEN kind = 'result' AND triage = 'urgent' THEN 1 ELSE 0 END) AS referred,"
+        " SUM(CASE WHEN kind = 'review' THEN 1 ELSE 0 END) AS reviews,"
+        " SUM(CASE WHEN kind = 'outcome' THEN 1 ELSE 0 END) AS outcomes"
+        " FROM entries GROUP BY device_id, COALESCE(week, '')"
+    ):
+        out[(row["device_id"], row["week"])].update(
+            {c: int(row[c] or 0) for c in TALLY_COUNTERS if c != "pending"}
+        )
+    for row in conn.execute(
+        "SELECT device_id, week, COUNT(*) AS n FROM (SELECT r.device_id,"
+        " COALESCE(MIN(r.week), '') AS week FROM entries r WHERE r.kind = 'result'"
+        " AND r.triage IN ('urgent', 'review') AND r.image_sha256 IS NOT NULL AND NOT EXISTS"
+        " (SELECT 1 FROM entries v WHERE v.device_id = r.device_id AND v.kind = 'review'"
+        " AND v.image_sha256 = r.image_sha256) GROUP BY r.device_id, r.image_sha256) AS p"
+        " GROUP BY device_id, week"
+    ):
+        out[(row["device_id"], row["week"])]["pending"] = int(row["n"])
+    return {k: v for k, v in out.items() if any(v.values())}
+
+
+def tallied(conn: Connection) -> dict[tuple[str, str], dict[str, int]]:
+    """(device, week) -> counts as the tallies hold them."""
+    rows = conn.execute(
+        f"SELECT t.device_id, t.week, {SUMS} FROM tallies t GROUP BY t.device_id, t.week"
+    )
+    out = {(r["device_id"], r["week"]): {c: int(r[c] or 0) for c in TALLY_COUNTERS} for r in rows}
+    return {k: v for k, v in out.items() if any(v.values())}
+
+
+def models_recount(conn: Connection) -> dict[tuple[str, str, str], int]:
+    rows = conn.execute(
+        "SELECT device_id, model_name, COALESCE(model_version, '') AS model_version,"
+        " COUNT(*) AS n FROM entries WHERE kind = 'result' AND model_name IS NOT NULL"
+        " GROUP BY device_id, model_name, COALESCE(model_version, '')"
+    )
+    return {(r["device_id"], r["model_name"], r["model_version"]): int(r["n"]) for r in rows}
+
+
+def models_tallied(conn: Connection) -> dict[tuple[str, str, str], int]:
+    rows = conn.execute(
+        "SELECT device_id, model_name, model_version, results FROM model_tallies WHERE results <> 0"
+    )
+    return {(r["device_id"], r["model_name"], r["model_version"]): int(r["results"]) for r in rows}
