@@ -120,6 +120,9 @@ def create_app(
     app.after_request(security_headers)
     Babel(app, locale_selector=lambda: LOCALES[hub_language()])
     app.jinja_env.globals.update(hub_language=hub_language, LANGUAGES=LANGUAGE_NAMES)
+    from appliance.hub import formats
+
+    app.jinja_env.filters.update(pct=formats.percent, moment=formats.moment, day=formats.day)
 
     from appliance.hub import api, dashboard, exports, model_api  # noqa: F401 - routes join api.bp
     from appliance.hub.fhir import api as fhir_api

@@ -148,8 +148,8 @@ def language():
     return redirect(url_for("dashboard.index"))
 
 
-def _rate(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f} %" if whole else "–"
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None  # the template writes it (formats.percent)
 
 
 SITES_PER_PAGE = 50  # a national programme has hundreds: the page shows them in pages

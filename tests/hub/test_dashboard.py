@@ -70,9 +70,9 @@ def test_dashboard_needs_a_login_then_shows_sites_rates_and_models(hub):
     )
     assert ok.status_code == 302
     text = re.sub(r"\s+", " ", client.get("/").get_data(as_text=True))
-    # 4 results: 1 refused (25 %); of 3 screened, 2 positive (66.7 %); 1 of 2 positives reviewed
+    # 4 results: 1 refused (25 %); of 3 screened, 2 positive (66.7%); 1 of 2 positives reviewed
     assert "<td>Ndola</td><td>1</td>" in text
-    assert "<td>4</td><td>66.7 %</td><td>25.0 %</td><td>1</td><td>1</td>" in text
+    assert "<td>4</td><td>66.7%</td><td>25.0%</td><td>1</td><td>1</td>" in text
     assert "<td>2024-W18</td><td>4</td>" in text
     assert "<td>cxr-pneumonia</td><td>1.1</td><td>1</td><td>1</td>" in text
 

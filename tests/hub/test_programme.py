@@ -115,8 +115,8 @@ def test_a_box_sends_outcomes_and_its_summary_and_the_hub_shows_the_programme(
     )
     week = entries(hub, "result")[0]["week"]
     assert (
-        f"<td>Ndola</td><td>{week}</td><td>40</td><td>{100 * flagged / 40:.1f} %</td>"
-        f"<td>0.0 %</td><td>40</td>" in page
+        f"<td>Ndola</td><td>{week}</td><td>40</td><td>{100 * flagged / 40:.1f}%</td>"
+        f"<td>0.0%</td><td>40</td>" in page
     )
     store.close()
 
