@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -176,3 +177,21 @@ class Served:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+# The PIN the web tests give every user they create.
+PIN = "2468"
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token of the first form on a page."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def logged_in(app, username: str, pin: str = PIN):
+    """A test client of the box's web app, logged in as ``username``."""
+    client = app.test_client()
+    token = csrf_from(client.get("/login").text)
+    response = client.post("/login", data={"csrf_token": token, "username": username, "pin": pin})
+    assert response.status_code == 302
+    return client

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from appliance.cli.options import configure, data_dir_option, json_option, translate_errors
-from appliance.hub.db import HubDatabase
+from appliance.hub.db import Connection, HubDatabase
 from appliance.terminal import echo
 
 database_option = click.option(
@@ -24,6 +26,16 @@ def _database(data_dir: Path, database_url: str | None) -> HubDatabase:
     database = HubDatabase(config.data_dir, database_url or config.hub_database_url)
     database.migrate()
     return database
+
+
+@contextmanager
+def _connection(data_dir: Path, database_url: str | None) -> Iterator[Connection]:
+    """One connection to the (migrated) hub database, closed however the command ends."""
+    conn = _database(data_dir, database_url).connect()
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 @click.group()
@@ -165,11 +177,8 @@ def enrol_code(data_dir, database_url, site, days) -> None:
     """Print a one-time code that enrols one box for SITE."""
     from appliance.hub import records
 
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         click.echo(records.create_enrolment_code(conn, site, days))
-    finally:
-        conn.close()
 
 
 @hub.command()
@@ -181,11 +190,8 @@ def devices(data_dir, database_url, as_json) -> None:
     """List enrolled boxes: site, last seen, revoked."""
     from appliance.hub import records
 
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         rows = records.list_devices(conn)
-    finally:
-        conn.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -206,12 +212,9 @@ def revoke(device_id, data_dir, database_url) -> None:
     """Refuse DEVICE_ID from now on (its token gets 403)."""
     from appliance.hub import records
 
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         if not records.revoke_device(conn, device_id):
             raise click.ClickException(f"no device {device_id}")
-    finally:
-        conn.close()
     click.echo(f"revoked {device_id}")
 
 
@@ -225,11 +228,8 @@ def create_admin(data_dir, database_url, username, password) -> None:
     """Create a dashboard login (or set its password)."""
     from appliance.hub import records
 
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         records.set_admin(conn, username, password)
-    finally:
-        conn.close()
     click.echo(f"hub admin {username} set")
 
 
@@ -291,11 +291,8 @@ def trust_model_key(pubkey, data_dir, database_url) -> None:
 
     path = Path(pubkey)
     text = path.read_text(encoding="utf-8") if path.is_file() else pubkey
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         kid = distribution.trust_key(conn, text)
-    finally:
-        conn.close()
     click.echo(f"trusted key {kid}")
 
 
@@ -342,11 +339,8 @@ def rollout(name, version, devices, sites, everyone, activate, data_dir, databas
     targets += ["all"] if everyone else []
     if not targets:
         raise click.UsageError("name the boxes: --devices, --sites or --all")
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         distribution.rollout(conn, name, version, targets, activate)
-    finally:
-        conn.close()
     state = "to activate" if activate else "in shadow"
     click.echo(f"{name} {version} rolled out {state} to {', '.join(targets)}")
 
@@ -360,11 +354,8 @@ def bundles(data_dir, database_url, as_json) -> None:
     """List published model bundles and who they are rolled out to."""
     from appliance.hub import distribution
 
-    conn = _database(data_dir, database_url).connect()
-    try:
+    with _connection(data_dir, database_url) as conn:
         rows = distribution.published(conn)
-    finally:
-        conn.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

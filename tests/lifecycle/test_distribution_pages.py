@@ -4,29 +4,15 @@ under the configured root stands for the stick); other roles see neither; CSRF."
 
 from __future__ import annotations
 
-import re
 import shutil
 
 import pytest
+from helpers import PIN, csrf_from, logged_in
 from lifecycle.modelkit import NAME, NEW, rewrite_tar
 
 from appliance.lifecycle.install import install
 from appliance.store import model_versions, users
 from appliance.web import create_app
-
-PIN = "2468"
-
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def logged_in(app, username: str):
-    client = app.test_client()
-    token = csrf_from(client.get("/login").text)
-    answer = client.post("/login", data={"csrf_token": token, "username": username, "pin": PIN})
-    assert answer.status_code == 302
-    return client
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+from helpers import csrf_from
 from monitoring.cases import confirm, population, scored
 
 from appliance.config import load_config
@@ -17,10 +18,6 @@ from appliance.web.auth import ensure_api_token
 from appliance.web.reasons import KNOWN
 
 PIN = "2468"
-
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def client_for(app, username: str):

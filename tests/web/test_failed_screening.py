@@ -4,10 +4,8 @@ form's CSRF token, audited. A real worker then screens them."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from helpers import FUNDUS_DIR
+from helpers import FUNDUS_DIR, PIN, csrf_from, logged_in
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
@@ -15,20 +13,6 @@ from appliance.screening.pipeline import Screener
 from appliance.store import users
 from appliance.web import create_app
 from appliance.worker import Worker
-
-PIN = "2468"
-
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def logged_in(app, username: str):
-    client = app.test_client()
-    token = csrf_from(client.get("/login").text)
-    response = client.post("/login", data={"csrf_token": token, "username": username, "pin": PIN})
-    assert response.status_code == 302
-    return client
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import read_mo, write_mo
 from babel.messages.pofile import read_po
 from flask_babel import force_locale
-from helpers import FUNDUS_DIR, TESTS, testdata
+from helpers import FUNDUS_DIR, TESTS, csrf_from, testdata
 
 import appliance
 from appliance.config import load_config, save_settings
@@ -327,10 +327,6 @@ def site(tmp_path_factory, models):
     )
     yield app, ids
     store.close()
-
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def client_for(app, lang: str):

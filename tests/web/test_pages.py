@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from helpers import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, csrf_from, testdata
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
@@ -39,10 +39,6 @@ def app(tmp_path, models):
         users.create_user(store, role, PIN, role)
     yield app
     store.close()
-
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def login(client, username: str, pin: str = PIN):

@@ -9,7 +9,7 @@ import html
 import re
 
 import pytest
-from helpers import TESTS, testdata
+from helpers import PIN, TESTS, csrf_from, logged_in, testdata
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
@@ -18,7 +18,6 @@ from appliance.store import users
 from appliance.web import create_app
 from appliance.worker import Worker
 
-PIN = "2468"
 PNG_CHEST = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
 CHILD_FINDINGS = (
     "Pattern suggesting pneumonia found on the chest X-ray.",
@@ -51,18 +50,6 @@ def site(tmp_path, models):
         users.create_user(store, role, PIN, role)
     yield app, store, worker, ids
     store.close()
-
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def logged_in(app, username: str):
-    client = app.test_client()
-    token = csrf_from(client.get("/login").text)
-    response = client.post("/login", data={"csrf_token": token, "username": username, "pin": PIN})
-    assert response.status_code == 302
-    return client
 
 
 def test_the_waiting_x_ray_is_on_the_worklist_ahead_of_what_is_still_queued(site):
