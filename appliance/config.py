@@ -669,6 +669,15 @@ SETTINGS: tuple[Setting, ...] = (
         " X-Forwarded-Proto headers are believed; the hub sees every other peer as is.",
         networks,
     ),
+    Setting(
+        "hub_shed_after_ms",
+        float,
+        50.0,
+        "Hub only, with --workers above 1: a box's sync request that waited longer than"
+        " this for a worker is answered 503 with Retry-After, before any work, so boxes all"
+        " returning at once are spread out; 0: never.",
+        between(0, 600_000),
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -22,6 +22,7 @@
     └── SyncError              results cannot reach the hub now (appliance/sync, appliance/hub)
         ├── NotEnrolledError       no hub URL or device token: run `appliance sync enrol`
         ├── HubUnreachableError    no answer, timeout, broken connection or 5xx: retry later
+        │   └── HubBusyError       the hub said when to come back (503/429 + Retry-After)
         ├── HubCertificateError    the hub's HTTPS certificate does not verify
         ├── HubAuthError           the hub refused this device (401 unknown, 403 revoked)
         ├── HubRejectedError       the hub refused a request as malformed (400)
@@ -107,6 +108,14 @@ class NotEnrolledError(SyncError):
 
 class HubUnreachableError(SyncError):
     """The hub did not answer usefully (network, timeout, 5xx): try again later."""
+
+
+class HubBusyError(HubUnreachableError):
+    """The hub is shedding load and said when to come back: ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HubCertificateError(SyncError):

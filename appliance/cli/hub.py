@@ -61,10 +61,25 @@ def hub() -> None:
     default="",
     help="With --workers: log each request, with its milliseconds, here ('-': stderr).",
 )
+@click.option(
+    "--shed-after-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --workers: a box's request that waited longer than this is told to come"
+    " back later (503, Retry-After) [default: hub_shed_after_ms, 50; 0: never].",
+)
 @click.option("--test-write-delay", type=float, default=0.0, hidden=True)
 @translate_errors
 def serve(
-    data_dir, database_url, host, port, workers, threads, access_log, test_write_delay
+    data_dir,
+    database_url,
+    host,
+    port,
+    workers,
+    threads,
+    access_log,
+    shed_after_ms,
+    test_write_delay,
 ) -> None:
     """Serve the hub's device API and dashboard (put HTTPS in front of it).
 
@@ -98,6 +113,7 @@ def serve(
             workers=workers,
             threads=threads,
             access_log=access_log,
+            shed_after_ms=config.hub_shed_after_ms if shed_after_ms is None else shed_after_ms,
             on_ready=ready,
         )
         return

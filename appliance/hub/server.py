@@ -9,7 +9,9 @@ worker, no second tool to configure. Waitress remains the single-process server
 (``--workers 1``, the default, and on systems without ``fork``).
 
 Workers are ``gthread``: a few threads each, so a worker waiting on PostgreSQL or on a
-slow upload still answers others; processes give the parallelism the GIL does not.
+slow upload still answers others; processes give the parallelism the GIL does not. Each
+notes how long a request waited for a thread, and a box's request that waited too long
+is told to come back (``admission.py``: load shedding when every box returns at once).
 Each worker builds its own app (nothing is loaded before the fork) and with it its own
 ``psycopg_pool`` of ``threads`` connections; the schema is migrated once, by the master,
 before any worker starts. Request bodies are bounded by the app (``limits.py``); the
@@ -23,6 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from appliance.hub import admission
 from appliance.hub.db import HubDatabase
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,8 @@ def options(
     return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gthread",
+        # gthread, noting each request's wait for a thread (admission.py sheds on it)
+        "worker_class": admission.worker_class,
         "threads": threads,
         "timeout": WORKER_TIMEOUT_S,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
@@ -85,9 +89,11 @@ def serve_workers(
     workers: int,
     threads: int,
     access_log: str = "",
+    shed_after_ms: float = 0.0,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run gunicorn in this process (the master) until it is stopped."""
+    """Run gunicorn in this process (the master) until it is stopped. Device requests that
+    waited longer than ``shed_after_ms`` for a thread are told to come back (0: never)."""
     from gunicorn.app.base import BaseApplication
 
     class HubApplication(BaseApplication):
@@ -98,7 +104,9 @@ def serve_workers(
             self.cfg.set("worker_exit", _close_pool)
 
         def load(self):
-            return make_app()
+            app = make_app()
+            app.wsgi_app = admission.ShedWhenQueued(app.wsgi_app, shed_after_ms / 1000)
+            return app
 
     database.migrate()  # once, in the master: workers then find nothing to do
     HubApplication().run()

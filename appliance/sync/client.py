@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from appliance import __version__
 from appliance.errors import (
     HubAuthError,
+    HubBusyError,
     HubCertificateError,
     HubRejectedError,
     HubUnreachableError,
@@ -25,6 +26,7 @@ from appliance.errors import (
 )
 
 API = "/api/v1"
+LONGEST_RETRY_AFTER = 3600.0  # a hub asking for longer is believed only this far
 
 
 class HubClient:
@@ -101,9 +103,11 @@ class HubClient:
             conn.close()
         self.bytes_sent += len(data or b"") + len(url) + 200  # request line and headers
         self.bytes_received += len(payload) + 200
-        return self._answer(response.status, payload)
+        return self._answer(response.status, payload, response.getheader("Retry-After"))
 
-    def _answer(self, status: int, payload: bytes) -> dict[str, Any]:
+    def _answer(
+        self, status: int, payload: bytes, retry_after: str | None = None
+    ) -> dict[str, Any]:
         try:
             answer = json.loads(payload) if payload else {}
         except ValueError:
@@ -113,6 +117,12 @@ class HubClient:
             message = str(answer["error"].get("message", ""))
         if status in (401, 403):
             raise HubAuthError(message or f"the hub refused this device ({status})", status=status)
+        if status in (429, 503) and (retry_after or "").strip().isdigit():
+            seconds = min(float(retry_after), LONGEST_RETRY_AFTER)
+            raise HubBusyError(
+                message or f"the hub is busy ({status}): again in {seconds:.0f} s",
+                retry_after=seconds,
+            )
         if 400 <= status < 500 and status not in (408, 429):
             raise HubRejectedError(message or f"the hub refused the request ({status})")
         if status != 200 or not isinstance(answer, dict):
@@ -176,7 +186,8 @@ class HubClient:
             conn.request("GET", url, headers=headers)
             response = conn.getresponse()
             if response.status not in (200, 206):
-                self._answer(response.status, response.read())  # raises for any of them
+                # raises for any of them
+                self._answer(response.status, response.read(), response.getheader("Retry-After"))
                 raise HubUnreachableError(f"the hub answered {response.status}")
             if response.status == 200:
                 sink.seek(0)

@@ -4,7 +4,8 @@ One pass (``sync_once``): probe the hub, confirm what a data-mule already delive
 pending results then reviews in batches, then (``sync_images``) the originals in chunks,
 then fetch the model bundles the hub rolled out to this box (``models.py``).
 Each request that fails for a transient reason is retried with exponential backoff and
-full jitter; a pass that still fails leaves everything pending, and ``run_forever``
+full jitter (a hub shedding load says when to come back: the box waits that long, which
+is not a failure); a pass that still fails leaves everything pending, and ``run_forever``
 tries again later (longer and longer, up to ``sync_retry_max_seconds``). Outbox rows only
 change state when the hub acknowledges them, so a crash at any moment just means the
 next pass resends, and the hub's idempotent upsert makes that harmless.
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from appliance.config import Config
 from appliance.errors import (
     ApplianceError,
+    HubBusyError,
     HubRejectedError,
     HubUnreachableError,
     NotEnrolledError,
@@ -38,6 +40,7 @@ from appliance.sync.models import ERROR_KEY, ModelSync
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REQUEST_ATTEMPTS = 5
+BUSY_ANSWERS = 20  # "come back in S s" answers to one request before the pass gives up
 KNOWN_BATCH = 1000
 
 
@@ -45,6 +48,12 @@ def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], floa
     """Exponential backoff with full jitter: uniform in [0, min(high, low * 2**failures)]."""
     cap = min(high, low * (2 ** max(0, failures - 1)))
     return max(low / 10, cap * rng())
+
+
+def busy_delay(retry_after: float, high: float, rng: Callable[[], float]) -> float:
+    """The wait the hub asked for (never past ``high``), stretched by up to 2x at random
+    so that boxes told together do not come back together."""
+    return min(retry_after, high) * (1 + rng())
 
 
 class SyncWorker:
@@ -77,11 +86,21 @@ class SyncWorker:
         return self._client
 
     def _retry(self, call: Callable[[], T], what: str) -> T:
-        """Retry a transient failure a few times, waiting longer each time (with jitter)."""
-        for attempt in range(1, REQUEST_ATTEMPTS + 1):
+        """Retry a transient failure a few times, waiting longer each time (with jitter).
+        A hub shedding load says when to come back: that wait is not a failure."""
+        attempt = busy = 0
+        while True:
             try:
                 result = call()
+            except HubBusyError as exc:
+                busy += 1
+                if busy > BUSY_ANSWERS:
+                    raise
+                delay = busy_delay(exc.retry_after, self.config.sync_retry_max_seconds, self.rng)
+                log.info("sync: the hub is busy (%s); sending again in %.1fs", what, delay)
+                time.sleep(delay)
             except HubUnreachableError as exc:
+                attempt += 1
                 if attempt == REQUEST_ATTEMPTS:
                     raise
                 delay = backoff_delay(
@@ -95,7 +114,6 @@ class SyncWorker:
             else:
                 self._throttle()
                 return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _throttle(self) -> None:
         """Keep the average rate under ``sync_max_kbps`` by pausing between requests."""

@@ -34,6 +34,15 @@ def serve(data_dir: Path, url: str, port: int, *extra: str) -> subprocess.Popen:
         return subprocess.Popen([*args, *extra], stdout=log, stderr=log, env=env)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """TERM (gunicorn drains), then kill if it takes too long."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def workers(master: int, count: int = 2, timeout: float = 20) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,11 +61,7 @@ def hub(tmp_path, postgres):
     proc = serve(tmp_path / "hub", url, port, "--test-write-delay", "0.05")
     wait_for_port(port, 30)
     yield proc, url, port
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gunicorn pre-forks: Linux")

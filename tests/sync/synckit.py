@@ -212,7 +212,9 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.stats = {"connections": 0, "dropped": 0, "cut": 0, "bytes": 0}
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        # Room for hundreds of boxes connecting at once (bench/hub_load.py): with Python's
+        # default backlog (128) their SYNs are dropped and retried a second or more later.
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
         self.port = self.listener.getsockname()[1]
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
