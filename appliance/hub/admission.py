@@ -75,15 +75,8 @@ class ShedWhenQueued:
         self.shed += 1
         _drain(environ)
         seconds = retry_after_seconds(waited)
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "busy",
-                    "message": f"the hub is busy: send again in {seconds} s",
-                    "retry_after": seconds,
-                }
-            }
-        ).encode()
+        message = f"the hub is busy: send again in {seconds} s"
+        body = json.dumps({"error": {"code": "busy", "message": message}}).encode()
         start_response(
             "503 Service Unavailable",
             [

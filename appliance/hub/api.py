@@ -58,7 +58,10 @@ def api_error(exc: ApiError):
 @bp.errorhandler(HTTPException)
 def http_error(exc: HTTPException):
     code = (exc.name or "error").lower().replace(" ", "_")
-    return error_response(exc.code or 500, code, exc.description or exc.name)
+    response = error_response(exc.code or 500, code, exc.description or exc.name)
+    if isinstance(getattr(exc, "retry_after", None), int):  # the box waits as told
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def db() -> Connection:

@@ -64,6 +64,7 @@ LIMITS = {
 OTHER = Limit(body=1 * KB, inflated=1 * KB, values=8, depth=2)
 PARSERS = 2
 PARSE_WAIT_SECONDS = 30.0
+PARSE_RETRY_AFTER_S = 5  # what a box that found every parser busy is told
 PIECE = 64 * KB
 
 # Images travel raw, in chunks of sync_image_chunk_kb (at most 8192 KB).
@@ -149,7 +150,9 @@ def json_body() -> Any:
         raise UnsupportedMediaType(description=f"Content-Encoding {encoding!r}: use gzip")
     raw = read_body(limit.body)
     if not _parsers.acquire(timeout=PARSE_WAIT_SECONDS):
-        raise ServiceUnavailable(description="the hub is busy: try again shortly")
+        raise ServiceUnavailable(
+            description="the hub is busy: send again shortly", retry_after=PARSE_RETRY_AFTER_S
+        )
     try:
         text = inflate(raw, limit.inflated) if encoding == "gzip" else raw
         del raw

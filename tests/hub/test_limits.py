@@ -267,3 +267,22 @@ def test_abandoned_partial_images_are_cleaned_up(tmp_path):
         assert [p.name for p in folder.glob("*.parts")] == [f"{1:064x}.parts"]
     finally:
         restarted.close()
+
+
+def test_a_box_that_finds_every_parser_busy_is_told_when_to_come_back(hub, monkeypatch):
+    from appliance.errors import HubBusyError
+
+    client, _ = enrolled(hub)
+    monkeypatch.setattr(limits, "PARSE_WAIT_SECONDS", 0.1)
+    held = 0
+    try:
+        while limits._parsers.acquire(blocking=False):  # every slot taken by other bodies
+            held += 1
+        with pytest.raises(HubBusyError) as raised:
+            client.send_entries([])
+    finally:
+        for _ in range(held):
+            limits._parsers.release()
+    assert held == limits.PARSERS
+    assert raised.value.retry_after == limits.PARSE_RETRY_AFTER_S
+    assert client.send_entries([]) == []  # and once a slot is free, it is served
