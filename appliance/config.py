@@ -662,6 +662,14 @@ SETTINGS: tuple[Setting, ...] = (
         between(0.1, 86_400),
     ),
     Setting(
+        "hub_fhir_push_settle_seconds",
+        float,
+        300.0,
+        "Hub only: a report is pushed this long after its entry arrived, so that a batch"
+        " still being written is never passed over.",
+        between(0, 86_400),
+    ),
+    Setting(
         "hub_trusted_proxies",
         list,
         ["127.0.0.1", "::1"],

@@ -142,7 +142,12 @@ def _run_fhir_pusher(config, url: str | None) -> None:
     from appliance.hub.fhir.push import FhirPusher
 
     database = HubDatabase(config.data_dir, url)  # its own connections, in this process
-    pusher = FhirPusher(database, config.hub_fhir_server_url, config.data_dir)
+    pusher = FhirPusher(
+        database,
+        config.hub_fhir_server_url,
+        config.data_dir,
+        settle_seconds=config.hub_fhir_push_settle_seconds,
+    )
     pusher.run_forever(threading.Event(), config.hub_fhir_push_interval_seconds)
 
 
@@ -261,7 +266,10 @@ def fhir_push(data_dir, database_url) -> None:
     if not config.hub_fhir_server_url:
         raise click.ClickException("no FHIR server configured (hub_fhir_server_url)")
     pusher = FhirPusher(
-        _database(data_dir, database_url), config.hub_fhir_server_url, config.data_dir
+        _database(data_dir, database_url),
+        config.hub_fhir_server_url,
+        config.data_dir,
+        settle_seconds=config.hub_fhir_push_settle_seconds,
     )
     try:
         report = pusher.push_once()

@@ -234,11 +234,47 @@ DISTRIBUTION_AND_FHIR: tuple[str, ...] = (
 )
 
 
+# FHIR search and push at a million results (hub/fhir/search.py): the patient and the
+# result's day as columns (the payload's ``image.patient_id`` and ``created_at[:10]``,
+# filled by ``records._row`` from now on, from the payloads here), indexed, and an index
+# in arrival order for "newest first" and for what arrived since the last push. The day
+# compares byte by byte (COLLATE "C" on PostgreSQL; SQLite's default) whatever the
+# database's locale, as the search's prefixes assume.
+FHIR_COLUMNS_BY_BACKEND: dict[str, tuple[str, ...]] = {
+    "postgresql": (
+        'ALTER TABLE entries ADD COLUMN patient_id TEXT, ADD COLUMN result_day TEXT COLLATE "C"',
+        """UPDATE entries SET
+            patient_id = NULLIF(payload::jsonb -> 'image' ->> 'patient_id', ''),
+            result_day = substr(payload::jsonb ->> 'created_at', 1, 10)
+        WHERE kind = 'result'""",
+    ),
+    "sqlite": (
+        "ALTER TABLE entries ADD COLUMN patient_id TEXT",
+        "ALTER TABLE entries ADD COLUMN result_day TEXT",
+        """UPDATE entries SET
+            patient_id = NULLIF(CAST(json_extract(payload, '$.image.patient_id') AS TEXT), ''),
+            result_day = substr(json_extract(payload, '$.created_at'), 1, 10)
+        WHERE kind = 'result' AND json_valid(payload)""",
+    ),
+}
+FHIR_INDEXES: tuple[str, ...] = (
+    "CREATE INDEX IF NOT EXISTS entries_result_patient ON entries(patient_id, received_at)"
+    " WHERE kind = 'result'",
+    "CREATE INDEX IF NOT EXISTS entries_result_day ON entries(result_day) WHERE kind = 'result'",
+    "CREATE INDEX IF NOT EXISTS entries_received ON entries(received_at, device_id, entry_id)",
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # run first, on that backend only (where the two dialects differ)
+    by_backend: dict[str, tuple[str, ...]] | None = None
+
+    def for_backend(self, backend: str) -> tuple[str, ...]:
+        return (*(self.by_backend or {}).get(backend, ()), *self.statements)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -246,6 +282,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "tallies per device and week, and per model; indexes for exports", TALLIES),
     Migration(3, "model bundles, rollouts, boxes' versions; FHIR push ledger",
               DISTRIBUTION_AND_FHIR),
+    Migration(4, "patient and day columns, arrival-order index: FHIR search and push at scale",
+              FHIR_INDEXES, FHIR_COLUMNS_BY_BACKEND),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -287,7 +325,7 @@ def migrate(conn: Connection) -> list[int]:
         for migration in MIGRATIONS:
             if migration.version in held:
                 continue
-            for statement in migration.statements:
+            for statement in migration.for_backend(conn.backend):
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",

@@ -119,13 +119,14 @@ def _week(created_at: str | None) -> str | None:
 
 UPSERT = (
     "INSERT INTO entries (device_id, entry_id, revision, kind, image_sha256, route, triage,"
-    " model_name, model_version, week, payload, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " model_name, model_version, week, payload, received_at, patient_id, result_day)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (device_id, entry_id) DO UPDATE SET revision = excluded.revision,"
     " kind = excluded.kind, image_sha256 = excluded.image_sha256, route = excluded.route,"
     " triage = excluded.triage, model_name = excluded.model_name,"
     " model_version = excluded.model_version, week = excluded.week,"
-    " payload = excluded.payload, received_at = excluded.received_at"
+    " payload = excluded.payload, received_at = excluded.received_at,"
+    " patient_id = excluded.patient_id, result_day = excluded.result_day"
     " WHERE entries.revision < excluded.revision"
 )
 
@@ -134,6 +135,9 @@ def _row(device_id: str, entry: dict[str, Any], received: str) -> tuple[Any, ...
     data = entry["data"]
     model = data.get("model") or {}
     image = data.get("image") or {}
+    if not isinstance(image, dict):
+        image = {}
+    created = data.get("created_at")
     return (
         device_id,
         entry["id"],
@@ -147,6 +151,9 @@ def _row(device_id: str, entry: dict[str, Any], received: str) -> tuple[Any, ...
         _week(data.get("created_at")),
         json.dumps(data, separators=(",", ":")),
         received,
+        # searched by FHIR (fhir/search.py), as its ``matches`` reads the payload
+        str(image["patient_id"]) if image.get("patient_id") else None,
+        created[:10] if isinstance(created, str) else None,
     )
 
 

@@ -5,6 +5,8 @@ than the code refused with a message that says what to do."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -94,3 +96,49 @@ def test_a_newer_database_is_refused(tmp_path, database_url):
     result = run(*args, *(["--database-url", database_url] if database_url else []))
     assert result.exit_code != 0
     assert "newer than this hub knows" in result.output
+
+
+def test_a_hub_at_version_3_gets_patient_and_day_columns_from_its_payloads(tmp_path, database_url):
+    from appliance.hub.migrations import LEDGER
+
+    database = HubDatabase(tmp_path, database_url)
+    conn = database.connect()
+    payloads = {
+        "result:1": {
+            "image": {"sha256": "a", "patient_id": "P-7"},
+            "created_at": "2026-03-02T10:00",
+        },
+        "result:2": {"image": {"sha256": "b", "patient_id": ""}, "created_at": "2026-03-03T11:00"},
+        "result:3": {"image": {"sha256": "c"}},
+    }
+    try:
+        with conn.transaction():  # the hub as the previous release left it
+            conn.execute(LEDGER)
+            for migration in MIGRATIONS[:3]:
+                for statement in migration.for_backend(conn.backend):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, records.now()),
+                )
+            conn.execute(
+                "INSERT INTO devices (id, site, name, token_hash, public_key, enrolled_at)"
+                " VALUES ('dev-1', 'Clinic A', 'box', 'h', 'k', '2024-01-01')"
+            )
+            for entry_id, payload in payloads.items():
+                conn.execute(
+                    "INSERT INTO entries (device_id, entry_id, revision, kind, payload,"
+                    " received_at) VALUES ('dev-1', ?, 1, 'result', ?, '2026-03-04')",
+                    (entry_id, json.dumps(payload)),
+                )
+        assert database.migrate() == [4]
+        rows = conn.execute(
+            "SELECT entry_id, patient_id, result_day FROM entries ORDER BY entry_id"
+        )
+    finally:
+        conn.close()
+    assert [(r["entry_id"], r["patient_id"], r["result_day"]) for r in rows] == [
+        ("result:1", "P-7", "2026-03-02"),
+        ("result:2", None, "2026-03-03"),
+        ("result:3", None, None),
+    ]

@@ -1,25 +1,32 @@
 """Pushing the hub's reports to a FHIR server (``hub_fhir_server_url``), with retries.
 
-Each pass builds, for every result, the transaction Bundle that PUTs its
-DiagnosticReport (Observations contained) and ImagingStudy, and sends the ones whose
-content changed since the server last took them (a new revision, a review or an
-outcome arrived): ``fhir_pushed`` keeps the digest of what each report's server copy
-holds. PUT with our ids makes a resend an update, never a duplicate. A request that
-fails for a transient reason (no connection, timeout, 429, 5xx) is retried with
-exponential backoff; a pass that still fails leaves the rest for the next one. A
-bearer token for the server, if it needs one, is read from
-``DATA_DIR/secrets/fhir_server_token``.
+Each pass reads the entries that arrived since the last pass (``search.changed``, in
+arrival order, from a position kept in ``hub_meta``), builds for each result they touch
+(its new revision, or a review or outcome of its image) the transaction Bundle that PUTs
+its DiagnosticReport (Observations contained) and ImagingStudy, and sends the ones whose
+content changed since the server last took them: ``fhir_pushed`` keeps the digest of
+what each report's server copy holds. So a pass costs what arrived, not the million
+results the hub holds. Entries are read only ``settle_seconds`` after they arrived: a
+batch still being written when the pass ran (its rows carry the time it started) is
+never passed over. The position moves only past a page whose reports all went.
+
+PUT with our ids makes a resend an update, never a duplicate. A request that fails for a
+transient reason (no connection, timeout, 429, 5xx) is retried with exponential backoff;
+a pass that still fails leaves the rest for the next one. A bearer token for the server,
+if it needs one, is read from ``DATA_DIR/secrets/fhir_server_token``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +41,9 @@ from appliance.hub.records import now
 log = logging.getLogger(__name__)
 ATTEMPTS = 4
 TRANSIENT = {408, 429, 500, 502, 503, 504}
+SETTLE_SECONDS = 300.0  # far above a batch's transaction (30 s statement timeout)
+PAGE = 1000
+MARK_KEY = "fhir_push_position"
 
 
 class PushError(Exception):
@@ -72,9 +82,11 @@ class FhirPusher:
         *,
         timeout: float = 30.0,
         retry_min: float = 1.0,
+        settle_seconds: float = SETTLE_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.database = database
+        self.settle_seconds = settle_seconds
         self.url = urlsplit(server_url.rstrip("/"))
         self.timeout = timeout
         self.retry_min = retry_min
@@ -120,26 +132,37 @@ class FhirPusher:
         """Send every report whose content changed; raises PushError when one fails."""
         conn = self.database.connect()
         report = {"pushed": 0, "unchanged": 0}
+        until = (datetime.now(timezone.utc) - timedelta(seconds=self.settle_seconds)).isoformat(
+            timespec="milliseconds"
+        )
         try:
-            done = {
-                (r["device_id"], r["entry_id"]): r["digest"]
-                for r in conn.execute("SELECT device_id, entry_id, digest FROM fhir_pushed")
-            }
-            for item in search.find(conn, search.Query(count=10**9)):
-                entry = item["entry"]
-                bundle = transaction(item)
-                body = bundle.model_dump_json(exclude_none=True)
-                digest = hashlib.sha256(body.encode()).hexdigest()
-                key = (entry["device_id"], entry["entry_id"])
-                if done.get(key) == digest:
-                    report["unchanged"] += 1
-                    continue
-                self.send(bundle)
-                _mark_pushed(conn, key, digest)
-                report["pushed"] += 1
+            position = _position(conn)
+            while True:
+                keys, last = search.changed(conn, position, until, PAGE)
+                if last is None:
+                    break
+                for key in keys:
+                    self._push_report(conn, key, report)
+                position = last
+                _keep_position(conn, position)
         finally:
             conn.close()
         return report
+
+    def _push_report(self, conn: Connection, key: tuple[str, str], report: dict) -> None:
+        item = search.by_key(conn, *key)
+        if item is None:
+            return
+        bundle = transaction(item)
+        body = bundle.model_dump_json(exclude_none=True)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        held = conn.one("SELECT digest FROM fhir_pushed WHERE device_id = ? AND entry_id = ?", key)
+        if held is not None and held["digest"] == digest:
+            report["unchanged"] += 1
+            return
+        self.send(bundle)
+        _mark_pushed(conn, key, digest)
+        report["pushed"] += 1
 
     def run_forever(self, stop: threading.Event, interval: float) -> None:
         while not stop.is_set():
@@ -152,6 +175,20 @@ class FhirPusher:
             except Exception:  # never let the pusher die silently
                 log.exception("fhir: unexpected failure")
             stop.wait(interval)
+
+
+def _position(conn: Connection) -> search.Position | None:
+    row = conn.one("SELECT value FROM hub_meta WHERE key = ?", (MARK_KEY,))
+    return tuple(json.loads(row["value"])) if row else None
+
+
+def _keep_position(conn: Connection, position: search.Position) -> None:
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO hub_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (MARK_KEY, json.dumps(list(position))),
+        )
 
 
 def _mark_pushed(conn: Connection, key: tuple[str, str], digest: str) -> None:

@@ -1,13 +1,16 @@
-"""Finding the hub's results for a FHIR search or read (appliance/hub/fhir/api.py).
+"""Finding the hub's results for a FHIR search or read (appliance/hub/fhir/api.py), and
+the reports that changed since the last push (fhir/push.py).
 
-Patient and date are matched on the decoded payload (the hub's ``entries`` keep it as
-JSON, on SQLite and PostgreSQL alike), newest results first, until ``_count`` match;
-the site narrows the SQL.
+Patient, day and site are SQL on indexed columns (``entries.patient_id`` and
+``result_day``, copied from the payload when it is stored: migration 4), newest results
+first, a page at a time by position (never OFFSET); each row is then checked against
+the payload itself (``matches``), which is exact for dates asked to the minute.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,13 @@ from appliance.hub.fhir.resources import entry_key
 MAX_COUNT = 200
 PREFIXES = ("eq", "ge", "gt", "le", "lt")
 SCAN_BATCH = 500
+DAY = 10  # len("2026-11-30"): what ``result_day`` holds
+DATE = re.compile(r"[0-9]{4}[-0-9T:.+Z]{0,30}")  # a year, then as much of a date as given
+SELECT_RESULTS = (
+    "SELECT e.device_id, e.entry_id, e.revision, e.image_sha256, e.payload,"
+    " e.received_at, d.site FROM entries e JOIN devices d ON d.id = e.device_id"
+    " WHERE e.kind = 'result'"
+)
 
 
 @dataclass
@@ -41,7 +51,7 @@ def parse(args: MultiDict) -> Query:
     for value in args.getlist("date"):
         prefix = value[:2] if value[:2] in PREFIXES else "eq"
         day = value[2:] if value[:2] in PREFIXES else value
-        if len(day) < 4 or not day[:4].isdigit():
+        if not DATE.fullmatch(day):
             raise ValueError(f"date {value!r}: expected [eq|ge|gt|le|lt]YYYY[-MM[-DD]]")
         query.dates.append((prefix, day))
     if "_count" in args:
@@ -86,21 +96,47 @@ def _item(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
     return {"entry": entry, "site": row["site"], **later}
 
 
+def _day_clause(prefix: str, day: str) -> tuple[str, list[str]]:
+    """SQL on ``result_day`` for one date parameter, as ranges an index serves: exact up
+    to a day's precision (``result_day`` compares byte by byte, so the days that start
+    with ``day`` are those from ``day`` up to ``day`` with its last character raised by
+    one), a superset beyond it (``matches`` then decides)."""
+    if len(day) > DAY:  # a time too: the day's rows, the payload decides
+        day = day[:DAY]
+        loose = {"eq": "=", "ge": ">=", "gt": ">=", "le": "<=", "lt": "<="}[prefix]
+        return f"e.result_day {loose} ?", [day]
+    after = day[:-1] + chr(ord(day[-1]) + 1)  # the first text past every day in ``day``
+    return {
+        "eq": ("e.result_day >= ? AND e.result_day < ?", [day, after]),
+        "ge": ("e.result_day >= ?", [day]),
+        "gt": ("e.result_day >= ?", [after]),
+        "le": ("e.result_day < ?", [after]),
+        "lt": ("e.result_day < ?", [day]),
+    }[prefix]
+
+
 def find(conn: Connection, query: Query) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT e.device_id, e.entry_id, e.revision, e.image_sha256, e.payload,"
-        " e.received_at, d.site FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'result'"
-    )
+    sql = SELECT_RESULTS
     params: list[Any] = []
     if query.site:
         sql += " AND d.site = ?"
         params.append(query.site)
-    sql += " ORDER BY e.received_at DESC, e.entry_id LIMIT ? OFFSET ?"
+    if query.patient is not None:
+        sql += " AND e.patient_id = ?"
+        params.append(query.patient)
+    for prefix, day in query.dates:
+        clause, values = _day_clause(prefix, day)
+        sql += f" AND {clause}"
+        params.extend(values)
+    order = " ORDER BY e.received_at DESC, e.device_id DESC, e.entry_id DESC LIMIT ?"
     found: list[dict[str, Any]] = []
-    offset = 0
+    after: tuple[str, str, str] | None = None
     while len(found) < query.count:
-        rows = conn.execute(sql, (*params, SCAN_BATCH, offset))
+        page_sql, page_params = sql, list(params)
+        if after is not None:  # the next page, by position
+            page_sql += " AND (e.received_at, e.device_id, e.entry_id) < (?, ?, ?)"
+            page_params.extend(after)
+        rows = conn.execute(page_sql + order, (*page_params, SCAN_BATCH))
         for row in rows:
             if matches(json.loads(row["payload"]), query):
                 found.append(_item(conn, row))
@@ -108,18 +144,55 @@ def find(conn: Connection, query: Query) -> list[dict[str, Any]]:
                     break
         if len(rows) < SCAN_BATCH:
             break
-        offset += SCAN_BATCH
+        after = (rows[-1]["received_at"], rows[-1]["device_id"], rows[-1]["entry_id"])
     return found
+
+
+def by_key(conn: Connection, device_id: str, entry_id: str) -> dict[str, Any] | None:
+    rows = conn.execute(
+        SELECT_RESULTS + " AND e.device_id = ? AND e.entry_id = ?", (device_id, entry_id)
+    )
+    return _item(conn, rows[0]) if rows else None
 
 
 def by_id(conn: Connection, report_id: str) -> dict[str, Any] | None:
     key = entry_key(report_id)
-    if key is None:
-        return None
-    rows = conn.execute(
-        "SELECT e.device_id, e.entry_id, e.revision, e.image_sha256, e.payload,"
-        " e.received_at, d.site FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'result' AND e.device_id = ? AND e.entry_id = ?",
-        key,
+    return by_key(conn, *key) if key is not None else None
+
+
+Position = tuple[str, str, str]  # (received_at, device_id, entry_id) of an entry
+
+
+def changed(
+    conn: Connection, after: Position | None, until: str, limit: int = 1000
+) -> tuple[list[tuple[str, str]], Position | None]:
+    """The results whose report may have changed with the entries received after
+    ``after`` and by ``until`` (at most ``limit`` entries, in arrival order): their own
+    new revision, or a review or outcome of their image. Returns the results' keys and
+    the position of the last entry read (None: nothing new)."""
+    sql = (
+        "SELECT device_id, entry_id, kind, image_sha256, received_at FROM entries"
+        " WHERE received_at <= ?"
     )
-    return _item(conn, rows[0]) if rows else None
+    params: list[Any] = [until]
+    if after is not None:
+        sql += " AND (received_at, device_id, entry_id) > (?, ?, ?)"
+        params.extend(after)
+    rows = conn.execute(
+        sql + " ORDER BY received_at, device_id, entry_id LIMIT ?", (*params, limit)
+    )
+    keys: dict[tuple[str, str], None] = {}
+    for row in rows:
+        if row["kind"] == "result":
+            keys[(row["device_id"], row["entry_id"])] = None
+        elif row["kind"] in ("review", "outcome") and row["image_sha256"]:
+            for result in conn.execute(
+                "SELECT entry_id FROM entries WHERE device_id = ? AND image_sha256 = ?"
+                " AND kind = 'result'",
+                (row["device_id"], row["image_sha256"]),
+            ):
+                keys[(row["device_id"], result["entry_id"])] = None
+    if not rows:
+        return [], None
+    last = rows[-1]
+    return list(keys), (last["received_at"], last["device_id"], last["entry_id"])
