@@ -51,7 +51,7 @@ def retry_after_seconds(waited: float, rng: Callable[[], float] = random.random)
     return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(spread))))
 
 
-def sheddable(method: str, path: str) -> bool:
+def sheddable(path: str) -> bool:
     return path.startswith(SHEDDABLE_PREFIX) and not path.startswith(NEVER_SHED)
 
 
@@ -61,7 +61,6 @@ class ShedWhenQueued:
     def __init__(self, app: Callable, threshold_s: float) -> None:
         self.app = app
         self.threshold_s = threshold_s
-        self.shed = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         waited = queue_wait()
@@ -69,10 +68,9 @@ class ShedWhenQueued:
             self.threshold_s <= 0
             or waited is None
             or waited <= self.threshold_s
-            or not sheddable(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
+            or not sheddable(environ.get("PATH_INFO", ""))
         ):
             return self.app(environ, start_response)
-        self.shed += 1
         _drain(environ)
         seconds = retry_after_seconds(waited)
         message = f"the hub is busy: send again in {seconds} s"
