@@ -129,14 +129,21 @@ class ProxyProcess:
                 self.stats = json.loads(out.strip().splitlines()[-1])
 
 
-def watch_page(url: str, stop: threading.Event, times_ms: list[float]) -> None:
+def watch_page(url: str, stop: threading.Event, times_ms: list[float], ca_bundle: str = "") -> None:
     """A person opening a hub page (the sign-in page: no database) every 0.25 s."""
     import http.client
+    import ssl
 
-    host, port = url.removeprefix("http://").split(":")
+    secure = url.startswith("https://")
+    host, port = url.split("://")[1].split(":")
+    context = ssl.create_default_context(cafile=ca_bundle) if secure else None
     while not stop.wait(0.25):
         started = time.perf_counter()
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn = (
+            http.client.HTTPSConnection(host, int(port), timeout=60, context=context)
+            if secure
+            else http.client.HTTPConnection(host, int(port), timeout=60)
+        )
         try:
             conn.request("GET", "/login")
             conn.getresponse().read()
@@ -207,7 +214,13 @@ def check_hub(url: str, base: Path, boxes: list[Box]) -> dict:
 
 def run(args: argparse.Namespace, base: Path, url: str) -> dict:
     proc, port = start_hub(base, url, args.workers, args.threads, args.shed_after_ms)
-    proxy = ProxyProcess(port, args.drop, args.cut)
+    front = None
+    if args.nginx:  # the deploy example, TLS and all, between the boxes and the hub
+        from hub.nginxkit import Nginx
+
+        front = Nginx(base, port, free_port(), free_port())
+        args.ca_bundle = str(front.ca)
+    proxy = ProxyProcess(front.https_port if front else port, args.drop, args.cut)
     try:
         database = HubDatabase(base / "hub", url)
         conn = database.connect()
@@ -227,8 +240,11 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
             t.join()
         go, abort = threading.Event(), threading.Event()
         # Through the fault proxy only when it injects faults (a lossy link, not a hop a
-        # deployment has; nginx would be in front of a real hub).
-        target = proxy.url if args.drop or args.cut else direct
+        # deployment has), then nginx with --nginx.
+        entry = front.url if front else direct
+        target = proxy.url if args.drop or args.cut else entry
+        if front and (args.drop or args.cut):
+            target = target.replace("http://", "https://")
         threads = [threading.Thread(target=b.sync, args=(target, go, abort)) for b in boxes]
         threading.Thread(target=watch, args=(proc, abort), daemon=True).start()
         for t in threads:
@@ -236,7 +252,7 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         killed = None
         page_ms: list[float] = []
         stop_page = threading.Event()
-        page = threading.Thread(target=watch_page, args=(direct, stop_page, page_ms))
+        page = threading.Thread(target=watch_page, args=(entry, stop_page, page_ms, args.ca_bundle))
         page.start()
         started = time.perf_counter()
         go.set()  # the link is back: every box at once
@@ -256,6 +272,8 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         checked = check_hub(url, base, boxes)
     finally:
         proxy.close()
+        if front is not None:
+            front.close()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=40)
@@ -282,6 +300,7 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         "cut_by_proxy": proxy.stats["cut"],
         "killed_worker": killed,
         "shed_after_ms": args.shed_after_ms,
+        "nginx": args.nginx,
         "requests": len(answered),
         "requests_per_s": round(len(answered) / seconds, 1),
         "deferred": len(busy),
@@ -324,6 +343,11 @@ def main() -> int:
     )
     parser.add_argument("--kill-worker-after", type=float, default=None, metavar="S")
     parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="boxes reach the hub through nginx with deploy/hub/nginx-hub.conf (TLS)",
+    )
+    parser.add_argument(
         "--shed-after-ms",
         type=float,
         default=50.0,
@@ -333,6 +357,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.reviews is None:
         args.reviews = args.results // 4
+    args.ca_bundle = ""
     base = Path(tempfile.mkdtemp(prefix="bench-hubload-"))
     server = None
     try:

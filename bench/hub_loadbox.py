@@ -94,6 +94,7 @@ class Box:
         self.entries = box_entries(index, template)
         self.batch, self.retry_min, self.retry_max = args.batch, args.retry_min, args.retry_max
         self.spread = args.spread
+        self.ca_bundle = args.ca_bundle
         self.rng = random.Random(1000 + index)
         self.device_id = ""
         self.token = ""
@@ -157,7 +158,9 @@ class Box:
 
     def sync(self, hub_url: str, go: threading.Event, abort: threading.Event) -> None:
         """Passes until everything is acknowledged (``run_forever``), at most 100."""
-        self.client = client = TimedClient(hub_url, self.token, timeout=60.0)
+        self.client = client = TimedClient(
+            hub_url, self.token, timeout=60.0, ca_bundle=self.ca_bundle
+        )
         pending = list(self.entries)
         go.wait()
         if self.spread:  # the box's own backoff timer running out, not the link coming back

@@ -171,15 +171,18 @@ def wait_for_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listening on port {port}")
 
 
-def enrol(data_dir: Path, hub_url: str, code: str) -> None:
+def enrol(data_dir: Path, hub_url: str, code: str, ca_bundle: Path | None = None) -> None:
     from click.testing import CliRunner
 
     from appliance.cli import main
 
+    env = {"APPLIANCE_DATA_DIR": None}
+    if ca_bundle is not None:  # a hub behind HTTPS with a private CA
+        env["APPLIANCE_SYNC_CA_BUNDLE"] = str(ca_bundle)
     result = CliRunner().invoke(
         main,
         ["sync", "enrol", "--data-dir", str(data_dir), "--hub", hub_url, "--code", code],
-        env={"APPLIANCE_DATA_DIR": None},
+        env=env,
     )
     assert result.exit_code == 0, result.output
 
@@ -348,3 +351,54 @@ def box_public_key() -> str:
     from appliance.wire.bundle import public_key_text
 
     return public_key_text(Ed25519PrivateKey.generate())
+
+
+# -- a private CA and a hub certificate for 127.0.0.1 (HTTPS tests, nginx) -----------------
+def certificate(subject: str, issuer_key, issuer_name, public_key, *, ca: bool):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def private_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """``ca.pem`` (the programme's CA), ``hub.pem`` and ``hub.key`` (signed by it) in
+    ``folder``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Programme CA")])
+    ca_cert = certificate("Programme CA", ca_key, ca_name, ca_key.public_key(), ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certificate("hub", ca_key, ca_name, key.public_key(), ca=False)
+    pem = serialization.Encoding.PEM
+    paths = folder / "ca.pem", folder / "hub.pem", folder / "hub.key"
+    paths[0].write_bytes(ca_cert.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
