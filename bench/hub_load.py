@@ -113,9 +113,13 @@ def watch(proc: subprocess.Popen, abort: threading.Event) -> None:
 class ProxyProcess:
     """``bench/hub_loadproxy.py``: the fault proxy in a process of its own."""
 
-    def __init__(self, target_port: int, drop: float, cut: float, seed: int = 18) -> None:
+    def __init__(
+        self, target_port: int, drop: float, cut: float, tls: bool, seed: int = 18
+    ) -> None:
         script = Path(__file__).with_name("hub_loadproxy.py")
         argv = [sys.executable, str(script), str(target_port), str(drop), str(cut), str(seed)]
+        if tls:  # bytes it cannot read: faults per connection
+            argv.append("per-connection")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=clean_env())
         self.port = json.loads(self.proc.stdout.readline())["port"]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
 
         front = Nginx(base, port, free_port(), free_port())
         args.ca_bundle = str(front.ca)
-    proxy = ProxyProcess(front.https_port if front else port, args.drop, args.cut)
+    proxy = ProxyProcess(front.https_port if front else port, args.drop, args.cut, bool(front))
     try:
         database = HubDatabase(base / "hub", url)
         conn = database.connect()

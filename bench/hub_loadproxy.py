@@ -2,7 +2,7 @@
 would be: in the load generator's process its threads would queue behind 500 boxes' for
 Python's lock, and the boxes would measure the proxy, not the hub.
 
-    python bench/hub_loadproxy.py PORT DROP CUT SEED
+    python bench/hub_loadproxy.py PORT DROP CUT SEED [per-connection]
 
 Prints ``{"port": P}`` once listening; on SIGTERM prints its counts (``FaultProxy.stats``)
 as one JSON line and exits."""
@@ -27,7 +27,10 @@ from sync.synckit import FaultProxy  # noqa: E402
 def main() -> None:
     target, seed = int(sys.argv[1]), int(sys.argv[4])
     drop, cut = float(sys.argv[2]), float(sys.argv[3])
-    proxy = FaultProxy(target, drop=drop, cut=cut, delay=0.0, seed=seed)
+    per_connection = sys.argv[5:] == ["per-connection"]  # TLS: it cannot read requests
+    proxy = FaultProxy(
+        target, drop=drop, cut=cut, delay=0.0, seed=seed, per_connection=per_connection
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(json.dumps({"port": proxy.port}), flush=True)

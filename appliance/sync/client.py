@@ -12,6 +12,7 @@ import gzip
 import http.client
 import json
 import ssl
+import time
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -27,6 +28,8 @@ from appliance.errors import (
 
 API = "/api/v1"
 LONGEST_RETRY_AFTER = 3600.0  # a hub asking for longer is believed only this far
+# What a kept connection that the other end closed while idle fails with.
+STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class HubClient:
@@ -37,7 +40,10 @@ class HubClient:
         *,
         ca_bundle: str = "",
         timeout: float = 30.0,
+        keep_alive: bool = False,
     ) -> None:
+        """``keep_alive``: one connection for many requests until ``close()`` (the sync
+        worker's pass); otherwise each request has its own, closed after it."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise NotEnrolledError(f"hub URL {base_url!r} is not an http(s) URL")
@@ -53,6 +59,15 @@ class HubClient:
             self.context = ssl.create_default_context(cafile=ca_bundle or None)
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.keep_alive = keep_alive
+        self._kept: http.client.HTTPConnection | None = None
+        self.sent_at = 0.0  # perf_counter when the last request went on the wire
+
+    def close(self) -> None:
+        """Drop the connection kept between requests (the end of a sync pass)."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.context is not None:
@@ -85,22 +100,33 @@ class HubClient:
         elif raw is not None:
             send_headers["Content-Type"] = "application/octet-stream"
         send_headers.update(headers or {})
-        conn = self._connection()
         url = f"{self.prefix}{API}{path}"
-        try:
-            conn.request(method, url, body=data, headers=send_headers)
-            response = conn.getresponse()
-            payload = response.read()
-        except ssl.SSLCertVerificationError as exc:
-            raise HubCertificateError(
-                f"the hub's certificate does not verify ({exc.verify_message}); "
-                "set sync_ca_bundle for a private CA"
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise HubUnreachableError(f"{self.host}:{self.port}: {reason}") from exc
-        finally:
-            conn.close()
+        # One connection for a pass's requests (one TLS handshake, not one per request):
+        # a kept connection the hub or a proxy closed while idle fails at once, and the
+        # request goes again, once, on a new one. Every call here is idempotent.
+        for last_try in (self._kept is None, True):
+            if self._kept is None:
+                self._kept = self._connection()
+            try:
+                self.sent_at = time.perf_counter()
+                self._kept.request(method, url, body=data, headers=send_headers)
+                response = self._kept.getresponse()
+                payload = response.read()
+                break
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise HubCertificateError(
+                    f"the hub's certificate does not verify ({exc.verify_message}); "
+                    "set sync_ca_bundle for a private CA"
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if not last_try and isinstance(exc, STALE):
+                    continue
+                reason = str(exc) or type(exc).__name__
+                raise HubUnreachableError(f"{self.host}:{self.port}: {reason}") from exc
+        if response.will_close or not self.keep_alive:
+            self.close()
         self.bytes_sent += len(data or b"") + len(url) + 200  # request line and headers
         self.bytes_received += len(payload) + 200
         return self._answer(response.status, payload, response.getheader("Retry-After"))

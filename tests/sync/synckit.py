@@ -193,12 +193,17 @@ def hub_entries(hub_conn) -> list[dict]:
 
 # -- the fault-injecting proxy -------------------------------------------------------
 class FaultProxy:
-    """A TCP proxy on 127.0.0.1 that drops requests, cuts responses and adds delay.
+    """An HTTP/1.1 proxy on 127.0.0.1 that drops requests, cuts answers and adds delay.
 
-    Per connection (the client opens one per request): with ``drop`` probability the
-    request is read and the connection closed without forwarding it; with ``cut``
-    probability the request reaches the hub but the answer is cut mid-body; every
-    connection waits up to ``delay`` seconds first. Counts what it did and the bytes.
+    Per request (a box keeps its connection for a pass, so this reads each request and
+    each answer by its length): with ``drop`` probability the request is read and the
+    connection closed without forwarding it; with ``cut`` probability the request reaches
+    the hub but the answer is cut after 200 bytes and the connection closed; every
+    request waits up to ``delay`` seconds first. Counts what it did and the bytes.
+
+    ``per_connection``: for TLS it cannot read, the same faults decided once for each
+    connection, the bytes piped as they come (a kept connection then fails only at its
+    start).
     """
 
     def __init__(
@@ -209,12 +214,14 @@ class FaultProxy:
         cut: float = 0.15,
         delay: float = 0.02,
         seed: int = 6,
+        per_connection: bool = False,
     ) -> None:
         self.target_port = target_port
+        self.per_connection = per_connection
         self.drop, self.cut, self.delay = drop, cut, delay
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.stats = {"connections": 0, "dropped": 0, "cut": 0, "bytes": 0}
+        self.stats = {"connections": 0, "requests": 0, "dropped": 0, "cut": 0, "bytes": 0}
         # Room for hundreds of boxes connecting at once (bench/hub_load.py): with Python's
         # default backlog (128) their SYNs are dropped and retried a second or more later.
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
@@ -232,28 +239,69 @@ class FaultProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            with self.lock:
-                self.stats["connections"] += 1
-                roll, delay = self.rng.random(), self.rng.random() * self.delay
-            threading.Thread(target=self._serve, args=(client, roll, delay), daemon=True).start()
+            self._count("connections")
+            serve = self._serve_connection if self.per_connection else self._serve
+            threading.Thread(target=serve, args=(client,), daemon=True).start()
 
     def _count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.stats[name] += n
 
-    def _serve(self, client: socket.socket, roll: float, delay: float) -> None:
+    def _serve(self, client: socket.socket) -> None:
+        upstream = None
+        try:
+            with client:
+                from_client = client.makefile("rb")
+                while True:
+                    request = _http_message(from_client, answer=False)
+                    if request is None:
+                        return
+                    with self.lock:
+                        self.stats["requests"] += 1
+                        roll, delay = self.rng.random(), self.rng.random() * self.delay
+                    time.sleep(delay)
+                    if roll < self.drop:  # the request's start read, then a dead connection
+                        self._count("dropped")
+                        return
+                    if upstream is None:
+                        upstream = socket.create_connection(
+                            ("127.0.0.1", self.target_port), timeout=60
+                        )
+                        from_hub = upstream.makefile("rb")
+                    upstream.sendall(request)
+                    answer = _http_message(from_hub, answer=True)
+                    if answer is None:
+                        return
+                    if roll < self.drop + self.cut:  # the hub committed; the box never knows
+                        client.sendall(answer[:200])
+                        self._count("bytes", len(request) + 200)
+                        self._count("cut")
+                        return
+                    client.sendall(answer)
+                    self._count("bytes", len(request) + len(answer))
+                    if _closes(request) or _closes(answer):
+                        return
+        except OSError:
+            return
+        finally:
+            if upstream is not None:
+                upstream.close()
+
+    def _serve_connection(self, client: socket.socket) -> None:
+        with self.lock:
+            roll, delay = self.rng.random(), self.rng.random() * self.delay
         time.sleep(delay)
         with client:
             if roll < self.drop:
                 client.settimeout(2)
                 try:
-                    client.recv(65536)  # the request's start, then a dead connection
+                    client.recv(65536)  # the first request's start, then a dead connection
                 except OSError:
                     pass
                 self._count("dropped")
                 return
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=60)
             except OSError:
                 return
             with upstream:
@@ -289,6 +337,45 @@ class FaultProxy:
     def close(self) -> None:
         self.closed = True
         self.listener.close()
+
+
+def _http_message(stream, *, answer: bool) -> bytes | None:
+    """One HTTP/1.1 message as bytes (head and body, by Content-Length or chunks), or
+    None when the connection ends first."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = stream.readline(65537)
+        if not line:
+            return None
+        head += line
+    fields = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip().lower()
+    if answer:
+        status = head.split(b" ", 2)[1]
+        if status[:1] == b"1" or status in (b"204", b"304"):  # no body, whatever it says
+            return head
+    if fields.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while True:
+            size_line = stream.readline(1024)
+            body += size_line
+            size = int(size_line.split(b";")[0], 16)
+            body += stream.read(size + 2)
+            if size == 0:
+                return head + body
+    if answer and b"content-length" not in fields:  # HTTP/1.0: the body runs to the end
+        return head + stream.read()
+    length = int(fields.get(b"content-length", b"0"))
+    body = stream.read(length) if length else b""
+    if len(body) < length:
+        return None
+    return head + body
+
+
+def _closes(message: bytes) -> bool:
+    return b"\r\nconnection: close" in message.split(b"\r\n\r\n", 1)[0].lower()
 
 
 # -- PostgreSQL from the Debian package ----------------------------------------------
