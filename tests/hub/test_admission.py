@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 from hub.test_server import serve, stop
-from sync.synckit import FAST_RETRIES, enrol, make_backlog, wait_for_port
+from sync.synckit import FAST_RETRIES, enrol, enrolment_code, make_backlog, wait_for_port
 
 from appliance.config import load_config
-from appliance.hub import admission, records, tallies
+from appliance.hub import admission, tallies
 from appliance.hub.db import HubDatabase
 from appliance.store.db import Store
 from appliance.sync.identity import load_identity
@@ -71,12 +71,7 @@ def slow_hub(tmp_path, postgres):
 
 
 def enrolled_box(tmp_path: Path, url: str, port: int, name: str, backlog: int) -> Path:
-    database = HubDatabase(tmp_path / "hub", url)
-    conn = database.connect()
-    try:
-        code = records.create_enrolment_code(conn, f"Clinic {name}")
-    finally:
-        conn.close()
+    code = enrolment_code(tmp_path / "hub", url, f"Clinic {name}")
     data_dir = tmp_path / name
     store = Store.open(data_dir)
     try:

@@ -19,10 +19,9 @@ import pytest
 from helpers import free_port
 from hub.nginxkit import NGINX, Nginx
 from hub.test_server import serve, stop
-from sync.synckit import FAST_RETRIES, enrol, make_backlog, wait_for_port
+from sync.synckit import FAST_RETRIES, enrol, enrolment_code, make_backlog, wait_for_port
 
 from appliance.config import load_config
-from appliance.hub import records
 from appliance.hub.db import HubDatabase
 from appliance.store.db import Store
 from appliance.sync.identity import load_identity
@@ -59,11 +58,7 @@ def tls(ca: Path) -> ssl.SSLContext:
 
 
 def enrolled_box(proxied: dict, name: str, backlog: int) -> Path:
-    conn = HubDatabase(proxied["dir"] / "hub", proxied["url"]).connect()
-    try:
-        code = records.create_enrolment_code(conn, f"Clinic {name}")
-    finally:
-        conn.close()
+    code = enrolment_code(proxied["dir"] / "hub", proxied["url"], f"Clinic {name}")
     data_dir = proxied["dir"] / name
     store = Store.open(data_dir)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port
-from sync.synckit import FAST_RETRIES, clean_env, enrol, make_backlog, wait_for_port
+from sync.synckit import FAST_RETRIES, clean_env, enrol, enrolment_code, make_backlog, wait_for_port
 
 from appliance.config import load_config
 from appliance.hub import records, tallies
@@ -69,11 +69,7 @@ def test_a_worker_killed_mid_sync_loses_nothing(tmp_path, hub):
     proc, url, port = hub
     first = workers(proc.pid)
     database = HubDatabase(tmp_path / "hub", url)
-    conn = database.connect()
-    try:
-        code = records.create_enrolment_code(conn, "Clinic A")
-    finally:
-        conn.close()
+    code = enrolment_code(tmp_path / "hub", url)
     data_dir = tmp_path / "box"
     store = Store.open(data_dir)
     try:

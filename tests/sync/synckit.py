@@ -171,6 +171,18 @@ def wait_for_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listening on port {port}")
 
 
+def enrolment_code(hub_dir: Path, database_url: str = "", site: str = "Clinic A") -> str:
+    """A one-time enrolment code straight from the hub's database (as `hub enrol-code`)."""
+    from appliance.hub import records
+    from appliance.hub.db import HubDatabase
+
+    conn = HubDatabase(hub_dir, database_url).connect()
+    try:
+        return records.create_enrolment_code(conn, site)
+    finally:
+        conn.close()
+
+
 def enrol(data_dir: Path, hub_url: str, code: str, ca_bundle: Path | None = None) -> None:
     from click.testing import CliRunner
 

@@ -8,11 +8,16 @@ import socket
 import threading
 
 from helpers import free_port
-from sync.synckit import FAST_RETRIES, FaultProxy, HubProcess, enrol, make_backlog
+from sync.synckit import (
+    FAST_RETRIES,
+    FaultProxy,
+    HubProcess,
+    enrol,
+    enrolment_code,
+    make_backlog,
+)
 
 from appliance.config import load_config
-from appliance.hub import records
-from appliance.hub.db import HubDatabase
 from appliance.store.db import Store
 from appliance.sync.client import HubClient
 from appliance.sync.worker import SyncWorker
@@ -22,11 +27,7 @@ def test_a_pass_sends_everything_over_one_connection(tmp_path):
     hub_dir, port = tmp_path / "hub", free_port()
     hub = HubProcess(hub_dir, port)  # waitress: HTTP/1.1 keep-alive, as gunicorn and nginx
     try:
-        conn = HubDatabase(hub_dir).connect()
-        try:
-            code = records.create_enrolment_code(conn, "Clinic A")
-        finally:
-            conn.close()
+        code = enrolment_code(hub_dir)
         data_dir = tmp_path / "box"
         store = Store.open(data_dir)
         enrol(data_dir, f"http://127.0.0.1:{port}", code)
