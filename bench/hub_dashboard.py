@@ -31,7 +31,7 @@ sys.path[:] = [str(ROOT), str(ROOT / "tests")] + [
     p for p in sys.path[1:] if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]
 
-from sync.synckit import PostgresServer, postgres_binaries  # noqa: E402
+from sync.synckit import hub_database_url  # noqa: E402
 
 from appliance.hub import create_app, records  # noqa: E402
 from appliance.hub.migrations import TALLY_REBUILD  # noqa: E402
@@ -363,20 +363,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-hubdash-"))
-    server = None
     try:
-        url = args.database_url
-        if not url:
-            bindir = postgres_binaries()
-            if bindir is None:
-                raise SystemExit("PostgreSQL binaries not found: give --database-url")
-            server = PostgresServer(bindir, Path(tempfile.mkdtemp(prefix="bench-pg-")))
-            url = server.create_database()
-        report = run(url, base, args)
+        with hub_database_url(args.database_url) as url:
+            report = run(url, base, args)
     finally:
-        if server is not None:
-            server.stop()
-            shutil.rmtree(server.dir.parent, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     if args.json:
         print(json.dumps(report, indent=2))

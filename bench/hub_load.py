@@ -55,12 +55,7 @@ sys.path[:] = [str(ROOT), str(ROOT / "tests")] + [
     p for p in sys.path[1:] if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]
 
-from sync.synckit import (  # noqa: E402
-    PostgresServer,
-    clean_env,
-    postgres_binaries,
-    wait_for_port,
-)
+from sync.synckit import clean_env, hub_database_url, wait_for_port  # noqa: E402
 
 from appliance.hub import records, tallies  # noqa: E402
 from appliance.hub.db import HubDatabase  # noqa: E402
@@ -122,7 +117,7 @@ class ProxyProcess:
             argv.append("per-connection")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=clean_env())
         self.port = json.loads(self.proc.stdout.readline())["port"]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.stats = {"dropped": 0, "cut": 0}
 
     def close(self) -> None:
@@ -224,7 +219,10 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
 
         front = Nginx(base, port, free_port(), free_port())
         args.ca_bundle = str(front.ca)
-    proxy = ProxyProcess(front.https_port if front else port, args.drop, args.cut, bool(front))
+    # The fault proxy only when it injects faults (a lossy link, not a hop a deployment has).
+    proxy = None
+    if args.drop or args.cut:
+        proxy = ProxyProcess(front.https_port if front else port, args.drop, args.cut, bool(front))
     try:
         database = HubDatabase(base / "hub", url)
         conn = database.connect()
@@ -243,12 +241,8 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         for t in threads:
             t.join()
         go, abort = threading.Event(), threading.Event()
-        # Through the fault proxy only when it injects faults (a lossy link, not a hop a
-        # deployment has), then nginx with --nginx.
-        entry = front.url if front else direct
-        target = proxy.url if args.drop or args.cut else entry
-        if front and (args.drop or args.cut):
-            target = target.replace("http://", "https://")
+        entry = front.url if front else direct  # nginx with --nginx
+        target = proxy.url if proxy else entry
         threads = [threading.Thread(target=b.sync, args=(target, go, abort)) for b in boxes]
         threading.Thread(target=watch, args=(proc, abort), daemon=True).start()
         for t in threads:
@@ -275,7 +269,8 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
             raise SystemExit("the hub stopped during the run:\n" + tail(base / "hub.log"))
         checked = check_hub(url, base, boxes)
     finally:
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
         if front is not None:
             front.close()
         proc.send_signal(signal.SIGTERM)
@@ -283,7 +278,6 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
-    proxy.close()  # its counts
     ok = [ms for b in boxes for ms in b.latencies_ms]
     busy = [ms for b in boxes for ms in b.busy_ms]
     answered = ok + busy
@@ -300,8 +294,8 @@ def run(args: argparse.Namespace, base: Path, url: str) -> dict:
         **checked,
         "errors": errors,
         "transport_failures": sum(b.transport_failures for b in boxes),
-        "dropped_by_proxy": proxy.stats["dropped"],
-        "cut_by_proxy": proxy.stats["cut"],
+        "dropped_by_proxy": proxy.stats["dropped"] if proxy else 0,
+        "cut_by_proxy": proxy.stats["cut"] if proxy else 0,
         "killed_worker": killed,
         "shed_after_ms": args.shed_after_ms,
         "nginx": args.nginx,
@@ -363,21 +357,10 @@ def main() -> int:
         args.reviews = args.results // 4
     args.ca_bundle = ""
     base = Path(tempfile.mkdtemp(prefix="bench-hubload-"))
-    server = None
     try:
-        url = args.database_url
-        if not url:
-            bindir = postgres_binaries()
-            if bindir is None:
-                raise SystemExit("PostgreSQL binaries not found: give --database-url")
-            pg = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # its own: owned by postgres
-            server = PostgresServer(bindir, pg)
-            url = server.create_database()
-        report = run(args, base, url)
+        with hub_database_url(args.database_url) as url:
+            report = run(args, base, url)
     finally:
-        if server is not None:
-            server.stop()
-            shutil.rmtree(server.dir.parent, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     report["exactly_once"] = (
         report["stored"] == report["sent"] and report["duplicates"] == 0

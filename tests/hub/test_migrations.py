@@ -9,6 +9,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from sync.synckit import hub_database_from_the_future
 
 from appliance.cli import main
 from appliance.errors import HubDatabaseError
@@ -79,17 +80,7 @@ def test_a_hub_from_before_the_numbering_is_upgraded_with_its_counts(tmp_path, d
 
 
 def test_a_newer_database_is_refused(tmp_path, database_url):
-    database = HubDatabase(tmp_path, database_url)
-    database.migrate()
-    conn = database.connect()
-    try:
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (LATEST + 1, "from the future", records.now()),
-            )
-    finally:
-        conn.close()
+    hub_database_from_the_future(tmp_path, database_url)
     with pytest.raises(HubDatabaseError, match=f"schema version {LATEST + 1}, newer"):
         create_app(tmp_path, database_url)
     args = ["hub", "migrate", "--data-dir", str(tmp_path)]

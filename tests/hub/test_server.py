@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port
-from sync.synckit import FAST_RETRIES, clean_env, enrol, enrolment_code, make_backlog, wait_for_port
+from sync.synckit import (
+    FAST_RETRIES,
+    clean_env,
+    enrol,
+    enrolment_code,
+    hub_database_from_the_future,
+    make_backlog,
+    wait_for_port,
+)
 
 from appliance.config import load_config
-from appliance.hub import records, tallies
+from appliance.hub import tallies
 from appliance.hub.db import HubDatabase
 from appliance.hub.migrations import LATEST
 from appliance.store.db import Store
@@ -113,17 +121,7 @@ def test_hup_replaces_every_worker_and_the_hub_keeps_answering(hub):
 
 def test_a_newer_database_stops_the_hub_before_it_serves(tmp_path, postgres):
     url = postgres.create_database()
-    database = HubDatabase(tmp_path / "hub", url)
-    database.migrate()
-    conn = database.connect()
-    try:
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (LATEST + 1, "from the future", records.now()),
-            )
-    finally:
-        conn.close()
+    hub_database_from_the_future(tmp_path / "hub", url)
     proc = serve(tmp_path / "hub", url, free_port())
     assert proc.wait(timeout=60) != 0
     log = (tmp_path / "hub.log").read_text()

@@ -6,6 +6,7 @@ fault-injecting TCP proxy, and a PostgreSQL server started from the Debian binar
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -15,8 +16,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from helpers import free_port
@@ -437,6 +440,45 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.dir), "-m", "immediate", "-w", "stop")
+
+
+def hub_database_from_the_future(data_dir: Path, database_url: str = "") -> int:
+    """A migrated hub database marked one schema version newer than this code knows;
+    returns that version."""
+    from appliance.hub import records
+    from appliance.hub.db import HubDatabase
+    from appliance.hub.migrations import LATEST
+
+    database = HubDatabase(data_dir, database_url)
+    database.migrate()
+    conn = database.connect()
+    try:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (LATEST + 1, "from the future", records.now()),
+            )
+    finally:
+        conn.close()
+    return LATEST + 1
+
+
+@contextlib.contextmanager
+def hub_database_url(url: str = "") -> Iterator[str]:
+    """``url``, or a fresh database on a throw-away cluster stopped and removed after
+    (the benches: ``--database-url`` or nothing)."""
+    if url:
+        yield url
+        return
+    bindir = postgres_binaries()
+    if bindir is None:
+        raise SystemExit("PostgreSQL binaries not found: give --database-url")
+    server = PostgresServer(bindir, Path(tempfile.mkdtemp(prefix="bench-pg-")))
+    try:
+        yield server.create_database()
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir.parent, ignore_errors=True)
 
 
 def read_json_lines(text: str) -> list[dict]:
