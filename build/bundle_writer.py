@@ -155,9 +155,10 @@ def render_card(manifest: Mapping[str, Any], limitations: list[str], story: str 
         lines += [story.strip(), ""]
     loso = manifest.get("leave_one_source_out")
     if loso:
-        lines += ["## Leave-one-source-out checks of each choice", "",
-                  "Single models, shorter runs than the shipped ensemble, each scored on "
-                  f"a source it never saw (`{loso['command']}`):", ""]
+        intro = loso.get("intro", "Single models, shorter runs than the shipped ensemble, "
+                                  "each scored on a source it never saw")
+        lines += [f"## {loso.get('title', 'Leave-one-source-out checks of each choice')}", "",
+                  f"{intro} (`{loso['command']}`):", ""]
         lines += _generic_table(loso["rows"]) + [""]
         notes = loso.get("notes", [])
         lines += [f"- {note}" for note in notes] + ([""] if notes else [])

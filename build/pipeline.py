@@ -51,7 +51,8 @@ def gate_metric(y: np.ndarray, logits: np.ndarray, num_outputs: int) -> float:
     return metrics.macro_auc(y, logits)
 
 
-def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any) -> np.ndarray:
+def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any,
+                       weights: list[float] | None = None) -> np.ndarray:
     """Each pool image scored by the one member that never trained on it."""
     from models.training.nets import HeadsEnsemble
     from models.training.train import predict
@@ -62,7 +63,7 @@ def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any) ->
         rows = np.flatnonzero(fold_of == k)
         if not rows.size:
             continue
-        logits = predict(HeadsEnsemble([member], heads), prepared.oof_x[rows])
+        logits = predict(HeadsEnsemble([member], heads, weights), prepared.oof_x[rows])
         out = np.zeros((len(fold_of), logits.shape[1]), np.float32) if out is None else out
         out[rows] = logits
     return out
@@ -70,17 +71,30 @@ def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any) ->
 
 def binary_evaluation(recipe: Any, prepared: Any, oof_logits: np.ndarray,
                       score: Any) -> dict[str, Any]:
-    """Calibration and threshold on out-of-fold scores; everything reported elsewhere."""
-    y = prepared.oof_y
-    calibration = metrics.fit_platt(oof_logits[:, 0], y)
-    oof_prob = calibrated_probabilities(oof_logits, calibration)
+    """Calibration and threshold on out-of-fold scores; everything reported elsewhere.
+
+    Where the recipe marks which out-of-fold images are real films (``oof_reference``),
+    calibration, threshold and table use those only; the others (films mixed for a
+    check) are reported, one row per kind, at the same threshold."""
+    keep = (np.ones(len(prepared.oof_y), bool) if prepared.oof_reference is None
+            else np.asarray(prepared.oof_reference, bool))
+    y, logits = prepared.oof_y[keep], oof_logits[keep]
+    calibration = metrics.fit_platt(logits[:, 0], y)
+    all_prob = calibrated_probabilities(oof_logits, calibration)
+    oof_prob = all_prob[keep]
     rule = recipe.threshold_rule
     threshold = rule.choose(y, oof_prob)
     choose = (y, oof_prob)
     rows = [dict(binary_report("out-of-fold (pool, each image scored by the member that "
                                "did not train on it)", y, oof_prob, threshold),
                  cross_validated=cross_validated_threshold(
-                     rule, y, oof_prob, prepared.folds[prepared.oof_index]))]
+                     rule, y, oof_prob, prepared.folds[prepared.oof_index][keep]))]
+    sources = np.asarray(prepared.oof_sources) if prepared.oof_sources else None
+    if sources is not None and not keep.all():
+        for kind in sorted(set(sources[~keep])):
+            part = sources == kind
+            rows.append(binary_report(f"out-of-fold, {kind} (mixed for a check)",
+                                      prepared.oof_y[part], all_prob[part], threshold))
     for eval_set in [prepared.report, *prepared.external]:
         prob = calibrated_probabilities(score(eval_set.x), calibration)
         rows.append(binary_report(eval_set.name, eval_set.y, prob, threshold, rule=rule,
@@ -129,8 +143,9 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
                           seed=args.seed, num_outputs=recipe.num_outputs,
                           sample_weights=prepared.sample_weights, log=log)
     heads = recipe.serving_heads
-    oof_logits = out_of_fold_logits(members, heads, prepared)
-    ensemble = HeadsEnsemble(members, heads).eval()
+    oof_logits = out_of_fold_logits(members, heads, prepared,
+                                    getattr(recipe, "serving_weights", None))
+    ensemble = HeadsEnsemble(members, heads, getattr(recipe, "serving_weights", None)).eval()
     report = prepared.report
     torch_logits = predict(ensemble, report.x)
 

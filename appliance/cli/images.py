@@ -219,16 +219,22 @@ def screen(files, data_dir, population, heatmap_dir, as_json) -> None:
 @translate_errors
 def results(data_dir, limit, as_json) -> None:
     """List stored screening results, newest first."""
+    from appliance.screening.pipeline import finding_name
     from appliance.store.db import Store
     from appliance.store.results import list_results
 
     rows = list_results(Store.open(configure(data_dir).data_dir), limit)
+    for row in rows:  # named as the SR, FHIR and the hub name it
+        row["finding"] = finding_name(
+            {"name": row["model_name"], "version": row["model_version"]},
+            row["probability"], row["threshold"])
     if as_json:
         print_json(rows)
         return
     for row in rows:
         what = (
             f"score {row['score']:>3}/100 {row['triage']:<8} {row['model_name']}"
+            + (f" [{row['finding']}]" if row["finding"] else "")
             + (f" ({row['population']})" if row["population"] else "")
             if row["route"] != "refused"
             else f"refused: {row['reason']}"

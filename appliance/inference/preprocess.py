@@ -73,6 +73,26 @@ def cxr_preprocess(image: np.ndarray, size: int = 64) -> np.ndarray:
     return standardise(grey)[None]
 
 
+def equalise(image: np.ndarray) -> np.ndarray:
+    """Each pixel replaced by its rank in the image, scaled to [0, 1].
+
+    The output is the same for any monotone change of intensity (exposure, window,
+    gamma, a vendor's processing curve), so films from different hospitals reach the
+    model on one intensity scale and a model cannot tell sources apart by it.
+    """
+    flat = image.ravel()
+    ranks = np.empty(flat.size, dtype=np.float32)
+    ranks[np.argsort(flat, kind="stable")] = np.arange(flat.size, dtype=np.float32)
+    return (ranks / max(flat.size - 1, 1)).reshape(image.shape)
+
+
+def cxr_equalised_preprocess(image: np.ndarray, size: int = 64) -> np.ndarray:
+    """Adult chest radiograph -> 1 x size x size: whole film squashed to ``size``,
+    intensities replaced by their rank (:func:`equalise`), then standardised."""
+    grey = squash(to_grey(image), size)
+    return standardise(equalise(grey))[None]
+
+
 def find_fundus_disc(image: np.ndarray, threshold: float = 0.15) -> tuple[float, float, float]:
     """Locate the circular fundus field in a camera frame: ``(cx, cy, radius)`` in pixels.
 
@@ -192,6 +212,7 @@ def router_preprocess(image: np.ndarray, size: int = 64) -> np.ndarray:
 
 PREPROCESSORS: Mapping[str, Callable[..., np.ndarray]] = {
     "cxr_preprocess": cxr_preprocess,
+    "cxr_equalised_preprocess": cxr_equalised_preprocess,
     "fundus_preprocess": fundus_preprocess,
     "router_preprocess": router_preprocess,
 }

@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from appliance import __version__
 from appliance.pacs.facts import ResultFacts
-from appliance.wire.codes import BANNER, FINDINGS
+from appliance.wire.codes import BANNER
+from appliance.wire.codes import finding as finding_of
 
 MANUFACTURER = "Open screening appliance"
 SC_SERIES_NUMBER = 9901
@@ -50,7 +51,7 @@ def summary_line(facts: ResultFacts) -> str:
     result = facts.result
     if result["probability"] is None:
         return f"Not screened: {result['reason'] or result['route']}"
-    finding = FINDINGS.get(result["model_name"])
+    finding = finding_of(result["model_name"], result["model_version"])
     return (
         f"{finding.meaning if finding else result['model_name']}: score {result['score']}/100"
         f" (threshold {round(result['threshold'] * 100)}), triage {result['triage']}"

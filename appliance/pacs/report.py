@@ -44,7 +44,7 @@ def _group(
     algorithm = hd.sr.AlgorithmIdentification(
         name=result["model_name"] or "none", version=result["model_version"] or "none"
     )
-    finding = ours.FINDINGS.get(result["model_name"], ours.NO_FINDING)
+    finding = ours.finding(result["model_name"], result["model_version"]) or ours.NO_FINDING
     measurements, evaluations = [], []
     if result["probability"] is not None:
         no_units = codes.UCUM.NoUnits

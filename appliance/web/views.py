@@ -106,10 +106,21 @@ assert set(RESULTS) <= set(OUTCOME_RESULTS)
 FINDING = {
     (CXR, True): _l("Pattern suggesting pneumonia found on the chest X-ray."),
     (CXR, False): _l("No pneumonia pattern found on the chest X-ray."),
-    (CXR_ADULT, True): _l("Abnormal chest X-ray — refer for clinical/TB assessment."),
-    (CXR_ADULT, False): _l("No abnormality found on the chest X-ray."),
+    (CXR_ADULT, True): _l(
+        "TB-consistent findings on the chest X-ray — refer for a sputum test "
+        "(e.g. Xpert MTB/RIF)."
+    ),
+    (CXR_ADULT, False): _l(
+        "Not flagged for TB-consistent findings by screening; this does not rule TB out."
+    ),
     (FUNDUS, True): _l("Signs of referable diabetic retinopathy found on the retina photo."),
     (FUNDUS, False): _l("No signs of referable diabetic retinopathy found."),
+}
+# Results of a model's earlier major version that looked for something else, by (model,
+# major version, positive): the adult chest model's 1.x said "abnormal", not TB.
+EARLIER_FINDING = {
+    (CXR_ADULT, "1", True): _l("Abnormal chest X-ray — refer for clinical/TB assessment."),
+    (CXR_ADULT, "1", False): _l("No abnormality found on the chest X-ray."),
 }
 # A model this version does not know (a later bundle): said without naming a disease.
 OTHER_FINDING = {
@@ -184,7 +195,10 @@ RECOMMENDATION = {
 def finding(result: dict) -> str:
     """The finding in words, for the model that scored the result."""
     positive = result["probability"] >= result["threshold"]
-    text = FINDING.get((result.get("model_name"), positive), OTHER_FINDING[positive])
+    name, major = result.get("model_name"), str(result.get("model_version") or "").split(".")[0]
+    text = EARLIER_FINDING.get((name, major, positive)) or FINDING.get(
+        (name, positive), OTHER_FINDING[positive]
+    )
     return str(text)
 
 

@@ -33,13 +33,25 @@ def local(code: str, meaning: str) -> Concept:
     return Concept(LOCAL_SCHEME, code, meaning)
 
 
-# What each model looks for.
+# What each model looks for. The adult chest model looks for TB-consistent findings from
+# version 2 (issue 23); results of its 1.x versions keep their own finding (see
+# EARLIER_FINDINGS and finding()).
 FINDINGS = {
     "cxr-pneumonia": Concept("SCT", "233604007", "Pneumonia"),
-    "cxr-adult-abnormal": local("abnormal-cxr", "Abnormal chest radiograph"),
+    "cxr-adult-abnormal": local("tb-consistent", "TB-consistent findings"),
     "fundus-referable-dr": local("referable-dr", "Referable diabetic retinopathy"),
 }
+EARLIER_FINDINGS = {
+    ("cxr-adult-abnormal", "1"): local("abnormal-cxr", "Abnormal chest radiograph"),
+}
 NO_FINDING = local("not-screened", "Not screened")
+
+
+def finding(model: str | None, version: str | None = None) -> Concept | None:
+    """What ``model`` (at ``version``, where known) looks for; None for a model this
+    version of the appliance does not know."""
+    major = (version or "").split(".")[0]
+    return EARLIER_FINDINGS.get((model or "", major)) or FINDINGS.get(model or "")
 
 # The procedure each route reports on.
 PROCEDURES = {

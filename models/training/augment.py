@@ -16,20 +16,24 @@ import numpy as np
 
 
 def _affine(img: np.ndarray, rng: np.random.Generator, max_angle: float,
-            scale: tuple[float, float], shift: float) -> np.ndarray:
-    """Rotation with independent x/y scale (films squashed from other aspect ratios)."""
+            scale: tuple[float, float], shift: float,
+            mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rotation with independent x/y scale (films squashed from other aspect ratios);
+    ``mask`` (a lesion's box, say) moves with the image."""
     h, w = img.shape[:2]
     centre = np.array([w / 2, h / 2])
     m = cv2.getRotationMatrix2D(tuple(centre), rng.uniform(-max_angle, max_angle), 1.0)
     m[0, :2] *= rng.uniform(*scale)
     m[1, :2] *= rng.uniform(*scale)
     m[:, 2] = centre - m[:, :2] @ centre + rng.uniform(-shift, shift, size=2) * (w, h)
+    moved = None if mask is None else cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR,
+                                                     borderMode=cv2.BORDER_CONSTANT)
     if rng.random() < 0.7:
         return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+                              borderMode=cv2.BORDER_REPLICATE), moved
     fill = float(rng.choice([0.0, 1.0]))  # collimator black, or a bright unexposed edge
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=fill), moved
 
 
 def _tubes_and_wires(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -65,7 +69,15 @@ def _burned_in_text(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def augment_radiograph(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A chest film as another hospital might have taken and processed it (no flips:
     the heart's side is anatomy)."""
-    out = np.clip(_affine(img, rng, 10, (0.85, 1.15), 0.06), 0, 1)
+    return augment_radiograph_with_mask(img, rng)[0]
+
+
+def augment_radiograph_with_mask(img: np.ndarray, rng: np.random.Generator,
+                                 mask: np.ndarray | None = None,
+                                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`augment_radiograph`, and ``mask`` moved with the film's geometry."""
+    out, mask = _affine(img, rng, 10, (0.85, 1.15), 0.06, mask)
+    out = np.clip(out, 0, 1)
     out = out ** rng.uniform(0.6, 1.6)  # processing curve
     lo, hi = rng.uniform(0, 0.15), rng.uniform(0.85, 1.0)
     if rng.random() < 0.5:  # harder window
@@ -83,7 +95,7 @@ def augment_radiograph(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = _tubes_and_wires(out, rng)
     if rng.random() < 0.3:
         out = _burned_in_text(out, rng)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32), mask
 
 
 def augment_camera(img: np.ndarray, rng: np.random.Generator,

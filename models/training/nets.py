@@ -31,8 +31,13 @@ class CamNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, widths: Sequence[int], num_outputs: int,
-                 stem_stride: int = 1, dropout: float = 0.2) -> None:
+                 stem_stride: int = 1, dropout: float = 0.2, peak: int = 0) -> None:
         super().__init__()
+        # peak (the map's side, e.g. 8): the logit is the map's strongest 3x3
+        # neighbourhood (mean of 3x3, then the maximum), not its mean: a local finding
+        # decides, and evidence spread evenly over the film (a hospital's look) moves it
+        # no more than one neighbourhood. A fixed side keeps the export's MaxPool static.
+        self.peak = peak
         layers: list[nn.Module] = [conv_bn_relu(in_channels, widths[0], stride=stem_stride)]
         for cin, cout in zip(widths[:-1], widths[1:], strict=False):
             layers += [nn.MaxPool2d(2), conv_bn_relu(cin, cout), conv_bn_relu(cout, cout)]
@@ -42,7 +47,13 @@ class CamNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.classifier(self.dropout(self.features(x)))
-        return cam.mean(dim=(2, 3)), cam
+        return self.pool(cam), cam
+
+    def pool(self, cam: torch.Tensor) -> torch.Tensor:
+        if not self.peak:
+            return cam.mean(dim=(2, 3))
+        local = nn.functional.avg_pool2d(cam, 3, stride=1, padding=1, count_include_pad=False)
+        return nn.functional.max_pool2d(local, self.peak).flatten(1)
 
 
 class HeadsEnsemble(nn.Module):
@@ -53,10 +64,14 @@ class HeadsEnsemble(nn.Module):
     spatial mean still equals the served logits.
     """
 
-    def __init__(self, members: Sequence[nn.Module], heads: Sequence[int] | None = None) -> None:
+    def __init__(self, members: Sequence[nn.Module], heads: Sequence[int] | None = None,
+                 weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.heads = list(heads) if heads is not None else None
+        # weights: the served output is this weighted sum of the picked heads (one output)
+        self.weights = None if weights is None else torch.tensor(
+            [float(w) for w in weights]).view(1, -1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, cams = [], []
@@ -64,6 +79,9 @@ class HeadsEnsemble(nn.Module):
             lg, cam = member(x)
             if self.heads is not None:
                 lg, cam = lg[:, self.heads], cam[:, self.heads]
+            if self.weights is not None:
+                lg = (lg * self.weights).sum(1, keepdim=True)
+                cam = (cam * self.weights[:, :, None, None]).sum(1, keepdim=True)
             logits.append(lg)
             cams.append(cam)
         return torch.stack(logits).mean(0), torch.stack(cams).mean(0)

@@ -48,6 +48,9 @@ class Prepared:
     sample_weights: np.ndarray | None = None
     external: list[EvalSet] = field(default_factory=list)  # other sources (LOSO)
     oof_sources: list[str] = field(default_factory=list)   # per out-of-fold image
+    # out-of-fold images that are real films as the box would see them (not mixed for a
+    # check): the drift reference is drawn from these only (None: all of them)
+    oof_reference: np.ndarray | None = None
 
 
 class Recipe(Protocol):

@@ -14,7 +14,9 @@ from torch import nn
 
 # A recipe supplies batches: (indices, rng) -> (inputs NxCxHxW float32, targets N), or
 # (inputs, targets, heads N) for a network trained on several binary tasks at once: each
-# image's loss is taken on its own task's output only.
+# image's loss is taken on its own task's output only; or (inputs, targets, heads,
+# masks N x h x w at the CAM's size) where a mask says where the finding is (radiologists'
+# boxes): the CAM of that image's task is then also taught to put its mass there.
 BatchFn = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, ...]]
 
 
@@ -26,6 +28,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     samples_per_epoch: int | None = None  # None: one pass over the training set
+    attention_weight: float = 0.0         # weight of the "map inside the boxes" loss
+    # weight of the loss that takes the hospital out of the features (gradient reversal
+    # against a small classifier of each film's source, Ganin et al. 2016); the batch
+    # then carries a 5th element, the source of every film, 0..domains-1
+    adversarial_weight: float = 0.0
+    domains: int = 0
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -45,7 +53,13 @@ def fit(model: nn.Module, n_train: int, make_batch: BatchFn, cfg: TrainConfig, *
     rng = np.random.default_rng(seed)
     per_epoch = cfg.samples_per_epoch or n_train
     steps = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters())
+    source_head = None
+    if cfg.adversarial_weight:
+        width = model.classifier.in_channels
+        source_head = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, cfg.domains))
+        params += list(source_head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
                                                 pct_start=0.2)
     probs = None if sample_weights is None else sample_weights / sample_weights.sum()
@@ -60,11 +74,26 @@ def fit(model: nn.Module, n_train: int, make_batch: BatchFn, cfg: TrainConfig, *
             if len(idx) < 2:  # why: BatchNorm cannot train on a batch of one
                 continue
             x, y, *heads = make_batch(idx, rng)
-            logits, _ = model(torch.from_numpy(x))
+            if source_head is None:
+                logits, cam = model(torch.from_numpy(x))
+            else:  # the forward pass of CamNet, keeping its features for the source head
+                features = model.features(torch.from_numpy(x))
+                cam = model.classifier(model.dropout(features))
+                logits = model.pool(cam)
             if heads:  # one binary task per image, chosen by its head
-                logits = logits.gather(1, torch.from_numpy(heads[0]).long()[:, None])
+                head = torch.from_numpy(heads[0]).long()
+                logits = logits.gather(1, head[:, None])
             loss = _loss(logits, torch.from_numpy(y), 1 if heads else num_outputs,
                          cfg.label_smoothing)
+            if len(heads) > 1 and cfg.attention_weight:
+                cam = cam[torch.arange(len(head)), head]
+                loss = loss + cfg.attention_weight * attention_loss(
+                    cam, torch.from_numpy(heads[1]))
+            if source_head is not None:
+                ramp = 2 / (1 + math.exp(-10 * step / steps)) - 1  # 0 -> 1, as in DANN
+                guess = source_head(_Reverse.apply(features.mean(dim=(2, 3)), ramp))
+                loss = loss + cfg.adversarial_weight * nn.functional.cross_entropy(
+                    guess, torch.from_numpy(heads[2]).long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -77,6 +106,30 @@ def fit(model: nn.Module, n_train: int, make_batch: BatchFn, cfg: TrainConfig, *
             f"({time.perf_counter() - t0:.0f}s)")
     model.eval()
     return model
+
+
+class _Reverse(torch.autograd.Function):
+    """Identity forward; the gradient reversed and scaled backward: the body learns to
+    make the source head's job impossible while the head tries its best."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def attention_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """How much of the map lies outside the boxes: -log of the share of softmax(CAM)
+    inside, averaged over the images that have a box (masks: N x h x w in [0, 1])."""
+    has = masks.flatten(1).sum(1) > 0
+    if not bool(has.any()):
+        return cam.sum() * 0.0
+    share = torch.softmax(cam[has].flatten(1), dim=1) * masks[has].flatten(1)
+    return -torch.log(share.sum(1) + 1e-4).mean()
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, num_outputs: int,

@@ -74,7 +74,7 @@ def test_dashboard_needs_a_login_then_shows_sites_rates_and_models(hub):
     assert "<td>Ndola</td><td>1</td>" in text
     assert "<td>4</td><td>66.7%</td><td>25.0%</td><td>1</td><td>1</td>" in text
     assert "<td>2024-W18</td><td>4</td>" in text
-    assert "<td>cxr-pneumonia</td><td>1.1</td><td>1</td><td>1</td>" in text
+    assert "<td>cxr-pneumonia</td><td>1.1</td><td>Pneumonia</td><td>1</td><td>1</td>" in text
 
 
 def test_five_wrong_passwords_lock_the_login_and_idle_sessions_expire(hub):

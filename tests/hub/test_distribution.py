@@ -123,7 +123,7 @@ def test_boxes_report_their_versions_and_the_dashboard_shows_them(hub):
     box, device_id = enrolled(hub, "Clinic A")
     box.report_models(
         [
-            {"name": NAME, "version": "1.0.0", "state": "active"},
+            {"name": NAME, "version": "2.0.0", "state": "active"},
             {"name": NAME, "version": NEW, "state": "shadow"},
             {"name": NAME, "version": "0.9", "state": "refused"},
         ]
@@ -136,7 +136,7 @@ def test_boxes_report_their_versions_and_the_dashboard_shows_them(hub):
         reported = distribution.device_models(conn)[device_id]
     finally:
         conn.close()
-    assert [(r["version"], r["state"]) for r in reported] == [("1.0.0", "active"), (NEW, "shadow")]
+    assert [(r["version"], r["state"]) for r in reported] == [("2.0.0", "active"), (NEW, "shadow")]
     client = hub.app.test_client()
     page = client.get("/login").get_data(as_text=True)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
@@ -145,7 +145,7 @@ def test_boxes_report_their_versions_and_the_dashboard_shows_them(hub):
         data={"username": "manager", "password": "correct horse battery", "csrf_token": csrf},
     )
     page = client.get("/").get_data(as_text=True)
-    assert f"{NAME} 1.0.0 (active)" in page and f"{NAME} {NEW} (shadow)" in page
+    assert f"{NAME} 2.0.0 (active)" in page and f"{NAME} {NEW} (shadow)" in page
     assert "0.9" not in page
 
 

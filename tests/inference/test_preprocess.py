@@ -12,7 +12,9 @@ import pytest
 
 from appliance.inference.preprocess import (
     PREPROCESSORS,
+    cxr_equalised_preprocess,
     cxr_preprocess,
+    equalise,
     find_fundus_disc,
     fundus_preprocess,
     preprocess,
@@ -55,6 +57,25 @@ def test_cxr_is_exposure_invariant_and_accepts_rgb() -> None:
     np.testing.assert_allclose(cxr_preprocess(img), cxr_preprocess(img * 1.8 + 0.05), atol=1e-4)
     rgb = np.repeat(img[:, :, None], 3, axis=2)
     np.testing.assert_allclose(cxr_preprocess(rgb), cxr_preprocess(img), atol=1e-4)
+
+
+def test_equalised_cxr_is_the_same_under_any_monotone_intensity_change() -> None:
+    """The adult model's input cannot tell a hospital's processing curve (issue 23): exact
+    on a 64-px film (on a larger one the averaging before ranking makes it close)."""
+    img = np.random.default_rng(2).random((64, 64)).astype(np.float32)
+    base = cxr_equalised_preprocess(img)
+    assert base.shape == (1, 64, 64) and base.dtype == np.float32
+    for curve in (lambda v: v**0.5, lambda v: v**2.2, lambda v: 0.1 + 0.3 * v,
+                  lambda v: 1 / (1 + np.exp(-8 * (v - 0.5)))):
+        # (float32 rounding can tie two neighbours: one rank step at most)
+        np.testing.assert_allclose(cxr_equalised_preprocess(curve(img)), base, atol=2e-3)
+    # a plain standardisation is not: it keeps the curve's shape
+    assert np.abs(cxr_preprocess(img**2.2) - cxr_preprocess(img)).max() > 0.1
+
+
+def test_equalise_gives_ranks_in_0_1() -> None:
+    img = np.array([[0.9, 0.1], [0.5, 0.3]], np.float32)
+    np.testing.assert_allclose(equalise(img), [[1.0, 0.0], [2 / 3, 1 / 3]], atol=1e-6)
 
 
 def test_functions_are_pure(hrf: np.ndarray) -> None:
@@ -111,7 +132,8 @@ def test_spec_dispatch_and_input_contract() -> None:
         preprocess({"function": "os.system", "params": {}}, img)
     with pytest.raises(ValueError, match="HxW"):
         cxr_preprocess(np.zeros((4, 4, 4), np.float32))
-    assert set(PREPROCESSORS) == {"cxr_preprocess", "fundus_preprocess", "router_preprocess"}
+    assert set(PREPROCESSORS) == {"cxr_preprocess", "cxr_equalised_preprocess",
+                                  "fundus_preprocess", "router_preprocess"}
 
 
 def test_inference_package_never_imports_torch_or_tensorrt() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from helpers import bundle_dir
 
 NAME = "cxr-adult-abnormal"
-NEW = "2.0.0"
+NEW = "9.0.0"  # newer than any shipped version
 
 
 def new_version(

@@ -124,3 +124,52 @@ def test_router_routes_real_images(what: str, load, expected: str) -> None:
     bundle = load_bundle(bundle_dir("modality-router"))
     prob = infer("modality-router", [load()])[0]
     assert bundle.manifest["labels"][int(prob.argmax())] == expected, (what, prob)
+
+
+def _grey64(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+
+
+def test_adult_model_flags_held_out_tb_films_and_passes_adult_normals() -> None:
+    """Issue 23 on films no member trained on: TBX11K's report split (tests/data/tbx64)
+    and NIH's report-split normals (tests/data/nih64). Two hospitals, so the AUC is the
+    optimistic in-source figure; the sensitivity at the shipped threshold is what the
+    TB programme's goal (>= 0.90 of TB films flagged) asks of the same hospital's films."""
+    with open(DATA / "tbx64" / "labels.csv", newline="") as fh:
+        tb = list(csv.DictReader(fh))
+    with open(DATA / "nih64" / "labels.csv", newline="") as fh:
+        normals = [r for r in csv.DictReader(fh) if r["abnormal"] == "0"]
+    bundle = load_bundle(bundle_dir("cxr-adult-abnormal"))
+    threshold = bundle.manifest["operating_points"]["suggested"]["threshold"]
+    p_tb = infer("cxr-adult-abnormal", [_grey64(DATA / "tbx64" / r["file"]) for r in tb])
+    p_nn = infer("cxr-adult-abnormal", [_grey64(DATA / "nih64" / r["file"]) for r in normals])
+    y = np.r_[np.ones(len(p_tb)), np.zeros(len(p_nn))].astype(int)
+    assert roc_auc(y, np.r_[p_tb, p_nn]) >= 0.85
+    assert (p_tb >= threshold).mean() >= 0.85
+    assert (p_nn < threshold).mean() >= 0.5
+
+
+def test_adult_map_points_into_the_radiologists_boxes() -> None:
+    """The pointing game on held-out TB films: the map's peak inside a box on at least
+    half of them where the bundle shows maps (chance: the boxes' share, about 0.1)."""
+    from appliance.inference.postprocess import evidence_map
+    from models.training.tb import box_mask
+
+    with open(DATA / "tbx64" / "labels.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["boxes"]]
+    bundle = load_bundle(bundle_dir("cxr-adult-abnormal"))
+    x = preprocess_batch(bundle.manifest["preprocessing"],
+                         [_grey64(DATA / "tbx64" / r["file"]) for r in rows])
+    cams = run_batched(bundle.file("model.int8.onnx"), x)["cam"][:, 0]
+    hits = []
+    for cam, row in zip(cams, rows, strict=True):
+        boxes = np.array([[float(v) for v in b.split(",")] for b in row["boxes"].split(";")])
+        mask = box_mask(boxes, 256)
+        heat = evidence_map(cam, 256, 256)
+        hits.append(mask[np.unravel_index(int(np.argmax(heat)), heat.shape)] > 0)
+    share = float(np.mean(hits))
+    if bundle.manifest["heatmap"]["validated"]:
+        assert share >= 0.5
+    else:  # maps off: the manifest must name the check that failed
+        passed = bundle.manifest["heatmap"]["checks"]["passed"]
+        assert "pointing_game" in passed and not all(passed.values())

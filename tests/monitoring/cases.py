@@ -16,7 +16,9 @@ from appliance.store.results import insert_result
 VERSION = read_manifest(bundle_dir(CXR))["version"]
 
 
-def scored(store, scores, *, version: str = VERSION, threshold: float = 0.5) -> list[str]:
+def scored(
+    store, scores, *, version: str = VERSION, threshold: float = 0.5, model: str = CXR
+) -> list[str]:
     """One image per score with a result of the installed child chest model (through the
     store's own insert_result); returns the images' file names."""
     names = []
@@ -39,7 +41,7 @@ def scored(store, scores, *, version: str = VERSION, threshold: float = 0.5) -> 
                 "score": int(round(score * 100)),
                 "threshold": threshold,
                 "triage": "review" if score >= threshold else "routine",
-                "model": {"name": CXR, "version": version, "sha256": "0" * 64},
+                "model": {"name": model, "version": version, "sha256": "0" * 64},
             }
             insert_result(conn, image, None, result, None)
             names.append(f"img{n}.png")

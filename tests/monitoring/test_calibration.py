@@ -171,3 +171,42 @@ def test_a_calibration_made_for_another_bundle_version_is_flagged(store, config,
     [notice] = calibration.status(store, newer, CXR)["notices"]
     assert notice["code"] == "calibration_stale"
     assert f"calibrated on version {VERSION}, and the box now runs 99.0.0" in notice["message"]
+
+
+def test_the_adult_tb_model_calibrates_on_xpert_results(store, config):
+    """Issue 23: the site's own operating point for the adult TB model from Xpert results.
+    The scores are the committed bundle's own on real films it never trained on (TBX11K
+    report split, Xpert-positive here; NIH report-split normals, Xpert-negative)."""
+    import csv
+
+    import cv2
+    from helpers import TESTS
+
+    from appliance.inference.bundle import load_bundle
+    from appliance.inference.onnx_runner import run_batched
+    from appliance.inference.postprocess import calibrated_probabilities
+    from appliance.inference.preprocess import preprocess_batch
+    from appliance.screening.models import CXR_ADULT
+
+    def grey(path):
+        return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+
+    with open(TESTS / "data" / "tbx64" / "labels.csv", newline="") as fh:
+        tb = [TESTS / "data" / "tbx64" / r["file"] for r in csv.DictReader(fh)]
+    with open(TESTS / "data" / "nih64" / "labels.csv", newline="") as fh:
+        nn = [TESTS / "data" / "nih64" / r["file"] for r in csv.DictReader(fh)
+              if r["abnormal"] == "0"]
+    bundle = load_bundle(bundle_dir(CXR_ADULT))
+    x = preprocess_batch(bundle.manifest["preprocessing"], [grey(p) for p in tb + nn])
+    logits = run_batched(bundle.file("model.int8.onnx"), x)["logits"]
+    scores = calibrated_probabilities(logits, bundle.manifest["calibration"]).round(4)
+    labels = np.r_[np.ones(len(tb), bool), np.zeros(len(nn), bool)]
+    names = scored(store, scores, model=CXR_ADULT, version=bundle.version,
+                   threshold=bundle.manifest["operating_points"]["suggested"]["threshold"])
+    confirm(store, names, labels)  # as Xpert MTB/RIF results (cases.confirm)
+    report = calibration.calibrate(store, config, CXR_ADULT, target_sensitivity=0.9)
+    assert (report["n_positive"], report["n_negative"]) == (len(tb), len(nn))
+    assert report["ready"] and report["sensitivity"] >= 0.9
+    assert report["recommended_threshold"] == calibration.stats.Confirmed(
+        scores, labels).threshold_for_sensitivity(0.9)
+    assert report["auc"] > 0.8

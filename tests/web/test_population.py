@@ -24,8 +24,8 @@ CHILD_FINDINGS = (
     "No pneumonia pattern found on the chest X-ray.",
 )
 ADULT_FINDINGS = (
-    "Abnormal chest X-ray — refer for clinical/TB assessment.",
-    "No abnormality found on the chest X-ray.",
+    "TB-consistent findings on the chest X-ray — refer for a sputum test (e.g. Xpert MTB/RIF).",
+    "Not flagged for TB-consistent findings by screening; this does not rule TB out.",
 )
 
 

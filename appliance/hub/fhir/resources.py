@@ -82,7 +82,7 @@ def observations(data: dict[str, Any], common: dict[str, Any]) -> list[Observati
     if data.get("probability") is None:
         return []
     model = data.get("model") or {}
-    finding = ours.FINDINGS.get(model.get("name"), ours.NO_FINDING)
+    finding = ours.finding(model.get("name"), model.get("version")) or ours.NO_FINDING
     flagged = data["probability"] >= data["threshold"]
     score = {
         "id": "score",

@@ -1,0 +1,122 @@
+"""Lesion mixing for the adult TB recipe (models/training/tb.py): pure numpy on 64-px
+films, checked on real TBX11K-shaped boxes and real films from tests/data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.training.augment import augment_radiograph_with_mask
+from models.training.tb import (
+    NIH_NORMAL,
+    TB,
+    TB_HEAD,
+    MixedBatches,
+    Mixing,
+    box_mask,
+    lesion_free_donor,
+    parse_boxes,
+    paste,
+    remove_lesions,
+)
+
+
+def test_boxes_are_parsed_as_fractions_of_the_film() -> None:
+    boxes = parse_boxes(
+        "ActiveTuberculosis:256,128,384,256;ObsoletePulmonaryTuberculosis:0,0,64,64"
+    )
+    np.testing.assert_allclose(boxes, [[0.5, 0.25, 0.75, 0.5], [0, 0, 0.125, 0.125]])
+    assert parse_boxes("").shape == (0, 4)
+    mask = box_mask(boxes[:1])
+    assert mask.sum() == 16 * 16 and mask[16:32, 32:48].all()
+
+
+def test_paste_changes_only_the_region_and_matches_its_brightness() -> None:
+    rng = np.random.default_rng(0)
+    dest = rng.uniform(0.2, 0.4, (64, 64)).astype(np.float32)
+    src = rng.uniform(0.7, 1.0, (64, 64)).astype(np.float32)
+    mask = box_mask(np.array([[0.25, 0.25, 0.5, 0.5]]))
+    out = paste(dest, src, mask)
+    far = np.ones_like(mask, bool)
+    far[12:36, 12:36] = False  # the box and its feathered edge
+    np.testing.assert_array_equal(out[far], dest[far])
+    inside = mask > 0.5
+    # the patch's texture comes from src, its level from dest: no brightness step
+    assert abs(out[inside].mean() - dest[inside].mean()) < 0.03
+    assert np.corrcoef(out[20:28, 20:28].ravel(), src[20:28, 20:28].ravel())[0, 1] > 0.9
+
+
+def test_a_pasted_lesion_keeps_its_opacity_over_the_new_lung() -> None:
+    """Matched on the ring around the box: a lesion brighter than its lung stays brighter
+    (matching inside the box would make the opacity vanish)."""
+    rng = np.random.default_rng(5)
+    src = rng.uniform(0.30, 0.35, (64, 64)).astype(np.float32)
+    src[20:30, 20:30] += 0.4  # the opacity
+    dest = rng.uniform(0.10, 0.15, (64, 64)).astype(np.float32)
+    mask = box_mask(np.array([[20 / 64, 20 / 64, 30 / 64, 30 / 64]]))
+    out = paste(dest, src, mask)
+    assert out[22:28, 22:28].mean() > dest.mean() + 0.3
+
+
+def test_a_donor_never_has_a_box_where_it_gives_tissue() -> None:
+    masks = np.stack([box_mask(np.array([[x, 0.1, x + 0.2, 0.3]])) for x in (0.0, 0.1, 0.6)])
+    region = masks[0]
+    rng = np.random.default_rng(1)
+    picks = {lesion_free_donor(masks, np.array([1, 2]), region, rng) for _ in range(20)}
+    assert picks == {2}  # film 1's box overlaps film 0's
+    assert lesion_free_donor(masks, np.array([1]), region, rng) is None
+
+
+def test_removed_lesions_are_gone_and_the_rest_of_the_film_stays() -> None:
+    rng = np.random.default_rng(2)
+    films = rng.uniform(0, 0.3, (3, 64, 64)).astype(np.float32)
+    films[0, 10:20, 10:20] = 1.0  # film 0's "lesion", inside its box
+    masks = np.stack([box_mask(np.array(b)) for b in ([[0.12, 0.12, 0.34, 0.34]],
+                                                      [[0.6, 0.6, 0.9, 0.9]],
+                                                      [[0.6, 0.1, 0.9, 0.3]])])
+    removed, which = remove_lesions(films, masks, 0.02, rng)
+    assert 0 in which
+    film0 = removed[list(which).index(0)]
+    assert film0[10:20, 10:20].mean() < 0.5
+    np.testing.assert_array_equal(film0[40:, 40:], films[0, 40:, 40:])
+
+
+def test_batches_give_both_labels_to_both_hospitals() -> None:
+    """Mixed batches: TB films also as negatives (lesions removed), NIH normals also as
+    positives (lesion pasted), every positive with its box as the attention target."""
+    rng = np.random.default_rng(3)
+    n_tb, n_nn = 24, 24
+    films = rng.uniform(0, 1, (n_tb + n_nn, 64, 64)).astype(np.float32)
+    kind = np.array([TB] * n_tb + [NIH_NORMAL] * n_nn)
+    boxes = [np.array([[rng.uniform(0, 0.6), rng.uniform(0, 0.6), 0, 0]]) for _ in range(n_tb)]
+    masks = np.concatenate([np.stack([box_mask(b + [0, 0, b[0, 0] + 0.3, b[0, 1] + 0.3])
+                                      for b in boxes]),
+                            np.zeros((n_nn, 64, 64), np.float32)])
+    batches = MixedBatches(films, kind, masks, lambda f: f[None].astype(np.float32),
+                           augment_radiograph_with_mask, Mixing(abnormal_head=0), cam_size=8)
+    seen = {(k, y) for _ in range(20)
+            for k, y in zip(*_kinds_and_labels(batches, np.arange(len(films)), rng),
+                            strict=True)}
+    assert seen == {(TB, 1.0), (TB, 0.0), (NIH_NORMAL, 1.0), (NIH_NORMAL, 0.0)}
+    x, y, head, cam_masks, source = batches(np.arange(len(films)), rng)
+    assert set(source) == {0, 1}
+    assert x.shape == (48, 1, 64, 64) and cam_masks.shape == (48, 8, 8)
+    assert (head == TB_HEAD).all()
+    assert (cam_masks[y == 0].sum(axis=(1, 2)) == 0).all()  # no box on a negative
+    assert (cam_masks[y == 1].sum(axis=(1, 2)) > 0).all()
+
+
+def _kinds_and_labels(batches: MixedBatches, idx: np.ndarray, rng) -> tuple:
+    _, y, *_ = batches(idx, rng)
+    return batches.kind[idx], y
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_augmentation_moves_the_box_with_the_film(seed: int) -> None:
+    film = np.zeros((64, 64), np.float32)
+    film[20:30, 30:40] = 1.0
+    mask = (film > 0).astype(np.float32)
+    out, moved = augment_radiograph_with_mask(film, np.random.default_rng(seed), mask)
+    assert moved is not None and moved.sum() > 30
+    # the bright square went where the mask went
+    assert out[moved > 0.9].mean() > out[moved < 0.01].mean() + 0.3
