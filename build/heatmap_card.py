@@ -66,12 +66,16 @@ def card_section(entry: Mapping[str, Any]) -> str:
         return (f"drop > 0, ratio ≥ {ratio} (or random ≤ 0), wins ≥ "
                 f"{c['min_deletion_win_rate']:.0%}")
     chest = "lung" in f["region"]
+    boxed = f.get("boxes_area") is not None
     lines += [
         f"Heatmaps are {verdict}", "",
         f"Method: {entry['method']}.", "",
-        f"Measured on: {entry['measured_on']} (`{entry['command']}`). No box-labelled "
-        "images are available here, so these checks need no boxes; the pointing game on "
-        "boxed films is the maintainers' to run with `appliance screen --heatmap-dir`.", "",
+        f"Measured on: {entry['measured_on']} (`{entry['command']}`). "
+        + ("The radiologists' boxes of the held-out TB films give the pointing game; the "
+           "other checks need no boxes." if boxed else
+           "No box-labelled images are available here, so these checks need no boxes; the "
+           "pointing game on boxed films is the maintainers' to run with "
+           "`appliance screen --heatmap-dir`."), "",
         "| check | figure | needed | result |", "|---|---|---|---|",
         f"| report-split AUC (the score a map explains) | {entry['report_auc']:.3f} | "
         f"≥ {c['min_report_auc']} | {ok('report_auc')} |",
@@ -91,6 +95,10 @@ def card_section(entry: Mapping[str, Any]) -> str:
         f"| normal images' median peak / abnormal's ({f['peak_median_normal']:.2f} / "
         f"{f['peak_median_abnormal']:.2f} logit) | {f['normal_to_abnormal_peak']} | "
         f"≤ {c['max_normal_to_abnormal_peak']} | {ok('normal_faint')} |",
+        *([f"| pointing game: the map's peak inside a radiologist's box, held-out TB films "
+           f"(boxes cover {f['boxes_area']:.2f} of the film: chance) | "
+           f"{f['pointing_game']:.3f} | ≥ {c['min_pointing_game']} | "
+           f"{ok('pointing_game')} |"] if boxed else []),
         "",
         f"{f['n_images']} images ({f['n_abnormal']} abnormal, {f['n_normal']} normal); "
         "figures are means over images (deletion and evidence inside: abnormal images). "

@@ -85,8 +85,9 @@ def binary_evaluation(recipe: Any, prepared: Any, oof_logits: np.ndarray,
     rule = recipe.threshold_rule
     threshold = rule.choose(y, oof_prob)
     choose = (y, oof_prob)
-    rows = [dict(binary_report("out-of-fold (pool, each image scored by the member that "
-                               "did not train on it)", y, oof_prob, threshold),
+    name = ("out-of-fold (pool, each image scored by the member that did not train on it)"
+            + ("" if keep.all() else ", real films only"))
+    rows = [dict(binary_report(name, y, oof_prob, threshold),
                  cross_validated=cross_validated_threshold(
                      rule, y, oof_prob, prepared.folds[prepared.oof_index][keep]))]
     sources = np.asarray(prepared.oof_sources) if prepared.oof_sources else None
