@@ -226,8 +226,11 @@ def results(data_dir, limit, as_json) -> None:
     rows = list_results(Store.open(configure(data_dir).data_dir), limit)
     for row in rows:  # named as the SR, FHIR and the hub name it
         row["finding"] = finding_name(
-            {"name": row["model_name"], "version": row["model_version"]},
-            row["probability"], row["threshold"])
+            {"name": row["model_name"], "version": row["model_version"]}, row["probability"]
+        )
+        row["flagged"] = (
+            None if row["probability"] is None else row["probability"] >= row["threshold"]
+        )
     if as_json:
         print_json(rows)
         return

@@ -65,6 +65,8 @@ def screen_file(
             "backend": None,
             "heatmap": None,
             "heatmap_validated": None,
+            "finding": None,
+            "flagged": None,
             "timings_ms": {"decode": _ms(started)},
             "decision_support": DECISION_SUPPORT,
         }

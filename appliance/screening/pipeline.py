@@ -82,15 +82,14 @@ class ScreeningResult:
         data["heatmap_validated"] = None if self.heat is None else self.heat.validated
         data["router"] = {k: round(v, 4) for k, v in self.router.items()}
         data["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
-        data["finding"] = finding_name(self.model, self.probability, self.threshold)
+        data["finding"] = finding_name(self.model, self.probability)
         data["flagged"] = (None if self.probability is None or self.threshold is None
                            else self.probability >= self.threshold)
         data["decision_support"] = DECISION_SUPPORT
         return data
 
 
-def finding_name(model: dict[str, str] | None, probability: float | None,
-                 threshold: float | None) -> str | None:
+def finding_name(model: dict[str, str] | None, probability: float | None) -> str | None:
     """What the scoring model looks for ("TB-consistent findings"), named as the SR, FHIR
     and the hub name it; None where no model scored."""
     if not model or probability is None:

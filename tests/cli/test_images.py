@@ -91,6 +91,11 @@ def test_screen_prints_one_json_object_per_file_and_exits_0_when_refusing(tmp_pa
     # RG1's patient was born in 1940: the adult model, by the age the file gives.
     assert chest["model"]["name"] == "cxr-adult-abnormal" and chest["backend"] == "onnxruntime"
     assert (chest["population"], chest["population_source"]) == ("adult", "dicom_age")
+    # the finding named as the SR, FHIR and the hub name it (issue 23)
+    assert chest["finding"] == "TB-consistent findings"
+    assert chest["flagged"] is (chest["probability"] >= chest["threshold"])
+    assert fundus["finding"] == "Referable diabetic retinopathy"
+    assert ct["finding"] is None and ct["flagged"] is None
     assert fundus["population"] is None and not fundus["needs_population"]
     assert fundus["model"]["name"] == "fundus-referable-dr"
     assert "CT scan" in ct["reason"] and ct["score"] is None
@@ -171,6 +176,7 @@ def test_results_lists_what_the_worker_stored(tmp_path):
     by_route = {r["route"]: r for r in rows}
     chest = by_route["chest_xray"]
     assert chest["model_name"] == "cxr-adult-abnormal" and chest["model_version"]
+    assert chest["finding"] == "TB-consistent findings" and isinstance(chest["flagged"], bool)
     assert (chest["population"], chest["population_source"]) == ("adult", "dicom_age")
     assert by_route["fundus"]["population"] is None
     assert all(r["model_sha256"] and r["timings"]["decode"] > 0 for r in rows)
