@@ -51,8 +51,7 @@ def gate_metric(y: np.ndarray, logits: np.ndarray, num_outputs: int) -> float:
     return metrics.macro_auc(y, logits)
 
 
-def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any,
-                       weights: list[float] | None = None) -> np.ndarray:
+def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any) -> np.ndarray:
     """Each pool image scored by the one member that never trained on it."""
     from models.training.nets import HeadsEnsemble
     from models.training.train import predict
@@ -63,7 +62,7 @@ def out_of_fold_logits(members: list, heads: list[int] | None, prepared: Any,
         rows = np.flatnonzero(fold_of == k)
         if not rows.size:
             continue
-        logits = predict(HeadsEnsemble([member], heads, weights), prepared.oof_x[rows])
+        logits = predict(HeadsEnsemble([member], heads), prepared.oof_x[rows])
         out = np.zeros((len(fold_of), logits.shape[1]), np.float32) if out is None else out
         out[rows] = logits
     return out
@@ -144,9 +143,8 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
                           seed=args.seed, num_outputs=recipe.num_outputs,
                           sample_weights=prepared.sample_weights, log=log)
     heads = recipe.serving_heads
-    oof_logits = out_of_fold_logits(members, heads, prepared,
-                                    getattr(recipe, "serving_weights", None))
-    ensemble = HeadsEnsemble(members, heads, getattr(recipe, "serving_weights", None)).eval()
+    oof_logits = out_of_fold_logits(members, heads, prepared)
+    ensemble = HeadsEnsemble(members, heads).eval()
     report = prepared.report
     torch_logits = predict(ensemble, report.x)
 

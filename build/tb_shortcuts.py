@@ -127,12 +127,11 @@ def measure(model, checks: dict) -> dict:
         return np.concatenate(feats), np.concatenate(logits), np.concatenate(cams)
 
     f_tb, l_tb, c_tb = run(checks["tb"])
-    _, l_nn, _ = run(checks["nih_normal"])
+    f_nn, l_nn, _ = run(checks["nih_normal"])
     _, l_na, _ = run(checks["nih_abnormal"])
     f_rm, l_rm, _ = run(checks["lesions_removed"])
     _, l_lp, _ = run(checks["lesion_pasted"])
     _, l_tp, _ = run(checks["tissue_pasted"])
-    f_nn, _, _ = run(checks["nih_normal"])
     _, l_kn, _ = run(checks["children_normal"])
     _, l_kp, _ = run(checks["children_pneumonia"])
     tb = 0

@@ -36,7 +36,7 @@ from appliance.errors import LoginThrottledError
 from appliance.hub import distribution, get_db, programme, records, tallies
 from appliance.hub.migrations import TALLY_COUNTERS
 from appliance.logins import sessions, throttle
-from appliance.wire.codes import finding as finding_of
+from appliance.wire.codes import finding_meaning
 
 bp = Blueprint("dashboard", __name__)
 
@@ -192,7 +192,7 @@ def summary(page: int = 1) -> dict[str, Any]:
         },
         "weeks": tallies.recent_weeks(conn, 12),
         "models": [
-            {**m, "finding": _finding_name(m["model_name"], m["model_version"])}
+            {**m, "finding": finding_meaning(m["model_name"], m["model_version"], "")}
             for m in tallies.models(conn)
         ],
         "devices": [d for d in records.list_devices(conn) if d["site"] in set(names)],
@@ -208,9 +208,3 @@ def index():
     page = request.args.get("page", "1")
     page_number = int(page) if page.isdigit() else 1
     return render_template("hub/dashboard.html", csrf=csrf_token(), **summary(page_number))
-
-
-def _finding_name(model: str, version: str | None) -> str:
-    """What a model looks for, as the box's SR and the hub's FHIR name it."""
-    concept = finding_of(model, version)
-    return concept.meaning if concept else ""

@@ -17,8 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from appliance import __version__
 from appliance.pacs.facts import ResultFacts
-from appliance.wire.codes import BANNER
-from appliance.wire.codes import finding as finding_of
+from appliance.wire.codes import BANNER, finding_meaning
 
 MANUFACTURER = "Open screening appliance"
 SC_SERIES_NUMBER = 9901
@@ -51,9 +50,10 @@ def summary_line(facts: ResultFacts) -> str:
     result = facts.result
     if result["probability"] is None:
         return f"Not screened: {result['reason'] or result['route']}"
-    finding = finding_of(result["model_name"], result["model_version"])
+    finding = finding_meaning(result["model_name"], result["model_version"],
+                              result["model_name"])
     return (
-        f"{finding.meaning if finding else result['model_name']}: score {result['score']}/100"
+        f"{finding}: score {result['score']}/100"
         f" (threshold {round(result['threshold'] * 100)}), triage {result['triage']}"
         f" - {result['model_name']} {result['model_version']}"
     )

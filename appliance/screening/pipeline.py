@@ -39,7 +39,7 @@ from appliance.screening.population import (
     population_caution,
 )
 from appliance.screening.quality import assess_fundus
-from appliance.wire.codes import finding as finding_of
+from appliance.wire.codes import finding_meaning
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,7 @@ def finding_name(model: dict[str, str] | None, probability: float | None) -> str
     and the hub name it; None where no model scored."""
     if not model or probability is None:
         return None
-    concept = finding_of(model.get("name"), model.get("version"))
-    return concept.meaning if concept else model.get("name")
+    return finding_meaning(model.get("name"), model.get("version"), model.get("name"))
 
 
 class Timer:

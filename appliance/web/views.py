@@ -24,6 +24,7 @@ from appliance.store.reviews import REASON_CODES
 from appliance.store.routes import can_choose_route
 from appliance.web import user_language
 from appliance.web.reasons import body_part_name, translate_reason
+from appliance.wire.codes import major
 
 STATUS = {
     "waiting": _l("waiting"),
@@ -195,8 +196,8 @@ RECOMMENDATION = {
 def finding(result: dict) -> str:
     """The finding in words, for the model that scored the result."""
     positive = result["probability"] >= result["threshold"]
-    name, major = result.get("model_name"), str(result.get("model_version") or "").split(".")[0]
-    text = EARLIER_FINDING.get((name, major, positive)) or FINDING.get(
+    name, version = result.get("model_name"), major(result.get("model_version"))
+    text = EARLIER_FINDING.get((name, version, positive)) or FINDING.get(
         (name, positive), OTHER_FINDING[positive]
     )
     return str(text)

@@ -47,11 +47,23 @@ EARLIER_FINDINGS = {
 NO_FINDING = local("not-screened", "Not screened")
 
 
+def major(version: str | None) -> str:
+    """``"2"`` of ``"2.0.0"`` ("" where unknown): finding texts change with it."""
+    return str(version or "").split(".")[0]
+
+
 def finding(model: str | None, version: str | None = None) -> Concept | None:
     """What ``model`` (at ``version``, where known) looks for; None for a model this
     version of the appliance does not know."""
-    major = (version or "").split(".")[0]
-    return EARLIER_FINDINGS.get((model or "", major)) or FINDINGS.get(model or "")
+    return EARLIER_FINDINGS.get((model or "", major(version))) or FINDINGS.get(model or "")
+
+
+def finding_meaning(model: str | None, version: str | None, default: str | None = None
+                    ) -> str | None:
+    """:func:`finding` in words ("TB-consistent findings"), ``default`` for a model
+    this version does not know."""
+    concept = finding(model, version)
+    return concept.meaning if concept else default
 
 # The procedure each route reports on.
 PROCEDURES = {

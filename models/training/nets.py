@@ -46,8 +46,15 @@ class CamNet(nn.Module):
         self.classifier = nn.Conv2d(widths[-1], num_outputs, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cam = self.classifier(self.dropout(self.features(x)))
-        return self.pool(cam), cam
+        logits, cam, _ = self.forward_with_features(x)
+        return logits, cam
+
+    def forward_with_features(self, x: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, CAM, last feature map): training's source head reads the features."""
+        features = self.features(x)
+        cam = self.classifier(self.dropout(features))
+        return self.pool(cam), cam, features
 
     def pool(self, cam: torch.Tensor) -> torch.Tensor:
         if not self.peak:
@@ -64,14 +71,10 @@ class HeadsEnsemble(nn.Module):
     spatial mean still equals the served logits.
     """
 
-    def __init__(self, members: Sequence[nn.Module], heads: Sequence[int] | None = None,
-                 weights: Sequence[float] | None = None) -> None:
+    def __init__(self, members: Sequence[nn.Module], heads: Sequence[int] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.heads = list(heads) if heads is not None else None
-        # weights: the served output is this weighted sum of the picked heads (one output)
-        self.weights = None if weights is None else torch.tensor(
-            [float(w) for w in weights]).view(1, -1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, cams = [], []
@@ -79,9 +82,6 @@ class HeadsEnsemble(nn.Module):
             lg, cam = member(x)
             if self.heads is not None:
                 lg, cam = lg[:, self.heads], cam[:, self.heads]
-            if self.weights is not None:
-                lg = (lg * self.weights).sum(1, keepdim=True)
-                cam = (cam * self.weights[:, :, None, None]).sum(1, keepdim=True)
             logits.append(lg)
             cams.append(cam)
         return torch.stack(logits).mean(0), torch.stack(cams).mean(0)

@@ -76,10 +76,8 @@ def fit(model: nn.Module, n_train: int, make_batch: BatchFn, cfg: TrainConfig, *
             x, y, *heads = make_batch(idx, rng)
             if source_head is None:
                 logits, cam = model(torch.from_numpy(x))
-            else:  # the forward pass of CamNet, keeping its features for the source head
-                features = model.features(torch.from_numpy(x))
-                cam = model.classifier(model.dropout(features))
-                logits = model.pool(cam)
+            else:  # CamNet: the source head reads its features
+                logits, cam, features = model.forward_with_features(torch.from_numpy(x))
             if heads:  # one binary task per image, chosen by its head
                 head = torch.from_numpy(heads[0]).long()
                 logits = logits.gather(1, head[:, None])
