@@ -488,6 +488,14 @@ SETTINGS: tuple[Setting, ...] = (
         time_zone,
     ),
     Setting(
+        "date_style",
+        str,
+        "dmy",
+        "How dates are written on pages and slips: dmy (28/11/2026), ymd (2026-11-28) or"
+        " mdy (11/28/2026); times always on the 24-hour clock.",
+        one_of("dmy", "ymd", "mdy"),
+    ),
+    Setting(
         "session_idle_minutes",
         int,
         30,

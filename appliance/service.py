@@ -143,12 +143,13 @@ class Service:
         self.status["workers"] = str(self.config.workers)
         self._thread("monitor", monitor.run_forever, self.stop_event)
 
-        if self.config.sync_hub_url:
-            from appliance.sync.worker import SyncWorker
+        # Always started: a box enrolled later (`appliance sync enrol` from another
+        # process, or the System page) starts sending within seconds, without a restart.
+        from appliance.sync.worker import SyncWorker
 
-            syncer = SyncWorker(self.store, self.config)
-            self._thread("sync", syncer.run_forever, self.stop_event)
-            self.status["sync"] = f"to {self.config.sync_hub_url}"
+        syncer = SyncWorker(self.store, self.config)
+        syncer.on_hub = lambda url: self.status.__setitem__("sync", url)
+        self._thread("sync", syncer.run_forever, self.stop_event)
         log.info("appliance serving data dir %s", self.config.data_dir)
 
     def _serve_web(self) -> None:

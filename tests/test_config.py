@@ -175,6 +175,7 @@ CANDIDATES = {
         "tensorrt",
         "adult",
         "ask",
+        "ymd",  # date_style
         "fr",
         "0.0.0.0",
         "box.local",

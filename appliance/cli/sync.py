@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import signal
 import threading
 from pathlib import Path
@@ -50,20 +49,12 @@ def sync(ctx, data_dir, once) -> None:
 @translate_errors
 def enrol(data_dir, hub_url, code, name) -> None:
     """Enrol this box with a hub: stores the device token (0600) and the hub URL."""
-    from appliance.config import save_settings
-    from appliance.sync.client import HubClient
-    from appliance.sync.identity import Identity, device_key, save_identity
-    from appliance.wire.bundle import public_key_text
+    from appliance.sync.enrolment import enrol as enrol_box  # the System page's too
+    from appliance.sync.identity import DEVICE_FILE
 
     config = configure(data_dir)
-    key = device_key(config.data_dir)
-    client = HubClient(
-        hub_url, ca_bundle=config.sync_ca_bundle, timeout=config.sync_timeout_seconds
-    )
-    answer = client.enrol(code, name or platform.node() or "box", public_key_text(key))
-    identity = Identity(hub_url.rstrip("/"), answer["device_id"], answer["site"], answer["token"])
-    path = save_identity(config.data_dir, identity)
-    save_settings(config, {"sync_hub_url": identity.hub_url})
+    identity = enrol_box(config, hub_url, code, name)
+    path = config.data_dir / DEVICE_FILE
     echo(f"enrolled as {identity.device_id} for site {identity.site} (token in {path})")
 
 

@@ -26,10 +26,12 @@ from appliance.ingest import raster
 from appliance.ingest.dicom import DAMAGED, check_image_dataset, dicom_record, read_dicom
 from appliance.ingest.exif import photo_taken_at
 from appliance.ingest.headers import ImageLimits, from_file
+from appliance.ingest.laterality import laterality_from_name
 from appliance.ingest.sniff import HEADER_BYTES, IMAGE_KINDS, NOT_AN_IMAGE, sniff
 from appliance.ingest.sources import open_regular, read_limited, too_large
 from appliance.store.db import Store
 from appliance.store.files import clear_tmp, ensure_free_space, move_into_place, write_chunks
+from appliance.store.image_names import is_other_name, remember_other_name
 from appliance.store.images import (
     ImageRecord,
     find_duplicate,
@@ -213,6 +215,7 @@ class Importer:
         conn = self.store.conn()
         duplicate = find_duplicate(conn, record.sop_instance_uid, sha)
         if duplicate is not None:
+            self._remember_name(duplicate, name)
             return ImportOutcome("duplicate", name, image_id=duplicate)
 
         relative = Path("images") / sha[:2] / f"{sha}{EXTENSIONS[kind]}"
@@ -221,6 +224,7 @@ class Importer:
             with self.store.write() as conn:
                 duplicate = find_duplicate(conn, record.sop_instance_uid, sha)
                 if duplicate is not None:  # another sender won the race
+                    remember_other_name(conn, duplicate, name)
                     return ImportOutcome("duplicate", name, image_id=duplicate)
                 image_id = insert_image(conn, record, str(relative), priority)
         except sqlite3.Error as exc:
@@ -228,6 +232,17 @@ class Importer:
         self.store.jobs_waiting.set()
         log.info("stored image %s from %s (%s)", image_id, source, source_detail)
         return ImportOutcome("stored", name, image_id=image_id)
+
+    def _remember_name(self, image_id: int, name: str) -> None:
+        """A duplicate's file name, kept beside the image held (a lab register may name
+        this copy); read first, so a copy arriving again under a known name writes nothing."""
+        if not is_other_name(self.store.conn(), image_id, name):
+            return
+        try:
+            with self.store.write() as conn:
+                remember_other_name(conn, image_id, name)
+        except sqlite3.Error as exc:  # the image is held either way: still a duplicate
+            log.warning("could not remember %s as a name of image %s: %s", name, image_id, exc)
 
     def _when_taken(
         self, record: ImageRecord, spooled: Spooled, kind: str, key: str, file_time: float | None
@@ -279,6 +294,7 @@ class Importer:
                 rows=height,
                 columns=width,
                 frames=1,
+                laterality=laterality_from_name(name),  # "P0042_OD.jpg": a camera's name
             )
         raise IngestError(NOT_AN_IMAGE.get(kind, NOT_AN_IMAGE["unknown"]))
 

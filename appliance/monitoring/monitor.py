@@ -183,16 +183,20 @@ def _model_report(store, config, name) -> tuple[dict[str, Any], list[Notice], li
     suggested = float(manifest["operating_points"]["suggested"]["threshold"])
     baseline, recent, source = windows(store, config, name, version)
     enough = config.monitor_min_results
+    last = latest(store, config, name, version)
+    # "recent": the last results, wherever the baseline ends (on a new box its first
+    # results are both); only the comparison with the site's baseline needs results
+    # after it ("since_baseline").
     facts: dict[str, Any] = {
         "version": version,
         "threshold": threshold,
-        "recent": recent.n,
+        "recent": last.n,
+        "since_baseline": recent.n,
         "baseline": {**source, "results": baseline.n},
     }
     warnings: list[Notice] = []
     info: list[Notice] = []
     reference = manifest.get("reference")
-    last = latest(store, config, name, version)
     if not reference or "score_histogram" not in reference:
         info.append(Notice("no_reference", {"model": name, "version": version}, name))
         facts["validation"] = None
@@ -209,6 +213,8 @@ def _model_report(store, config, name) -> tuple[dict[str, Any], list[Notice], li
         warnings += found
     else:
         facts["site"] = None
+    # Whether anything was compared: "no warnings" means something only when it was.
+    facts["judged"] = bool(facts.get("validation") or facts["site"])
     return facts, warnings, info
 
 
@@ -216,7 +222,11 @@ def _router_report(store, config) -> tuple[dict[str, Any], list[Notice]]:
     manifest = calibration.installed_manifest(config, ROUTER)
     baseline, recent, source = windows(store, config, ROUTER, None)
     last = latest(store, config, ROUTER, None)
-    facts: dict[str, Any] = {"recent": recent.n, "baseline": {**source, "results": baseline.n}}
+    facts: dict[str, Any] = {
+        "recent": last.n,
+        "since_baseline": recent.n,
+        "baseline": {**source, "results": baseline.n},
+    }
     warnings: list[Notice] = []
     enough = config.monitor_min_results
     reference = manifest.get("reference")

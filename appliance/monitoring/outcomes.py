@@ -252,8 +252,12 @@ def _match(conn: sqlite3.Connection, row: dict[str, str], day: date, window: int
             raise OutcomeError(f"no image with SOP Instance UID {row['sop_instance_uid']}")
         return [found[0]["id"]]
     if row.get("original_name"):
+        # An image that arrived again under another name was kept once, under its first
+        # name; the later names are remembered beside it (image_other_names) and count too.
         found = conn.execute(
-            "SELECT id FROM images WHERE original_name = ?", (row["original_name"],)
+            "SELECT id FROM images WHERE original_name = ?"
+            " UNION SELECT image_id FROM image_other_names WHERE name = ?",
+            (row["original_name"], row["original_name"]),
         ).fetchall()
         if not found:
             raise OutcomeError(f"no image named {row['original_name']}")

@@ -28,6 +28,10 @@ HEATMAP_NOT_SHOWN = (
 NEGATIVE_HEAT_SCALE = 4.0
 # Overlay opacity where the map is strongest (of 255): the image stays readable.
 OVERLAY_MAX_ALPHA = 180
+# The page's opacity slider starts here (0..1). With the overlay's own alpha rising as the
+# square root of the map, half-strength evidence shows on an orange retina (issue 24: at
+# 0.6 and a linear alpha it barely did).
+HEATMAP_OPACITY = 0.85
 
 
 def maps_validated(manifest: Mapping[str, Any]) -> bool:
@@ -100,7 +104,8 @@ def overlay(grey: np.ndarray) -> np.ndarray:
     """RGBA overlay coloured from a grey map: warm where the evidence is, transparent
     where there is none."""
     colour = cv2.applyColorMap(grey, cv2.COLORMAP_JET)
-    alpha = np.round(grey.astype(np.float32) * (OVERLAY_MAX_ALPHA / 255.0)).astype(np.uint8)
+    alpha = np.round(np.sqrt(grey.astype(np.float32) / 255.0) * OVERLAY_MAX_ALPHA)
+    alpha = alpha.astype(np.uint8)
     return np.dstack([cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), alpha])
 
 

@@ -650,3 +650,21 @@ def m018_pacs_deliveries(db: Database) -> None:
         INSERT INTO mwl_state (id) VALUES (1);
         """
     )
+
+
+@migrations()
+def m019_image_other_names(db: Database) -> None:
+    # Issue 24, defect 13: the same image arriving again under another file name is a
+    # duplicate (the first copy is kept), but a lab register may name either file. The
+    # other names are remembered here so the outcomes import finds the image by them.
+    db.executescript(
+        """
+        CREATE TABLE image_other_names (
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            name TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            PRIMARY KEY (image_id, name)
+        );
+        CREATE INDEX image_other_names_name ON image_other_names(name);
+        """
+    )

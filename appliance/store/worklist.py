@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -12,6 +12,8 @@ from appliance.store.db import Store
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
 PAGE_SIZE = 50
+SEARCH_MAX = 64  # a patient ID is at most 64 characters (store/patients.py)
+REGISTER_MAX = 2000  # a day's register; more than a clinic screens in a day
 
 # The order (w.rank) and status come from worklist_items, kept in step with every write.
 _FROM = """
@@ -21,47 +23,112 @@ _FROM = """
     LEFT JOIN results r ON r.id = w.result_id
     LEFT JOIN reviews v ON v.id = w.review_id
 """
+# Referrals to follow up: the latest result is flagged (urgent or review) and the image
+# has no confirmatory outcome yet. An outcome counts when it is a test's latest and says
+# positive, negative or a grade: the same rule as calibration's reference (monitoring/
+# outcomes.py), so "withdrawn" (entered in error) and "indeterminate" (test again) keep
+# the referral on the list. A clinician's review does not take it off: only a result does.
+_NO_OUTCOME_YET = """NOT EXISTS (
+    SELECT 1 FROM outcomes o WHERE o.image_id = w.image_id AND o.positive IS NOT NULL
+      AND o.id = (SELECT MAX(l.id) FROM outcomes l
+                  WHERE l.image_id = o.image_id AND l.test = o.test))"""
 FILTERS = {
     "all": "1",
     "today": "w.received_at >= :day_start",  # the site's midnight, in UTC
     "needs_review": "w.rank <= 1",  # urgent or review, not yet reviewed
     "refused": "r.route = 'refused'",
+    "follow_up": f"r.triage IN ('urgent', 'review') AND {_NO_OUTCOME_YET}",
 }
+# Most pressing first, newest first within; referrals waiting longest first.
+_ORDER = {"follow_up": "w.received_at, w.image_id"}
+_DEFAULT_ORDER = "w.rank, w.image_id DESC"
 # Filters on the item alone are counted without joining anything.
 _ON_ITEMS_ONLY = {"all", "today", "needs_review"}
+# A patient ID or name containing the searched text (lower-cased by the caller); a DICOM
+# name's ^ separators read as spaces, so "doe jane" finds DOE^JANE. INSTR, not LIKE:
+# a typed % or _ is a character, not a wildcard. LOWER folds ASCII letters only.
+_TEXT_MATCH = (
+    f"(INSTR(LOWER({PATIENT_ID_SQL}), :text) > 0"
+    f" OR INSTR(LOWER(REPLACE({PATIENT_NAME_SQL}, '^', ' ')), :text) > 0)"
+)
+_ON_DAY = "w.received_at >= :day_from AND w.received_at < :day_until"
+
+
+def clinic_zone(timezone_name: str) -> ZoneInfo:
+    """The clinic's time zone; UTC where the name is not one this box knows."""
+    try:
+        return ZoneInfo(timezone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def local_midnight_utc(timezone_name: str) -> str:
     """Start of today where the clinic is, as the UTC timestamp text images are stored with."""
-    try:
-        zone = ZoneInfo(timezone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    midnight = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return day_bounds_utc(local_today(timezone_name), timezone_name)[0]
+
+
+def local_today(timezone_name: str) -> date:
+    """Today's date where the clinic is."""
+    return datetime.now(clinic_zone(timezone_name)).date()
+
+
+def day_bounds_utc(day: date, timezone_name: str) -> tuple[str, str]:
+    """The clinic's day ``day``, from its midnight to the next, as UTC timestamp text
+    (a day of 23 or 25 hours where clocks change)."""
+    zone = clinic_zone(timezone_name)
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    return _utc_text(start), _utc_text(end)
+
+
+def search_text(value: str | None) -> str:
+    """What was typed in the search box, trimmed and bounded."""
+    return " ".join((value or "").split())[:SEARCH_MAX]
 
 
 def worklist(
-    store: Store, filter_name: str = "all", page: int = 1, timezone_name: str = "UTC"
+    store: Store,
+    filter_name: str = "all",
+    page: int = 1,
+    timezone_name: str = "UTC",
+    text: str = "",
+    day: date | None = None,
 ) -> dict[str, Any]:
-    where = FILTERS.get(filter_name, "1")
+    """A page of the worklist; ``text``: part of a patient's ID or name; ``day``: the
+    clinic's day the images arrived. Only fixed SQL fragments are joined: what was typed
+    travels as parameters."""
+    conditions = [FILTERS.get(filter_name, "1")]
+    text = search_text(text).lower()
     conn = store.conn()
-    count_from = "FROM worklist_items w" if filter_name in _ON_ITEMS_ONLY else _FROM
-    params = {
+    params: dict[str, Any] = {
         "day_start": local_midnight_utc(timezone_name),
         "limit": PAGE_SIZE,
         "offset": max(0, page - 1) * PAGE_SIZE,
     }
+    if text:
+        conditions.append(_TEXT_MATCH)
+        params["text"] = text.replace("^", " ")
+    if day is not None:
+        conditions.append(_ON_DAY)
+        params["day_from"], params["day_until"] = day_bounds_utc(day, timezone_name)
+    where = " AND ".join(f"({c})" for c in conditions)
+    items_only = filter_name in _ON_ITEMS_ONLY and not text
+    count_from = "FROM worklist_items w" if items_only else _FROM
     total = conn.execute(f"SELECT COUNT(*) {count_from} WHERE {where}", params).fetchone()[0]
+    order = _ORDER.get(filter_name, _DEFAULT_ORDER)
     rows = conn.execute(
         f"""SELECT i.id, i.modality, i.file_format, i.received_at, i.source, i.source_detail,
-                   i.original_name, i.preview_path,
+                   i.original_name, i.preview_path, i.laterality,
                    {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
                    r.route, r.score, r.triage, r.population, r.id AS result_id,
                    v.id AS review_id,
                    w.status, v.verdict
             {_FROM} WHERE {where}
-            ORDER BY w.rank, w.image_id DESC LIMIT :limit OFFSET :offset""",
+            ORDER BY {order} LIMIT :limit OFFSET :offset""",
         params,
     ).fetchall()
     rows = [dict(r) for r in rows]
@@ -74,9 +141,43 @@ def worklist(
     }
 
 
+def register(store: Store, day: date, timezone_name: str = "UTC") -> dict[str, Any]:
+    """The clinic's day ``day``: every image that arrived, in order, with its patient,
+    result, review and confirmatory outcomes (each test's latest, none withdrawn)."""
+    day_from, day_until = day_bounds_utc(day, timezone_name)
+    params = {"day_from": day_from, "day_until": day_until, "limit": REGISTER_MAX + 1}
+    conn = store.conn()
+    rows = [
+        dict(row)
+        for row in conn.execute(
+            f"""SELECT i.id, i.received_at, i.modality, i.file_format, i.original_name,
+                       {PATIENT_ID_SQL} AS patient_id, {PATIENT_NAME_SQL} AS patient_name,
+                       r.route, r.population, r.score, r.triage, w.status,
+                       v.verdict, u.username AS reviewed_by
+                {_FROM} LEFT JOIN users u ON u.id = v.user_id
+                WHERE {_ON_DAY} ORDER BY w.received_at, w.image_id LIMIT :limit""",
+            params,
+        )
+    ]
+    found: dict[int, list[tuple[str, str]]] = {}
+    for row in conn.execute(
+        f"""SELECT o.image_id, o.test, o.result FROM outcomes o
+            JOIN worklist_items w ON w.image_id = o.image_id
+            WHERE {_ON_DAY} AND o.result != 'withdrawn'
+              AND o.id = (SELECT MAX(l.id) FROM outcomes l
+                          WHERE l.image_id = o.image_id AND l.test = o.test)
+            ORDER BY o.image_id, o.test""",
+        params,
+    ):
+        found.setdefault(row["image_id"], []).append((row["test"], row["result"]))
+    for row in rows:
+        row["outcomes"] = found.get(row["id"], [])
+    return {"day": day, "rows": rows[:REGISTER_MAX], "more": len(rows) > REGISTER_MAX}
+
+
 def _mark_synced(conn, rows: list[dict[str, Any]]) -> None:
-    """'synced' once the hub holds the latest result (and review) of a row: looked up for
-    the page's rows only, not for the whole store."""
+    """'synced' once the hub holds the latest result (and review) of a screened row:
+    looked up for the page's rows only, not for the whole store."""
     ids = [
         (kind, row[key])
         for row in rows
@@ -90,8 +191,9 @@ def _mark_synced(conn, rows: list[dict[str, Any]]) -> None:
             for k, key in (("result", "result_id"), ("review", "review_id"))
             if row[key] is not None
         ]
+        # A refused image stays "refused" after sync: its retake is still due.
         if (
-            row["status"] in ("screened", "reviewed", "refused")
+            row["status"] in ("screened", "reviewed")
             and held
             and all(state == "acked" for state in held)
         ):

@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 from appliance.config import Config
 from appliance.errors import (
     ApplianceError,
+    HubAuthError,
     HubBusyError,
+    HubCertificateError,
     HubRejectedError,
     HubUnreachableError,
     NotEnrolledError,
@@ -34,7 +36,7 @@ from appliance.store import outbox, sync_state
 from appliance.store.db import Store, utc_now
 from appliance.sync.client import HubClient
 from appliance.sync.entries import wire_entry
-from appliance.sync.identity import load_identity
+from appliance.sync.identity import DEVICE_FILE, Identity, load_identity
 from appliance.sync.models import ERROR_KEY, ModelSync
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ T = TypeVar("T")
 REQUEST_ATTEMPTS = 5
 BUSY_ANSWERS = 20  # "come back in S s" answers to one request before the pass gives up
 KNOWN_BATCH = 1000
+# How often a box not enrolled yet looks for an enrolment made meanwhile (the command
+# line in another process, or the System page): a file's existence, nothing sent.
+ENROL_POLL_SECONDS = 5.0
 
 
 def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], float]) -> float:
@@ -68,17 +73,33 @@ class SyncWorker:
         self.store = store
         self.config = config
         self._client = client
+        self._given_client = client is not None  # a test's: never replaced
+        self._identity: Identity | None = None
+        self.on_hub: Callable[[str], None] | None = None  # told the hub's URL once enrolled
         self.rng = rng
         self._window_start = time.monotonic()
         self._window_bytes = 0
 
     # -- plumbing --------------------------------------------------------------------
+    def enrolled(self) -> bool:
+        return self._given_client or (self.config.data_dir / DEVICE_FILE).exists()
+
+    def hub_url(self) -> str:
+        """Where this pass sends: the configured URL, else the one enrolled with."""
+        identity = self._identity or load_identity(self.config.data_dir)
+        return self.config.sync_hub_url or identity.hub_url
+
     def client(self) -> HubClient:
-        if self._client is None:
+        if not self._given_client:
+            # Read each pass: `appliance sync enrol` in another process may have
+            # enrolled this box, or enrolled it again, since the last one.
             identity = load_identity(self.config.data_dir)
-            url = self.config.sync_hub_url or identity.hub_url
+            if identity != self._identity:
+                self._identity, self._client = identity, None
+        if self._client is None:
+            identity = self._identity or load_identity(self.config.data_dir)
             self._client = HubClient(
-                url,
+                self.hub_url(),
                 identity.token,
                 ca_bundle=self.config.sync_ca_bundle,
                 timeout=self.config.sync_timeout_seconds,
@@ -160,12 +181,14 @@ class SyncWorker:
             report["models"] = self._sync_models(client)
         except SyncError as exc:
             failures = int(self.state().get("failures") or 0) + 1
-            self._set_state(last_error=f"{utc_now()} {exc}", failures=failures)
+            self._set_state(
+                last_error=f"{utc_now()} {exc}", last_problem=problem(exc), failures=failures
+            )
             raise
         finally:
             if self._client is not None:
                 self._client.close()  # the pass's connection: idle until the next would go stale
-        self._set_state(last_success_at=utc_now(), last_error=None, failures=0)
+        self._set_state(last_success_at=utc_now(), last_error=None, last_problem=None, failures=0)
         if report["acked"]:
             log.info("sync: %s entries acknowledged by the hub", report["acked"])
         return report
@@ -228,10 +251,22 @@ class SyncWorker:
 
     # -- forever ---------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:
-        """The thread in ``appliance serve``: pass after pass, backing off while it fails."""
+        """The thread in ``appliance serve``: pass after pass, backing off while it fails.
+        Started on every box: until it is enrolled, it only looks every few seconds
+        whether it has been (so no restart is needed after `appliance sync enrol`)."""
         failures = 0
+        told = waiting = None
         while not stop.is_set():
+            if not self.enrolled():
+                if not waiting:
+                    log.info("sync: waiting for an enrolment (`appliance sync enrol` or System)")
+                    waiting = True
+                stop.wait(min(ENROL_POLL_SECONDS, self.config.sync_interval_seconds))
+                continue
             try:
+                if self.on_hub is not None and self.hub_url() != told:
+                    told = self.hub_url()
+                    self.on_hub(told)
                 self.sync_once()
                 failures = 0
                 delay = self.config.sync_interval_seconds
@@ -259,18 +294,40 @@ class SyncWorker:
         return sync_state.read(self.store.conn())
 
 
+def problem(exc: SyncError) -> str:
+    """What kind of failure ``exc`` is, as one word the System page puts in plain words
+    (the technical text stays in ``last_error``, the log and ``appliance sync status``)."""
+    if isinstance(exc, HubBusyError):
+        return "busy"
+    if isinstance(exc, HubUnreachableError):
+        return "unreachable"
+    if isinstance(exc, HubCertificateError):
+        return "certificate"
+    if isinstance(exc, HubAuthError):
+        return "revoked" if exc.status == 403 else "unknown_device"
+    if isinstance(exc, NotEnrolledError):
+        return "not_enrolled"
+    if isinstance(exc, HubRejectedError):
+        return "rejected"
+    return "failed"
+
+
 def sync_status(store: Store, config: Config) -> dict[str, Any]:
-    """What the System page and ``appliance sync status`` show."""
+    """What the System page and ``appliance sync status`` show. The hub's URL is the
+    configured one, else the one enrolled with: a box enrolled by another process (the
+    command line while ``appliance serve`` runs) is not shown as "not set up"."""
     conn = store.conn()
     state = sync_state.read(conn)
     try:
         identity = load_identity(config.data_dir)
         device = {"device_id": identity.device_id, "site": identity.site}
+        enrolled_url = identity.hub_url
     except NotEnrolledError:
         device = {"device_id": None, "site": None}
+        enrolled_url = ""
     next_at = state.get("next_attempt_at")
     return {
-        "hub_url": config.sync_hub_url,
+        "hub_url": config.sync_hub_url or enrolled_url,
         "enrolled": device["device_id"] is not None,
         **device,
         **outbox.counts(conn, outbox.HUB),
@@ -284,3 +341,14 @@ def sync_status(store: Store, config: Config) -> dict[str, Any]:
         "next_attempt_in_s": (max(0, round(float(next_at) - time.time())) if next_at else None),
         "models_error": state.get(ERROR_KEY),  # added last: --json keys keep their order
     }
+
+
+def sync_overview(store: Store, config: Config) -> dict[str, Any]:
+    """The System page's: ``sync_status`` and what kind the last failure was
+    (``problem``; None after a success). Kept apart so that ``sync status --json``
+    keeps its keys."""
+    state = sync_state.read(store.conn())
+    overview = sync_status(store, config)
+    overview["problem"] = state.get("last_problem") if overview["last_error"] else None
+    overview["last_error_at"] = (overview["last_error"] or "").split(" ", 1)[0] or None
+    return overview

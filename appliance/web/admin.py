@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from babel.core import Locale, get_global
-from babel.dates import get_timezone_location
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from flask_babel import lazy_gettext as _l
 
 from appliance.config import save_settings
 from appliance.errors import ConfigError
@@ -19,6 +14,7 @@ from appliance.store import users
 from appliance.store.db import audit
 from appliance.store.users import LANGUAGES, ROLES
 from appliance.web.auth import requires
+from appliance.web.clinic import date_styles, unlisted_zone, zone_groups
 from appliance.web.reasons import translate_reason
 
 bp = Blueprint("admin", __name__)
@@ -28,53 +24,18 @@ THRESHOLD_SETTING = {
     CXR: "cxr_threshold",
     FUNDUS: "fundus_threshold",
 }
-TEXT_SETTINGS = ("site_name", "timezone", "dicom_aet")
-# The time-zone picker's groups: the tz database's regions, in people's words.
-REGIONS = {
-    "Africa": _l("Africa"),
-    "America": _l("Americas"),
-    "Asia": _l("Asia"),
-    "Atlantic": _l("Atlantic Ocean"),
-    "Australia": _l("Australia"),
-    "Europe": _l("Europe"),
-    "Indian": _l("Indian Ocean"),
-    "Pacific": _l("Pacific Ocean"),
-    "Antarctica": _l("Antarctica"),
-    "Arctic": _l("Arctic"),
-}
-
-
-@lru_cache(maxsize=8)
-def _zones(locale: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
-    """Every time zone both zoneinfo and pytz know, by region: (region, ((zone, label),
-    ...)), labelled "country — city" in ``locale``'s words, sorted by label."""
-    from zoneinfo import available_timezones
-
-    import pytz
-
-    where = Locale.parse(locale)
-    countries = get_global("zone_territories")
-    regions: dict[str, list[tuple[str, str]]] = {}
-    for zone in available_timezones() & set(pytz.all_timezones):
-        region = zone.split("/", 1)[0]
-        if region not in REGIONS or "/" not in zone:
-            continue
-        city = get_timezone_location(zone, where, return_city=True)
-        country = where.territories.get(countries.get(zone, ""), "")
-        label = f"{country} — {city}" if country and country != city else city
-        regions.setdefault(region, []).append((zone, label))
-    return tuple(
-        (region, tuple(sorted(regions[region], key=lambda z: z[1])))
-        for region in REGIONS
-        if region in regions
-    )
+TEXT_SETTINGS = ("site_name", "timezone", "date_style", "dicom_aet")
 RESTART_NEEDED = {"dicom_aet", "dicom_port", "dicom_allowed_aets"}
 
 
 def _operating_points(config) -> list[dict]:
-    """Per screening model: the manifest's table and the threshold in use."""
+    """Per screening model: the manifest's table, the threshold in use and where it
+    comes from (``calibration.status``'s answer, as the System page and hub have it)."""
     import json
 
+    from appliance.monitoring import calibration
+
+    store = current_app.extensions["appliance_store"]
     found = active_bundle_dirs(config)
     models = []
     for name, setting in THRESHOLD_SETTING.items():
@@ -88,10 +49,18 @@ def _operating_points(config) -> list[dict]:
                 "setting": setting,
                 "suggested": suggested,
                 "current": getattr(config, setting) or suggested,
+                "source": calibration.status(store, config, name)["source"],
                 "table": manifest["operating_points"]["table"],
             }
         )
     return models
+
+
+def _same(given: str, current: float) -> bool:
+    try:
+        return abs(float(given) - float(current)) < 1e-4
+    except ValueError:
+        return False  # not a number: save_settings refuses it in words
 
 
 @bp.route("/settings", methods=["GET", "POST"])
@@ -111,7 +80,9 @@ def settings():
             updates["chest_population"] = form["chest_population"]
         updates["usb_auto_import"] = form.get("usb_auto_import") == "on"
         for model in _operating_points(config):
-            if model["setting"] in form:
+            # Only a threshold the admin changed: saving the page for another reason
+            # must not turn the bundle's own into a setting of this site.
+            if model["setting"] in form and not _same(form[model["setting"]], model["current"]):
                 updates[model["setting"]] = form[model["setting"]]
         try:
             # In words a nurse reads; save_settings then checks every value the way the
@@ -148,8 +119,9 @@ def settings():
         config=config,
         models=_operating_points(config),
         languages=LANGUAGES,
-        zones=_zones(str(get_locale())),
-        regions=REGIONS,
+        zones=zone_groups(str(get_locale())),
+        unlisted_zone=unlisted_zone(config.timezone, str(get_locale())),
+        date_styles=date_styles(),
     )
 
 

@@ -36,19 +36,23 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
-from flask_babel import ngettext
 
-from appliance.errors import LoginThrottledError
+from appliance.config import SETTINGS, save_settings
+from appliance.errors import ConfigError, LoginThrottledError
 from appliance.logins import sessions
 from appliance.store import users
+from appliance.store.db import audit
 from appliance.store.files import atomic_write_bytes
 from appliance.web.api_errors import error_response
+from appliance.web.clinic import date_styles, unlisted_zone, zone_groups
 from appliance.web.reasons import translate_reason
 
 bp = Blueprint("auth", __name__)
 
 PUBLIC_ENDPOINTS = {"health.healthz", "static", "auth.login", "auth.setup"}
+SETTING_DEFAULTS = {s.name: s.default for s in SETTINGS}
 API_USER = {"id": None, "username": "api-token", "role": "api", "language": "en"}
 
 
@@ -191,14 +195,29 @@ def _start_session(user: dict) -> None:
     session["sid"] = token
 
 
+def _clinic_updates(form) -> dict[str, str]:
+    """What first start sets besides the administrator: the clinic's name (left blank:
+    kept), time zone, date style, and the language of the login page."""
+    return {
+        name: form[name].strip()
+        for name in ("site_name", "timezone", "date_style", "language")
+        if form.get(name, "").strip()
+    }
+
+
 @bp.route("/setup", methods=["GET", "POST"])
 def setup():
-    """First run: create the admin account (only while there are no users)."""
+    """First run: create the admin account (only while there are no users), and say
+    where the clinic is: its name, time zone and date style (saved as Settings saves
+    them, in config.toml)."""
     store = _store()
+    config = current_app.config["APPLIANCE"]
     if users.count_users(store) > 0:
         return redirect(url_for("auth.login"))
     if request.method == "POST":
+        updates = _clinic_updates(request.form)
         try:
+            config.with_overrides(**updates)  # checked as the loader checks; nothing written
             pin = request.form.get("pin", "")
             if pin != request.form.get("pin2", ""):
                 raise users.UserError(_("The two PINs are not the same."))
@@ -211,10 +230,41 @@ def setup():
             )
         except users.UserError as exc:
             flash(translate_reason(str(exc)), "error")
+        except ConfigError as exc:
+            flash(_("Not saved: %(reason)s", reason=str(exc)), "error")
         else:
-            _start_session(users.get_user(store, user_id))
+            user = users.get_user(store, user_id)
+            overridden = save_settings(config, updates)
+            if overridden:
+                flash(
+                    _(
+                        "Set by the environment, not changed here: %(names)s",
+                        names=", ".join(overridden),
+                    ),
+                    "error",
+                )
+            with store.write() as conn:
+                audit(
+                    conn,
+                    user["username"],
+                    "settings.changed",
+                    "config.toml",
+                    ", ".join(sorted(updates)),
+                )
+            _start_session(user)
             return redirect(url_for("worklist.index"))
-    return render_template("auth/setup.html")
+    locale = str(get_locale())
+    return render_template(
+        "auth/setup.html",
+        config=config,
+        # The default name ("Clinic") is no clinic's: ask for it, with an example.
+        site_name_given=""
+        if config.site_name == SETTING_DEFAULTS["site_name"]
+        else config.site_name,
+        zones=zone_groups(locale),
+        unlisted_zone=unlisted_zone(config.timezone, locale),
+        date_styles=date_styles(),
+    )
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -199,6 +199,9 @@ KNOWN = (
     N_("Type the patient ID (up to 64 characters)."),
     N_("No such image."),
     N_("This image came with a patient ID from the device; it is kept."),
+    # appliance/store/eyes.py: EyeError
+    N_("Choose the right or the left eye."),
+    N_("The device gave this image's eye; it is kept."),
     # appliance/store/files.py: StorageFullError
     N_("disk nearly full: %(free)s MB free, %(reserve)s MB kept in reserve"),
     N_("disk full while writing %(name)s"),
@@ -309,12 +312,9 @@ KNOWN = (
         "Only %(count)s results of %(scope)s: at least %(needed)s are needed to accept them as "
         "this site's baseline."
     ),
-    # appliance/inference/backends.py: what TensorRT needs where it cannot run (System)
-    N_(
-        "TensorRT Python bindings: install python3-libnvinfer from JetPack (on a CUDA PC: "
-        "pip install 'clinic-screening-appliance[tensorrt]')"
-    ),
-    N_("pycuda: pip install pycuda (on a Jetson, after JetPack's CUDA toolkit)"),
+    # appliance/inference/backends.py: what TensorRT needs where it cannot run. The System
+    # page says it in plain words (system.py ``backend_in_words``); the install commands
+    # (pip, JetPack) are for the technician, in `appliance doctor` and the log.
     N_("no NVIDIA GPU found (no /dev/nvidia* or Jetson GPU device)"),
     N_("no NVIDIA GPU found"),
     N_("no NVIDIA GPU found (CUDA: %(error)s)"),
@@ -326,7 +326,6 @@ KNOWN = (
         "reinstall python3-libnvinfer from JetPack"
     ),
     N_("the GPU's compute capability cannot be read (%(error)s)"),
-    N_("onnxruntime: pip install onnxruntime (%(error)s)"),
     # appliance/service.py and screening/models.py: what the System page lists
     N_("ok"),
     N_("not loaded"),

@@ -29,6 +29,7 @@ from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_fo
 from appliance.pacs.worklist import candidates
 from appliance.store import jobs, mwl
 from appliance.store import worklist as queries
+from appliance.store.eyes import EyeError, eyes_of, set_eye
 from appliance.store.patients import PatientError, patient_of, set_patients
 from appliance.store.population import PopulationError, choose_population
 from appliance.store.reviews import ReviewError, add_review, reviews_for
@@ -36,6 +37,7 @@ from appliance.store.routes import RouteError, choose_route
 from appliance.store.visits import previous_photo, visit_of
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
+from appliance.web.slip_facts import patient_facts, slip_cautions, zone_words
 from appliance.worker import (
     THUMBNAIL_MAX_PX,
     full_detail_path,
@@ -71,6 +73,7 @@ def view(image_id: int):
         reviews=reviews_for(_store(), image_id),
         outcomes=outcomes_for(_store(), image_id),
         today=date.today().isoformat(),
+        eyes=eyes_of(_store(), image_id, current_app.config["APPLIANCE"].timezone),
         visit=_visit(image_id) if typed else [],
         previous=previous_photo(_store(), image_id) if typed else None,
         # the worklist's patients for an image without one: one tap instead of typing
@@ -184,8 +187,9 @@ def outcome(image_id: int):
 @requires("operator", "clinician")
 def patient(image_id: int):
     """Type in the patient of an image that came without one (a camera card's photo), or
-    take the previous photo's (``same_as``); with ``visit``, for the visit's other photos
-    too (those without a patient of their own: patients.set_patients)."""
+    take the previous photo's (``same_as``) or a worklist entry's (``mwl_entry``); also
+    for the batch's other photos ticked in ``also`` (those without a patient of their
+    own: patients.set_patients)."""
     _load(image_id)
     patient_id = request.form.get("patient_id", "")
     patient_name = request.form.get("patient_name", "")
@@ -203,7 +207,9 @@ def patient(image_id: int):
             flash(_("The previous photo has no patient yet."), "error")
             return redirect(url_for("study.view", image_id=image_id))
         patient_id, patient_name = previous
-    also = [p["id"] for p in _visit(image_id)] if request.form.get("visit") == "1" else []
+    # Only the photos staff ticked, and only from this photo's batch (never any image).
+    ticked = {int(v) for v in request.form.getlist("also") if v.isdigit()}
+    also = [p["id"] for p in _visit(image_id) if p["id"] in ticked and p["id"] != image_id]
     try:
         changed = set_patients(_store(), image_id, also, patient_id, patient_name, g.user,
                                accession)
@@ -231,6 +237,20 @@ def patient(image_id: int):
                 ),
                 "ok",
             )
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/eye")
+@requires("operator", "clinician")
+def eye(image_id: int):
+    """Which eye a retina photo shows, in one tap (store/eyes.py; audited)."""
+    _load(image_id)
+    try:
+        set_eye(_store(), image_id, request.form.get("eye", ""), g.user)
+    except EyeError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Eye saved."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
 
 
@@ -298,4 +318,8 @@ def slip(image_id: int):
         qr=Markup(buffer.getvalue().decode()),
         reviews=reviews_for(_store(), image_id),
         paper=request.args.get("paper", "a5"),
+        facts=patient_facts(_store(), item),
+        cautions=slip_cautions(item["result"]["hints"]),
+        zone=zone_words(current_app.config["APPLIANCE"].timezone, item["result"]["created_at"]),
+        eyes=eyes_of(_store(), image_id, current_app.config["APPLIANCE"].timezone),
     )

@@ -2,10 +2,16 @@
 a way to queue the failed screenings again; for admins, activating an installed model
 version or rolling back to the one before (appliance/lifecycle/activation.py: the
 files verified again, audited with the admin's name, a running box switches between
-jobs)."""
+jobs), and enrolling the box with a hub (appliance/sync/enrolment.py, as
+`appliance sync enrol`: a running box starts sending by itself).
+
+What the package says in technical English (a missing backend's install command, a
+hub's refusal) is put in plain words here, at the edge; the details stay in the log
+and in `appliance doctor` / `appliance sync status`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -14,14 +20,25 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 
-from appliance.errors import ApplianceError
-from appliance.inference.backends import backend_report
+from appliance.errors import (
+    ApplianceError,
+    ConfigError,
+    HubAuthError,
+    HubCertificateError,
+    HubRejectedError,
+    HubUnreachableError,
+    NotEnrolledError,
+    SyncError,
+)
+from appliance.inference.backends import INSTALL_PYCUDA, INSTALL_TENSORRT, backend_report
 from appliance.inference.engines.status import read_status
 from appliance.lifecycle.activation import activate, listing, rollback
 from appliance.pacs.status import pacs_status
 from appliance.screening.models import REQUIRED, active_bundle_dirs
 from appliance.store import jobs
-from appliance.sync.worker import sync_status
+from appliance.store.db import audit
+from appliance.sync.enrolment import EnrolmentCodeError, enrol
+from appliance.sync.worker import sync_overview
 from appliance.web.auth import requires
 
 bp = Blueprint("system", __name__)
@@ -44,6 +61,26 @@ VERSION_STATE = {
     "shadow": _l("shadow: screens beside the active one, results never shown"),
     "installed": _l("installed, not in use"),
     "refused": _l("refused"),
+}
+
+# The sync worker's last failure (sync/worker.py ``problem``), in words.
+SYNC_PROBLEMS = {
+    "unreachable": _l(
+        "The hub could not be reached (no network, or the hub is off): the box tries again "
+        "by itself."
+    ),
+    "busy": _l("The hub was busy: the box sends again later by itself."),
+    "certificate": _l(
+        "The hub's security certificate could not be checked: ask the hub's administrator."
+    ),
+    "unknown_device": _l("The hub does not know this box any more: it must be enrolled again."),
+    "revoked": _l(
+        "The hub's administrator switched this box off: results stay on the box until it is "
+        "enrolled again."
+    ),
+    "not_enrolled": _l("This box is not enrolled with the hub yet."),
+    "rejected": _l("The hub refused what the box sent: the box's log says why."),
+    "failed": _l("Sending failed: the box's log says why."),
 }
 
 
@@ -75,7 +112,7 @@ def index():
     usage = shutil.disk_usage(store.data_dir)
     return render_template(
         "system/index.html",
-        backends=backend_report(),
+        backends=[{**b, "plain": backend_in_words(b)} for b in backend_report()],
         models=models,
         queue=jobs.counts(store),
         waiting_for_disk=jobs.waiting_for_disk(store),
@@ -88,7 +125,8 @@ def index():
         },
         components=current_app.extensions.get("appliance_status", {}),
         engines=read_status(config.data_dir),
-        sync=sync_status(store, config),
+        sync=sync_overview(store, config),
+        SYNC_PROBLEMS=SYNC_PROBLEMS,
         pacs=pacs_status(store, config),
         services=SERVICES,
         monitoring=_monitoring(),
@@ -146,6 +184,98 @@ def rollback_model():
     else:
         flash(_("%(name)s is back to %(version)s.", name=name, version=done["version"]), "ok")
     return redirect(url_for("system.index"))
+
+
+@bp.post("/system/sync/enrol")
+@requires()  # admins only
+def enrol_box():
+    """Enrol with a hub as `appliance sync enrol` does (the same function, the same
+    checks); its refusals in plain words. The running sync worker notices by itself."""
+    store = current_app.extensions["appliance_store"]
+    config = current_app.config["APPLIANCE"]
+    hub_url = request.form.get("hub_url", "").strip()[:300]
+    code = request.form.get("code", "").strip()[:60]
+    if not hub_url or not code:
+        why = _("give the hub's address and the enrolment code.")
+        flash(_("Enrolment not done: %(why)s", why=why), "error")
+        return redirect(url_for("system.index"))  # the message shows at the top
+    try:
+        identity = enrol(config, hub_url, code)
+    except (SyncError, ConfigError) as exc:
+        log.warning("enrolment with %s refused: %s", hub_url, exc)
+        flash(_("Enrolment not done: %(why)s", why=enrolment_refusal(exc)), "error")
+        return redirect(url_for("system.index"))  # the message shows at the top
+    with store.write() as conn:
+        audit(
+            conn,
+            g.user["username"],
+            "sync.enrolled",
+            identity.hub_url,
+            json.dumps({"device_id": identity.device_id, "site": identity.site}),
+        )
+    flash(
+        _(
+            "Enrolled for the site %(site)s: results are sent by themselves.",
+            site=identity.site,
+        ),
+        "ok",
+    )
+    return redirect(url_for("system.index"))  # the message shows at the top
+
+
+def enrolment_refusal(exc: Exception) -> str:
+    """Why the hub (or the form) refused an enrolment, in words for whoever is at the box."""
+    if isinstance(exc, HubAuthError):  # the hub's answer to a code it will not take
+        said = str(exc)
+        if "already used" in said:
+            return _(
+                "this enrolment code was already used; ask the hub's administrator for a new one."
+            )
+        if "expired" in said:
+            return _("this enrolment code has expired; ask the hub's administrator for a new one.")
+        return _("the hub does not know this enrolment code; check it for typing mistakes.")
+    if isinstance(exc, HubCertificateError):
+        return _(
+            "the hub's security certificate could not be checked; ask the hub's administrator."
+        )
+    if isinstance(exc, HubUnreachableError):
+        return _("the hub did not answer at this address; check the address and the network.")
+    if isinstance(exc, (NotEnrolledError, ConfigError)):
+        return _("the hub's address must start with https:// (or http://).")
+    if isinstance(exc, EnrolmentCodeError):
+        return _("an enrolment code looks like ABCD-EFGH-JKLM; check it for typing mistakes.")
+    if isinstance(exc, HubRejectedError):  # e.g. a 404: something answers, not a hub
+        return _("what answers at this address is not a hub; check the address.")
+    return _("the box's log says why.")
+
+
+def backend_in_words(backend: dict) -> str | None:
+    """Why a backend cannot run here, in one plain sentence (None when it can); the
+    install commands are for the technician (`appliance doctor`, the log)."""
+    if backend["usable"]:
+        return None
+    missing = backend["missing"]
+    if backend["name"] != "tensorrt":
+        return _(
+            "ONNX Runtime does not work on this box, so it cannot screen: the technician's "
+            "check (appliance doctor) says why."
+        )
+    on_the_cpu = _("screening runs on the CPU (ONNX Runtime).")
+    if INSTALL_TENSORRT in missing:
+        return _("TensorRT is not installed on this box: %(then)s", then=on_the_cpu)
+    if any(why.startswith("no NVIDIA GPU") for why in missing):
+        return _(
+            "This box has no NVIDIA graphics processor for TensorRT: %(then)s", then=on_the_cpu
+        )
+    if INSTALL_PYCUDA in missing:
+        return _("A part TensorRT needs is not installed on this box: %(then)s", then=on_the_cpu)
+    if any("compute capability" in why for why in missing):
+        return _("This box's graphics processor is too old for TensorRT: %(then)s", then=on_the_cpu)
+    return _(
+        "TensorRT does not work on this box (the technician's check, appliance doctor, says "
+        "why): %(then)s",
+        then=on_the_cpu,
+    )
 
 
 def _monitoring() -> dict | None:

@@ -3,26 +3,25 @@ what the devices sent (person names, body parts, sources) in the words people us
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timezone
-from functools import lru_cache
 
-from babel.dates import get_date_format, get_datetime_format, get_time_format
 from flask import Flask, current_app, g
 from flask_babel import (
     format_date,
     format_datetime,
     format_decimal,
     format_percent,
-    get_locale,
 )
 from flask_babel import lazy_gettext as _l
 
-from appliance.monitoring.outcomes import RESULTS, TESTS
+from appliance.monitoring.outcomes import RESULTS
+from appliance.screening.heatmaps import HEATMAP_OPACITY
 from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER
 from appliance.store.reviews import REASON_CODES
 from appliance.store.routes import can_choose_route
 from appliance.web import user_language
+from appliance.web.clinic import DATE_PATTERNS
+from appliance.web.image_words import EYE_NAMES, TEST_NAMES, image_kind, tests_for
 from appliance.web.reasons import body_part_name, translate_reason
 from appliance.wire.codes import major
 
@@ -38,7 +37,9 @@ STATUS = {
 IMPORT_STATUS = {
     "stored": _l("imported"),
     "duplicate": _l("already on the box"),
-    "quarantined": _l("refused, copy kept"),
+    "quarantined": _l(
+        "refused: not an image the box can screen (a copy is kept for the technician)"
+    ),
     "refused": _l("refused"),
 }
 ENGINE_STATE = {
@@ -82,17 +83,7 @@ REASONS = {
     "other": _l("Other (see note)"),
 }
 assert set(REASONS) == set(REASON_CODES)
-# Confirmatory tests and results (appliance/monitoring/outcomes.py), in people's words.
-TEST_NAMES = {
-    "xpert": _l("Sputum Xpert MTB/RIF"),
-    "culture": _l("Culture"),
-    "smear": _l("Sputum smear microscopy"),
-    "radiologist": _l("Radiologist's read"),
-    "ophthalmologist": _l("Ophthalmologist's grade"),
-    "follow_up": _l("Clinical follow-up"),
-    "other": _l("Other test"),
-}
-assert set(TEST_NAMES) == set(TESTS)
+# Confirmatory results (appliance/monitoring/outcomes.py), in people's words.
 OUTCOME_RESULTS = {
     "positive": _l("positive"),
     "negative": _l("negative"),
@@ -106,7 +97,9 @@ assert set(RESULTS) <= set(OUTCOME_RESULTS)
 # words. Results stored before there were two chest models name cxr-pneumonia.
 FINDING = {
     (CXR, True): _l("Pattern suggesting pneumonia found on the chest X-ray."),
-    (CXR, False): _l("No pneumonia pattern found on the chest X-ray."),
+    (CXR, False): _l(
+        "Not flagged for a pneumonia pattern by screening; this does not rule pneumonia out."
+    ),
     (CXR_ADULT, True): _l(
         "TB-consistent findings on the chest X-ray — refer for a sputum test "
         "(e.g. Xpert MTB/RIF)."
@@ -115,18 +108,23 @@ FINDING = {
         "Not flagged for TB-consistent findings by screening; this does not rule TB out."
     ),
     (FUNDUS, True): _l("Signs of referable diabetic retinopathy found on the retina photo."),
-    (FUNDUS, False): _l("No signs of referable diabetic retinopathy found."),
+    (FUNDUS, False): _l(
+        "Not flagged for referable diabetic retinopathy by screening; this does not rule "
+        "it out."
+    ),
 }
 # Results of a model's earlier major version that looked for something else, by (model,
 # major version, positive): the adult chest model's 1.x said "abnormal", not TB.
 EARLIER_FINDING = {
     (CXR_ADULT, "1", True): _l("Abnormal chest X-ray — refer for clinical/TB assessment."),
-    (CXR_ADULT, "1", False): _l("No abnormality found on the chest X-ray."),
+    (CXR_ADULT, "1", False): _l(
+        "Not flagged as abnormal by screening; this does not rule disease out."
+    ),
 }
 # A model this version does not know (a later bundle): said without naming a disease.
 OTHER_FINDING = {
     True: _l("The screening found signs that a clinician should review."),
-    False: _l("The screening found no signs that need review."),
+    False: _l("Not flagged by screening; this does not rule disease out."),
 }
 # Which model scored, named in people's words (its file name and version are in the
 # study page's Details and at the foot of the slip).
@@ -189,7 +187,12 @@ SCREENED_AS = {
 RECOMMENDATION = {
     "urgent": _l("Refer today: a clinician should see this patient urgently."),
     "review": _l("Refer: a clinician should review this result."),
-    "routine": _l("No referral needed from this screening; follow the usual care plan."),
+    # Screening cannot clear anyone (the cards give each model's sensitivity): say what
+    # it did, and that symptoms still decide.
+    "routine": _l(
+        "Not flagged by screening. Screening misses some cases: follow the usual care "
+        "plan, and refer if the symptoms call for it."
+    ),
 }
 
 
@@ -259,17 +262,20 @@ def screened_as(result: dict, image: dict) -> str:
     return str(sentence) % {"user": image.get("population_by") or "?"} if sentence else ""
 
 
-@lru_cache(maxsize=16)
-def _short_datetime_pattern(locale: str) -> str:
-    """The locale's short date and time, with the year in four digits (28/11/2026)."""
-    day = re.sub(r"y+", "y", get_date_format("short", locale).pattern)
-    clock = get_time_format("short", locale).pattern
-    return get_datetime_format("short", locale).replace("{1}", day).replace("{0}", clock)
+def _date_pattern() -> str:
+    """The clinic's date style (the date_style setting) as a pattern: 28/11/2026."""
+    return DATE_PATTERNS.get(current_app.config["APPLIANCE"].date_style, DATE_PATTERNS["dmy"])
+
+
+def _short_datetime_pattern(style: str = "short") -> str:
+    """The clinic's date style and the 24-hour clock (28/11/2026 14:05), in every
+    language: "12/6/2026, 2:21 AM" was read as 12 June in most countries (issue 24)."""
+    return f"{_date_pattern()} {'HH:mm:ss' if style in ('medium', 'long') else 'HH:mm'}"
 
 
 def local_datetime(value: str | float | None, style: str = "short") -> str:
-    """A stored UTC time (ISO text or epoch seconds) in the clinic's zone and the
-    reader's language; years always in four digits."""
+    """A stored UTC time (ISO text or epoch seconds) in the clinic's zone and date style;
+    "medium" or "long" adds the seconds."""
     if value is None or value == "":
         return ""
     moment = (
@@ -277,13 +283,12 @@ def local_datetime(value: str | float | None, style: str = "short") -> str:
         if isinstance(value, int | float)
         else datetime.fromisoformat(value)
     )
-    if style == "short":
-        return format_datetime(moment, _short_datetime_pattern(str(get_locale())))
-    return format_datetime(moment, style)
+    return format_datetime(moment, _short_datetime_pattern(style))
 
 
 def local_date(value: str | None, style: str = "medium") -> str:
-    """A DICOM date (YYYYMMDD) or ISO date in the reader's language; as sent if malformed."""
+    """A DICOM date (YYYYMMDD) or ISO date in the clinic's date style; as sent if
+    malformed. (``style`` is kept for old callers: every date follows the one style.)"""
     if not value:
         return ""
     text = value.strip()
@@ -295,7 +300,7 @@ def local_date(value: str | None, style: str = "medium") -> str:
         )
     except ValueError:
         return value
-    return format_date(day, style)
+    return format_date(day, _date_pattern())
 
 
 def init_app(app: Flask) -> None:
@@ -311,6 +316,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["body_part"] = lambda code: body_part_name(code, capital=True)
     app.jinja_env.filters["model_name"] = model_name
     app.jinja_env.filters["source_label"] = source_label
+    app.jinja_env.filters["image_kind"] = image_kind
 
     @app.context_processor
     def labels():
@@ -336,5 +342,8 @@ def init_app(app: Flask) -> None:
             "BACKEND_NAMES": BACKEND_NAMES,
             "ROUTER_LABEL": ROUTER_LABEL,
             "TESTS": TEST_NAMES,
+            "tests_for": tests_for,
+            "EYE_NAMES": EYE_NAMES,
+            "HEATMAP_OPACITY": HEATMAP_OPACITY,
             "OUTCOME_RESULTS": OUTCOME_RESULTS,
         }

@@ -72,6 +72,12 @@ PROCEDURES = {
 }
 OTHER_PROCEDURE = local("image-screening", "Image screening")
 
+# A retina photo's eye (images.laterality): FHIR's Observation.bodySite, DICOM's Laterality.
+EYES = {
+    "R": Concept("SCT", "18944008", "Right eye structure"),
+    "L": Concept("SCT", "8966001", "Left eye structure"),
+}
+
 SCORE = local("ai-score", "AI score (0-100)")
 PROBABILITY = Concept("DCM", "122157", "Probability")
 THRESHOLD = local("threshold", "Operating threshold (probability)")

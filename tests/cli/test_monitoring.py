@@ -98,8 +98,8 @@ def test_monitor_reports_in_words_and_refuses_a_baseline_of_too_few_results(tmp_
     scored(store, [0.5] * 5)
     store.close()
     text = run("monitor", "--data-dir", str(data)).output
-    # The first results are the baseline: nothing recent yet to compare with it.
-    assert f"cxr-pneumonia {VERSION}: last 0 results" in text
+    # The last results are counted even while they are the baseline too (issue 24).
+    assert f"cxr-pneumonia {VERSION}: last 5 results" in text
     assert "no warnings" in text and "Decision support, not a diagnosis" in text
     report = json.loads(run("monitor", "--data-dir", str(data), "--json").output)
     assert report["models"]["cxr-pneumonia"]["baseline"]["results"] == 5

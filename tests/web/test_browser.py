@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from helpers import FUNDUS_DIR, PDF, TESTS, Served, bundle_dir, testdata
 
+from appliance.screening.heatmaps import HEATMAP_OPACITY
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -351,14 +353,14 @@ def test_the_whole_flow_on_a_touchscreen(browser, served, usb_root, tmp_path, si
         for selector in ("#image", "#heatmap"):
             page.wait_for_function("s => document.querySelector(s).naturalWidth > 0", arg=selector)
         expect(page.locator("#heatmap")).to_be_visible()
-        assert opacity(page) == pytest.approx(0.6)
+        assert opacity(page) == pytest.approx(HEATMAP_OPACITY)
         expect(page.locator("#heatmap-opacity")).to_be_in_viewport()  # no scrolling for it
         visit("study")
         page.tap("label.toggle")
         assert not page.is_checked("#heatmap-toggle")
         assert opacity(page) == 0
         page.tap("label.toggle")
-        assert opacity(page) == pytest.approx(0.6)
+        assert opacity(page) == pytest.approx(HEATMAP_OPACITY)
         slider = page.locator("#heatmap-opacity").bounding_box()
         page.touchscreen.tap(
             slider["x"] + slider["width"] * 0.25, slider["y"] + slider["height"] / 2

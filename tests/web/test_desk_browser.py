@@ -208,9 +208,14 @@ def test_a_day_at_the_desk(browser, desk, size):  # noqa: F811
         page.touchscreen.tap(cell["x"] + cell["width"] / 2, cell["y"] + cell["height"] / 2)
         landed(page, r"/study/\d+$")
 
-        # One patient for the visit's three photos.
+        # One patient for the visit's three photos: the other two ticked, one by one
+        # (nothing is ticked for them: a batch is not a visit).
         visit = page.locator("#visit")
         expect(visit.locator("li")).to_have_count(3)
+        expect(visit.locator("input[name=also]:checked")).to_have_count(0)
+        for box in visit.locator("label.photo").all():
+            box.tap()
+        expect(visit.locator("input[name=also]:checked")).to_have_count(2)
         page.fill("#patient input[name=patient_id]", "P-1001")
         page.fill("#patient input[name=patient_name]", "Amina Diallo")
         page.locator("#patient button:has-text('Save patient')").tap()

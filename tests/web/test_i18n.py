@@ -444,9 +444,10 @@ def test_an_upload_refused_is_flashed_in_portuguese(site):
         data={"csrf_token": token, "file": [(io.BytesIO(PDF), "carta.pdf")]},
         content_type="multipart/form-data",
     )
-    assert "carta.pdf recusado, cópia guardada Isto é um documento PDF, não uma imagem." in (
-        visible(response.text)
-    )
+    assert (
+        "carta.pdf recusado: não é uma imagem que o aparelho consiga analisar (uma cópia é"
+        " guardada para o técnico) Isto é um documento PDF, não uma imagem."
+    ) in visible(response.text)
 
 
 def test_dates_and_numbers_are_localised(site):
@@ -460,8 +461,8 @@ def test_dates_and_numbers_are_localised(site):
     local = datetime.fromisoformat(received).astimezone(ZoneInfo(TZ))
     fr = client_for(app, "fr")
     assert local.strftime("%d/%m/%Y %H:%M") in page_text(fr, "/", "fr")  # 28/11/2026 14:05
-    # The slip's DICOM study date (20040826), in words.
-    assert "Radiographie du thorax · 26 août 2004" in page_text(
+    # The slip's DICOM study date (20040826), in the clinic's date style (day/month/year).
+    assert "Radiographie du thorax · 26/08/2004" in page_text(
         fr, f"/study/{ids['chest']}/slip", "fr"
     )
     settings = page_text(fr, "/settings", "fr")
@@ -470,7 +471,7 @@ def test_dates_and_numbers_are_localised(site):
     en = page_text(client_for(app, "en"), "/settings", "en")
     assert re.search(r"threshold 0\.\d\d: sensitivity \d+%, specificity \d+%", en)
     pt = page_text(client_for(app, "pt"), "/", "pt")
-    assert local.strftime("%d/%m/%Y, %H:%M") in pt  # pt_PT: 28/11/2026, 14:05 (four digits)
+    assert local.strftime("%d/%m/%Y %H:%M") in pt  # 28/11/2026 14:05: one style, every language
 
 
 def test_adult_or_child_and_the_model_that_scored_in_french_and_portuguese(site):

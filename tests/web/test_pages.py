@@ -7,6 +7,8 @@ import json
 import re
 import time
 
+import cv2
+import numpy as np
 import pytest
 from helpers import FUNDUS_DIR, csrf_from, testdata
 
@@ -56,6 +58,8 @@ def logged_in(app, role: str):
 PAGES = [
     ("GET", "/", {"operator", "clinician", "admin"}),
     ("GET", "/worklist/marker", {"operator", "clinician", "admin"}),
+    ("GET", "/register", {"operator", "clinician", "admin"}),  # tests/web/test_worklist_search.py
+    ("GET", "/register.csv", {"operator", "clinician", "admin"}),
     ("GET", "/study/1", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/preview", {"operator", "clinician", "admin"}),
     ("GET", "/study/2/heatmap", {"operator", "clinician", "admin"}),  # the eye: maps shown
@@ -67,6 +71,7 @@ PAGES = [
     ("POST", "/study/1/retry", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/thumb", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/route", {"clinician", "admin"}),
+    ("POST", "/study/1/eye", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
     ("POST", "/import/upload", {"operator", "clinician", "admin"}),
@@ -78,6 +83,7 @@ PAGES = [
     ("POST", "/system/retry-failed", {"operator", "clinician", "admin"}),
     ("POST", "/system/models/activate", {"admin"}),
     ("POST", "/system/models/rollback", {"admin"}),
+    ("POST", "/system/sync/enrol", {"admin"}),  # tests/web/test_system_sync.py
     ("POST", "/study/1/outcome", {"clinician", "admin"}),
     ("GET", "/calibration", {"admin"}),
     ("POST", "/calibration/apply", {"admin"}),
@@ -139,6 +145,7 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
         ("/system/retry-failed", {}),
         ("/study/1/retry", {}),
         ("/study/1/route", {"route": "chest_xray"}),
+        ("/study/1/eye", {"eye": "R"}),
         ("/study/1/patient", {"patient_id": "X1"}),
     ],
 )
@@ -416,7 +423,11 @@ def test_upload_from_the_page_says_what_became_of_each_file(app):
     assert listed == [
         ("stored", "eye.jpg", "imported"),
         ("duplicate", "eye-again.jpg", "already on the box"),
-        ("quarantined", "letter.pdf", "refused, copy kept"),
+        (
+            "quarantined",
+            "letter.pdf",
+            "refused: not an image the box can screen (a copy is kept for the technician)",
+        ),
     ]
     assert "This is a PDF document, not an image." in response.text
     image_id = app.extensions["appliance_store"].conn().execute(
@@ -526,6 +537,28 @@ def test_worklist_says_synced_once_the_hub_holds_the_result(app):
     with store.write() as conn:
         conn.execute("UPDATE outbox SET state='acked' WHERE kind='result'")
     assert client.get("/").text.count('class="status synced"') == 2
+
+
+def test_a_refused_image_still_says_refused_once_synced(app, models):
+    """Issue 24 (2): after sync a refused row read "synced", on the Refused tab too, and
+    the nurse no longer saw that a retake was due."""
+    store = app.extensions["appliance_store"]
+    config = app.config["APPLIANCE"]
+    squares = np.random.default_rng(7).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    tiles = cv2.imencode(".png", np.kron(squares, np.ones((32, 32, 1), np.uint8)))[1]
+    Importer(store, config).import_stream(
+        io.BytesIO(tiles.tobytes()), source="upload", original_name="tiles.png"
+    )
+    Worker(store, config, Screener(models, config), name="t").drain()
+    with store.write() as conn:
+        conn.execute("UPDATE outbox SET state='acked' WHERE kind='result'")
+    client = logged_in(app, "operator")
+    refused_tab = client.get("/?filter=refused").text
+    assert refused_tab.count('class="status refused"') == 1
+    assert 'class="status synced"' not in refused_tab
+    # Issue 24 (10): what the image is, in words, not its file type's code.
+    assert "Picture file" in refused_tab and not re.search(r">\s*png\s*<", refused_tab)
+    assert client.get("/").text.count('class="status synced"') == 2  # the screened two
 
 
 def test_full_detail_is_decoded_once_by_a_worker_not_in_the_web_thread(app, models):

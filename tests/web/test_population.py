@@ -21,7 +21,7 @@ from appliance.worker import Worker
 PNG_CHEST = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
 CHILD_FINDINGS = (
     "Pattern suggesting pneumonia found on the chest X-ray.",
-    "No pneumonia pattern found on the chest X-ray.",
+    "Not flagged for a pneumonia pattern by screening; this does not rule pneumonia out.",
 )
 ADULT_FINDINGS = (
     "TB-consistent findings on the chest X-ray — refer for a sputum test (e.g. Xpert MTB/RIF).",

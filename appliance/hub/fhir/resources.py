@@ -110,6 +110,11 @@ def observations(data: dict[str, Any], common: dict[str, Any]) -> list[Observati
         made.append(
             {"id": "triage", "code": concept(ours.TRIAGE), "valueCodeableConcept": concept(triage)}
         )
+    # A retina photo's result is one eye's: say which (issue 24).
+    eye = ours.EYES.get(str((data.get("image") or {}).get("laterality") or "").upper())
+    if eye is not None and data.get("route") == "fundus":
+        for item in made:
+            item["bodySite"] = concept(eye)
     return [
         Observation.model_validate({"resourceType": "Observation", **common, **item})
         for item in made

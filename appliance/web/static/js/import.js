@@ -1,9 +1,28 @@
-// Import page: upload with a progress bar and each file's outcome listed under the form,
-// "select all", and the import task's progress.
+// Import page: upload with a progress bar and each file's outcome shown first on the page
+// (scrolled into view, with "Go to the worklist" once an image is on the box, and the
+// refused files' list brought up to date), "select all", and the import task's progress.
 (function () {
   "use strict";
   var form = document.getElementById("upload");
+  var done = document.getElementById("upload-done");
   var list = document.getElementById("upload-results");
+  var toWorklist = document.getElementById("to-worklist");
+
+  function reveal() {
+    done.hidden = false;
+    done.scrollIntoView({ block: "start" });
+  }
+
+  // The refused files' section as the server now renders it: it lists what was just refused.
+  function refreshRefused() {
+    fetch(done.dataset.page, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("refused");
+        var shown = document.getElementById("refused");
+        if (fresh && shown) { shown.replaceWith(document.importNode(fresh, true)); }
+      }).catch(function () {});
+  }
 
   function show(results) {
     list.textContent = "";
@@ -65,22 +84,34 @@
         bar.hidden = true;
         var body = null;
         try { body = JSON.parse(request.responseText); } catch (e) { body = null; }
+        var results = (body && body.results) || [];
         list.textContent = "";
-        if (body && body.results) { show(body.results); }
+        show(results);
         var error = body && body.error;
         if (error) { problem(typeof error === "string" ? error : error.message); }
         else if (!body) { problem(list.dataset.failed); }
-        if (body && body.results && body.results.length) { form.reset(); }
+        toWorklist.hidden = !results.some(function (r) {
+          return r.status === "stored" || r.status === "duplicate";
+        });
+        if (results.some(function (r) { return r.status === "quarantined" || r.status === "refused"; })) {
+          refreshRefused();
+        }
+        if (results.length) { form.reset(); }
+        reveal();
       });
       request.addEventListener("error", function () {
         button.disabled = false;
+        bar.hidden = true;
         list.textContent = "";
         problem(list.dataset.failed);
+        reveal();
       });
       button.disabled = true;
+      toWorklist.hidden = true;
       list.textContent = "";
       problem(list.dataset.sending);
       list.firstChild.className = "sending";
+      reveal();
       request.send(data);
     });
   }
