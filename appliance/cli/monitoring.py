@@ -228,6 +228,8 @@ def monitor(data_dir, accept_scope, by, as_json) -> None:
             line += f", PSI vs validation {val['psi']:.2f}"
         if site:
             line += f", PSI vs this site's baseline {site['psi']:.2f}"
+        if not facts.get("judged", True):
+            line += f" (too few to check yet: {config.monitor_min_results} needed)"
         click.echo(line)
     health = report["health"]
     temp, waited = health["temperature_c"], health["oldest_waiting_minutes"]
@@ -241,7 +243,10 @@ def monitor(data_dir, accept_scope, by, as_json) -> None:
         click.echo(f"note: {notice['message']}")
     for warning in report["warnings"]:
         click.echo(f"!! {warning['message']}")
-    if not report["warnings"]:
+    judged = [f.get("judged", True) for f in report["models"].values() if "error" not in f]
+    if not report["warnings"] and not any(judged):
+        click.echo("no warnings yet: no model has enough recent results to check")
+    elif not report["warnings"]:
         click.echo("no warnings")
     click.echo(report["decision_support"])
 

@@ -19,6 +19,7 @@ from typing import Any
 import pydicom
 
 from appliance.store.db import Store
+from appliance.store.eyes import PatientEyes, eyes_of
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
 
@@ -40,6 +41,8 @@ class ResultFacts:
     preview: Path | None
     heatmap: Path | None
     version: int
+    # A retina photo: its patient's result per eye that day (store/eyes.py).
+    eyes: PatientEyes | None = None
 
     # -- the stable UIDs ---------------------------------------------------------
     @property
@@ -73,7 +76,9 @@ class ResultFacts:
         return stable_uid("model", model["model_name"], model["model_version"])
 
 
-def read_facts(store: Store, result_id: int, version: int) -> ResultFacts:
+def read_facts(
+    store: Store, result_id: int, version: int, timezone_name: str = "UTC"
+) -> ResultFacts:
     conn = store.conn()
     result = dict(conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone())
     image = dict(
@@ -109,6 +114,7 @@ def read_facts(store: Store, result_id: int, version: int) -> ResultFacts:
         preview=_existing(store, image.get("preview_path")),
         heatmap=_existing(store, result.get("heatmap_path")),
         version=version,
+        eyes=eyes_of(store, image["id"], timezone_name),
     )
 
 

@@ -129,6 +129,8 @@ def statements(facts: ResultFacts) -> list[str]:
             f" threshold {result['threshold']:.3f}), triage {result['triage']};"
             f" model {result['model_name']} {result['model_version']}."
         )
+    if facts.eyes is not None:
+        lines.append(eyes_statement(facts))
     if facts.review:
         review = facts.review
         reasons = ", ".join(review["reasons"]) or "no reason given"
@@ -142,6 +144,27 @@ def statements(facts: ResultFacts) -> list[str]:
             f"Confirmatory {outcome['test']} on {outcome['tested_on']}: {outcome['result']}."
         )
     return lines
+
+
+def eyes_statement(facts: ResultFacts) -> str:
+    """A retina photo's eye and its patient's result per eye that day, as the study page
+    and the slip give them (store/eyes.py)."""
+    eyes = facts.eyes
+    names = {"R": "right eye", "L": "left eye"}
+    this = names.get(str(facts.image.get("laterality") or "").upper(), "eye not known")
+    parts = []
+    for code in ("R", "L"):
+        eye = eyes.eyes[code]
+        if eye.best is not None:
+            said = f"{eye.best['triage']} (score {eye.best['score']})"
+        else:
+            said = "no gradable photo, retake" if eye.photos else "no photo"
+        parts.append(f"{names[code]}: {said}")
+    worse = eyes.worse["triage"] if eyes.worse else "not graded"
+    return (
+        f"This photo: {this}. Patient's retina photos that day, each eye from its best"
+        f" gradable photo: {'; '.join(parts)}; patient (worse eye): {worse}."
+    )
 
 
 def build_report(

@@ -42,9 +42,14 @@ def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], floa
     return max(low / 10, cap * rng())
 
 
-def build_objects(store: Store, row: dict[str, Any], target: Target) -> list[pydicom.Dataset]:
-    """What one row sends to one PACS, in order: the capture, then the report."""
-    facts = read_facts(store, row["local_id"], int(row["payload"]["version"]))
+def build_objects(
+    store: Store, row: dict[str, Any], target: Target, timezone_name: str = "UTC"
+) -> list[pydicom.Dataset]:
+    """What one row sends to one PACS, in order: the capture, then the report
+    (``timezone_name``: the clinic's, whose day a retina photo's eyes are summed over)."""
+    facts = read_facts(
+        store, row["local_id"], int(row["payload"]["version"]), timezone_name
+    )
     capture = build_capture(facts)
     report = build_report(facts, capture, with_capture="sc" in target.objects)
     return [obj for kind, obj in (("sc", capture), ("sr", report)) if kind in target.objects]
@@ -104,7 +109,7 @@ class PacsSender:
             while rows:
                 for row in rows:
                     try:
-                        objects = build_objects(self.store, row, target)
+                        objects = build_objects(self.store, row, target, self.config.timezone)
                     except Exception as exc:  # one row that cannot be built stops no other
                         log.exception("pacs: result %s cannot be built", row["local_id"])
                         pacs_outbox.mark_refused(self.store, row["id"], f"not built: {exc}")

@@ -15,7 +15,7 @@ from flask_babel import (
 from flask_babel import lazy_gettext as _l
 
 from appliance.monitoring.outcomes import RESULTS
-from appliance.screening.heatmaps import HEATMAP_OPACITY
+from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HEATMAP_OPACITY
 from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER
 from appliance.store.reviews import REASON_CODES
 from appliance.store.routes import can_choose_route
@@ -345,5 +345,7 @@ def init_app(app: Flask) -> None:
             "tests_for": tests_for,
             "EYE_NAMES": EYE_NAMES,
             "HEATMAP_OPACITY": HEATMAP_OPACITY,
+            # About the box, not the patient: said quietly, never as a caution.
+            "QUIET_HINTS": {HEATMAP_NOT_SHOWN},
             "OUTCOME_RESULTS": OUTCOME_RESULTS,
         }

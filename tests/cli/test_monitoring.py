@@ -100,7 +100,10 @@ def test_monitor_reports_in_words_and_refuses_a_baseline_of_too_few_results(tmp_
     text = run("monitor", "--data-dir", str(data)).output
     # The last results are counted even while they are the baseline too (issue 24).
     assert f"cxr-pneumonia {VERSION}: last 5 results" in text
-    assert "no warnings" in text and "Decision support, not a diagnosis" in text
+    # Five results cannot be checked: the report says so instead of "no warnings".
+    assert "last 5 results (too few to check yet: 30 needed)" in text
+    assert "no warnings yet: no model has enough recent results to check" in text
+    assert "Decision support, not a diagnosis" in text
     report = json.loads(run("monitor", "--data-dir", str(data), "--json").output)
     assert report["models"]["cxr-pneumonia"]["baseline"]["results"] == 5
     refused = run("monitor", "--accept", "cxr-pneumonia", "--data-dir", str(data))

@@ -223,6 +223,24 @@ def test_a_day_at_the_desk(browser, desk, size):  # noqa: F811
         page.goto("/")
         expect(row_of(page, "P-1001")).to_have_count(3)
 
+        # Which eye each photo shows (the camera's names do not say): one tap each; then
+        # one result per eye and one for the patient, the worse eye.
+        with sqlite3.connect(desk.data_dir / "appliance.db") as db:
+            named = dict(db.execute("SELECT original_name, id FROM images"))
+        for name, eye in (("IMG_0001.JPG", "R"), ("IMG_0002.JPG", "L"), ("IMG_0003.JPG", "L")):
+            page.goto(f"/study/{named[name]}")
+            page.locator(f"#eyes button[value={eye}]").tap()
+            expect(page.locator(".flash.ok")).to_contain_text("Eye saved.")
+            expect(page.locator(f"#eyes button[value={eye}]")).to_have_attribute(
+                "aria-pressed", "true"
+            )
+        eyes = page.locator("#eyes table.eye-results")
+        expect(eyes.locator("tr[data-state=graded]")).to_have_count(2)
+        expect(eyes.locator("tr.patient-result .badge")).to_have_count(1)
+        if docs:
+            shoot(page, "eyes")
+        page.goto("/")
+
         # Refused images: the reason and the advice, no review and no slip.
         for name in ("1CT1", "tiles.png"):  # the CT's patient; the tiles' file name
             row_of(page, name).locator("a.rowlink").tap()
@@ -295,7 +313,7 @@ def test_a_day_at_the_desk(browser, desk, size):  # noqa: F811
         page.tap("header .who button:has-text('Log out')")
         landed(page, r"/login$")
         log_in(page, lambda _name: None, ADMIN, PIN, keypad=False)
-        for name in ("settings", "users", "system", "calibration"):
+        for name in ("settings", "users", "system", "calibration", "register"):
             page.goto(f"/{name}")
             if docs:
                 shoot(page, name)
@@ -310,7 +328,8 @@ def no_english(page, studies: list[str]) -> None:
     an English value the box stored (a body part, a backend, a source)."""
     phrases = english_phrases(extracted_msgids())
     stored = set(BODY_PARTS) | {"onnxruntime", "Uploaded", "Sent by", "USB stick"}
-    urls = ["/", "/?filter=refused", "/import/", "/settings", "/users", "/system"]
+    urls = ["/", "/?filter=refused", "/?filter=follow_up", "/register", "/import/",
+            "/settings", "/users", "/system"]
     urls += ["/calibration", *studies, *(f"{url}/slip" for url in studies)]
     for lang in ("fr", "pt"):
         page.goto("/")
