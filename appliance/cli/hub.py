@@ -275,7 +275,12 @@ def fhir_push(data_dir, database_url) -> None:
         report = pusher.push_once()
     except PushError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{report['pushed']} reports pushed, {report['unchanged']} unchanged")
+    skipped = (
+        f", {report['skipped']} skipped (see `appliance hub bad-records`)"
+        if report["skipped"]
+        else ""
+    )
+    click.echo(f"{report['pushed']} reports pushed, {report['unchanged']} unchanged{skipped}")
 
 
 @hub.command("import")
@@ -389,3 +394,6 @@ def bundles(data_dir, database_url, as_json) -> None:
         )
         targets = targets or "not rolled out"
         echo(f"{row['name']} {row['version']}  {row['sha256'][:16]}…  {targets}")
+
+
+from appliance.cli import hub_records  # noqa: E402, F401 - its commands join ``hub``

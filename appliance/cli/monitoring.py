@@ -59,31 +59,41 @@ def outcomes(ctx, data_dir, limit, as_json) -> None:
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @data_dir_option
 @click.option("--by", help="Who entered these results [default: cli:<your user name>].")
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="The file's text encoding when it is not UTF-8, e.g. latin-1 or cp1252.",
+)
 @json_option
 @translate
-def import_outcomes(csv_file, data_dir, by, as_json) -> None:
+def import_outcomes(csv_file, data_dir, by, encoding, as_json) -> None:
     """Import outcomes from a lab register's CSV: all rows or none.
 
     Columns: test, result (positive, negative, a grade 0-4, indeterminate or withdrawn),
     date, and sop_instance_uid, original_name, or patient_id (matched with date) to find
-    the image. Every row that does not match is reported and nothing is imported.
+    the image. Every row that does not match is reported and nothing is imported. At
+    most 100,000 rows per file.
     """
     from appliance.monitoring.outcomes import import_csv
 
     store, config = _open(data_dir)
-    text = csv_file.read_bytes().decode("utf-8-sig", errors="replace")
-    report = import_csv(
-        store,
-        text,
-        entered_by=_actor(by),
-        source=f"csv:{csv_file.name}",
-        match_days=config.outcome_match_days,
-    )
+    with csv_file.open("rb") as register:  # read a line at a time, strictly decoded
+        report = import_csv(
+            store,
+            register,
+            entered_by=_actor(by),
+            source=f"csv:{csv_file.name}",
+            match_days=config.outcome_match_days,
+            encoding=encoding,
+        )
     if as_json:
         print_json(report.as_dict())
     else:
         for problem in report.problems:
             click.echo(problem, err=True)
+        if report.problem_rows > len(report.problems):
+            click.echo(f"... and {report.problem_rows - len(report.problems)} more rows.", err=True)
         if report.ok:
             click.echo(
                 f"{report.imported} outcome(s) imported for {report.images} image(s);"
@@ -91,7 +101,7 @@ def import_outcomes(csv_file, data_dir, by, as_json) -> None:
             )
         else:
             click.echo(
-                f"Nothing imported: {len(report.problems)} of {report.rows} rows do not match."
+                f"Nothing imported: {report.problem_rows} of {report.rows} rows do not match."
                 " Correct them and import the file again.",
                 err=True,
             )

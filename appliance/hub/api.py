@@ -4,6 +4,18 @@ Every error has the one JSON shape ``{"error": {"code": ..., "message": ...}}``:
 a malformed payload, 401 for an unknown token, 403 for a revoked device, 413 for a body
 over its endpoint's limit (``limits.py``). A batch is acknowledged only after its
 transaction has committed.
+
+``POST /entries`` checks each entry against its kind's schema (``schemas.py``) and
+answers ``{"acked": [[id, rev], ...], "refused": [{"id", "rev", "kind", "field",
+"message"}, ...]}``: the entries that fit are stored and acknowledged, each one that
+does not is refused and named, with the field at fault (a dotted path into its data)
+and a message that starts with that field. The status is 200 when at least one entry
+was stored (or the batch was empty) and 422 when every entry was refused, the answer
+then also carrying the one error shape (code ``entries_refused``). A box that reads only
+``acked`` (every box before this) keeps working: what it sent that fits is
+acknowledged, what does not stays pending there. A batch whose envelope is wrong (not
+``{"entries": [{"id", "rev", "kind", "data"}]}``, a kind this hub does not know) is
+still a 400 for the whole batch.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -33,6 +46,7 @@ from appliance.hub.limits import (
     read_body,
 )
 
+log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_KNOWN = 5000  # [id, revision] pairs per /known request
@@ -129,19 +143,37 @@ def ping():
 
 @bp.post("/entries")
 def entries():
+    """Store what fits its schema, refuse the rest entry by entry (see the module's
+    docstring for the answer's shape)."""
     try:
         batch = records.validate_entries(json_body())
     except ValueError as exc:
         raise ApiError(400, "bad_payload", str(exc)) from exc
+    taken, refused = records.admit_entries(batch)
+    if refused:  # one line per batch: a box resending nonsense cannot flood the log
+        log.warning(
+            "device %s: %d entries refused, the first %r rev %s: %r",
+            g.device["id"],
+            len(refused),
+            refused[0]["id"],
+            refused[0]["rev"],
+            refused[0]["message"][:500],
+        )
     conn = db()
     delay = current_app.config.get("HUB_TEST_WRITE_DELAY", 0.0)
     with conn.transaction():
-        acked = records.store_entries(conn, g.device["id"], batch)
+        acked = records.store_entries(conn, g.device["id"], taken)
         records.touch_device(conn, g.device["id"], request.headers.get("User-Agent", ""))
         if delay:  # tests only: widen the window in which the hub is killed mid-write
             time.sleep(delay)
     # Only now, after COMMIT, is the batch durable: acknowledge it.
-    return jsonify({"acked": [list(k) for k in acked]})
+    answer = {"acked": [list(k) for k in acked], "refused": refused}
+    if refused and not taken:
+        first = refused[0]["message"]
+        more = f" (and {len(refused) - 1} more entries)" if len(refused) > 1 else ""
+        answer["error"] = {"code": "entries_refused", "message": f"{first}{more}"}
+        return jsonify(answer), 422
+    return jsonify(answer)
 
 
 @bp.post("/known")

@@ -2,7 +2,9 @@
 and refusal rates, reviews pending, model versions in the field (each box's active and
 shadow versions as it reports them, the published bundles and their rollouts); and the
 programme view (``programme.py``): rates week by week per site, thresholds in force,
-calibration status and drift alarms.
+calibration status and drift alarms. Records a reader could not render are counted
+per box, and each box's page of them (``/boxes/<id>/records``) lists them for the admin
+to check again, quarantine or release (``bad_records.py``).
 
 Logins work as on the box: a server-side session (``logins.sessions``; sign-out ends it,
 a copied cookie is then refused) and failed sign-ins counted per client before the
@@ -33,7 +35,7 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
-from appliance.hub import distribution, get_db, programme, records, tallies
+from appliance.hub import bad_records, distribution, get_db, programme, records, tallies
 from appliance.hub.migrations import TALLY_COUNTERS
 from appliance.logins import sessions, throttle
 from appliance.wire.codes import finding_meaning
@@ -181,8 +183,16 @@ def summary(page: int = 1) -> dict[str, Any]:
             positivity_rate=_rate(counts["positive"], results - refused),
             reviews_pending=counts["pending"],
         )
+    programme_view = programme.programme(conn, names, per_site)  # notes what it skipped
+    devices = {d["id"]: d for d in records.list_devices(conn)}
+    bad = [
+        {**devices[device_id], **n}
+        for device_id, n in sorted(bad_records.counts(conn).items())
+        if device_id in devices
+    ]
     return {
         "sites": sites,
+        "bad_records": sorted(bad, key=lambda b: (b["site"], b["name"], b["id"])),
         "pager": {
             "page": page,
             "pages": pages,
@@ -195,8 +205,8 @@ def summary(page: int = 1) -> dict[str, Any]:
             {**m, "finding": finding_meaning(m["model_name"], m["model_version"], "")}
             for m in tallies.models(conn)
         ],
-        "devices": [d for d in records.list_devices(conn) if d["site"] in set(names)],
-        "programme": programme.programme(conn, names, per_site),
+        "devices": [d for d in devices.values() if d["site"] in set(names)],
+        "programme": programme_view,
         "device_models": distribution.device_models(conn),
         "bundles": distribution.published(conn),
     }
@@ -208,3 +218,72 @@ def index():
     page = request.args.get("page", "1")
     page_number = int(page) if page.isdigit() else 1
     return render_template("hub/dashboard.html", csrf=csrf_token(), **summary(page_number))
+
+
+# -- records a reader could not render (bad_records.py) ----------------------------------
+def _device_or_404(device_id: str) -> dict[str, Any]:
+    found = get_db().one("SELECT id, site, name FROM devices WHERE id = ?", (device_id,))
+    if found is None:
+        abort(404)
+    return found
+
+
+@bp.get("/boxes/<device_id>/records")
+@login_required
+def box_records(device_id: str):
+    device = _device_or_404(device_id)
+    conn = get_db()
+    checked, found = request.args.get("checked", ""), request.args.get("bad", "")
+    return render_template(
+        "hub/records.html",
+        csrf=csrf_token(),
+        device=device,
+        bad=bad_records.listed(conn, device_id),
+        quarantined=bad_records.quarantined(conn, device_id),
+        actions=bad_records.actions(conn, device_id),
+        checked=int(checked) if checked.isdigit() else None,
+        found=int(found) if found.isdigit() else 0,
+    )
+
+
+@bp.post("/boxes/<device_id>/records/check")
+@login_required
+def check_box_records(device_id: str):
+    check_csrf()
+    _device_or_404(device_id)
+    done = bad_records.scan(get_db(), device_id)
+    return redirect(
+        url_for("dashboard.box_records", device_id=device_id, checked=done["checked"],
+                bad=done["bad"])
+    )
+
+
+@bp.post("/boxes/<device_id>/records/quarantine")
+@login_required
+def quarantine_records(device_id: str):
+    check_csrf()
+    _device_or_404(device_id)
+    chosen = request.form.getlist("entry")
+    if chosen:
+        try:
+            bad_records.quarantine(
+                get_db(), device_id, chosen, f"dashboard:{g.admin}",
+                request.form.get("reason", "").strip()[:300],
+            )
+        except ValueError:
+            abort(400)
+    return redirect(url_for("dashboard.box_records", device_id=device_id))
+
+
+@bp.post("/boxes/<device_id>/records/release")
+@login_required
+def release_records(device_id: str):
+    check_csrf()
+    _device_or_404(device_id)
+    chosen = request.form.getlist("entry")
+    if chosen:
+        try:
+            bad_records.release(get_db(), device_id, chosen, f"dashboard:{g.admin}")
+        except ValueError:
+            abort(400)
+    return redirect(url_for("dashboard.box_records", device_id=device_id))

@@ -2,8 +2,9 @@
 staged rollouts, and what each box reports it runs.
 
 ``publish`` verifies a signed bundle file (appliance/wire/model_signature.py) with the
-hub's own trusted keys and every file's sha256 against the signed manifest before it
-keeps a copy under ``HUB/models/<sha256>.tar``. A rollout names a bundle and a target:
+hub's own trusted keys, its paths (appliance/wire/bundle_paths.py, the boxes' own check)
+and every file's sha256 against the signed manifest before it keeps a copy under
+``HUB/models/<sha256>.tar``. A rollout names a bundle and a target:
 ``device:<id>``, ``site:<name>`` or ``all``, with an ``activate`` flag, so a programme
 gives a new version to chosen boxes first and to everyone later. A box gets, per model
 name, the newest published version rolled out to it (``for_device``). Same SQL on
@@ -18,12 +19,14 @@ import os
 import re
 import tarfile
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import ModelPackageError
 from appliance.hub.db import Connection
 from appliance.hub.records import now
+from appliance.wire.bundle_paths import check_bundle, check_manifest_files, open_bundle_file
 from appliance.wire.model_signature import (
     BUNDLE_PREFIX,
     key_id,
@@ -62,24 +65,20 @@ def trusted_keys(conn: Connection) -> dict[str, str]:
 
 # -- publishing --------------------------------------------------------------------
 def _check_files(file: Path, manifest: dict[str, Any]) -> None:
-    """Every bundle file's sha256 against the signed manifest: a tampered file is never
-    published (each box checks again when it installs)."""
-    listed = dict(manifest.get("files") or {})
-    with tarfile.open(file, "r:*") as tar:
-        for member in tar:
-            rel = member.name[len(BUNDLE_PREFIX) :]
-            if not member.name.startswith(BUNDLE_PREFIX) or rel == "manifest.json":
-                continue
-            if not member.isfile() or rel not in listed:
-                raise ModelPackageError(f"{member.name}: not listed in the signed manifest")
+    """The file's members and the manifest's paths (the check pack and every box make:
+    plain files under ``bundle/`` only, no absolute or ``..`` path, nothing unlisted),
+    then every file's sha256 against the signed manifest: a file a box would refuse is
+    never published (each box checks again when it installs)."""
+    with open_bundle_file(file) as tar:
+        members = check_bundle(tar, manifest)
+        for rel, sha in check_manifest_files(manifest).items():
+            member = members[BUNDLE_PREFIX + rel]
             digest = hashlib.sha256()
             source = tar.extractfile(member)
             while block := source.read(1 << 20):
                 digest.update(block)
-            if digest.hexdigest() != str(listed.pop(rel).get("sha256")):
+            if digest.hexdigest() != sha:
                 raise ModelPackageError(f"{member.name}: sha256 differs from the signed manifest")
-    if listed:
-        raise ModelPackageError(f"files missing from the file: {', '.join(sorted(listed))}")
 
 
 def _copy_hashed(file: Path, folder: Path) -> tuple[Path, str, int]:
@@ -115,7 +114,9 @@ def publish(conn: Connection, data_dir: Path, file: Path) -> dict[str, Any]:
         if not NAME.match(name) or not VERSION.match(version):
             raise ModelPackageError(f"implausible model name or version: {name!r} {version!r}")
         _check_files(Path(file), manifest)
-    except (ValueError, KeyError, TypeError, tarfile.TarError, OSError) as exc:
+    except ModelPackageError as exc:
+        raise ModelPackageError(f"{Path(file).name} not published: {exc}") from exc
+    except (ValueError, KeyError, TypeError, tarfile.TarError, OSError, zlib.error) as exc:
         raise ModelPackageError(f"{Path(file).name}: unreadable bundle file ({exc})") from exc
     path, sha, size = _copy_hashed(Path(file), bundles_dir(data_dir))
     with conn.transaction():

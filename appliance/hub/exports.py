@@ -6,12 +6,20 @@ The CSV of results is streamed a device at a time in pages of ``PAGE`` rows by
 (device, entry id) — never the whole table in memory, each page one index range
 (``entries_device_kind_week``). The indicators come from the tallies (``tallies.py``),
 a few thousand rows whatever the number of results.
+
+Every cell goes through ``appliance.wire.csv_safe``: text a spreadsheet would run as a
+formula (a site, route or model name starting with ``=``, ``+``, ``-``, ``@``) is written
+with a leading apostrophe; the counts, which the hub computes, stay numbers. A stored
+record the CSV cannot hold (a revision that is not a whole number, a value that is not
+text) is left out, counted and logged, and the export carries on: one box's bad record
+never stops another site's report half-way through a download.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,10 +30,15 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from appliance.hub import get_db, tallies
 from appliance.hub.dashboard import login_required
 from appliance.hub.db import Connection
+from appliance.wire.csv_safe import UnwritableCell, safe_cell, safe_row
 
+log = logging.getLogger(__name__)
 bp = Blueprint("exports", __name__, url_prefix="/export")
 WEEK = re.compile(r"^\d{4}-W\d{2}$")
 PAGE = 5000
+# RFC 4180's line end. With "\n" alone Python's csv leaves a carriage return in a cell
+# unquoted, and a spreadsheet starts a new row there: a row a box could write itself.
+LINE_END = "\r\n"
 RESULT_COLUMNS = (
     "site",
     "device_id",
@@ -116,10 +129,23 @@ def indicators_csv():
     rows = indicators(get_db(), *period())
     columns = ("site", "week", *DATA_ELEMENTS)
     out = io.StringIO()
-    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(out, lineterminator=LINE_END)
+    writer.writerow(columns)
+    skipped = Skipped("indicators.csv")
+    for row in rows:
+        try:
+            writer.writerow(safe_row(row[c] for c in columns))
+        except UnwritableCell:
+            skipped.add(f"{row['site']!r} {row['week']!r}")
+    skipped.log()
     return _csv(iter([out.getvalue()]), "indicators.csv")
+
+
+def result_cells(site: Any, row: dict[str, Any]) -> list[str | int | float]:
+    """One result's cells, or UnwritableCell when the stored record is badly typed."""
+    if type(row["revision"]) is not int:
+        raise UnwritableCell("the revision is not a whole number")
+    return [safe_cell(site), *(safe_cell(row[c]) for c in RESULT_COLUMNS[1:])]
 
 
 def result_rows(since: str, until: str, site: str | None) -> Iterator[str]:
@@ -127,13 +153,14 @@ def result_rows(since: str, until: str, site: str | None) -> Iterator[str]:
     generator: the one the view had is closed once the view returns)."""
     conn = get_db()
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator=LINE_END)
     writer.writerow(RESULT_COLUMNS)
     sql = "SELECT id, site FROM devices" + (" WHERE site = ?" if site else "") + " ORDER BY id"
     devices = conn.execute(sql, (site,) if site else ())
     where = " AND week >= ?" if since else ""
     where += " AND week <= ?" if until else ""
     bounds = [v for v in (since, until) if v]
+    skipped = Skipped("results.csv")
     for device in devices:
         after = ""
         while True:
@@ -145,13 +172,17 @@ def result_rows(since: str, until: str, site: str | None) -> Iterator[str]:
                 (device["id"], *bounds, after, PAGE),
             )
             for row in page:
-                writer.writerow([device["site"], *row.values()])
+                try:
+                    writer.writerow(result_cells(device["site"], row))
+                except UnwritableCell:
+                    skipped.add(f"{device['id']} {row['entry_id']!r}")
             yield out.getvalue()
             out.seek(0)
             out.truncate()
             if len(page) < PAGE:
                 break
             after = page[-1]["entry_id"]
+    skipped.log()
 
 
 @bp.get("/results.csv")
@@ -159,6 +190,31 @@ def result_rows(since: str, until: str, site: str | None) -> Iterator[str]:
 def results_csv():
     since, until, site = period()
     return _csv(stream_with_context(result_rows(since, until, site)), "results.csv")
+
+
+class Skipped:
+    """The stored records an export left out: counted, the first few named in the log."""
+
+    SHOWN = 20
+
+    def __init__(self, export: str) -> None:
+        self.export, self.count = export, 0
+        self.names: list[str] = []
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.names) < self.SHOWN:
+            self.names.append(name)
+
+    def log(self) -> None:
+        if self.count:
+            log.warning(
+                "%s: %d stored record(s) left out, not text or numbers where expected: %s%s",
+                self.export,
+                self.count,
+                ", ".join(self.names),
+                " ..." if self.count > len(self.names) else "",
+            )
 
 
 def _csv(chunks: Iterator[str], name: str) -> Response:

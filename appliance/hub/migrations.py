@@ -265,6 +265,54 @@ FHIR_INDEXES: tuple[str, ...] = (
 )
 
 
+# Records a reader could not render (hub/bad_records.py): noted by the reader that
+# skipped one (FHIR, the pusher, the dashboard) or by a check of a box's records, for the
+# admin to see; records the admin quarantined, moved out of ``entries`` whole (so no
+# reader, push, tally or export sees them) and kept for audit until released; and the
+# admin's actions on them.
+BAD_RECORDS: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS bad_records (
+        device_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reader TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS quarantined_entries (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        entry_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        image_sha256 TEXT,
+        route TEXT,
+        triage TEXT,
+        model_name TEXT,
+        model_version TEXT,
+        week TEXT,
+        payload TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        patient_id TEXT,
+        result_day TEXT,
+        reason TEXT NOT NULL,
+        quarantined_by TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, entry_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS admin_actions (
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        device_id TEXT,
+        entry_id TEXT,
+        detail TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS admin_actions_device ON admin_actions(device_id, at)",
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -284,6 +332,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               DISTRIBUTION_AND_FHIR),
     Migration(4, "patient and day columns, arrival-order index: FHIR search and push at scale",
               FHIR_INDEXES, FHIR_COLUMNS_BY_BACKEND),
+    Migration(5, "bad records noted by readers, quarantined entries, admin actions",
+              BAD_RECORDS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -39,43 +39,93 @@ def weekly_rates(conn: Connection, sites: list[str]) -> dict[str, list[dict[str,
     return out
 
 
-def box_summaries(conn: Connection) -> list[dict[str, Any]]:
-    """Each box's latest monitoring summary: thresholds, calibration status, warnings."""
+class UnreadableSummary(ValueError):
+    """A stored monitoring summary the dashboard cannot show (a field of the wrong type)."""
+
+
+def _typed(value: Any, kinds: tuple[type, ...], field: str, what: str) -> Any:
+    if value is None or (isinstance(value, kinds) and not isinstance(value, bool)):
+        return value
+    raise UnreadableSummary(f"{field}: expected {what}, got {type(value).__name__}")
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    return _typed(value, (dict,), field, "an object") or {}
+
+
+def _text(value: Any, field: str) -> str | None:
+    return _typed(value, (str,), field, "text")
+
+
+def _number(value: Any, field: str) -> float | None:
+    return _typed(value, (int, float), field, "a number")
+
+
+def summary_view(summary: Any) -> dict[str, Any]:
+    """What the dashboard shows of one box's summary, every field of the type the page
+    writes it with, or ``UnreadableSummary`` naming the first one that is not."""
+    summary = _object(summary, "summary")
+    positivity = _object(summary.get("models"), "models")
+    models = []
+    for name, status in sorted(_object(summary.get("calibration"), "calibration").items()):
+        field = f"calibration.{name}"
+        status = _object(status, field)
+        facts = _object(positivity.get(name), f"models.{name}")
+        models.append(
+            {
+                "name": name,
+                "version": _typed(status.get("version"), (str, int, float), f"{field}.version",
+                                  "text"),
+                "threshold": _number(status.get("threshold"), f"{field}.threshold"),
+                "source": _text(status.get("source"), f"{field}.source"),
+                "calibrated_at": _text(status.get("calibrated_at"), f"{field}.calibrated_at"),
+                "n_positive": _number(status.get("n_positive"), f"{field}.n_positive"),
+                "n_negative": _number(status.get("n_negative"), f"{field}.n_negative"),
+                "positivity": _number(facts.get("positivity"), f"models.{name}.positivity"),
+            }
+        )
+    warnings = _typed(summary.get("warnings"), (list,), "warnings", "a list") or []
+    messages = []
+    for index, warning in enumerate(warnings):
+        warning = _object(warning, f"warnings[{index}]")
+        messages.append(_text(warning.get("message"), f"warnings[{index}].message") or "")
+    return {
+        "generated_at": _text(summary.get("generated_at"), "generated_at"),
+        "models": models,
+        "refused": _number(summary.get("refused"), "refused"),
+        "warnings": messages,
+    }
+
+
+def box_summaries(
+    conn: Connection, skipped: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Each box's latest monitoring summary: thresholds, calibration status, warnings.
+    A summary that cannot be shown is left out and added to ``skipped`` (device, entry,
+    reason): one box never takes the page down for every admin."""
     rows = conn.execute(
-        "SELECT d.site, d.name, d.id, e.payload, e.received_at FROM entries e"
+        "SELECT d.site, d.name, d.id, e.entry_id, e.payload, e.received_at FROM entries e"
         " JOIN devices d ON d.id = e.device_id WHERE e.kind = 'monitor'"
         " ORDER BY d.site, d.name"
     )
     boxes = []
     for row in rows:
         try:
-            summary = json.loads(row["payload"])
-        except ValueError:
+            view = summary_view(json.loads(row["payload"]))
+        except (ValueError, RecursionError) as exc:  # UnreadableSummary, bad JSON
+            if skipped is not None:
+                skipped.append(
+                    {"device_id": row["id"], "entry_id": row["entry_id"], "kind": "monitor",
+                     "reason": str(exc)[:300]}
+                )
             continue
-        models = []
-        for name, status in sorted((summary.get("calibration") or {}).items()):
-            models.append(
-                {
-                    "name": name,
-                    "version": status.get("version"),
-                    "threshold": status.get("threshold"),
-                    "source": status.get("source"),
-                    "calibrated_at": status.get("calibrated_at"),
-                    "n_positive": status.get("n_positive"),
-                    "n_negative": status.get("n_negative"),
-                    "positivity": ((summary.get("models") or {}).get(name) or {}).get("positivity"),
-                }
-            )
         boxes.append(
             {
                 "site": row["site"],
                 "name": row["name"],
                 "device": row["id"],
-                "generated_at": summary.get("generated_at"),
                 "received_at": row["received_at"],
-                "models": models,
-                "refused": summary.get("refused"),
-                "warnings": [w.get("message", "") for w in summary.get("warnings") or []],
+                **view,
             }
         )
     return boxes
@@ -85,9 +135,15 @@ def programme(
     conn: Connection, sites: list[str], per_site: dict[str, dict[str, int]]
 ) -> dict[str, Any]:
     """For the dashboard's page of ``sites``; drift and health alarms from every site."""
-    boxes = box_summaries(conn)
+    skipped: list[dict[str, Any]] = []
+    boxes = box_summaries(conn, skipped)
+    if skipped:
+        from appliance.hub import bad_records
+
+        bad_records.note(conn, skipped, "dashboard")
     shown = set(sites)
     return {
+        "skipped": len(skipped),
         "weekly": weekly_rates(conn, sites),
         "outcomes": {site: n["outcomes"] for site, n in per_site.items() if n["outcomes"]},
         "boxes": [b for b in boxes if b["site"] in shown],

@@ -19,6 +19,7 @@ from typing import Any
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import EnrolmentError, MuleBundleError
+from appliance.hub import schemas
 from appliance.hub.db import Connection, HubDatabase
 from appliance.logins import sessions
 from appliance.wire.bundle import read_bundle, verify_bundle
@@ -158,7 +159,11 @@ def _row(device_id: str, entry: dict[str, Any], received: str) -> tuple[Any, ...
 
 
 def validate_entries(body: Any) -> list[dict[str, Any]]:
-    """The batch's entries, or ValueError saying what is wrong (answered with 400)."""
+    """The batch's entries, or ValueError saying what is wrong (answered with 400).
+
+    Only the envelope (id, rev, kind, data as an object, an optional schema version
+    ``v``): a batch that does not have it is not from a box that speaks this protocol.
+    What each entry's data says is checked by ``admit_entries``, entry by entry."""
     if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
         raise ValueError('expected {"entries": [...]}')
     entries = body["entries"]
@@ -173,6 +178,7 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
             and 1 <= entry["rev"] <= MAX_REVISION
             and entry.get("kind") in ENTRY_KINDS
             and isinstance(entry.get("data"), dict)
+            and type(entry.get("v", 1)) is int
         )
         if not ok:
             raise ValueError(
@@ -180,6 +186,31 @@ def validate_entries(body: Any) -> list[dict[str, Any]]:
                 f"{', '.join(ENTRY_KINDS)}) and data (object)"
             )
     return entries
+
+
+def admit_entries(
+    entries: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the entries whose data fits their kind's schema, a refusal for each other one).
+
+    A refusal is what the box is told: ``{"id", "rev", "kind", "field", "message"}``,
+    the field a dotted path into the entry's data (``threshold``, ``calibration.cxr``)."""
+    taken, refused = [], []
+    for entry in entries:
+        problem = schemas.check_entry(entry["kind"], entry["data"], entry.get("v", 1))
+        if problem is None:
+            taken.append(entry)
+            continue
+        refused.append(
+            {
+                "id": entry["id"],
+                "rev": entry["rev"],
+                "kind": entry["kind"],
+                "field": problem.field,
+                "message": problem.message,
+            }
+        )
+    return taken, refused
 
 
 def store_entries(
@@ -250,12 +281,13 @@ def _import_bundle(db: HubDatabase, path: Path) -> dict[str, Any]:
             raise MuleBundleError(f"bundle from revoked device {device_id}: refused")
         body = verify_bundle(device_id, payload, signature, device["public_key"])
         try:
-            entries = validate_entries(body)
+            entries, refused = admit_entries(validate_entries(body))
         except ValueError as exc:
             raise MuleBundleError(f"signed bundle with malformed entries: {exc}") from exc
         report = {
             "bundle_id": body["bundle_id"],
             "entries": len(entries),
+            "refused": refused,  # checked as at the device API: the rest is stored
             "device_id": device_id,
             "token_hash": device["token_hash"],
         }

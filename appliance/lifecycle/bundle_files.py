@@ -3,9 +3,11 @@ themselves. The Import page offers each to an admin, who installs it into shadow
 the same ``install`` as ``appliance models install``.
 
 A file counts when its name ends in ``.tar``, ``.tar.gz`` or ``.tgz`` and the tar holds
-a ``signature.json`` beside ``bundle/manifest.json`` (only those two members are read:
-the signature and everything else are checked by ``install``). The walk is bounded
-(depth, entries) and follows no link, like the image import.
+a ``signature.json`` beside ``bundle/manifest.json`` among its first members (only those
+two are read, a few MB at most whatever the file is: ``signed_parts``; the signature and
+everything else are checked by ``install``). The walk is bounded (depth, entries, files
+looked into) and follows no link, like the image import. A stick is anyone's: the page
+runs this in a background task, never in a request (appliance/web/imports.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_DEPTH = 3
 MAX_ENTRIES = 5000
 MAX_BYTES = 4 << 30
+MAX_FILES = 50  # tar files looked into on one stick: a programme ships a few
 
 
 def _candidates(root: Path) -> list[Path]:
@@ -44,6 +47,8 @@ def _candidates(root: Path) -> list[Path]:
             elif entry.is_file(follow_symlinks=False) and entry.name.lower().endswith(SUFFIXES):
                 if entry.stat(follow_symlinks=False).st_size <= MAX_BYTES:
                     found.append(Path(entry.path))
+                    if len(found) >= MAX_FILES:
+                        return found
     return found
 
 

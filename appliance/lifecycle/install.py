@@ -1,8 +1,10 @@
 """Installing a signed bundle file: verified before anything is put in place.
 
 1. the tar's members: regular files only, ``signature.json`` and ``bundle/...``, no
-   path leaving the bundle, nothing unlisted;
+   path leaving the bundle (appliance/wire/bundle_paths.py);
 2. the signature over ``manifest.json``'s exact bytes, with a trusted programme key;
+   then the manifest's paths and the members agree, nothing unlisted: all before the
+   staging folder exists;
 3. the manifest's schema, the model's name and version, its input contract against
    the running version, the appliance version it needs;
 4. each file, streamed into ``<data_dir>/models/.staging/``, hashed on the way and
@@ -30,7 +32,8 @@ import sys
 import tarfile
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+import zlib
+from pathlib import Path
 from typing import Any
 
 from appliance.config import Config
@@ -48,12 +51,12 @@ from appliance.screening.models import (
 )
 from appliance.store import model_versions
 from appliance.store.db import Store, audit
+from appliance.wire.bundle_paths import check_bundle, check_members, open_bundle_file
 from appliance.wire.model_signature import SIGNATURE_FILE, verify_manifest
 
 PAUSE_ENV = "MODELS_TEST_PAUSE_AT"  # test-only: see the module docstring
 STAGING = ".staging"
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_TOTAL_BYTES = 4 << 30
 
 
 def pause_point(step: str) -> None:
@@ -94,7 +97,7 @@ def install(store: Store, config: Config, file: Path, actor: str = "cli") -> dic
     staging = staging_root / uuid.uuid4().hex
     try:
         return _install(store, config, Path(file), staging, attempt, actor)
-    except (BundleError, OSError, tarfile.TarError, EOFError) as exc:
+    except (BundleError, OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         reason = str(exc) if isinstance(exc, BundleError) else f"unreadable file ({exc})"
         with store.write() as conn:
             if attempt.name and attempt.version:
@@ -105,26 +108,6 @@ def install(store: Store, config: Config, file: Path, actor: str = "cli") -> dic
         raise ModelPackageError(f"{Path(file).name} refused: {reason}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
-    found: dict[str, tarfile.TarInfo] = {}
-    total = 0
-    for member in tar.getmembers():
-        rel = PurePosixPath(member.name)
-        if not member.isfile():
-            raise ModelPackageError(f"{member.name}: not a plain file (link or device)")
-        if rel.is_absolute() or ".." in rel.parts:
-            raise ModelPackageError(f"{member.name}: a path that leaves the bundle")
-        if member.name != SIGNATURE_FILE and not member.name.startswith(PREFIX):
-            raise ModelPackageError(f"{member.name}: not part of a bundle file")
-        if member.name in found:
-            raise ModelPackageError(f"{member.name}: twice in the file")
-        total += member.size
-        if total > MAX_TOTAL_BYTES:
-            raise ModelPackageError("larger than any model bundle should be")
-        found[member.name] = member
-    return found
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo | None, limit: int) -> bytes | None:
@@ -141,14 +124,21 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo | None, limit: int) -> b
 def _install(
     store: Store, config: Config, file: Path, staging: Path, attempt: _Attempt, actor: str
 ) -> dict[str, str]:
-    with tarfile.open(file, "r:*") as tar:
-        members = _members(tar)
+    with open_bundle_file(file) as tar:
+        members = check_members(tar)  # stops at the first odd one: never read whole
         manifest_bytes = _read(tar, members.get(PREFIX + MANIFEST), MAX_MANIFEST_BYTES)
         if manifest_bytes is None:
             raise ModelPackageError("no bundle/manifest.json in the file")
         _note_identity(manifest_bytes, attempt)
         signature = _read(tar, members.get(SIGNATURE_FILE), MAX_MANIFEST_BYTES)
         attempt.key_id = verify_manifest(manifest_bytes, signature, trusted(config.data_dir))
+        try:
+            listed = json.loads(manifest_bytes)
+        except ValueError as exc:
+            raise ModelPackageError(f"unreadable bundle/manifest.json ({exc})") from exc
+        # Every path, in the tar and in the signed manifest, before one byte is written:
+        # a signature says who made the file, not that its paths stay in the bundle.
+        check_bundle(members, listed)
         staging.mkdir(parents=True)
         (staging / MANIFEST).write_bytes(manifest_bytes)
         manifest = read_manifest(staging)  # the schema
@@ -159,12 +149,8 @@ def _install(
             raise ModelPackageError(
                 f"{name} {version} is already on this box ({existing['state']})"
             )
-        listed = {PREFIX + rel for rel in manifest["files"]} | {PREFIX + MANIFEST, SIGNATURE_FILE}
-        if set(members) != listed:
-            odd = sorted(set(members) ^ listed)
-            raise ModelPackageError(f"files and manifest disagree: {', '.join(odd)}")
         for rel, meta in manifest["files"].items():
-            _extract(tar, members[PREFIX + rel], staging / rel, str(meta["sha256"]))
+            _extract(tar, members[PREFIX + rel], staging, rel, str(meta["sha256"]))
     verify_files(staging, manifest)
     for folder in {p.parent for p in staging.rglob("*")} | {staging}:
         _fsync_dir(folder)
@@ -195,9 +181,16 @@ def _note_identity(manifest_bytes: bytes, attempt: _Attempt) -> None:
         attempt.name, attempt.version = name, version
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, to: Path, sha256: str) -> None:
+def _extract(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, rel: str, sha256: str
+) -> None:
     """Stream one file out, hashing it on the way: a changed or cut-short file stops
     here, before the rest is read."""
+    to = staging / rel
+    # check_bundle already refused every path that leaves the bundle; this is the last
+    # word before a write, should a path slip past it (a link in staging, say).
+    if not to.resolve().is_relative_to(staging.resolve()):
+        raise ModelPackageError(f"{member.name}: a path that leaves the bundle")
     to.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     source = tar.extractfile(member)

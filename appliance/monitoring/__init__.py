@@ -5,6 +5,7 @@ bundles' manifests; written to the store only for what staff record (outcomes, t
 site threshold's history, accepted baselines) and the summary queued for the hub.
 
     outcomes.py     confirmatory results: entered, imported from a lab's CSV, listed
+    lab_register.py reading that CSV strictly: encoding, row and size limits
     calibration.py  the site's operating point from its confirmed cases; apply, roll back
     drift.py        do recent scores and images still look like the reference? (pure)
     health.py       disk, temperature, how long images wait

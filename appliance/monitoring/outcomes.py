@@ -13,16 +13,17 @@ positive from 2 (moderate) up, the fundus model's definition of referable.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
 import sqlite3
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from appliance.errors import ApplianceError
+from appliance.monitoring import lab_register
 from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
 from appliance.store.patients import PATIENT_ID_SQL
@@ -74,7 +75,12 @@ def read_result(text: str) -> Reading:
 
 
 def read_test(text: str) -> str:
-    value = " ".join(str(text).strip().split())
+    # Control characters (a pasted bell, a direction override) are dropped: a test's name
+    # travels to the hub, the PACS report and spreadsheets.
+    value = "".join(
+        c for c in str(text) if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf")
+    )
+    value = " ".join(value.split())
     if not value or len(value) > 60:
         raise OutcomeError("Name the test (up to 60 characters), e.g. xpert or culture.")
     for code, label in TESTS.items():
@@ -193,11 +199,19 @@ class ImportReport:
     imported: int = 0
     already: int = 0
     images: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS, said
+    problem_rows: int = 0
+
+    MAX_PROBLEMS = 200  # a whole wrong file says so without a line per row
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problem_rows
+
+    def problem(self, text: str) -> None:
+        self.problem_rows += 1
+        if len(self.problems) < self.MAX_PROBLEMS:
+            self.problems.append(text)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -206,30 +220,32 @@ class ImportReport:
             "already_on_the_box": self.already,
             "images": self.images,
             "problems": self.problems,
+            "rows_with_problems": self.problem_rows,
             "ok": self.ok,
         }
 
 
-def _rows(text: str) -> list[dict[str, str]]:
-    """The CSV's rows with lower-case column names; comma, semicolon (a French or
-    Portuguese spreadsheet's export) or tab separated; a spreadsheet's byte-order mark
-    is dropped."""
-    text = text.lstrip("\ufeff")
-    sample = text[:4096]
-    try:
-        dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else "", ",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing or not any(c in columns for c in ID_COLUMNS):
+def _register(source: str | BinaryIO, encoding: str) -> lab_register.RegisterFile:
+    """The register, its needed columns checked (the reading itself: lab_register.py)."""
+    if isinstance(source, str):  # text already in memory (a test, a library caller)
+        source, encoding = io.BytesIO(source.encode("utf-8")), "utf-8-sig"
+    register = lab_register.RegisterFile(source, encoding)
+    missing = [c for c in REQUIRED_COLUMNS if c not in register.columns]
+    if missing or not any(c in register.columns for c in ID_COLUMNS):
         raise OutcomeError(
             "The file needs the columns test, result and date, and one of "
             "sop_instance_uid, original_name or patient_id (with date) to find the image."
         )
-    reader.fieldnames = columns
-    return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+    return register
+
+
+def _cells_problem(row: dict[str, str]) -> str | None:
+    """The first value the import reads that cannot be taken, with its column."""
+    for column in (*REQUIRED_COLUMNS, *ID_COLUMNS):
+        problem = lab_register.cell_problem(row.get(column, ""))
+        if problem:
+            return f"column {column}: {problem}"
+    return None
 
 
 def _image_day(row: sqlite3.Row) -> date | None:
@@ -296,27 +312,39 @@ def _match(conn: sqlite3.Connection, row: dict[str, str], day: date, window: int
 
 
 def import_csv(
-    store: Store, text: str, *, entered_by: str, source: str, match_days: int
+    store: Store,
+    register: str | BinaryIO,
+    *,
+    entered_by: str,
+    source: str,
+    match_days: int,
+    encoding: str = lab_register.DEFAULT_ENCODING,
 ) -> ImportReport:
     """Check every row first; store them all in one transaction only when every row is
     good (nothing half-imported). A row already on the box (same image, test, result and
-    date) is skipped, so importing the same register again changes nothing."""
+    date) is skipped, so importing the same register again changes nothing.
+
+    ``register`` is the CSV's text, or its file opened in binary (read a line at a time
+    in ``encoding``, within lab_register.py's limits: a file it refuses raises
+    ``RegisterError``, and nothing is imported)."""
     report = ImportReport()
-    rows = _rows(text)
-    report.rows = len(rows)
     planned: list[tuple[int, str, Reading, date]] = []
     conn = store.conn()
-    for number, row in enumerate(rows, start=2):  # row 1 is the header
+    for number, row in _register(register, encoding).rows():
+        report.rows += 1
         try:
+            problem = _cells_problem(row)
+            if problem:
+                raise OutcomeError(problem)
             reading = read_result(row.get("result", ""))
             test = read_test(row.get("test", ""))
             day = read_date(row.get("date", ""))
             images = _match(conn, row, day, match_days)
         except OutcomeError as exc:
-            report.problems.append(f"row {number}: {exc}")
+            report.problem(f"row {number}: {exc}")
             continue
         planned += [(image_id, test, reading, day) for image_id in images]
-    if report.problems:
+    if not report.ok:
         return report
     with store.write() as conn:
         touched = set()

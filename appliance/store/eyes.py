@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.errors import ApplianceError
 from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit
 from appliance.store.patients import PATIENT_ID_SQL
+from appliance.store.worklist import clinic_zone, day_bounds_utc
 
 EYES = ("R", "L")
 
@@ -69,21 +69,6 @@ _PHOTOS = """
 """
 
 
-def _day_bounds(received_at: str, timezone_name: str) -> tuple[str, str]:
-    """The clinic's day around ``received_at``, as stored (UTC) text bounds."""
-    try:
-        zone = ZoneInfo(timezone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    local = datetime.fromisoformat(received_at).astimezone(zone)
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    first, after = (
-        (start + timedelta(days=d)).astimezone(ZoneInfo("UTC")).isoformat(timespec="milliseconds")
-        for d in (0, 1)
-    )
-    return first, after
-
-
 def eyes_of(store: Store, image_id: int, timezone_name: str = "UTC") -> PatientEyes | None:
     """Per-eye and patient result of the retina photos of ``image_id``'s patient on the
     clinic's day it arrived; None when ``image_id`` is not a retina photo."""
@@ -96,7 +81,10 @@ def eyes_of(store: Store, image_id: int, timezone_name: str = "UTC") -> PatientE
     if anchor is None:
         return None
     if anchor["patient_id"]:
-        start, end = _day_bounds(anchor["received_at"], timezone_name)
+        arrived = datetime.fromisoformat(anchor["received_at"])
+        start, end = day_bounds_utc(
+            arrived.astimezone(clinic_zone(timezone_name)).date(), timezone_name
+        )
         rows = conn.execute(
             _PHOTOS.format(where=f"{PATIENT_ID_SQL} = ? AND i.received_at >= ?"
                                  " AND i.received_at < ?"),

@@ -668,3 +668,83 @@ def m019_image_other_names(db: Database) -> None:
         CREATE INDEX image_other_names_name ON image_other_names(name);
         """
     )
+
+
+@migrations()
+def m020_outbox_refused(db: Database) -> None:
+    # Issue 25: a receiver that checks each entry against its schema may refuse one (the
+    # hub names the field). Such a row is kept, never sent again, and shown on the
+    # System page: the state ``refused``, when (``refused_at``) and the receiver's reason
+    # (in ``last_error``). A later revision of the entry (e.g. a patient typed in) is a
+    # new pending row and is tried again. SQLite cannot change a CHECK in place: the
+    # outbox is rebuilt, as in m014; rows keep their ids and every column.
+    db.executescript(
+        """
+        CREATE TABLE outbox_rebuilt (
+            id INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            entry_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            local_id INTEGER NOT NULL,
+            image_id INTEGER REFERENCES images(id),
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'acked', 'superseded', 'refused')),
+            created_at TEXT NOT NULL,
+            exported_at TEXT,
+            acked_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            refused_at TEXT,
+            UNIQUE (destination, entry_id, revision)
+        );
+        INSERT INTO outbox_rebuilt (id, destination, entry_id, revision, kind, local_id,
+                                    image_id, payload, state, created_at, exported_at,
+                                    acked_at, attempts, last_error)
+        SELECT id, destination, entry_id, revision, kind, local_id, image_id, payload, state,
+               created_at, exported_at, acked_at, attempts, last_error
+        FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_rebuilt RENAME TO outbox;
+        CREATE INDEX outbox_send ON outbox(destination, state, kind, id);
+        CREATE INDEX outbox_local ON outbox(destination, kind, local_id);
+        CREATE INDEX outbox_refused ON outbox(destination, refused_at) WHERE state = 'refused';
+        """
+    )
+
+
+@migrations()
+def m021_worklist_cache_checked(db: Database) -> None:
+    # Issue 25: worklist answers are now checked where they arrive (pacs/worklist.py)
+    # and the cache keeps only today and yesterday. Rows cached before that may hold
+    # anything a RIS sent: old or far-future days, overlong fields, control characters,
+    # times such as 'XX:YY'. They are deleted here (a time that is not HH:MM is only
+    # blanked); the next refresh, minutes later, brings back the entries still scheduled,
+    # checked. Margins of a day around UTC's today keep the box's local today/yesterday.
+    controls = "'*[' || char(1) || '-' || char(31) || char(127) || ']*'"
+    checks = " OR ".join(
+        [
+            "scheduled_date < date('now', '-2 days')",
+            "scheduled_date > date('now', '+1 day')",
+            *(
+                f"length({column}) > {limit} OR {column} GLOB {controls}"
+                for column, limit in (
+                    ("patient_id", 64),
+                    ("patient_name", 64),
+                    ("accession_number", 16),
+                    ("study_instance_uid", 64),
+                    ("description", 64),
+                    ("modality", 16),
+                    ("station_aet", 16),
+                    ("patient_sex", 16),
+                    ("patient_birth_date", 8),
+                )
+            ),
+        ]
+    )
+    db.execute(f"DELETE FROM mwl_entries WHERE {checks}")
+    db.execute(
+        "UPDATE mwl_entries SET scheduled_time = NULL"
+        " WHERE scheduled_time NOT GLOB '[0-2][0-9]:[0-5][0-9]'"
+    )

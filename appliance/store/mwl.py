@@ -1,7 +1,9 @@
 """The cached modality worklist: today's scheduled procedures as the RIS last gave them.
 
 ``replace_day`` swaps one day's entries for a fresh answer (in one transaction: a
-reader sees the old list or the new one); a failed query leaves the cache as it was,
+reader sees the old list or the new one) and deletes the days before yesterday, so the
+table holds at most two days of at most ``worklist.MAX_ENTRIES`` capped entries; it
+refuses to write into the disk's free-space reserve. A failed query leaves the cache as it was,
 so the page keeps offering patients during a RIS outage. ``accession_for`` runs inside
 the transaction that stores a new DICOM study: an image whose patient ID is scheduled
 that day gets the entry's accession number.
@@ -10,9 +12,11 @@ that day gets the entry's accession number.
 from __future__ import annotations
 
 import sqlite3
+from datetime import date, timedelta
 from typing import Any
 
 from appliance.store.db import Store, audit, utc_now
+from appliance.store.files import ensure_free_space
 
 FIELDS = (
     "scheduled_date",
@@ -29,20 +33,41 @@ FIELDS = (
 )
 
 
-def replace_day(store: Store, day: str, entries: list[dict[str, Any]]) -> None:
+def replace_day(
+    store: Store,
+    day: date,
+    entries: list[dict[str, Any]],
+    *,
+    reserve_mb: int,
+    note: str | None = None,
+) -> None:
+    """Cache ``entries`` as ``day``'s list (checked by pacs/worklist.py) and delete
+    every other day but the one before (an image taken before midnight still finds
+    its accession number). ``note``: what the answer lost, for the System page.
+    StorageFullError, and nothing written, when the write would eat into the reserve."""
+    ensure_free_space(store.data_dir, _bytes_needed(entries), reserve_mb)
     now = utc_now()
+    kept = (day.isoformat(), (day - timedelta(days=1)).isoformat())
     with store.write() as conn:
-        conn.execute("DELETE FROM mwl_entries WHERE scheduled_date = ?", (day,))
+        conn.execute("DELETE FROM mwl_entries WHERE scheduled_date NOT IN (?, ?)", kept)
+        conn.execute("DELETE FROM mwl_entries WHERE scheduled_date = ?", (day.isoformat(),))
         conn.executemany(
             f"INSERT INTO mwl_entries ({', '.join(FIELDS)}, fetched_at)"
             f" VALUES ({', '.join('?' for _ in FIELDS)}, ?)",
             [(*(e.get(f) for f in FIELDS), now) for e in entries if e.get("patient_id")],
         )
         conn.execute(
-            "UPDATE mwl_state SET last_attempt_at = ?, last_success_at = ?, last_error = NULL,"
+            "UPDATE mwl_state SET last_attempt_at = ?, last_success_at = ?, last_error = ?,"
             " entries = ? WHERE id = 1",
-            (now, now, len(entries)),
+            (now, now, note[:500] if note else None, len(entries)),
         )
+
+
+def _bytes_needed(entries: list[dict[str, Any]]) -> int:
+    # Each row is written twice (the WAL, then the table) and indexed once; 100 bytes
+    # of row and page overhead each. An upper bound, not an estimate.
+    text = sum(len(str(v).encode()) for e in entries for v in e.values() if v is not None)
+    return 3 * (text + 100 * len(entries)) + (1 << 20)
 
 
 def record_failure(store: Store, error: str) -> None:

@@ -20,7 +20,10 @@ way round). Each entry has a stable id and a revision:
 - the box's monitoring summary is ``monitor:summary``, belonging to no image; each new
   summary is the next revision and supersedes the pending older one.
 
-Nothing is deleted: a sender marks rows ``acked`` once its receiver has them durably.
+Nothing is deleted: a sender marks rows ``acked`` once its receiver has them durably,
+and ``refused`` when its receiver refused that revision as malformed (with its reason,
+``mark_refused``): a refused row is never sent again, and a later revision of the same
+entry is a new pending row, tried again.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.store.db import Store, utc_now
+from appliance.store.db import utc_now
 
 HUB, PACS = "hub", "pacs"
 DESTINATIONS = (HUB, PACS)
@@ -343,58 +346,3 @@ def all_pending(conn: sqlite3.Connection, destination: str = HUB) -> list[Entry]
         (destination,),
     ).fetchall()
     return [_entry(row) for row in rows]
-
-
-def mark_acked(store: Store, keys: list[tuple[str, int]], destination: str = HUB) -> int:
-    """Record the receiver's acknowledgement; returns how many rows changed state."""
-    if not keys:
-        return 0
-    now = utc_now()
-    with store.write() as conn:
-        before = conn.total_changes
-        conn.executemany(
-            "UPDATE outbox SET state = 'acked', acked_at = ?"
-            " WHERE destination = ? AND entry_id = ? AND revision = ? AND state = 'pending'",
-            [(now, destination, entry_id, revision) for entry_id, revision in keys],
-        )
-        return conn.total_changes - before
-
-
-def mark_exported(store: Store, row_ids: list[int]) -> None:
-    now = utc_now()
-    with store.write() as conn:
-        conn.executemany(
-            "UPDATE outbox SET exported_at = ? WHERE id = ?", [(now, i) for i in row_ids]
-        )
-
-
-def counts(conn: sqlite3.Connection, destination: str = HUB) -> dict[str, int]:
-    """Pending and acknowledged entries by kind, e.g. ``{"result_pending": 3, ...}``."""
-    found = {
-        f"{kind}_{state}": 0 for kind in ("result", "review") for state in ("pending", "acked")
-    }
-    for row in conn.execute(
-        "SELECT kind, state, COUNT(*) AS n FROM outbox WHERE destination = ? GROUP BY kind, state",
-        (destination,),
-    ):
-        key = f"{row['kind']}_{row['state']}"
-        if key in found:  # results and reviews (what the System page and status show)
-            found[key] = row["n"]
-    return found
-
-
-def delivery_states(
-    conn: sqlite3.Connection, items: list[tuple[str, int]], destination: str = HUB
-) -> dict[tuple[str, int], str]:
-    """The state of the latest revision of each (kind, local id), where there is one."""
-    if not items:
-        return {}
-    latest: dict[tuple[str, int], str] = {}
-    marks = ", ".join("(?, ?)" for _ in items)
-    for kind, local_id, state in conn.execute(
-        f"SELECT kind, local_id, state FROM outbox WHERE destination = ?"
-        f" AND (kind, local_id) IN ({marks}) ORDER BY revision",
-        [destination, *(value for pair in items for value in pair)],
-    ):
-        latest[(kind, local_id)] = state
-    return latest

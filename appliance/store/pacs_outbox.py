@@ -18,7 +18,7 @@ import json
 import sqlite3
 from typing import Any
 
-from appliance.store import outbox
+from appliance.store import deliveries, outbox
 from appliance.store.db import Store, utc_now
 
 PACS = outbox.PACS
@@ -108,7 +108,7 @@ def pending_for(
 
 
 def mark_sent(store: Store, row: dict[str, Any]) -> None:
-    outbox.mark_acked(store, [(row["entry_id"], row["revision"])], PACS)
+    deliveries.mark_acked(store, [(row["entry_id"], row["revision"])], PACS)
 
 
 def mark_refused(store: Store, row_id: int, error: str) -> None:

@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from appliance.store import outbox
+from appliance.store import deliveries, outbox
 from appliance.store.db import Store
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
@@ -184,7 +184,7 @@ def _mark_synced(conn, rows: list[dict[str, Any]]) -> None:
         for kind, key in (("result", "result_id"), ("review", "review_id"))
         if row[key] is not None
     ]
-    latest = outbox.delivery_states(conn, ids, outbox.HUB)
+    latest = deliveries.delivery_states(conn, ids, outbox.HUB)
     for row in rows:
         held = [
             latest.get((k, row[key]))

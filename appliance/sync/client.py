@@ -13,6 +13,7 @@ import http.client
 import json
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -30,6 +31,15 @@ API = "/api/v1"
 LONGEST_RETRY_AFTER = 3600.0  # a hub asking for longer is believed only this far
 # What a kept connection that the other end closed while idle fails with.
 STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """The hub's answer to a batch: the keys it holds now, and the entries it refused
+    (``{"id", "rev", "kind", "field", "message"}`` each)."""
+
+    acked: list[tuple[str, int]]
+    refused: list[dict[str, Any]]
 
 
 class HubClient:
@@ -85,8 +95,10 @@ class HubClient:
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
         compress: bool = False,
+        answers: tuple[int, ...] = (),
     ) -> dict[str, Any]:
-        """One request; returns the decoded JSON answer or raises a ``SyncError``."""
+        """One request; returns the decoded JSON answer or raises a ``SyncError``.
+        ``answers``: statuses besides 200 whose JSON object is an answer, not a failure."""
         send_headers = {"User-Agent": f"appliance/{__version__}", "Accept": "application/json"}
         if self.token:
             send_headers["Authorization"] = f"Bearer {self.token}"
@@ -129,15 +141,23 @@ class HubClient:
             self.close()
         self.bytes_sent += len(data or b"") + len(url) + 200  # request line and headers
         self.bytes_received += len(payload) + 200
-        return self._answer(response.status, payload, response.getheader("Retry-After"))
+        return self._answer(
+            response.status, payload, response.getheader("Retry-After"), answers
+        )
 
     def _answer(
-        self, status: int, payload: bytes, retry_after: str | None = None
+        self,
+        status: int,
+        payload: bytes,
+        retry_after: str | None = None,
+        answers: tuple[int, ...] = (),
     ) -> dict[str, Any]:
         try:
             answer = json.loads(payload) if payload else {}
         except ValueError:
             answer = None
+        if status in answers and isinstance(answer, dict):
+            return answer
         message = ""
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             message = str(answer["error"].get("message", ""))
@@ -167,6 +187,25 @@ class HubClient:
     def send_entries(self, entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
         answer = self.request("POST", "/entries", {"entries": entries}, compress=True)
         return [(str(e), int(r)) for e, r in answer.get("acked", [])]
+
+    def send_batch(self, entries: list[dict[str, Any]]) -> BatchAnswer:
+        """Send entries; the hub stores those that fit their schema and refuses each other
+        one, naming the field (a 422 when it refused them all). A hub from before
+        refusals answers ``acked`` alone: nothing is refused then."""
+        answer = self.request(
+            "POST", "/entries", {"entries": entries}, compress=True, answers=(422,)
+        )
+        if "refused" not in answer and isinstance(answer.get("error"), dict):
+            # a 422 that is not a list of refusals: refused as a whole, as before
+            raise HubRejectedError(str(answer["error"].get("message") or "refused (422)"))
+        refused = [
+            r
+            for r in answer.get("refused") or []
+            if isinstance(r, dict) and isinstance(r.get("id"), str) and type(r.get("rev")) is int
+        ]
+        return BatchAnswer(
+            acked=[(str(e), int(r)) for e, r in answer.get("acked", [])], refused=refused
+        )
 
     def known(self, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
         answer = self.request("POST", "/known", {"entries": [list(k) for k in keys]})

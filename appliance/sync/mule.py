@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Config
-from appliance.store import outbox
+from appliance.store import deliveries, outbox
 from appliance.store.db import Store, utc_now
 from appliance.sync.entries import wire_entry
 from appliance.sync.identity import device_key, load_identity
@@ -33,7 +33,7 @@ def export_bundle(store: Store, config: Config, to: Path) -> dict[str, Any]:
         "entries": [wire_entry(e, config) for e in entries],
     }
     path = write_bundle(seal_bundle(body, device_key(config.data_dir)), to, bundle_id)
-    outbox.mark_exported(store, [e.row_id for e in entries])
+    deliveries.mark_exported(store, [e.row_id for e in entries])
     return {"path": str(path), "bundle_id": bundle_id, "entries": len(entries)}
 
 
@@ -41,5 +41,5 @@ def apply_receipt(store: Store, config: Config, path: Path) -> dict[str, Any]:
     """Verify a receipt and mark what the hub holds as acknowledged."""
     identity = load_identity(config.data_dir)
     bundle_id, keys = read_receipt(path, device_id=identity.device_id, token=identity.token)
-    acked = outbox.mark_acked(store, keys, outbox.HUB)
+    acked = deliveries.mark_acked(store, keys, outbox.HUB)
     return {"path": str(path), "bundle_id": bundle_id, "entries": len(keys), "acked": acked}

@@ -8,7 +8,9 @@ full jitter (a hub shedding load says when to come back: the box waits that long
 is not a failure); a pass that still fails leaves everything pending, and ``run_forever``
 tries again later (longer and longer, up to ``sync_retry_max_seconds``). Outbox rows only
 change state when the hub acknowledges them, so a crash at any moment just means the
-next pass resends, and the hub's idempotent upsert makes that harmless.
+next pass resends, and the hub's idempotent upsert makes that harmless. An entry the
+hub refuses as malformed (it names the field) is marked ``refused`` with the hub's
+reason, never sent again (a later revision of it is), and counted on the System page.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from appliance.errors import (
     NotEnrolledError,
     SyncError,
 )
-from appliance.store import outbox, sync_state
+from appliance.store import deliveries, outbox, sync_state
 from appliance.store.db import Store, utc_now
 from appliance.sync.client import HubClient
 from appliance.sync.entries import wire_entry
@@ -47,6 +49,7 @@ KNOWN_BATCH = 1000
 # How often a box not enrolled yet looks for an enrolment made meanwhile (the command
 # line in another process, or the System page): a file's existence, nothing sent.
 ENROL_POLL_SECONDS = 5.0
+REFUSALS_SHOWN = 5  # the latest entries the hub refused, on the System page
 
 
 def backoff_delay(failures: int, low: float, high: float, rng: Callable[[], float]) -> float:
@@ -158,7 +161,13 @@ class SyncWorker:
         """Send everything pending now; raises a ``SyncError`` when the hub cannot be reached."""
         started = utc_now()
         self._set_state(last_attempt_at=started)
-        report: dict[str, Any] = {"confirmed": 0, "sent": 0, "acked": 0, "images": 0}
+        report: dict[str, Any] = {
+            "confirmed": 0,
+            "sent": 0,
+            "acked": 0,
+            "refused": 0,
+            "images": 0,
+        }
         try:
             client = self.client()
             self._window_start = time.monotonic()
@@ -170,10 +179,12 @@ class SyncWorker:
                 if not batch:
                     break
                 wire = [wire_entry(e, self.config) for e in batch]
-                acked = self._retry(lambda w=wire: client.send_entries(w), "batch")
+                answer = self._retry(lambda w=wire: client.send_batch(w), "batch")
                 report["sent"] += len(batch)
-                report["acked"] += outbox.mark_acked(self.store, acked, outbox.HUB)
-                missing = {e.key for e in batch} - set(acked)
+                report["acked"] += deliveries.mark_acked(self.store, answer.acked, outbox.HUB)
+                report["refused"] += self._refused(batch, answer.refused)
+                refused = {(r["id"], r["rev"]) for r in answer.refused}
+                missing = {e.key for e in batch} - set(answer.acked) - refused
                 if missing:  # never loop forever on something the hub will not take
                     raise HubRejectedError(f"the hub did not acknowledge {len(missing)} entries")
             if self.config.sync_images:
@@ -191,7 +202,24 @@ class SyncWorker:
         self._set_state(last_success_at=utc_now(), last_error=None, last_problem=None, failures=0)
         if report["acked"]:
             log.info("sync: %s entries acknowledged by the hub", report["acked"])
+        if report["refused"]:
+            log.warning("sync: %s entries refused by the hub (see System)", report["refused"])
         return report
+
+    def _refused(self, batch: list[outbox.Entry], refusals: list[dict[str, Any]]) -> int:
+        """Keep what the hub refused as malformed, with its reason: never sent again (a
+        later revision is); the System page shows it. Only entries of this batch."""
+        sent = {e.key for e in batch}
+        mine = [r for r in refusals if (r["id"], r["rev"]) in sent]
+        changed = deliveries.mark_refused(self.store, mine, outbox.HUB)
+        for refusal in mine[:5]:
+            log.warning(
+                "sync: the hub refused %s rev %s: %s",
+                refusal["id"],
+                refusal["rev"],
+                str(refusal.get("message") or "")[:300],
+            )
+        return changed
 
     def _sync_models(self, client: HubClient) -> dict[str, int] | str:
         """The model step: its failure (a cut download, a full disk) is recorded and
@@ -215,7 +243,7 @@ class SyncWorker:
             after = batch[-1].row_id
             keys = [e.key for e in batch]
             acked = self._retry(lambda k=keys: client.known(k), "confirm")
-            confirmed += outbox.mark_acked(self.store, acked, outbox.HUB)
+            confirmed += deliveries.mark_acked(self.store, acked, outbox.HUB)
 
     def _send_images(self, client: HubClient) -> int:
         if self.config.sync_deidentify:
@@ -330,7 +358,7 @@ def sync_status(store: Store, config: Config) -> dict[str, Any]:
         "hub_url": config.sync_hub_url or enrolled_url,
         "enrolled": device["device_id"] is not None,
         **device,
-        **outbox.counts(conn, outbox.HUB),
+        **deliveries.counts(conn, outbox.HUB),
         "images": config.sync_images and not config.sync_deidentify,
         "images_acked": sync_state.originals_sent(conn),
         "deidentify": config.sync_deidentify,
@@ -351,4 +379,6 @@ def sync_overview(store: Store, config: Config) -> dict[str, Any]:
     overview = sync_status(store, config)
     overview["problem"] = state.get("last_problem") if overview["last_error"] else None
     overview["last_error_at"] = (overview["last_error"] or "").split(" ", 1)[0] or None
+    # What the hub refused as malformed: kept here, never sent again (deliveries.refused).
+    overview["refused"] = deliveries.refused(store.conn(), REFUSALS_SHOWN, outbox.HUB)
     return overview

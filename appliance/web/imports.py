@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from flask import (
@@ -35,6 +37,7 @@ from appliance.web.upload import base_name, import_upload
 from appliance.web.views import IMPORT_STATUS
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
+log = logging.getLogger(__name__)
 
 
 def _importer() -> Importer:
@@ -92,7 +95,16 @@ def volume(volume_id: int):
     root = Path(row["path"])
     listing = list_importable(root) if root.is_dir() else Listing()
     files = [p.relative_to(root).as_posix() for p in listing.importable]
-    bundles = _bundle_files(root)
+    # Model files are the admin's: only an admin's visit looks for them.
+    scan = _model_scan(root, start=True) if g.user["role"] == "admin" else None
+    # Read once: the scan may finish while this page is made (its files are set first).
+    scanned = bool(scan and scan["finished"])
+    bundles = scan["files"] if scanned else {}
+    scan_state = None
+    if scan and not scanned:
+        scan_state = "scanning"
+    elif scan and scan["error"]:
+        scan_state = "failed"
     skipped = [
         (p.relative_to(root).as_posix(), reason)
         for p, reason in listing.skipped
@@ -104,14 +116,70 @@ def volume(volume_id: int):
         files=files,
         skipped=skipped,
         bundles=sorted(bundles),
+        scan_state=scan_state,
         present=root.is_dir(),
     )
 
 
-def _bundle_files(root: Path) -> dict[str, Path]:
-    """Signed model files on the stick, by their path on it."""
-    found = find_bundle_files(root) if root.is_dir() else []
-    return {p.relative_to(root).as_posix(): p for p in found}
+# The stick's model files are looked for in a background task, never in the request:
+# a stick is anyone's, and the files on it are read only as far as signed_parts allows
+# (a few MB each, appliance/wire/model_signature.py). A finished scan is used for
+# SCAN_FRESH_SECONDS; then the next admin visit starts a new one.
+SCAN_FRESH_SECONDS = 30
+_scan_lock = threading.Lock()
+
+
+def _stick_key(root: Path) -> tuple | None:
+    """Which stick is at ``root`` (another stick mounted there is another key)."""
+    try:
+        st = root.stat()
+    except OSError:
+        return None
+    return (str(root), st.st_dev, st.st_ino)
+
+
+def _model_scan(root: Path, start: bool) -> dict | None:
+    """The model-file scan of the stick at ``root``: the running or fresh one, or (with
+    ``start``) a new one started in a thread. None: no stick there, or none started."""
+    key = _stick_key(root)
+    if key is None:
+        return None
+    scans = current_app.extensions.setdefault("appliance_model_scans", {})
+    with _scan_lock:
+        scan = scans.get(key)
+        fresh = scan is not None and (
+            not scan["finished"] or time.monotonic() - scan["finished_at"] < SCAN_FRESH_SECONDS
+        )
+        if fresh or not start:
+            return scan
+        scan = scans[key] = {"finished": False, "files": {}, "error": None, "finished_at": 0.0}
+
+    def run() -> None:
+        try:
+            found = find_bundle_files(root)
+            scan["files"] = {p.relative_to(root).as_posix(): p for p in found}
+        except Exception as exc:  # noqa: BLE001 - a stick's odd file never kills the scan
+            log.warning("model-file scan of %s failed: %s", root, exc)
+            scan["error"] = str(exc)
+        finally:
+            scan["finished_at"] = time.monotonic()
+            scan["finished"] = True
+
+    threading.Thread(target=run, name=f"model-scan-{root.name}", daemon=True).start()
+    return scan
+
+
+@bp.get("/volume/<int:volume_id>/models")
+@requires()  # admins only, like the model files themselves
+def model_scan(volume_id: int):
+    """Where the stick's model-file scan is (the volume page's script asks)."""
+    scan = _model_scan(Path(_volume(volume_id)["path"]), start=False)
+    return jsonify(
+        {
+            "finished": bool(scan is None or scan["finished"]),
+            "files": sorted(scan["files"]) if scan and scan["finished"] else [],
+        }
+    )
 
 
 @bp.post("/volume/<int:volume_id>/model")
@@ -120,8 +188,9 @@ def install_model(volume_id: int):
     """Install a signed model file from the stick into shadow (never automatically)."""
     row = _volume(volume_id)
     chosen = request.form.get("file", "")
-    # Only a file the scan offered: a form cannot name a path off the stick.
-    path = _bundle_files(Path(row["path"])).get(chosen)
+    # Only a file the last scan offered: a form cannot name a path off the stick.
+    scan = _model_scan(Path(row["path"]), start=False)
+    path = scan["files"].get(chosen) if scan and scan["finished"] else None
     if path is None:
         flash(_("That model file is no longer on the stick."), "error")
         return redirect(url_for("imports.volume", volume_id=volume_id))

@@ -1,34 +1,35 @@
-"""CSV for people: cells a spreadsheet would run as a formula are written as text."""
+"""CSV for people: cells a spreadsheet would run as a formula are written as text (the
+rule is ``appliance.wire.csv_safe``'s, the same as the hub's exports)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from flask import Response
 
-# A cell starting with one of these is a formula (or becomes one) in Excel, LibreOffice
-# and Google Sheets: =HYPERLINK(...) in a patient's name would run when the file opens.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+from appliance.wire.csv_safe import UnwritableCell, safe_cell, safe_row
 
-
-def safe_cell(value: Any) -> Any:
-    """``value`` as a spreadsheet shows it, never run: text that would start a formula
-    gets a leading apostrophe (OWASP's advice). Numbers are left as numbers."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+__all__ = ["csv_response", "safe_cell"]
+log = logging.getLogger(__name__)
 
 
 def csv_response(header: Sequence[str], rows: Iterable[Sequence[Any]], filename: str) -> Response:
     """A CSV download (UTF-8 with a byte-order mark, so a spreadsheet reads accents)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
+    writer.writerow(safe_row(header))
+    skipped = 0
     for row in rows:
-        writer.writerow([safe_cell(value) for value in row])
+        try:
+            writer.writerow(safe_row(row))
+        except UnwritableCell:
+            skipped += 1  # one odd row never costs the nurse the whole register
+    if skipped:
+        log.warning("%s: %d row(s) left out, a value was not text or a number", filename, skipped)
     response = Response("\ufeff" + out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -82,6 +82,13 @@ SYNC_PROBLEMS = {
     "rejected": _l("The hub refused what the box sent: the box's log says why."),
     "failed": _l("Sending failed: the box's log says why."),
 }
+# What each kind of outbox entry is, said to the admin reading the hub's refusals.
+REFUSED_KINDS = {
+    "result": _l("Result"),
+    "review": _l("Review"),
+    "outcome": _l("Confirmatory result"),
+    "monitor": _l("Monitoring summary"),
+}
 
 
 @bp.get("/system")
@@ -127,6 +134,7 @@ def index():
         engines=read_status(config.data_dir),
         sync=sync_overview(store, config),
         SYNC_PROBLEMS=SYNC_PROBLEMS,
+        REFUSED_KINDS=REFUSED_KINDS,
         pacs=pacs_status(store, config),
         services=SERVICES,
         monitoring=_monitoring(),

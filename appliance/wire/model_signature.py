@@ -15,9 +15,11 @@ trust`` takes and what a box keeps in ``secrets/model_keys/<key_id>.pub``.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ FORMAT = "appliance-model-signature/1"
 SIGNATURE_FILE = "signature.json"
 BUNDLE_PREFIX = "bundle/"  # the bundle's files inside the signed tar
 MAX_HEADER_BYTES = 1 << 20  # signature.json and manifest.json: far below this
+MAX_HEAD_MEMBERS = 8  # where signature.json and manifest.json must be (pack: first two)
+MAX_HEAD_BYTES = 2 * MAX_HEADER_BYTES + (64 << 10)  # the two, with their tar headers
 
 
 def public_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -128,24 +132,53 @@ def verify_manifest(manifest_bytes: bytes, signature: bytes | None, trusted: dic
     return kid
 
 
+class _Limited:
+    """A file that gives at most ``limit`` bytes, then refuses: what reading the start
+    of an unknown file may cost, whatever its headers claim (a gzip bomb, a tar header
+    announcing gigabytes of file name)."""
+
+    def __init__(self, source, limit: int) -> None:
+        self.source, self.left = source, limit
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self.left:
+            size = self.left + 1
+        data = self.source.read(size)
+        self.left -= len(data)
+        if self.left < 0:
+            raise ModelPackageError("not a bundle file: its first members are too large")
+        return data
+
+
 def signed_parts(path: Path) -> tuple[bytes, bytes | None]:
     """(manifest.json's bytes, signature.json's bytes or None) read from a signed bundle
     file, without extracting anything else: what the hub checks before it publishes a
-    file, and what a USB scan reads to recognise one."""
+    file, and what a USB scan reads to recognise one.
+
+    Bounded whatever the file holds: ``pack`` writes the signature and the manifest
+    first, so only the first ``MAX_HEAD_MEMBERS`` members are looked at, and at most
+    ``MAX_HEAD_BYTES`` are read (and unzipped): a tar of 400,000 members or a few MB of
+    gzip that unpacks to gigabytes costs a few MB and a few milliseconds.
+    """
     found: dict[str, bytes] = {}
     wanted = (SIGNATURE_FILE, BUNDLE_PREFIX + "manifest.json")
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if member.name in wanted and member.isfile():
-                    if member.size > MAX_HEADER_BYTES:
-                        raise ModelPackageError(f"{member.name} is too large")
-                    found[member.name] = tar.extractfile(member).read()
-                    if len(found) == len(wanted):
+        with open(path, "rb") as raw:
+            zipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            packed = _Limited(raw, MAX_HEAD_BYTES + (1 << 20))
+            source = _Limited(gzip.GzipFile(fileobj=packed) if zipped else packed, MAX_HEAD_BYTES)
+            with tarfile.open(fileobj=source, mode="r|") as tar:
+                for count, member in enumerate(tar, 1):
+                    if member.name in wanted and member.isreg():
+                        if member.size > MAX_HEADER_BYTES:
+                            raise ModelPackageError(f"{member.name} is too large")
+                        found[member.name] = tar.extractfile(member).read()
+                    if len(found) == len(wanted) or count >= MAX_HEAD_MEMBERS:
                         break
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise ModelPackageError(f"not a readable bundle file ({exc})") from exc
     manifest = found.get(wanted[1])
     if manifest is None:
-        raise ModelPackageError("no bundle/manifest.json in the file")
+        raise ModelPackageError("no bundle/manifest.json among the file's first members")
     return manifest, found.get(SIGNATURE_FILE)

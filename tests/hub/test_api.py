@@ -118,7 +118,8 @@ def test_every_api_error_has_the_same_shape(hub):
 
 def test_upserts_are_idempotent_and_a_higher_revision_supersedes(hub):
     client, device_id = enrolled(hub)
-    batch = [entry(f"result:{n}") for n in range(50)] + [entry("review:x", 1, "review")]
+    batch = [entry(f"result:{n}") for n in range(50)]
+    batch.append(entry("review:x", 1, "review", verdict="agree"))
     assert len(client.send_entries(batch)) == 51
     assert len(client.send_entries(batch)) == 51  # a resend is acknowledged, stored once
     client.send_entries([entry("review:x", 3, "review", verdict="disagree")])

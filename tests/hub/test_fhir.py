@@ -157,7 +157,7 @@ def test_the_hub_pushes_each_report_once_with_retries_and_again_when_it_changes(
             retry_min=0.01,
             settle_seconds=0,
         )
-        assert pusher.push_once() == {"pushed": 1, "unchanged": 0}  # after two 503s
+        assert pusher.push_once() == {"pushed": 1, "unchanged": 0, "skipped": 0}  # after two 503s
         assert len(server.received) == 1
         bundle = server.received[0]
         assert bundle.type == "transaction"
@@ -166,7 +166,8 @@ def test_the_hub_pushes_each_report_once_with_retries_and_again_when_it_changes(
             "DiagnosticReport",
         ]
         assert all(e.request.method == "PUT" for e in bundle.entry)
-        assert pusher.push_once() == {"pushed": 0, "unchanged": 0}  # nothing arrived since
+        # nothing arrived since
+        assert pusher.push_once() == {"pushed": 0, "unchanged": 0, "skipped": 0}
         # a new review on the box reaches the hub: the report changed, pushed again
         store, config = box
         image_id = store.conn().execute("SELECT image_id FROM results").fetchone()[0]
@@ -175,7 +176,7 @@ def test_the_hub_pushes_each_report_once_with_retries_and_again_when_it_changes(
             store, image_id=image_id, user=user, verdict="disagree", reasons=["artefact"], note=""
         )
         SyncWorker(store, config).sync_once()
-        assert pusher.push_once() == {"pushed": 1, "unchanged": 0}
+        assert pusher.push_once() == {"pushed": 1, "unchanged": 0, "skipped": 0}
         report = DiagnosticReport.model_validate(server.received[1].entry[1].resource.model_dump())
         assert "Clinician review: disagree (artefact)" in report.conclusion
     finally:

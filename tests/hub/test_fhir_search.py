@@ -123,12 +123,14 @@ def test_a_push_sends_what_arrived_once_settled_and_a_restart_goes_on(hub_db, tm
     server = FhirServer()
     try:
         waiting = FhirPusher(database, server.url, tmp_path, settle_seconds=3600)
-        assert waiting.push_once() == {"pushed": 0, "unchanged": 0}  # nothing settled yet
+        # nothing settled yet
+        assert waiting.push_once() == {"pushed": 0, "unchanged": 0, "skipped": 0}
         pusher = FhirPusher(database, server.url, tmp_path, settle_seconds=0)
-        assert pusher.push_once() == {"pushed": 480, "unchanged": 0}
+        assert pusher.push_once() == {"pushed": 480, "unchanged": 0, "skipped": 0}
         assert len(server.received) == 480
         restarted = FhirPusher(database, server.url, tmp_path, settle_seconds=0)
-        assert restarted.push_once() == {"pushed": 0, "unchanged": 0}  # read nothing again
+        # read nothing again
+        assert restarted.push_once() == {"pushed": 0, "unchanged": 0, "skipped": 0}
         # a review of one image, and a resend of a result at the revision the hub holds
         first = result(3, random.Random(17))
         review = {
@@ -142,7 +144,7 @@ def test_a_push_sends_what_arrived_once_settled_and_a_restart_goes_on(hub_db, tm
         time.sleep(0.002)
         with conn.transaction():
             records.store_entries(conn, "dev-a", [review, resend])
-        assert restarted.push_once() == {"pushed": 1, "unchanged": 0}
+        assert restarted.push_once() == {"pushed": 1, "unchanged": 0, "skipped": 0}
         assert len(server.received) == 481
     finally:
         server.close()

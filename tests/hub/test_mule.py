@@ -12,6 +12,7 @@ from sync.synckit import HubThread, enrol, make_backlog
 from appliance.config import load_config
 from appliance.errors import MuleBundleError
 from appliance.hub import records
+from appliance.store import deliveries
 from appliance.store.db import Store
 from appliance.sync import mule
 from appliance.sync.worker import SyncWorker
@@ -75,7 +76,6 @@ def test_bundle_import_tamper_replay_and_the_box_learns_of_it(hub, tmp_path):
 
 def test_a_box_that_never_has_a_link_learns_from_the_receipt(hub, tmp_path):
     """Stick to the hub with a bundle, back to the box with a receipt: no network."""
-    from appliance.store import outbox
 
     data_dir = tmp_path / "box"
     store = Store.open(data_dir)
@@ -94,11 +94,11 @@ def test_a_box_that_never_has_a_link_learns_from_the_receipt(hub, tmp_path):
     forged.write_text(json.dumps({**data, "entries": data["entries"] + [["result:x", 1]]}))
     with pytest.raises(MuleBundleError, match="does not verify"):
         mule.apply_receipt(store, config, forged)
-    assert outbox.counts(store.conn())["result_acked"] == 0
+    assert deliveries.counts(store.conn())["result_acked"] == 0
 
     applied = mule.apply_receipt(store, config, receipt)
     assert applied["entries"] == 120 and applied["acked"] == 120
-    assert outbox.counts(store.conn())["result_pending"] == 0
+    assert deliveries.counts(store.conn())["result_pending"] == 0
     assert mule.apply_receipt(store, config, receipt)["acked"] == 0  # again: nothing changes
     # The next bundle carries only what is new.
     make_backlog(store, 5)
@@ -112,7 +112,6 @@ def test_a_bundle_id_taken_by_another_box_loses_nothing(hub, tmp_path):
     what the hub holds, so A marks nothing acknowledged that the hub lacks."""
     import gzip
 
-    from appliance.store import outbox
     from appliance.sync.identity import device_key
     from appliance.wire.bundle import read_bundle, seal_bundle, write_bundle
 
@@ -144,7 +143,7 @@ def test_a_bundle_id_taken_by_another_box_loses_nothing(hub, tmp_path):
     assert count(hub) == 47
     applied = mule.apply_receipt(store_a, config_a, imported["receipt"])
     assert applied["acked"] == 40
-    assert outbox.counts(store_a.conn())["result_pending"] == 0
+    assert deliveries.counts(store_a.conn())["result_pending"] == 0
     for store, _ in boxes.values():
         store.close()
 
@@ -152,7 +151,6 @@ def test_a_bundle_id_taken_by_another_box_loses_nothing(hub, tmp_path):
 def test_a_receipt_lists_only_what_the_hub_holds(hub, tmp_path):
     """A replayed import whose entries the hub no longer holds (an operator deleted a
     box's rows) must not tell the box they are safe."""
-    from appliance.store import outbox
 
     data_dir = tmp_path / "box"
     store = Store.open(data_dir)
@@ -174,5 +172,5 @@ def test_a_receipt_lists_only_what_the_hub_holds(hub, tmp_path):
     replay = records.import_bundle(database, report["path"], receipt_to=stick)
     assert replay["replay"] is True
     assert mule.apply_receipt(store, config, replay["receipt"])["acked"] == 6
-    assert outbox.counts(store.conn())["result_pending"] == 4
+    assert deliveries.counts(store.conn())["result_pending"] == 4
     store.close()

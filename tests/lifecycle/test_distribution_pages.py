@@ -5,6 +5,7 @@ under the configured root stands for the stick); other roles see neither; CSRF."
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 from helpers import PIN, csrf_from, logged_in
@@ -78,6 +79,16 @@ def test_an_admin_activates_and_rolls_back_on_the_system_page(app, signed_file):
     assert state(app) == "installed" and audit_actors(app, "model.rolled_back") == ["admin"]
 
 
+def scanned(client, volume_id: int = 1) -> str:
+    """The volume page once the stick's model-file scan (a background task) finished."""
+    client.get(f"/import/volume/{volume_id}")  # starts it
+    deadline = time.monotonic() + 10
+    while not client.get(f"/import/volume/{volume_id}/models").json["finished"]:
+        assert time.monotonic() < deadline, "the model-file scan never finished"
+        time.sleep(0.05)
+    return client.get(f"/import/volume/{volume_id}").text
+
+
 def test_a_model_file_on_a_stick_is_offered_to_an_admin_only(app, signed_file, tmp_path):
     stick = tmp_path / "usb" / "PROGRAMME"
     (stick / "models").mkdir(parents=True)
@@ -92,10 +103,11 @@ def test_a_model_file_on_a_stick_is_offered_to_an_admin_only(app, signed_file, t
     rel = f"models/{signed_file.name}"
     form = {"csrf_token": token, "file": rel}
     assert operator.post("/import/volume/1/model", data=form).status_code == 403
+    assert operator.get("/import/volume/1/models").status_code == 403  # the scan's state
     assert state(app) is None  # never installed by itself either
 
     admin = logged_in(app, "admin")
-    page = admin.get("/import/volume/1").text
+    page = scanned(admin)
     assert "Install model" in page and rel in page and "notes.tar" in page
     token = csrf_from(page)
     assert admin.post("/import/volume/1/model", data={"file": rel}).status_code == 400
@@ -123,7 +135,7 @@ def test_a_tampered_file_on_a_stick_is_refused_with_the_reason(app, signed_file,
     admin = logged_in(app, "admin")
     token = csrf_from(admin.get("/import/").text)
     admin.post("/import/scan", data={"csrf_token": token})
-    assert "Install model" in admin.get("/import/volume/1").text
+    assert "Install model" in scanned(admin)
     refused = admin.post(
         "/import/volume/1/model",
         data={"csrf_token": token, "file": "model.tar"},

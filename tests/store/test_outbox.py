@@ -10,7 +10,7 @@ import pytest
 from sqlite_utils import Database
 from sync.synckit import RESULT, make_backlog
 
-from appliance.store import outbox
+from appliance.store import deliveries, outbox
 from appliance.store.db import Store, utc_now
 from appliance.store.migrations import migrations
 from appliance.store.results import insert_result
@@ -66,13 +66,13 @@ def test_a_later_review_supersedes_the_earlier_one(store):
     assert json.loads(reviews[1]["payload"])["result_entry"] == result_entry
     # Results go first, and the superseded review is not sent at all.
     assert [e.kind for e in outbox.pending(store.conn(), 10)] == ["result", "result", "review"]
-    assert outbox.counts(store.conn())["review_pending"] == 1
+    assert deliveries.counts(store.conn())["review_pending"] == 1
 
 
 def test_every_entry_names_its_destination_and_an_unknown_one_is_refused(store):
     [image_id] = make_backlog(store, 1)
     assert [r["destination"] for r in rows(store)] == ["hub"]
-    assert outbox.counts(store.conn(), outbox.HUB)["result_pending"] == 1
+    assert deliveries.counts(store.conn(), outbox.HUB)["result_pending"] == 1
     result_id = store.conn().execute("SELECT id FROM results").fetchone()[0]
     with pytest.raises(ValueError, match="'fhir'"), store.write() as conn:
         outbox.record_result(conn, result_id, destination="fhir")
@@ -115,7 +115,7 @@ def test_the_migration_makes_every_earlier_entry_the_hubs(data_dir):
     ]
     tables = {r[0] for r in store.conn().execute("SELECT name FROM sqlite_master")}
     assert "sync_outbox" not in tables
-    assert outbox.counts(store.conn()) == {
+    assert deliveries.counts(store.conn()) == {
         "result_pending": 0,
         "result_acked": 1,
         "review_pending": 1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from monitoring.cases import confirm, scored
 
-from appliance.store import outbox
+from appliance.store import deliveries, outbox
 from appliance.store.users import create_user, get_user
 
 
@@ -20,7 +20,7 @@ def test_results_and_reviews_go_first_and_later_kinds_in_batches_of_their_own(st
     batches = []
     while batch := outbox.pending(store.conn(), 3):
         batches.append([e.kind for e in batch])
-        outbox.mark_acked(store, [e.key for e in batch])
+        deliveries.mark_acked(store, [e.key for e in batch])
     assert batches == [
         ["result", "result", "review"],
         ["outcome", "outcome"],

@@ -78,7 +78,8 @@ def make_backlog(store: Store, count: int, *, per_transaction: int = 2500) -> li
                     (study, f"1.2.826.0.2.{n}", f"IM{n}", sha256_of(n), now),
                 ).lastrowid
                 score = (n * 37) % 101  # realistic variety: it decides the wire's compression
-                result = {**RESULT, "score": score, "probability": score / 100.0 + 0.0012345}
+                probability = min(1.0, score / 100.0 + 0.0012345)  # a probability: <= 1
+                result = {**RESULT, "score": score, "probability": probability}
                 if n % 7 == 0:
                     result.update(route="refused", reason="Not a chest X-ray.", triage=None)
                 insert_result(conn, image, None, result, None)

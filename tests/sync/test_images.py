@@ -37,6 +37,7 @@ def test_images_go_after_results_in_chunks_and_resume_where_they_stopped(box, hu
         "confirmed": 0,
         "sent": 1,
         "acked": 1,
+        "refused": 0,
         "images": 1,
         "models": {"installed": 0, "activated": 0, "refused": 0},
     }

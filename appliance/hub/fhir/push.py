@@ -10,6 +10,13 @@ results the hub holds. Entries are read only ``settle_seconds`` after they arriv
 batch still being written when the pass ran (its rows carry the time it started) is
 never passed over. The position moves only past a page whose reports all went.
 
+A report that cannot be built (a stored record with a field of the wrong type, kept
+from before the hub checked them at its door) or that the server refuses as invalid
+(400, 409, 412, 422) is skipped: noted for the admin (``bad_records.py``), counted in
+the pass's ``skipped``, logged, and passed over, so the reports of every other site
+still go. An answer that says the server will take nothing (401, 403, 404 ...) stops
+the pass, as an unreachable server does.
+
 PUT with our ids makes a resend an update, never a duplicate. A request that fails for a
 transient reason (no connection, timeout, 429, 5xx) is retried with exponential backoff;
 a pass that still fails leaves the rest for the next one. A bearer token for the server,
@@ -33,14 +40,16 @@ from urllib.parse import urlsplit
 
 from fhir.resources.R4B.bundle import Bundle
 
+from appliance.hub import bad_records
 from appliance.hub.db import Connection, HubDatabase
 from appliance.hub.fhir import search
-from appliance.hub.fhir.resources import diagnostic_report, imaging_study
+from appliance.hub.fhir.resources import UnrenderableRecord, rendered
 from appliance.hub.records import now
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 4
 TRANSIENT = {408, 429, 500, 502, 503, 504}
+REFUSED_AS_INVALID = {400, 409, 412, 422}  # this bundle's fault: skip it, send the rest
 SETTLE_SECONDS = 300.0  # far above a batch's transaction (30 s statement timeout)
 PAGE = 1000
 MARK_KEY = "fhir_push_position"
@@ -50,11 +59,15 @@ class PushError(Exception):
     """The FHIR server did not take a bundle (after retries, or refused it)."""
 
 
+class BundleRefused(PushError):
+    """The FHIR server refused one bundle as invalid (the others may still go)."""
+
+
 def transaction(item: dict[str, Any]) -> Bundle:
-    entry = item["entry"]
-    report = diagnostic_report(entry, item["site"], item["review"], item["outcome"])
-    resources = [report]
-    study = imaging_study(entry["device_id"], entry["payload"], item["site"])
+    """The transaction Bundle of a found result; UnrenderableRecord where its stored
+    record cannot be written as FHIR."""
+    report, study = rendered(item)
+    resources: list[Any] = [report]
     if study is not None:
         resources.insert(0, study)
     return Bundle.model_validate(
@@ -112,6 +125,10 @@ class FhirPusher:
             conn.close()
         if response.status in TRANSIENT:
             raise ConnectionError(f"FHIR server answered {response.status}")
+        if response.status in REFUSED_AS_INVALID:
+            raise BundleRefused(
+                f"FHIR server refused the bundle: {response.status} {answer[:300]!r}"
+            )
         if not 200 <= response.status < 300:
             raise PushError(f"FHIR server refused the bundle: {response.status} {answer[:300]!r}")
 
@@ -129,9 +146,10 @@ class FhirPusher:
                 self.sleep(delay)
 
     def push_once(self) -> dict[str, int]:
-        """Send every report whose content changed; raises PushError when one fails."""
+        """Send every report whose content changed; raises PushError when one fails
+        (a report that cannot be built or that the server refuses is skipped)."""
         conn = self.database.connect()
-        report = {"pushed": 0, "unchanged": 0}
+        report = {"pushed": 0, "unchanged": 0, "skipped": 0}
         until = (datetime.now(timezone.utc) - timedelta(seconds=self.settle_seconds)).isoformat(
             timespec="milliseconds"
         )
@@ -153,28 +171,47 @@ class FhirPusher:
         item = search.by_key(conn, *key)
         if item is None:
             return
-        bundle = transaction(item)
+        unreadable = list(item["unreadable"])  # a review or outcome passed over
+        try:
+            bundle = transaction(item)
+        except UnrenderableRecord as exc:
+            unreadable.append(_skipped(key, str(exc)))
+            bad_records.note(conn, unreadable, "fhir-push")
+            report["skipped"] += 1
+            return
+        bad_records.note(conn, unreadable, "fhir-push")
         body = bundle.model_dump_json(exclude_none=True)
         digest = hashlib.sha256(body.encode()).hexdigest()
         held = conn.one("SELECT digest FROM fhir_pushed WHERE device_id = ? AND entry_id = ?", key)
         if held is not None and held["digest"] == digest:
             report["unchanged"] += 1
             return
-        self.send(bundle)
+        try:
+            self.send(bundle)
+        except BundleRefused as exc:
+            bad_records.note(conn, [_skipped(key, str(exc))], "fhir-push")
+            report["skipped"] += 1
+            return
         _mark_pushed(conn, key, digest)
         report["pushed"] += 1
 
     def run_forever(self, stop: threading.Event, interval: float) -> None:
         while not stop.is_set():
             try:
-                pushed = self.push_once()["pushed"]
-                if pushed:
-                    log.info("fhir: %s reports pushed", pushed)
+                done = self.push_once()
+                if done["pushed"] or done["skipped"]:
+                    log.info(
+                        "fhir: %s reports pushed, %s skipped", done["pushed"], done["skipped"]
+                    )
             except PushError as exc:
                 log.warning("fhir: %s", exc)
             except Exception:  # never let the pusher die silently
                 log.exception("fhir: unexpected failure")
             stop.wait(interval)
+
+
+def _skipped(key: tuple[str, str], reason: str) -> dict[str, Any]:
+    return {"device_id": key[0], "entry_id": key[1], "kind": "result", "reason": reason}
 
 
 def _position(conn: Connection) -> search.Position | None:

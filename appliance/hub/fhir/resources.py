@@ -28,6 +28,10 @@ DEVICE_SYSTEM = "urn:appliance:device"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
+class UnrenderableRecord(ValueError):
+    """A stored record that cannot be written as FHIR (a field of the wrong type)."""
+
+
 def _id(prefix: str, *parts: str) -> str:
     return prefix + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
 
@@ -207,3 +211,26 @@ def diagnostic_report(
             {"type": {"text": "Accession number"}, "value": str(image["accession_number"])}
         )
     return DiagnosticReport.model_validate(report)
+
+
+def reason(exc: BaseException) -> str:
+    """One short line saying why a record could not be rendered (pydantic's errors run
+    to many lines: the first two name the resource and the field)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]
+    return f"{type(exc).__name__}: {' '.join(lines)}"[:300]
+
+
+def rendered(item: dict[str, Any]) -> tuple[DiagnosticReport, ImagingStudy | None]:
+    """The report and study of a found result (``search._item``), or UnrenderableRecord:
+    a record stored before the hub checked every field at its door may hold anything
+    (``"threshold": null``, ``"image": "x"``, a probability as text), and a reader of many
+    records must skip it, never die on it."""
+    entry = item["entry"]
+    if item.get("broken"):
+        raise UnrenderableRecord(item["broken"])
+    try:
+        report = diagnostic_report(entry, item["site"], item["review"], item["outcome"])
+        study = imaging_study(entry["device_id"], entry["payload"], item["site"])
+    except Exception as exc:  # whatever the stored fields make the builders raise
+        raise UnrenderableRecord(reason(exc)) from exc
+    return report, study

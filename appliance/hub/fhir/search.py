@@ -20,6 +20,8 @@ from appliance.hub.db import Connection
 from appliance.hub.fhir.resources import entry_key
 
 MAX_COUNT = 200
+MAX_DATES = 10  # a range is two; thousands made one SQL statement of thousands of terms
+MAX_VALUE_CHARS = 200
 PREFIXES = ("eq", "ge", "gt", "le", "lt")
 SCAN_BATCH = 500
 DAY = 10  # len("2026-11-30"): what ``result_day`` holds
@@ -44,6 +46,14 @@ def parse(args: MultiDict) -> Query:
     unknown = set(args) - {"patient", "date", "site", "_count", "_format"}
     if unknown:
         raise ValueError(f"unsupported search parameter: {', '.join(sorted(unknown))}")
+    for name in sorted(set(args)):
+        values = args.getlist(name)
+        most = MAX_DATES if name == "date" else 1
+        if len(values) > most:
+            times = "once" if most == 1 else f"at most {most} times"
+            raise ValueError(f"{name} given {len(values)} times: give it {times}")
+        if any(len(value) > MAX_VALUE_CHARS for value in values):
+            raise ValueError(f"{name}: at most {MAX_VALUE_CHARS} characters")
     query = Query(site=args.get("site") or None)
     patient = args.get("patient")
     if patient:
@@ -62,8 +72,8 @@ def parse(args: MultiDict) -> Query:
     return query
 
 
-def _date_matches(when: str | None, prefix: str, day: str) -> bool:
-    if not when:
+def _date_matches(when: Any, prefix: str, day: str) -> bool:
+    if not when or not isinstance(when, str):
         return False
     own = when[: len(day)]  # compare at the precision asked (a year, month or day)
     return {
@@ -76,24 +86,65 @@ def _date_matches(when: str | None, prefix: str, day: str) -> bool:
 
 
 def matches(data: dict[str, Any], query: Query) -> bool:
-    image = data.get("image") or {}
+    image = data.get("image")
+    image = image if isinstance(image, dict) else {}  # anything else: rendering says so
     if query.patient is not None and str(image.get("patient_id") or "") != query.patient:
         return False
     return all(_date_matches(data.get("created_at"), p, d) for p, d in query.dates)
 
 
+def payload(text: str) -> dict[str, Any] | None:
+    """A stored payload as an object, or None where it is not one (nothing the hub wrote
+    since it has kept JSON objects, but a reader never dies on one row)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def later_problem(data: dict[str, Any] | None) -> str | None:
+    """Why a review or outcome cannot go into a report's conclusion, or None."""
+    if data is None:
+        return "payload: expected an object"
+    reasons = data.get("reasons")
+    if reasons is not None and not (
+        isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
+    ):
+        return "reasons: expected a list of texts"
+    return None
+
+
 def _item(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
-    entry = {**row, "payload": json.loads(row["payload"])}
+    """A result with the latest review and outcome of its image. A review or outcome
+    that cannot be read is passed over (the one before it counts) and listed in
+    ``unreadable``; a result whose own payload is not an object is ``broken``."""
+    data = payload(row["payload"])
+    entry = {**row, "payload": data if data is not None else {}}
     later = {"review": None, "outcome": None}
+    unreadable = []
     if row["image_sha256"]:
         for other in conn.execute(
-            "SELECT kind, payload FROM entries WHERE device_id = ? AND image_sha256 = ?"
-            " AND kind IN ('review', 'outcome') ORDER BY received_at DESC, revision DESC",
+            "SELECT entry_id, kind, payload FROM entries WHERE device_id = ?"
+            " AND image_sha256 = ? AND kind IN ('review', 'outcome')"
+            " ORDER BY received_at DESC, revision DESC",
             (row["device_id"], row["image_sha256"]),
         ):
-            if later[other["kind"]] is None:
-                later[other["kind"]] = json.loads(other["payload"])
-    return {"entry": entry, "site": row["site"], **later}
+            if later[other["kind"]] is not None:
+                continue
+            found = payload(other["payload"])
+            problem = later_problem(found)
+            if problem is None:
+                later[other["kind"]] = found
+            else:
+                unreadable.append(
+                    {"device_id": row["device_id"], "entry_id": other["entry_id"],
+                     "kind": other["kind"], "reason": problem}
+                )
+    item = {"entry": entry, "site": row["site"], **later, "unreadable": unreadable}
+    if data is None:
+        item["broken"] = "payload: expected an object"
+    return item
 
 
 def _day_clause(prefix: str, day: str) -> tuple[str, list[str]]:
@@ -138,7 +189,8 @@ def find(conn: Connection, query: Query) -> list[dict[str, Any]]:
             page_params.extend(after)
         rows = conn.execute(page_sql + order, (*page_params, SCAN_BATCH))
         for row in rows:
-            if matches(json.loads(row["payload"]), query):
+            data = payload(row["payload"])
+            if data is None or matches(data, query):  # None: counted when rendered
                 found.append(_item(conn, row))
                 if len(found) == query.count:
                     break

@@ -1,6 +1,8 @@
 // Import page: upload with a progress bar and each file's outcome shown first on the page
 // (scrolled into view, with "Go to the worklist" once an image is on the box, and the
-// refused files' list brought up to date), "select all", and the import task's progress.
+// refused files' list brought up to date), "select all", the import task's progress, and
+// the stick's model-file scan (it runs on the box in the background: the page asks until
+// it has finished, then shows what it found).
 (function () {
   "use strict";
   var form = document.getElementById("upload");
@@ -120,6 +122,16 @@
     all.addEventListener("click", function () {
       document.querySelectorAll("input[name=file]").forEach(function (box) { box.checked = true; });
     });
+  }
+  var scan = document.getElementById("model-scan");
+  if (scan && scan.dataset.finished === "0") {
+    var asking = setInterval(function () {
+      fetch(scan.dataset.url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (data) {
+          if (data.finished) { clearInterval(asking); window.location.reload(); }
+        }).catch(function () {});
+    }, 700);
   }
   var task = document.getElementById("task");
   if (task && task.dataset.finished === "0") {
