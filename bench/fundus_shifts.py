@@ -1,0 +1,104 @@
+"""Where the retina door refuses (issue 26): IDRiD photos as they are, and shifted as
+other cameras and patients shift them, screened by ``appliance screen``; refusals by
+variant, by referable / non-referable, and by reason.
+
+    python bench/fundus_shifts.py [--json] [--every 4] [--data-root ../shared/data]
+
+Variants of every ``--every``-th photo of IDRiD's labelled set (written to a temporary
+folder, never kept): ``as is``; ``dark`` (x0.45, a heavily pigmented or under-exposed
+fundus); ``green cast``; ``grey`` (one channel, as a red-free or monochrome camera);
+``vignette`` (a small pupil). Goals (issue 26): refused <= 10 % and referable eyes
+refused at most 1.5x as often as the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ("as is", "dark", "green cast", "grey", "vignette")
+
+
+def shifted(image: np.ndarray, variant: str) -> np.ndarray:
+    pixels = image.astype(np.float32)
+    if variant == "dark":
+        pixels = pixels * 0.45
+    elif variant == "green cast":
+        pixels = pixels * np.array([0.7, 1.15, 0.6], np.float32)  # BGR
+    elif variant == "grey":
+        pixels = np.repeat(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None], 3, 2)
+    elif variant == "vignette":
+        h, w = image.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w]
+        radius = np.sqrt(((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2)
+        pixels = pixels * np.clip(1.25 - 0.9 * radius, 0.15, 1)[..., None]
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def screen(files: list[Path], data_dir: Path) -> list[dict]:
+    command = [sys.executable, "-m", "appliance", "screen", *map(str, files), "--json",
+               "--data-dir", str(data_dir)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--every", type=int, default=4)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    args = parser.parse_args()
+    idrid = args.data_root / "fundus" / "idrid"
+    rows = list(csv.DictReader(open(idrid / "labels.csv", encoding="utf-8")))[:: args.every]
+    referable = {Path(r["file"]).name: r["referable_dr"] == "1" for r in rows}
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            folder = Path(tmp) / variant.replace(" ", "_")
+            folder.mkdir()
+            for row in rows:
+                image = cv2.imread(str(idrid / row["file"]), cv2.IMREAD_COLOR)
+                cv2.imwrite(str(folder / Path(row["file"]).name), shifted(image, variant),
+                            [cv2.IMWRITE_JPEG_QUALITY, 92])
+            lines = screen(sorted(folder.glob("*.jpg")), Path(tmp) / "box")
+            counts = collections.Counter()
+            reasons = collections.Counter()
+            for line in lines:
+                sick = referable[Path(line["file"]).name]
+                refused = line["route"] == "refused"
+                counts[("n", sick)] += 1
+                counts[("refused", sick)] += refused
+                if refused:
+                    reasons[(line.get("reason") or "").split(":")[0]] += 1
+            n = counts[("n", True)] + counts[("n", False)]
+            refused = counts[("refused", True)] + counts[("refused", False)]
+            rate = {s: counts[("refused", s)] / max(1, counts[("n", s)]) for s in (True, False)}
+            table.append({
+                "variant": variant, "photos": n, "refused": refused,
+                "refused_fraction": refused / max(1, n),
+                "referable_refused": rate[True], "non_referable_refused": rate[False],
+                "reasons": dict(reasons.most_common()),
+            })
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    print(f"IDRiD, every {args.every}th photo ({len(rows)}), screened by appliance screen")
+    print(f"{'variant':<11} {'refused':>8} {'referable':>10} {'others':>7}  reasons")
+    for row in table:
+        print(f"{row['variant']:<11} {row['refused_fraction']:>8.1%} "
+              f"{row['referable_refused']:>10.1%} {row['non_referable_refused']:>7.1%}  "
+              + "; ".join(f"{k} {v}" for k, v in row["reasons"].items()))
+
+
+if __name__ == "__main__":
+    main()
