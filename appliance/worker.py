@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 TAG_COLUMNS = ("modality", "body_part", "view_position", "laterality", "sop_class_uid")
 
 FULL_DETAIL = "full"  # job kind: the full-resolution view someone asked for
-# Longest side of the full-detail view: the whole original for any X-ray or fundus
-# camera in use (a 4288 px camera frame included).
+# Longest side of the full-detail view: any X-ray or fundus camera's whole frame.
 FULL_DETAIL_MAX_PX = 8192
 
 
@@ -252,7 +251,8 @@ class Worker:
             preview_size(decoded, HEATMAP_MAX_PX),
             population=image["population"],  # staff's choice, for an X-ray without an age
             models=models,
-            route=image["route_chosen"],  # a clinician's, for an image the router refused
+            route=image["route_chosen"],  # a clinician's word, where the router refused
+            quality_overruled_by=image["quality_overruled_by"],  # or the quality check
         )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None

@@ -48,6 +48,11 @@ DECISION_SUPPORT = "Decision support, not a diagnosis: a clinician reviews every
 # A chest X-ray without an age, where the site asks staff to choose adult or child
 # (chest_population = "ask"): not screened until they do.
 NEEDS_POPULATION = "Adult or child? Choose on the study page to screen this X-ray."
+# A retina photo the quality check refused, screened on a clinician's word (issue 26).
+OVERRULED_QUALITY = (
+    "Screened although the photo was judged not gradable (%(problem)s), on the instruction "
+    "of %(user)s: read the result with care."
+)
 
 
 class ScreeningUnavailableError(ApplianceError):
@@ -238,12 +243,15 @@ class Screener:
         population_by: str = OPERATOR,
         models: ModelSet | None = None,
         route: str | None = None,
+        quality_overruled_by: str | None = None,
     ) -> ScreeningResult:
         """``population``: adult or child, as staff chose (``population_by``: operator
         or cli) for an X-ray without an age; the age the image gives always wins.
         ``models``: the set to screen with (a job's, or a shadow view), else the running one.
         ``route``: chest_xray or fundus, as a clinician chose for an image the router
-        refused (gate.decide: the tags still refuse what they rule out)."""
+        refused (gate.decide: the tags still refuse what they rule out).
+        ``quality_overruled_by``: the clinician who had a retina photo screened although
+        the quality check refuses it (store/routes.py): screened, with a hint saying so."""
         timer = Timer()
         models = self.models if models is None else models
         router = models.get(ROUTER)
@@ -282,7 +290,12 @@ class Screener:
             with timer.stage("quality"):
                 quality = assess_fundus(image.pixels)
             result.quality = quality.as_dict()
-            if not quality.gradable:
+            if not quality.gradable and quality_overruled_by:
+                result.hints = [
+                    OVERRULED_QUALITY % {"problem": quality.messages[0],
+                                         "user": quality_overruled_by}
+                ]
+            elif not quality.gradable:
                 result.route = gate.REFUSED
                 result.route_source = gate.BY_QUALITY
                 result.reason = "Photo not gradable: " + quality.messages[0]

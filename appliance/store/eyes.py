@@ -4,7 +4,9 @@ EyeArt give it: a patient's retina photos of one day, grouped by eye.
 - An eye is known from DICOM (``ImageLaterality``), the camera's file name
   (ingest/laterality.py) or one tap on the study page (:func:`set_eye`, audited).
 - An eye's result is that of its **best gradable photo**: the sharpest (the quality
-  check's ``focus`` measure) of the photos the quality check passed.
+  check's ``focus`` measure) of the photos the quality check passed; a photo a
+  clinician had screened although it was refused (store/routes.py) only where the eye
+  has no other.
 - The patient's result is the **worse eye** (the higher score).
 - An eye whose photos were all refused as ungradable needs a retake; an eye without a
   photo yet is named, so the nurse takes it before the patient leaves.
@@ -113,9 +115,12 @@ def eyes_of(store: Store, image_id: int, timezone_name: str = "UTC") -> PatientE
     return PatientEyes(eyes, unassigned, worse)
 
 
-def _sharpness(photo: dict[str, Any]) -> float:
+def _sharpness(photo: dict[str, Any]) -> tuple[bool, float]:
+    """Photos the quality check passed before one a clinician had screened anyway; then
+    the sharpest."""
     quality = json.loads(photo["quality"]) if photo.get("quality") else {}
-    return float((quality.get("measures") or {}).get("focus", 0.0))
+    return (quality.get("gradable", True) is not False,
+            float((quality.get("measures") or {}).get("focus", 0.0)))
 
 
 def set_eye(store: Store, image_id: int, eye: str, user: dict[str, Any]) -> None:

@@ -748,3 +748,16 @@ def m021_worklist_cache_checked(db: Database) -> None:
         "UPDATE mwl_entries SET scheduled_time = NULL"
         " WHERE scheduled_time NOT GLOB '[0-2][0-9]:[0-5][0-9]'"
     )
+
+
+@migrations()
+def m022_quality_overruled(db: Database) -> None:
+    # A clinician may have a retina photo the quality check refused screened anyway
+    # (issue 26: a retake costs a second dilation or a second trip): who and when, kept
+    # with the image, audited; its result says so in a hint (store/routes.py).
+    db.executescript(
+        """
+        ALTER TABLE images ADD COLUMN quality_overruled_by TEXT;
+        ALTER TABLE images ADD COLUMN quality_overruled_at TEXT;
+        """
+    )

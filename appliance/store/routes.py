@@ -3,9 +3,14 @@
 Only a refusal by the router (the model that looks at the pixels: "cannot tell what this
 image shows", "not a chest X-ray or a retina photograph", "labelled as ... but does not
 look like one") may be overruled, never one by the DICOM tags (a CT, a hand, a side
-view) nor a photo too poor to grade. The choice is kept with the image, attributed and
-audited, and the image is screened again with that route; the refusal stays on record
-(results are never changed) and the new result says a clinician chose its route.
+view). The choice is kept with the image, attributed and audited, and the image is
+screened again with that route; the refusal stays on record (results are never changed)
+and the new result says a clinician chose its route.
+
+A retina photo the quality check judged not gradable may be screened anyway too
+(:func:`screen_ungradable`, issue 26): a retake costs the patient a second dilation or
+trip, and a clinician who can see the retina may prefer a result read with care. Its
+result carries a hint that says so, on the page and the slip.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from appliance.store.worklist_items import refresh_item
 
 # screening.gate.ROUTES and BY_ROUTER (the store imports nothing above it).
 ROUTES = ("chest_xray", "fundus")
-BY_ROUTER = "router"
+BY_ROUTER, BY_QUALITY = "router", "quality"
 
 
 class RouteError(ApplianceError):
@@ -52,4 +57,30 @@ def choose_route(store: Store, image_id: int, route: str, user: dict[str, Any]) 
         jobs.requeue(conn, jobs.SCREEN, image_id)
         refresh_item(conn, image_id)
         audit(conn, user["username"], "image.route_chosen", f"image:{image_id}", route)
+    store.jobs_waiting.set()
+
+
+def can_screen_ungradable(result: dict[str, Any] | None) -> bool:
+    """Whether a result is a retina photo the quality check refused (a clinician may
+    have it screened anyway)."""
+    return bool(result) and result["route"] == "refused" and result["route_source"] == BY_QUALITY
+
+
+def screen_ungradable(store: Store, image_id: int, user: dict[str, Any]) -> None:
+    """Keep the clinician's word with the image and queue it to be screened although
+    the quality check refused it."""
+    with store.write() as conn:
+        result = conn.execute(
+            "SELECT route, route_source FROM results WHERE image_id = ? ORDER BY id DESC LIMIT 1",
+            (image_id,),
+        ).fetchone()
+        if result is None or not can_screen_ungradable(dict(result)):
+            raise RouteError("Only a retina photo refused as not gradable can be screened so.")
+        conn.execute(
+            "UPDATE images SET quality_overruled_by=?, quality_overruled_at=? WHERE id=?",
+            (user["username"], utc_now(), image_id),
+        )
+        jobs.requeue(conn, jobs.SCREEN, image_id)
+        refresh_item(conn, image_id)
+        audit(conn, user["username"], "image.quality_overruled", f"image:{image_id}", "fundus")
     store.jobs_waiting.set()

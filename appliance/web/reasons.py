@@ -150,6 +150,11 @@ KNOWN = (
     N_("Labelled as an eye photograph, but the image does not look like a retina."),
     # appliance/screening/pipeline.py, with one of quality.py's MESSAGES
     N_("Photo not gradable: %(problem)s"),
+    # appliance/screening/pipeline.py: OVERRULED_QUALITY
+    N_(
+        "Screened although the photo was judged not gradable (%(problem)s), on the "
+        "instruction of %(user)s: read the result with care."
+    ),
     # appliance/screening/heatmaps.py: HEATMAP_NOT_SHOWN (a hint)
     N_("Heatmap not shown: this model's maps have not passed their checks (decision support)."),
     # appliance/screening/quality.py: MESSAGES
@@ -199,6 +204,8 @@ KNOWN = (
     N_("Type the patient ID (up to 64 characters)."),
     N_("No such image."),
     N_("This image came with a patient ID from the device; it is kept."),
+    # appliance/store/routes.py: screen_ungradable
+    N_("Only a retina photo refused as not gradable can be screened so."),
     # appliance/store/eyes.py: EyeError
     N_("Choose the right or the left eye."),
     N_("The device gave this image's eye; it is kept."),

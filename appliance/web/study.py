@@ -33,7 +33,7 @@ from appliance.store.eyes import EyeError, eyes_of, set_eye
 from appliance.store.patients import PatientError, patient_of, set_patients
 from appliance.store.population import PopulationError, choose_population
 from appliance.store.reviews import ReviewError, add_review, reviews_for
-from appliance.store.routes import RouteError, choose_route
+from appliance.store.routes import RouteError, choose_route, screen_ungradable
 from appliance.store.visits import previous_photo, visit_of
 from appliance.web.auth import requires
 from appliance.web.reasons import translate_reason
@@ -266,6 +266,21 @@ def route(image_id: int):
         flash(translate_reason(str(exc)), "error")
     else:
         flash(_("Choice saved: the image is being screened."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/screen-ungradable")
+@requires("clinician")
+def ungradable(image_id: int):
+    """Screen anyway a retina photo the quality check refused (store/routes.py; audited):
+    its result says so."""
+    _load(image_id)
+    try:
+        screen_ungradable(_store(), image_id, g.user)
+    except RouteError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Choice saved: the photo is being screened."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
 
 

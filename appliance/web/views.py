@@ -18,7 +18,7 @@ from appliance.monitoring.outcomes import RESULTS
 from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HEATMAP_OPACITY
 from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER
 from appliance.store.reviews import REASON_CODES
-from appliance.store.routes import can_choose_route
+from appliance.store.routes import can_choose_route, can_screen_ungradable
 from appliance.web import user_language
 from appliance.web.clinic import DATE_PATTERNS
 from appliance.web.image_words import EYE_NAMES, TEST_NAMES, image_kind, tests_for
@@ -335,6 +335,7 @@ def init_app(app: Flask) -> None:
             "screened_as": screened_as,
             "route_chosen": route_chosen,
             "can_choose_route": can_choose_route,
+            "can_screen_ungradable": can_screen_ungradable,
             "BEING_SCREENED_AS": BEING_SCREENED_AS,
             "RECOMMENDATION": RECOMMENDATION,
             "IMPORT_STATUS": IMPORT_STATUS,

@@ -71,6 +71,7 @@ PAGES = [
     ("POST", "/study/1/retry", {"operator", "clinician", "admin"}),
     ("GET", "/study/1/thumb", {"operator", "clinician", "admin"}),
     ("POST", "/study/1/route", {"clinician", "admin"}),
+    ("POST", "/study/1/screen-ungradable", {"clinician", "admin"}),
     ("POST", "/study/1/eye", {"operator", "clinician", "admin"}),
     ("GET", "/import/", {"operator", "clinician", "admin"}),
     ("POST", "/import/scan", {"operator", "clinician", "admin"}),
@@ -147,6 +148,7 @@ def test_the_route_table_is_covered_by_the_permission_test(app):
         ("/study/1/retry", {}),
         ("/study/1/route", {"route": "chest_xray"}),
         ("/study/1/eye", {"eye": "R"}),
+        ("/study/1/screen-ungradable", {}),
         ("/study/1/patient", {"patient_id": "X1"}),
     ],
 )
