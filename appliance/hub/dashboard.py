@@ -261,29 +261,28 @@ def check_box_records(device_id: str):
 @bp.post("/boxes/<device_id>/records/quarantine")
 @login_required
 def quarantine_records(device_id: str):
-    check_csrf()
-    _device_or_404(device_id)
-    chosen = request.form.getlist("entry")
-    if chosen:
-        try:
-            bad_records.quarantine(
-                get_db(), device_id, chosen, f"dashboard:{g.admin}",
-                request.form.get("reason", "").strip()[:300],
-            )
-        except ValueError:
-            abort(400)
-    return redirect(url_for("dashboard.box_records", device_id=device_id))
+    reason = request.form.get("reason", "").strip()[:300]
+    return _on_chosen_records(
+        device_id, lambda db, ids, actor: bad_records.quarantine(db, device_id, ids, actor, reason)
+    )
 
 
 @bp.post("/boxes/<device_id>/records/release")
 @login_required
 def release_records(device_id: str):
+    return _on_chosen_records(
+        device_id, lambda db, ids, actor: bad_records.release(db, device_id, ids, actor)
+    )
+
+
+def _on_chosen_records(device_id: str, act):
+    """Quarantine or release the records ticked on a box's page, in the admin's name."""
     check_csrf()
     _device_or_404(device_id)
     chosen = request.form.getlist("entry")
     if chosen:
         try:
-            bad_records.release(get_db(), device_id, chosen, f"dashboard:{g.admin}")
+            act(get_db(), chosen, f"dashboard:{g.admin}")
         except ValueError:
             abort(400)
     return redirect(url_for("dashboard.box_records", device_id=device_id))

@@ -61,12 +61,13 @@ class PatientEyes:
         return [e for e in EYES if not self.eyes[e].photos]
 
 
-_PHOTOS = """
-    SELECT i.id AS image_id, i.laterality, r.id AS result_id, r.route, r.score,
+_PHOTOS = f"""
+    SELECT i.id AS image_id, i.laterality, i.received_at, {PATIENT_ID_SQL} AS patient_id,
+           r.id AS result_id, r.route, r.score,
            r.probability, r.threshold, r.triage, r.model_name, r.model_version, r.quality
     FROM images i JOIN studies s ON s.id = i.study_id
     JOIN results r ON r.id = (SELECT MAX(id) FROM results WHERE image_id = i.id)
-    WHERE {where} AND (r.route = 'fundus' OR (r.route = 'refused' AND r.quality IS NOT NULL))
+    WHERE {{where}} AND (r.route = 'fundus' OR (r.route = 'refused' AND r.quality IS NOT NULL))
     ORDER BY i.id
 """
 
@@ -75,28 +76,26 @@ def eyes_of(store: Store, image_id: int, timezone_name: str = "UTC") -> PatientE
     """Per-eye and patient result of the retina photos of ``image_id``'s patient on the
     clinic's day it arrived; None when ``image_id`` is not a retina photo."""
     conn = store.conn()
-    anchor = conn.execute(
-        f"SELECT i.received_at, {PATIENT_ID_SQL} AS patient_id FROM images i"
-        " JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
-        (image_id,),
-    ).fetchone()
-    if anchor is None:
+    # The photo itself first (by its id): anything but a retina photo ends here, so a
+    # chest X-ray's page, slip or SR costs one indexed look-up.
+    own = conn.execute(_PHOTOS.format(where="i.id = ?"), (image_id,)).fetchone()
+    if own is None:
         return None
-    if anchor["patient_id"]:
-        arrived = datetime.fromisoformat(anchor["received_at"])
+    photos = [dict(own)]
+    if own["patient_id"]:
+        arrived = datetime.fromisoformat(own["received_at"])
         start, end = day_bounds_utc(
             arrived.astimezone(clinic_zone(timezone_name)).date(), timezone_name
         )
-        rows = conn.execute(
-            _PHOTOS.format(where=f"{PATIENT_ID_SQL} = ? AND i.received_at >= ?"
-                                 " AND i.received_at < ?"),
-            (anchor["patient_id"], start, end),
-        ).fetchall()
-    else:
-        rows = conn.execute(_PHOTOS.format(where="i.id = ?"), (image_id,)).fetchall()
-    photos = [dict(r) for r in rows]
-    if not any(p["image_id"] == image_id for p in photos):
-        return None
+        photos = [
+            dict(r)
+            for r in conn.execute(
+                _PHOTOS.format(
+                    where=f"i.received_at >= ? AND i.received_at < ? AND {PATIENT_ID_SQL} = ?"
+                ),
+                (start, end, own["patient_id"]),
+            )
+        ]
     eyes = {e: EyeResult(e) for e in EYES}
     unassigned = []
     for photo in photos:

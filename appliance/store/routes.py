@@ -41,11 +41,7 @@ def choose_route(store: Store, image_id: int, route: str, user: dict[str, Any]) 
     if route not in ROUTES:
         raise RouteError("Choose chest X-ray or retina photo.")
     with store.write() as conn:
-        result = conn.execute(
-            "SELECT route, route_source FROM results WHERE image_id = ? ORDER BY id DESC LIMIT 1",
-            (image_id,),
-        ).fetchone()
-        if result is None or not can_choose_route(dict(result)):
+        if not can_choose_route(_latest(conn, image_id)):
             raise RouteError(
                 "Only an image the box could not recognise can be screened anyway; "
                 "a refusal by the image's own DICOM tags stands."
@@ -54,9 +50,7 @@ def choose_route(store: Store, image_id: int, route: str, user: dict[str, Any]) 
             "UPDATE images SET route_chosen=?, route_chosen_by=?, route_chosen_at=? WHERE id=?",
             (route, user["username"], utc_now(), image_id),
         )
-        jobs.requeue(conn, jobs.SCREEN, image_id)
-        refresh_item(conn, image_id)
-        audit(conn, user["username"], "image.route_chosen", f"image:{image_id}", route)
+        _screen_again(conn, image_id, user, "image.route_chosen", route)
     store.jobs_waiting.set()
 
 
@@ -70,17 +64,27 @@ def screen_ungradable(store: Store, image_id: int, user: dict[str, Any]) -> None
     """Keep the clinician's word with the image and queue it to be screened although
     the quality check refused it."""
     with store.write() as conn:
-        result = conn.execute(
-            "SELECT route, route_source FROM results WHERE image_id = ? ORDER BY id DESC LIMIT 1",
-            (image_id,),
-        ).fetchone()
-        if result is None or not can_screen_ungradable(dict(result)):
+        if not can_screen_ungradable(_latest(conn, image_id)):
             raise RouteError("Only a retina photo refused as not gradable can be screened so.")
         conn.execute(
             "UPDATE images SET quality_overruled_by=?, quality_overruled_at=? WHERE id=?",
             (user["username"], utc_now(), image_id),
         )
-        jobs.requeue(conn, jobs.SCREEN, image_id)
-        refresh_item(conn, image_id)
-        audit(conn, user["username"], "image.quality_overruled", f"image:{image_id}", "fundus")
+        _screen_again(conn, image_id, user, "image.quality_overruled", "fundus")
     store.jobs_waiting.set()
+
+
+def _latest(conn, image_id: int) -> dict[str, Any] | None:
+    """The route and what decided it, of the image's latest result."""
+    row = conn.execute(
+        "SELECT route, route_source FROM results WHERE image_id = ? ORDER BY id DESC LIMIT 1",
+        (image_id,),
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def _screen_again(conn, image_id: int, user: dict[str, Any], action: str, detail: str) -> None:
+    """Queue the image to be screened again, refresh its worklist row, audit why."""
+    jobs.requeue(conn, jobs.SCREEN, image_id)
+    refresh_item(conn, image_id)
+    audit(conn, user["username"], action, f"image:{image_id}", detail)

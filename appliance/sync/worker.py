@@ -212,7 +212,7 @@ class SyncWorker:
         sent = {e.key for e in batch}
         mine = [r for r in refusals if (r["id"], r["rev"]) in sent]
         changed = deliveries.mark_refused(self.store, mine, outbox.HUB)
-        for refusal in mine[:5]:
+        for refusal in mine[:REFUSALS_SHOWN]:
             log.warning(
                 "sync: the hub refused %s rev %s: %s",
                 refusal["id"],
@@ -292,9 +292,9 @@ class SyncWorker:
                 stop.wait(min(ENROL_POLL_SECONDS, self.config.sync_interval_seconds))
                 continue
             try:
-                if self.on_hub is not None and self.hub_url() != told:
-                    told = self.hub_url()
-                    self.on_hub(told)
+                if self.on_hub is not None and (url := self.hub_url()) != told:
+                    told = url
+                    self.on_hub(url)
                 self.sync_once()
                 failures = 0
                 delay = self.config.sync_interval_seconds

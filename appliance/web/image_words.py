@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 
 from appliance.monitoring.outcomes import TESTS
+from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN
 
 # Confirmatory tests (appliance/monitoring/outcomes.py), in people's words.
 TEST_NAMES = {
@@ -48,7 +49,15 @@ FILE_KINDS = {
 # A retina photo's eye (images.laterality: DICOM's R/L, a camera's file name, one tap).
 EYE_NAMES = {"R": _l("Right eye"), "L": _l("Left eye")}
 
-ROUTE_NAMES = {"chest_xray": _l("Chest X-ray"), "fundus": _l("Retina photo")}
+# Hints about the appliance itself, not about the patient (a model's maps not shown):
+# said quietly on the study page, never on a slip handed to the patient or next clinic.
+HINTS_ABOUT_THE_BOX = frozenset({HEATMAP_NOT_SHOWN})
+# What the box screened an image as (results.route).
+ROUTE = {
+    "chest_xray": _l("Chest X-ray"),
+    "fundus": _l("Retina photo"),
+    "refused": _l("Not screened"),
+}
 
 
 def tests_for(result: dict | None) -> list[tuple[str, str]]:
@@ -65,7 +74,7 @@ def image_kind(row: dict) -> str:
     file"; the modality code a device sent where it has no name here."""
     route = row.get("route") or (row.get("result") or {}).get("route")
     if route in ("chest_xray", "fundus"):
-        return str(ROUTE_NAMES[route])
+        return str(ROUTE[route])
     modality = (row.get("modality") or "").upper()
     if modality:
         return str(MODALITY_NAMES.get(modality, modality))

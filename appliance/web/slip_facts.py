@@ -19,16 +19,12 @@ from flask_babel import get_locale, ngettext
 from flask_babel import lazy_gettext as _l
 
 from appliance.screening.gate import age_in_years
-from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN
 from appliance.store.db import Store
 from appliance.web.clinic import zone_label
+from appliance.web.image_words import EYE_NAMES, HINTS_ABOUT_THE_BOX
 
 DICOM_AGE = re.compile(r"^(\d{3})([DWMY])$")
 SEX = {"M": _l("male"), "F": _l("female"), "O": _l("other")}
-EYE = {"R": _l("Right eye"), "L": _l("Left eye")}
-# Hints about the appliance itself, not about this patient: on the study page, never on
-# a slip handed to the patient or the next clinic.
-NOT_FOR_THE_SLIP = {HEATMAP_NOT_SHOWN}
 
 
 def _in_units(count: int, unit: str) -> str:
@@ -93,14 +89,14 @@ def patient_facts(store: Store, image: dict[str, Any]) -> dict[str, str]:
     return {
         "age": age,
         "sex": sex_words(image, store.data_dir),
-        "eye": str(EYE[laterality]) if fundus and laterality in EYE else "",
+        "eye": str(EYE_NAMES[laterality]) if fundus and laterality in EYE_NAMES else "",
     }
 
 
 def slip_cautions(hints: list[str] | None) -> list[str]:
     """The result's hints a slip's reader needs (image quality, age, route), without
     those about the appliance's own checks."""
-    return [hint for hint in hints or [] if hint not in NOT_FOR_THE_SLIP]
+    return [hint for hint in hints or [] if hint not in HINTS_ABOUT_THE_BOX]
 
 
 def zone_words(zone: str, moment: str | None) -> str:

@@ -15,13 +15,20 @@ from flask_babel import (
 from flask_babel import lazy_gettext as _l
 
 from appliance.monitoring.outcomes import RESULTS
-from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HEATMAP_OPACITY
+from appliance.screening.heatmaps import HEATMAP_OPACITY
 from appliance.screening.models import CXR, CXR_ADULT, FUNDUS, ROUTER
 from appliance.store.reviews import REASON_CODES
 from appliance.store.routes import can_choose_route, can_screen_ungradable
 from appliance.web import user_language
 from appliance.web.clinic import DATE_PATTERNS
-from appliance.web.image_words import EYE_NAMES, TEST_NAMES, image_kind, tests_for
+from appliance.web.image_words import (
+    EYE_NAMES,
+    HINTS_ABOUT_THE_BOX,
+    ROUTE,
+    TEST_NAMES,
+    image_kind,
+    tests_for,
+)
 from appliance.web.reasons import body_part_name, translate_reason
 from appliance.wire.codes import major
 
@@ -60,11 +67,6 @@ ENGINE_STATE = {
 # Proper names, the same in every language.
 BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 TRIAGE = {"urgent": _l("urgent"), "review": _l("review"), "routine": _l("routine")}
-ROUTE = {
-    "chest_xray": _l("Chest X-ray"),
-    "fundus": _l("Retina photo"),
-    "refused": _l("Not screened"),
-}
 # The router model's labels (results.router), for the clinician's Details.
 ROUTER_LABEL = {
     "chest_xray": _l("Chest X-ray"),
@@ -346,7 +348,6 @@ def init_app(app: Flask) -> None:
             "tests_for": tests_for,
             "EYE_NAMES": EYE_NAMES,
             "HEATMAP_OPACITY": HEATMAP_OPACITY,
-            # About the box, not the patient: said quietly, never as a caution.
-            "QUIET_HINTS": {HEATMAP_NOT_SHOWN},
+            "QUIET_HINTS": HINTS_ABOUT_THE_BOX,
             "OUTCOME_RESULTS": OUTCOME_RESULTS,
         }

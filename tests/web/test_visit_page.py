@@ -9,6 +9,7 @@ from io import BytesIO
 import cv2
 import numpy as np
 import pytest
+from helpers import csrf_from, logged_in
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
@@ -107,10 +108,8 @@ def test_ten_peoples_images_in_one_upload_cannot_get_one_name_in_one_tap(tmp_pat
         visit_key="upload:batch-2", file_time=T0,
     ).image_id
     users.create_user(store, "nurse", PIN, "operator")
-    client = app.test_client()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)[1]
-    client.post("/login", data={"csrf_token": token, "username": "nurse", "pin": PIN})
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").text)[1]
+    client = logged_in(app, "nurse")
+    token = csrf_from(client.get("/").text)
     try:
         page = client.get(f"/study/{ids[0]}").text
         assert len(re.findall(r'name="also"', page)) == 9
