@@ -118,6 +118,39 @@ class ModelRef(Open):
     sha256: Text(64) | None = None
 
 
+# -- a retina photo's patient result (issue 24; wire/eyes.py states it) ---------------
+Triage = Literal["urgent", "review", "routine"]
+
+
+class EyeSummary(Open):
+    state: Literal["graded", "retake", "no photo"]
+    photos: Count | None = None
+    triage: Triage | None = None
+    score: Score | None = None
+    probability: Probability | None = None
+    threshold: Probability | None = None
+    image_sha256: Sha256 | None = None
+
+
+class PatientResult(Open):
+    eye: Literal["R", "L"] | None = None
+    triage: Triage | None = None
+    score: Score | None = None
+    probability: Probability | None = None
+    threshold: Probability | None = None
+
+
+class PatientEyes(Open):
+    """Each eye's result from its best gradable photo and the patient's (the worse eye),
+    over the patient's retina photos of one clinic day; sent with each of them."""
+
+    this_eye: Literal["R", "L"] | None = None
+    day: Day | None = None
+    eyes: dict[Literal["R", "L"], EyeSummary]
+    patient: PatientResult | None = None
+    unassigned: Count | None = None
+
+
 # -- one schema per kind (version 1) --------------------------------------------------
 class ResultV1(Open):
     image: ImageFacts
@@ -126,8 +159,9 @@ class ResultV1(Open):
     probability: Probability | None = None
     score: Score | None = None
     threshold: Probability | None = None
-    triage: Literal["urgent", "review", "routine"] | None = None
+    triage: Triage | None = None
     model: ModelRef | None = None
+    patient_eyes: PatientEyes | None = None  # a retina photo's: per eye and patient
     population: Text(32) | None = None
     population_source: Text(32) | None = None
     backend: Text(64) | None = None

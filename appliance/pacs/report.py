@@ -29,6 +29,7 @@ from appliance import __version__
 from appliance.pacs.capture import MANUFACTURER, SR_SERIES_NUMBER
 from appliance.pacs.facts import ResultFacts, stable_uid
 from appliance.wire import codes as ours
+from appliance.wire import eyes
 
 QUALITATIVE_EVALUATIONS = pydicom.sr.coding.Code("C0034375", "UMLS", "Qualitative Evaluations")
 
@@ -147,24 +148,9 @@ def statements(facts: ResultFacts) -> list[str]:
 
 
 def eyes_statement(facts: ResultFacts) -> str:
-    """A retina photo's eye and its patient's result per eye that day, as the study page
-    and the slip give them (store/eyes.py)."""
-    eyes = facts.eyes
-    names = {"R": "right eye", "L": "left eye"}
-    this = names.get(str(facts.image.get("laterality") or "").upper(), "eye not known")
-    parts = []
-    for code in ("R", "L"):
-        eye = eyes.eyes[code]
-        if eye.best is not None:
-            said = f"{eye.best['triage']} (score {eye.best['score']})"
-        else:
-            said = "no gradable photo, retake" if eye.photos else "no photo"
-        parts.append(f"{names[code]}: {said}")
-    worse = eyes.worse["triage"] if eyes.worse else "not graded"
-    return (
-        f"This photo: {this}. Patient's retina photos that day, each eye from its best"
-        f" gradable photo: {'; '.join(parts)}; patient (worse eye): {worse}."
-    )
+    """A retina photo's eye and its patient's result per eye that day, as the study page,
+    the slip and the hub give them (store/eye_results.py; one text: wire/eyes.py)."""
+    return eyes.statement(facts.eyes.summary(facts.image.get("laterality")))
 
 
 def build_report(

@@ -34,7 +34,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.store.clinic_day import configured_timezone
 from appliance.store.db import utc_now
+from appliance.store.eye_results import patient_eyes
 
 HUB, PACS = "hub", "pacs"
 DESTINATIONS = (HUB, PACS)
@@ -105,8 +107,14 @@ def _add(
 
 def _result_payload(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
     row = dict(conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone())
+    image = _image_facts(conn, row["image_id"])
+    # A retina photo: its patient's result per eye and overall that day (issue 24), as
+    # the page, the slip and the SR give it. Only the image's latest result has one.
+    eyes = patient_eyes(conn, row["image_id"], configured_timezone(conn))
+    mine = eyes is not None and result_id in eyes.result_ids
     return {
-        "image": _image_facts(conn, row["image_id"]),
+        "image": image,
+        **({"patient_eyes": eyes.summary(image.get("laterality"))} if mine else {}),
         "route": row["route"],
         "reason": row["reason"],
         "probability": row["probability"],

@@ -15,10 +15,11 @@ from typing import Any
 from appliance.errors import ApplianceError
 from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
-
-# Shown wherever a patient is shown: what the device sent, else what staff typed.
-PATIENT_ID_SQL = "COALESCE(NULLIF(s.patient_id, ''), s.entered_patient_id)"
-PATIENT_NAME_SQL = "COALESCE(NULLIF(s.patient_name, ''), s.entered_patient_name)"
+from appliance.store.eyes import day_results
+from appliance.store.patient_fields import (  # noqa: F401 - where callers find them
+    PATIENT_ID_SQL,
+    PATIENT_NAME_SQL,
+)
 
 
 class PatientError(ApplianceError):
@@ -85,21 +86,32 @@ def set_patients(
             raise PatientError("This image came with a patient ID from the device; it is kept.")
         before = study["entered_patient_id"]
         done: set[int] = set()
+        typed: set[int] = set()  # results whose patient changes
+        # The retina photos of the patient-days these photos leave, and then join: each
+        # carries its patient's result, which this changes (store/eyes.py).
+        others_day = day_results(conn, (image_id, *also))
         for other_id in (image_id, *also):
             other = _study_of(conn, other_id)
             if other is None or other["patient_id"] or other["id"] in done:
                 continue
             if other_id != image_id and other["entered_patient_id"] not in (None, before):
                 continue
-            _enter(conn, other["id"], patient_id, patient_name, user["username"],
-                   accession_number if other_id == image_id else None)
+            typed |= _enter(conn, other["id"], patient_id, patient_name, user["username"],
+                            accession_number if other_id == image_id else None)
             done.add(other["id"])
             changed.append(other_id)
+        # Sent again once every photo has its patient: each result once, with its
+        # patient and its patient's retina result of the day.
+        revise = (typed | others_day | day_results(conn, changed)) if changed else set()
+        for result_id in sorted(revise):
+            outbox.refresh_result(conn, result_id)
+            pacs_outbox.revise(conn, result_id, "patient" if result_id in typed else "eyes")
     return changed
 
 
 def _enter(conn, study_id: int, patient_id: str, patient_name: str, username: str,
-           accession_number: str | None) -> None:
+           accession_number: str | None) -> set[int]:
+    """Type the study's patient; returns its results (to be sent again)."""
     conn.execute(
         "UPDATE studies SET entered_patient_id=?, entered_patient_name=?, entered_by=?,"
         " entered_at=? WHERE id=?",
@@ -116,6 +128,4 @@ def _enter(conn, study_id: int, patient_id: str, patient_name: str, username: st
         "SELECT r.id FROM results r JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
         (study_id,),
     ).fetchall()
-    for row in results:
-        outbox.refresh_result(conn, row["id"])
-        pacs_outbox.revise(conn, row["id"], "patient")  # the SR names the patient
+    return {row["id"] for row in results}  # the hub and the SR name the patient

@@ -8,6 +8,7 @@ from typing import Any
 
 from appliance.store import outbox, pacs_outbox
 from appliance.store.db import Store, audit, utc_now
+from appliance.store.eyes import day_results, revise_patient_days
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 from appliance.store.worklist_items import refresh_item
 
@@ -57,6 +58,9 @@ def insert_result(
     refresh_item(conn, image_id)
     outbox.record_result(conn, result_id)  # same transaction: never a result the hub misses
     pacs_outbox.record_result(conn, result_id)  # and one row per configured PACS
+    # A retina photo's result changes its patient's (per eye, worse eye): the day's
+    # other photos go again with it (store/eyes.py).
+    revise_patient_days(conn, day_results(conn, [image_id]), done=[result_id])
     audit(
         conn,
         "worker",

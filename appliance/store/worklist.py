@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.store import deliveries, outbox
+from appliance.store.clinic_day import (  # noqa: F401 - the worklist's names for them
+    clinic_zone,
+    day_bounds_utc,
+    local_midnight_utc,
+    local_today,
+)
 from appliance.store.db import Store
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
@@ -52,37 +57,6 @@ _TEXT_MATCH = (
     f" OR INSTR(LOWER(REPLACE({PATIENT_NAME_SQL}, '^', ' ')), :text) > 0)"
 )
 _ON_DAY = "w.received_at >= :day_from AND w.received_at < :day_until"
-
-
-def clinic_zone(timezone_name: str) -> ZoneInfo:
-    """The clinic's time zone; UTC where the name is not one this box knows."""
-    try:
-        return ZoneInfo(timezone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def local_midnight_utc(timezone_name: str) -> str:
-    """Start of today where the clinic is, as the UTC timestamp text images are stored with."""
-    return day_bounds_utc(local_today(timezone_name), timezone_name)[0]
-
-
-def local_today(timezone_name: str) -> date:
-    """Today's date where the clinic is."""
-    return datetime.now(clinic_zone(timezone_name)).date()
-
-
-def day_bounds_utc(day: date, timezone_name: str) -> tuple[str, str]:
-    """The clinic's day ``day``, from its midnight to the next, as UTC timestamp text
-    (a day of 23 or 25 hours where clocks change)."""
-    zone = clinic_zone(timezone_name)
-    start = datetime.combine(day, time(0), tzinfo=zone)
-    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
-    return _utc_text(start), _utc_text(end)
 
 
 def search_text(value: str | None) -> str:

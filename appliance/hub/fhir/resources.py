@@ -20,6 +20,7 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.observation import Observation
 
 from appliance.wire import codes as ours
+from appliance.wire import eyes
 
 UCUM = "http://unitsofmeasure.org"
 DICOM_UID = "urn:dicom:uid"
@@ -135,6 +136,8 @@ def conclusion(data: dict[str, Any], review: dict | None, outcome: dict | None) 
             f" triage {data.get('triage')}; model {model.get('name')} {model.get('version')}."
         )
     parts = [ours.DECISION_SUPPORT, said]
+    if isinstance(data.get("patient_eyes"), dict):  # a retina photo, graded or not
+        parts.append(eyes.statement(data["patient_eyes"]))  # as the box's SR says it
     if review:
         reasons = ", ".join(review.get("reasons") or []) or "no reason given"
         parts.append(f"Clinician review: {review.get('verdict')} ({reasons}).")
