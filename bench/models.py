@@ -2,12 +2,15 @@
 
     python bench/models.py [--json] [--threads 1] [--models-dir models]
 
-The PyTorch model is the recipe's own network — the whole ensemble, with BatchNorm
-removed as ONNX folds it into the convolutions, so eager PyTorch runs the same cheaper
-graph ONNX Runtime runs. Latency does not depend on the weights' values, and an
-ensemble bundle ships only its INT8 file, so the eager network keeps its initial
-weights. ONNX Runtime FP32 is timed where the bundle carries ``model.onnx``. Median
-wall time per call on random inputs of the bundle's input shape.
+The PyTorch model is the recipe's own network — the whole ensemble, its members one
+after another, with BatchNorm removed as ONNX folds it into the convolutions, so eager
+PyTorch runs the same cheaper graph ONNX Runtime runs — and, beside it, the same
+members fused into one grouped network (``models/training/fused.py``), the graph a fused
+bundle ships. The speed-up is PyTorch (members in sequence) / ONNX Runtime INT8; the
+other speed-up is against PyTorch running the fused network. Latency does not depend on
+the weights' values, and an ensemble bundle ships only its INT8 file, so the eager
+networks keep their initial weights. ONNX Runtime FP32 is timed where the bundle carries
+``model.onnx``. Median wall time per call on random inputs of the bundle's input shape.
 """
 
 from __future__ import annotations
@@ -51,15 +54,19 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def torch_network(name: str, members: int) -> Any:
-    """The recipe's ensemble, BatchNorm removed (ONNX folds it away)."""
+def torch_network(name: str, members: int, *, fused: bool = False) -> Any:
+    """The recipe's ensemble, BatchNorm removed (ONNX folds it away); ``fused``: the
+    same members as one grouped network (BatchNorm folded into its convolutions)."""
     import torch
 
+    from models.training.fused import FusedCamEnsemble
     from models.training.nets import HeadsEnsemble
 
     recipe = importlib.import_module(RECIPE_FOR[name]).RECIPE
     model = HeadsEnsemble([recipe.build_model() for _ in range(members)],
                           recipe.serving_heads)
+    if fused:
+        return FusedCamEnsemble.from_ensemble(model.eval(), recipe.input_shape)
     for module in model.modules():
         for child_name, child in module.named_children():
             if isinstance(child, torch.nn.BatchNorm2d):
@@ -73,15 +80,17 @@ def bench_bundle(path: Path, threads: int, repeats: int) -> list[dict[str, Any]]
     members = bundle.manifest["validation"].get("members", 1)
     int8 = bundle.file("model.int8.onnx")
     fp32 = bundle.path / "model.onnx" if "model.onnx" in bundle.manifest["files"] else None
-    sizes = {"members": members, "int8_kb": int8.stat().st_size // 1024,
+    sizes = {"members": members, "fused": "fused" in bundle.manifest["validation"],
+             "int8_kb": int8.stat().st_size // 1024,
              "fp32_kb": fp32.stat().st_size // 1024 if fp32 else None}
     try:
         import torch
 
         torch.set_num_threads(threads)
         net = torch_network(bundle.name, members)
+        fused_net = torch_network(bundle.name, members, fused=True)
     except ImportError:
-        torch = net = None  # no [train] extra: ONNX Runtime columns only
+        torch = net = fused_net = None  # no [train] extra: ONNX Runtime columns only
     rows = []
     with contextlib.ExitStack() as stack:
         r8 = stack.enter_context(OnnxRunner(int8, threads=threads))
@@ -96,27 +105,38 @@ def bench_bundle(path: Path, threads: int, repeats: int) -> list[dict[str, Any]]
                 xt = torch.from_numpy(x)
                 with torch.inference_mode():
                     row["torch_fp32_ms"] = median_ms(lambda: net(xt), repeats)  # noqa: B023
+                    row["torch_fused_fp32_ms"] = median_ms(lambda: fused_net(xt),  # noqa: B023
+                                                           repeats)
                 row["int8_speedup_vs_torch"] = row["torch_fp32_ms"] / row["ort_int8_ms"]
+                row["int8_speedup_vs_torch_fused"] = (row["torch_fused_fp32_ms"]
+                                                      / row["ort_int8_ms"])
             rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]], threads: int) -> None:
-    print(f"median latency per call, ms ({threads} thread(s)); speed-up = PyTorch / ORT INT8")
+    print(f"median latency per call, ms ({threads} thread(s)); speed-up = PyTorch / ORT INT8"
+          " (members in sequence | fused); graph: what the bundle ships")
     head = (
-        f"{'model':<22}{'batch':>6}{'members':>8}{'torch fp32':>12}{'ort fp32':>10}"
-        f"{'ort int8':>10}{'speed-up':>10}{'fp32 KB':>9}{'int8 KB':>9}"
+        f"{'model':<22}{'batch':>6}{'members':>8}{'graph':>8}{'torch fp32':>12}"
+        f"{'fused':>8}{'ort fp32':>10}{'ort int8':>10}{'speed-up':>10}{'vs fused':>10}"
+        f"{'fp32 KB':>9}{'int8 KB':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         torch_ms = f"{r['torch_fp32_ms']:.2f}" if "torch_fp32_ms" in r else "n/a"
+        fused_ms = f"{r['torch_fused_fp32_ms']:.2f}" if "torch_fused_fp32_ms" in r else "n/a"
         speed = f"{r['int8_speedup_vs_torch']:.1f}x" if "int8_speedup_vs_torch" in r else "n/a"
+        vs_fused = (f"{r['int8_speedup_vs_torch_fused']:.1f}x"
+                    if "int8_speedup_vs_torch_fused" in r else "n/a")
+        graph = "fused" if r["fused"] else f"{r['members']} seq" if r["members"] > 1 else "single"
         fp32_ms = f"{r['ort_fp32_ms']:.2f}" if "ort_fp32_ms" in r else "n/a"
         fp32_kb = r["fp32_kb"] if r["fp32_kb"] is not None else "n/a"
         print(
-            f"{r['model']:<22}{r['batch']:>6}{r['members']:>8}{torch_ms:>12}{fp32_ms:>10}"
-            f"{r['ort_int8_ms']:>10.2f}{speed:>10}{fp32_kb:>9}{r['int8_kb']:>9}"
+            f"{r['model']:<22}{r['batch']:>6}{r['members']:>8}{graph:>8}{torch_ms:>12}"
+            f"{fused_ms:>8}{fp32_ms:>10}{r['ort_int8_ms']:>10.2f}{speed:>10}{vs_fused:>10}"
+            f"{fp32_kb:>9}{r['int8_kb']:>9}"
         )
 
 

@@ -151,6 +151,11 @@ def render_card(manifest: Mapping[str, Any], limitations: list[str], story: str 
     lines += _binary_table(rows) if binary else _router_table(rows)
     lines += ["", f"INT8 − FP32 {v['gate_metric']} on {v['on']}: {v['int8_minus_fp32']:+.4f} "
               f"(gate: within ±{v['gate_tolerance']}).", ""]
+    fused = v.get("fused")
+    if fused:
+        lines += [f"Served as one graph: the {v['members']} members' convolutions grouped, run "
+                  f"as one model; in FP32 it differs from the members run one by one by at "
+                  f"most {max(fused['fp32_vs_members_max_abs_diff'].values()):.1e} logit.", ""]
     if story:
         lines += [story.strip(), ""]
     loso = manifest.get("leave_one_source_out")

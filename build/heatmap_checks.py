@@ -279,7 +279,7 @@ BUNDLES = {"cxr": "cxr-pneumonia", "cxr-adult": "cxr-adult-abnormal",
 
 
 def check(key: str, args: argparse.Namespace) -> dict[str, Any]:
-    recipe_version = {"cxr": "1.1.0", "cxr-adult": "2.0.0", "fundus": "1.1.0"}[key]
+    recipe_version = {"cxr": "1.2.0", "cxr-adult": "2.1.0", "fundus": "1.2.0"}[key]
     bundle = load_bundle(Path(args.models_dir) / BUNDLES[key] / recipe_version)
     data = held_out(key, Path(args.data_root), args.per_class, args.seed)
     with OnnxRunner(bundle.file("model.int8.onnx"), threads=args.threads) as runner:

@@ -69,7 +69,7 @@ def preprocess_all(images: np.ndarray) -> np.ndarray:
 
 class CxrRecipe:
     name = "cxr-pneumonia"
-    version = "1.1.0"
+    version = "1.2.0"
     task = "binary classification: pneumonia pattern vs normal chest radiograph (children)"
     modality = "chest-xray"
     loso = "cxr"  # build/loso.py --model cxr

@@ -113,7 +113,7 @@ SHIPPED = "equalised+mixing+boxes+children+peak"
 
 class CxrAdultRecipe:
     name = "cxr-adult-abnormal"
-    version = "2.0.0"
+    version = "2.1.0"
     task = ("binary classification: chest radiograph findings consistent with tuberculosis "
             "(refer for a sputum test) vs not, adults")
     modality = "chest-xray"

@@ -67,7 +67,7 @@ def augment_rotation(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 class FundusRecipe:
     name = "fundus-referable-dr"
-    version = "1.1.0"
+    version = "1.2.0"
     task = "binary classification: referable diabetic retinopathy (ICDR grade >= 2) vs not"
     modality = "fundus-photo"
     loso = "fundus"  # build/loso.py --model fundus

@@ -25,3 +25,8 @@ def test_bench_json_reports_each_model_and_batch() -> None:
     rows = json.loads(out.stdout)
     assert {(r["model"], r["batch"]) for r in rows} >= {("cxr-pneumonia", 1), ("cxr-pneumonia", 8)}
     assert all(r["ort_int8_ms"] > 0 and "torch_fp32_ms" in r for r in rows)
+    # both PyTorch baselines: the members in sequence and the same members fused
+    assert all(r["torch_fused_fp32_ms"] > 0 and "int8_speedup_vs_torch_fused" in r
+               for r in rows)
+    fused = {r["model"] for r in rows if r["fused"]}
+    assert fused >= {"cxr-pneumonia", "cxr-adult-abnormal", "fundus-referable-dr"}

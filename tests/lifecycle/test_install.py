@@ -32,10 +32,10 @@ def test_a_signed_file_installs_into_shadow_beside_the_active_version(
     assert (config.data_dir / "models" / NAME / NEW / "model.int8.onnx").is_file()
     assert not any((config.data_dir / "models" / ".staging").iterdir())
     found = {(r["name"], r["version"]): r for r in listing(store, config)}
-    assert found[(NAME, "2.0.0")]["state"] == "active"
-    assert found[(NAME, "2.0.0")]["key_id"] == "bundled"
+    assert found[(NAME, "2.1.0")]["state"] == "active"
+    assert found[(NAME, "2.1.0")]["key_id"] == "bundled"
     assert found[(NAME, NEW)]["state"] == "shadow" and found[(NAME, NEW)]["key_id"] == kid
-    assert found[("cxr-pneumonia", "1.1.0")]["state"] == "active"
+    assert found[("cxr-pneumonia", "1.2.0")]["state"] == "active"
     actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
     assert "model.installed" in actions
     with pytest.raises(ModelPackageError, match="already on this box"):
@@ -93,7 +93,7 @@ def _refused_and_intact(store, config, reason, recorded=True):
     assert reason.split()[0] in row["detail"]
     if recorded:
         assert model_versions.row(store.conn(), NAME, NEW)["state"] == "refused"
-    assert states(store, config)[(NAME, "2.0.0")] == "active"
+    assert states(store, config)[(NAME, "2.1.0")] == "active"
     assert model_versions.active_row(store.conn(), NAME) is None  # nothing replaced
 
 
@@ -147,7 +147,7 @@ def test_a_truncated_download_is_refused(trusting_box, signed_file, tmp_path, ke
     with pytest.raises(ModelPackageError, match="refused"):
         install(store, config, cut)
     assert not (config.data_dir / "models" / NAME / NEW).exists()
-    assert states(store, config)[(NAME, "2.0.0")] == "active"
+    assert states(store, config)[(NAME, "2.1.0")] == "active"
 
 
 def test_a_member_that_leaves_the_bundle_or_is_a_link_is_refused(

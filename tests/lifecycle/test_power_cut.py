@@ -27,7 +27,7 @@ from appliance.screening.pipeline import Screener
 from appliance.store import model_versions
 from appliance.worker import Worker
 
-OLD = "2.0.0"
+OLD = "2.1.0"
 CXR = sorted((TESTS / "data" / "cxr64").glob("*.png"))
 
 

@@ -27,7 +27,7 @@ from appliance.store import model_versions
 from appliance.worker import Worker
 
 CXR = sorted((TESTS / "data" / "cxr64").glob("*.png"))
-OLD = "2.0.0"
+OLD = "2.1.0"
 
 
 @pytest.fixture

@@ -54,8 +54,7 @@ def screen_cli(tmp_path, *files, extra=()):
     return [json.loads(line) for line in result.output.splitlines() if line[:1] == "{"]
 
 
-@pytest.fixture
-def box(tmp_path, models):
+def make_box(tmp_path, models):
     config = load_config(tmp_path / "data", environ={}, usb_roots=[], min_free_mb=1)
     app = create_app(config)
     store = app.extensions["appliance_store"]
@@ -67,6 +66,24 @@ def box(tmp_path, models):
     client = app.test_client()
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
     client.post("/login", data={"csrf_token": token, "username": "nurse", "pin": PIN})
+    return client, store
+
+
+@pytest.fixture
+def box(tmp_path, models):
+    client, store = make_box(tmp_path, models)
+    yield client, store
+    store.close()
+
+
+@pytest.fixture
+def box_adult_maps_off(tmp_path, models, monkeypatch):
+    """The adult bundle as if its maps had failed their checks: its manifest's verdict
+    (what the screener and the page read) set to not validated for this test only. The
+    shipped 2.1.0 passes them (models/heatmaps/cxr-adult-abnormal.json)."""
+    verdict = models.get("cxr-adult-abnormal").bundle.manifest["heatmap"]
+    monkeypatch.setitem(verdict, "validated", False)
+    client, store = make_box(tmp_path, models)
     yield client, store
     store.close()
 
@@ -121,8 +138,10 @@ def test_the_map_shows_on_an_orange_retina_at_the_pages_opacity(box):
     assert 'id="heatmap-legend"' in page
 
 
-def test_the_adult_chest_model_shows_no_heatmap_and_says_why(box, models):
-    client, store = box
+def test_a_model_whose_maps_failed_their_checks_shows_no_heatmap_and_says_why(
+    box_adult_maps_off, models
+):
+    client, store = box_adult_maps_off
     assert not maps_validated(models.get("cxr-adult-abnormal").bundle.manifest)
     html = client.get("/study/2").text
     assert 'id="heatmap"' not in html and "heatmap-toggle" not in html
@@ -147,8 +166,23 @@ def test_heatmap_dir_for_chest_png_and_dicom_at_each_images_own_size(tmp_path):
         grey = cv2.imread(line["heatmap"], cv2.IMREAD_UNCHANGED)
         assert grey.dtype == np.uint8 and grey.ndim == 2
         assert grey.shape == decode_bytes(source.read_bytes()).pixels.shape[:2]
-        # written for the maintainers' own measurements, marked as not shown to staff
-        assert line["heatmap_validated"] is False and HEATMAP_NOT_SHOWN in line["hints"]
+    # The child model's maps failed a check (mass in the lungs): written for the
+    # maintainers' own measurements, marked as not shown to staff. The adult's passed.
+    assert png["heatmap_validated"] is False and HEATMAP_NOT_SHOWN in png["hints"]
+    assert dicom["heatmap_validated"] is True and HEATMAP_NOT_SHOWN not in dicom["hints"]
+
+
+def test_the_adult_tb_model_shows_its_map(box, models):
+    """Issue 23: the adult TB map passed its checks (pointing game in the radiologists'
+    boxes 0.75, models/heatmaps/cxr-adult-abnormal.json): page and payload show it."""
+    client, store = box
+    assert maps_validated(models.get("cxr-adult-abnormal").bundle.manifest)
+    html = client.get("/study/2").text
+    assert 'id="heatmap"' in html and "maps have not passed their checks" not in html
+    assert client.get("/study/2/heatmap").status_code == 200
+    conn = store.conn()
+    ids = dict(conn.execute("SELECT image_id, id FROM results").fetchall())
+    assert _result_payload(conn, ids[2])["heatmap_shown"] is True
 
 
 def test_a_manifest_without_a_verdict_means_not_validated():

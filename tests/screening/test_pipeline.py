@@ -20,7 +20,7 @@ def tags_of(raw: bytes) -> dict:
     }
 
 
-def test_adult_chest_cr_is_screened_with_score_triage_and_timings_but_no_heatmap(screener):
+def test_adult_chest_cr_is_screened_with_score_triage_timings_and_its_heatmap(screener):
     raw = testdata("RG1_UNCR.dcm").read_bytes()
     image = decode_bytes(raw)
     result = screener.screen(image, tags_of(raw), overlay_size=(512, 543))
@@ -34,9 +34,9 @@ def test_adult_chest_cr_is_screened_with_score_triage_and_timings_but_no_heatmap
     assert result.threshold == manifest["operating_points"]["suggested"]["threshold"]
     assert result.backend == "onnxruntime"
     assert set(result.timings_ms) == {"gate", "preprocess", "infer", "postprocess"}
-    # Its maps did not pass their checks (manifest "heatmap"): the score only, and why.
-    assert result.heatmap is None and result.as_dict()["heatmap_validated"] is False
-    assert any("Heatmap not shown" in hint for hint in result.hints)
+    # Its maps passed their checks (manifest "heatmap"): the map goes with the score.
+    assert result.heatmap is not None and result.as_dict()["heatmap_validated"] is True
+    assert not any("Heatmap not shown" in hint for hint in result.hints)
     assert "decision support" in result.as_dict()["decision_support"].lower()
 
 
