@@ -396,4 +396,4 @@ def bundles(data_dir, database_url, as_json) -> None:
         echo(f"{row['name']} {row['version']}  {row['sha256'][:16]}…  {targets}")
 
 
-from appliance.cli import hub_records  # noqa: E402, F401 - its commands join ``hub``
+from appliance.cli import hub_records, hub_training  # noqa: E402, F401 - their commands join ``hub``

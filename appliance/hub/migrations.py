@@ -10,6 +10,9 @@ than this code knows is refused: an older hub must not write to it.
 The SQL is the dialect both understand (``CREATE ... IF NOT EXISTS``, ``ON CONFLICT``).
 On PostgreSQL an advisory lock makes several workers starting at once take turns; on
 SQLite ``BEGIN IMMEDIATE`` does the same.
+
+Why this is long: it is the hub schema's whole history, one list read in order, and a
+shipped migration is never edited or moved.
 """
 
 from __future__ import annotations
@@ -313,6 +316,81 @@ BAD_RECORDS: tuple[str, ...] = (
 )
 
 
+# Training exports gathered at the hub (issue 27; hub/training.py, hub/training_set.py):
+# each box's export key as first seen (trust on first use), the exports imported, their
+# images (content-addressed, with a perceptual hash for near-duplicates) and label rows,
+# and the locked test split: one row per patient (site + the box's salted patient key),
+# written the first time the patient is seen and never changed.
+TRAINING: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS training_keys (
+        device_id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        site TEXT NOT NULL,
+        first_export_id TEXT NOT NULL,
+        trusted_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS training_exports (
+        export_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES training_keys(device_id),
+        site TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        model TEXT,
+        consent_policy TEXT NOT NULL,
+        manifest_sha256 TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        labels INTEGER NOT NULL,
+        warnings TEXT NOT NULL,
+        imported_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS training_images (
+        sha256 TEXT PRIMARY KEY,
+        stored_path TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        dhash TEXT NOT NULL,
+        first_export_id TEXT NOT NULL,
+        stored_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS training_labels (
+        export_id TEXT NOT NULL REFERENCES training_exports(export_id),
+        image_sha256 TEXT NOT NULL REFERENCES training_images(sha256),
+        model TEXT NOT NULL,
+        label INTEGER NOT NULL,
+        label_source TEXT NOT NULL,
+        outcome_test TEXT NOT NULL,
+        population TEXT NOT NULL,
+        laterality TEXT NOT NULL,
+        score TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        patient_key TEXT NOT NULL,
+        site TEXT NOT NULL,
+        device TEXT NOT NULL,
+        taken_on TEXT NOT NULL,
+        PRIMARY KEY (export_id, image_sha256, model)
+    )""",
+    "CREATE INDEX IF NOT EXISTS training_labels_model ON training_labels(model, image_sha256)",
+    """CREATE TABLE IF NOT EXISTS training_split (
+        site TEXT NOT NULL,
+        patient_key TEXT NOT NULL,
+        split TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        assigned_at TEXT NOT NULL,
+        PRIMARY KEY (site, patient_key)
+    )""",
+)
+
+
+# The web first run and admin pages (hub/admin.py): who made each dashboard login and
+# issued each enrolment code (NULL: the command line, or before this migration). What
+# they did is in admin_actions (migration 5).
+ADMIN_PAGES: tuple[str, ...] = (
+    "ALTER TABLE admins ADD COLUMN created_by TEXT",
+    "ALTER TABLE enrol_codes ADD COLUMN created_by TEXT",
+    "CREATE INDEX IF NOT EXISTS enrol_codes_created ON enrol_codes(created_at)",
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -334,6 +412,10 @@ MIGRATIONS: tuple[Migration, ...] = (
               FHIR_INDEXES, FHIR_COLUMNS_BY_BACKEND),
     Migration(5, "bad records noted by readers, quarantined entries, admin actions",
               BAD_RECORDS),
+    Migration(6, "training exports: box keys, exports, images, labels, locked test split",
+              TRAINING),
+    Migration(7, "who made each admin and enrolment code (web first run, admin pages)",
+              ADMIN_PAGES),
 )
 LATEST = MIGRATIONS[-1].version
 
