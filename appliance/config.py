@@ -350,6 +350,15 @@ SETTINGS: tuple[Setting, ...] = (
         one_of("adult", "child", "ask"),  # screening.population.SITE_CHOICES
     ),
     Setting(
+        "training_consent",
+        str,
+        "never",
+        "May this box's confirmed images leave it to improve the models (`appliance training"
+        " export`)? never (the default), ask (staff record each patient's yes or no on the"
+        " study page) or always (a national approval covers it).",
+        one_of("never", "ask", "always"),  # store.consent.POLICIES
+    ),
+    Setting(
         "visit_gap_minutes",
         float,
         5.0,

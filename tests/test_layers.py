@@ -45,6 +45,9 @@ FORBIDDEN = {
     "appliance.lifecycle": ("appliance.web", "appliance.sync", "appliance.hub"),
     # PACS delivery reads the store and sends; the page shows its status.
     "appliance.pacs": ("appliance.web", "appliance.sync", "appliance.hub"),
+    # The training export reads the store, the decoder and the outcomes; the command
+    # line passes it the box's identity.
+    "appliance.training": ("appliance.web", "appliance.sync", "appliance.hub"),
 }
 # Who may import appliance.cli: the package itself and ``python -m appliance``.
 CLI = "appliance.cli"

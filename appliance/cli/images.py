@@ -182,14 +182,25 @@ def volumes(data_dir, as_json) -> None:
     " the model shows), named in the JSON as `heatmap`. Written for every model;"
     " `heatmap_validated` says whether the page would show it.",
 )
+@click.option(
+    "--bundle",
+    "bundles",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Score with the model bundle in DIR (a candidate version) instead of the box's"
+    " version of that model, for this run only. Refused unless every file matches its"
+    " manifest.",
+)
 @json_option
 @translate_errors
-def screen(files, data_dir, population, heatmap_dir, as_json) -> None:
+def screen(files, data_dir, population, heatmap_dir, bundles, as_json) -> None:
     """Screen image files directly (no service, nothing stored). Decision support only."""
     from appliance.screening.direct import screen_file
 
     config = configure(data_dir)
     screener = load_screener(config)
+    for folder in bundles:
+        _use_bundle(screener, folder)
     for path in files:
         result = screen_file(screener, path, config.max_image_pixels, population, heatmap_dir)
         if as_json:
@@ -210,6 +221,16 @@ def screen(files, data_dir, population, heatmap_dir, as_json) -> None:
             if result["heatmap"]:
                 checked = "" if result["heatmap_validated"] else " (maps not validated)"
                 echo(f"  heatmap: {result['heatmap']}{checked}")
+
+
+def _use_bundle(screener, folder: Path) -> None:
+    from appliance.errors import BundleError
+
+    try:
+        loaded = screener.models.use_bundle(folder)
+    except BundleError as exc:
+        raise click.ClickException(f"--bundle {folder}: not a usable model bundle: {exc}") from exc
+    click.echo(f"scoring with {loaded.bundle.name} {loaded.bundle.version} from {folder}", err=True)
 
 
 @click.command()

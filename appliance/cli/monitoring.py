@@ -72,8 +72,10 @@ def import_outcomes(csv_file, data_dir, by, encoding, as_json) -> None:
 
     Columns: test, result (positive, negative, a grade 0-4, indeterminate or withdrawn),
     date, and sop_instance_uid, original_name, or patient_id (matched with date) to find
-    the image. Every row that does not match is reported and nothing is imported. At
-    most 100,000 rows per file.
+    the image. Optional treatment_started (a date) and treatment_site (where): the
+    treatment start for that image's result, on the same row or a row of its own. Every
+    row that does not match is reported and nothing is imported. At most 100,000 rows
+    per file.
     """
     from appliance.monitoring.outcomes import import_csv
 
@@ -99,6 +101,11 @@ def import_outcomes(csv_file, data_dir, by, encoding, as_json) -> None:
                 f"{report.imported} outcome(s) imported for {report.images} image(s);"
                 f" {report.already} already on the box."
             )
+            if report.treatments or report.treatments_already:
+                click.echo(
+                    f"{report.treatments} treatment start(s) imported;"
+                    f" {report.treatments_already} already on the box."
+                )
         else:
             click.echo(
                 f"Nothing imported: {report.problem_rows} of {report.rows} rows do not match."

@@ -195,6 +195,16 @@ class ReviewV1(Open):
 OUTCOME_RESULT = r"^(positive|negative|indeterminate|withdrawn|grade [0-4])$"  # read_result's
 
 
+class Treatment(Open):
+    """Treatment started for the outcome's patient (issue 29): a later revision of the
+    outcome's entry carries it; an older box's outcomes have none."""
+
+    started_on: Day
+    site: Annotated[str, Field(min_length=1, max_length=100)]
+    entered_by: Text(100) | None = None
+    created_at: Timestamp | None = None
+
+
 class OutcomeV1(Open):
     image: ImageRef
     result_entry: Text(200) | None = None
@@ -209,6 +219,7 @@ class OutcomeV1(Open):
     created_at: Timestamp
     local_id: LocalId | None = None
     deidentified: bool | None = None
+    treatment: Treatment | None = None
 
 
 class ModelMonitor(Open):

@@ -9,6 +9,17 @@ the image is positive when any test's latest is positive, negative when every te
 latest is negative. ``indeterminate`` and ``withdrawn`` (entered in error) count as no
 result for that test. A grade (0-4, the international diabetic retinopathy scale) is
 positive from 2 (moderate) up, the fundus model's definition of referable.
+
+Treatment started (a date and where) is recorded for an image that has an outcome, on
+the study page or in the same lab register file (columns ``treatment_started`` and
+``treatment_site``): it belongs to the image's latest positive outcome (else its latest
+one) and travels to the hub as that outcome's next revision (``outbox.record_treatment``).
+Append-only as well: a correction is a new treatment row, the latest counts.
+
+Why this is long: an outcome and a treatment start share their readers (dates, names)
+and the register's import, which checks every row of both before storing any; split,
+the all-rows-or-none rule would span two modules. (A split of the import into its own
+module is the next step if it grows again.)
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ MAX_GRADE = 4
 _ALIASES = {"pos": "positive", "+": "positive", "neg": "negative", "-": "negative"}
 ID_COLUMNS = ("sop_instance_uid", "original_name", "patient_id")
 REQUIRED_COLUMNS = ("test", "result", "date")
+TREATMENT_COLUMNS = ("treatment_started", "treatment_site")
+MAX_PLACE_CHARS = 100
 
 
 class OutcomeError(ApplianceError):
@@ -74,13 +87,17 @@ def read_result(text: str) -> Reading:
     )
 
 
-def read_test(text: str) -> str:
-    # Control characters (a pasted bell, a direction override) are dropped: a test's name
-    # travels to the hub, the PACS report and spreadsheets.
+def _printable(text: str) -> str:
+    """Control characters (a pasted bell, a direction override) dropped, spaces folded:
+    a test's name or a place travels to the hub, the PACS report and spreadsheets."""
     value = "".join(
         c for c in str(text) if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf")
     )
-    value = " ".join(value.split())
+    return " ".join(value.split())
+
+
+def read_test(text: str) -> str:
+    value = _printable(text)
     if not value or len(value) > 60:
         raise OutcomeError("Name the test (up to 60 characters), e.g. xpert or culture.")
     for code, label in TESTS.items():
@@ -92,7 +109,7 @@ def read_test(text: str) -> str:
 DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y")
 
 
-def read_date(text: str) -> date:
+def read_date(text: str, future: str = "The test date is in the future.") -> date:
     value = str(text).strip()
     for pattern in DATE_FORMATS:
         try:
@@ -100,7 +117,7 @@ def read_date(text: str) -> date:
         except ValueError:
             continue
         if day > date.today() + timedelta(days=1):
-            raise OutcomeError("The test date is in the future.")
+            raise OutcomeError(future)
         return day
     raise OutcomeError("The date must be written YYYY-MM-DD or DD/MM/YYYY (day first).")
 
@@ -153,6 +170,72 @@ def add_outcome(
         return _insert(conn, image_id, code, reading, day, user["username"], "page")
 
 
+def read_start(text: str) -> date:
+    return read_date(text, "The treatment start date is in the future.")
+
+
+def read_place(text: str) -> str:
+    value = _printable(text)
+    if not value or len(value) > MAX_PLACE_CHARS:
+        raise OutcomeError(
+            "Say where the treatment started (up to 100 characters), e.g. the clinic's name."
+        )
+    return value
+
+
+def _insert_treatment(
+    conn: sqlite3.Connection,
+    image_id: int,
+    started_on: date,
+    place: str,
+    entered_by: str,
+    source: str,
+) -> int:
+    """Treatment started for the image's latest positive outcome (else its latest)."""
+    outcome = conn.execute(
+        "SELECT id FROM outcomes WHERE image_id = ? AND result <> 'withdrawn'"
+        " ORDER BY COALESCE(positive, 0) DESC, id DESC LIMIT 1",
+        (image_id,),
+    ).fetchone()
+    if outcome is None:
+        raise OutcomeError(
+            "Enter the confirmatory test's result first: a treatment start goes with it."
+        )
+    cur = conn.execute(
+        "INSERT INTO treatments (image_id, outcome_id, started_on, site, entered_by, source,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (image_id, outcome["id"], started_on.isoformat(), place, entered_by, source, utc_now()),
+    )
+    treatment_id = int(cur.lastrowid)
+    outbox.record_treatment(conn, treatment_id)  # same transaction: the hub never misses it
+    audit(
+        conn,
+        entered_by,
+        "treatment.added",
+        f"image:{image_id}",
+        json.dumps({"started_on": started_on.isoformat(), "site": place}),
+    )
+    return treatment_id
+
+
+def add_treatment(
+    store: Store, *, image_id: int, user: dict[str, Any], started_on: str, place: str
+) -> int:
+    """Treatment started (a date and where), typed on the study page."""
+    day, where = read_start(started_on), read_place(place)
+    with store.write() as conn:
+        if conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is None:
+            raise OutcomeError("There is no such image.")
+        return _insert_treatment(conn, image_id, day, where, user["username"], "page")
+
+
+def treatments_for(store: Store, image_id: int) -> list[dict[str, Any]]:
+    rows = store.conn().execute(
+        "SELECT * FROM treatments WHERE image_id = ? ORDER BY id DESC", (image_id,)
+    )
+    return [dict(row) for row in rows]
+
+
 def outcomes_for(store: Store, image_id: int) -> list[dict[str, Any]]:
     rows = store.conn().execute(
         "SELECT * FROM outcomes WHERE image_id = ? ORDER BY id DESC", (image_id,)
@@ -199,6 +282,8 @@ class ImportReport:
     imported: int = 0
     already: int = 0
     images: int = 0
+    treatments: int = 0
+    treatments_already: int = 0
     problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS, said
     problem_rows: int = 0
 
@@ -219,6 +304,8 @@ class ImportReport:
             "imported": self.imported,
             "already_on_the_box": self.already,
             "images": self.images,
+            "treatments": self.treatments,
+            "treatments_already_on_the_box": self.treatments_already,
             "problems": self.problems,
             "rows_with_problems": self.problem_rows,
             "ok": self.ok,
@@ -231,17 +318,20 @@ def _register(source: str | BinaryIO, encoding: str) -> lab_register.RegisterFil
         source, encoding = io.BytesIO(source.encode("utf-8")), "utf-8-sig"
     register = lab_register.RegisterFile(source, encoding)
     missing = [c for c in REQUIRED_COLUMNS if c not in register.columns]
+    if missing and "treatment_started" in register.columns:
+        missing = []  # a register of treatment starts only
     if missing or not any(c in register.columns for c in ID_COLUMNS):
         raise OutcomeError(
-            "The file needs the columns test, result and date, and one of "
-            "sop_instance_uid, original_name or patient_id (with date) to find the image."
+            "The file needs the columns test, result and date (or treatment_started), and"
+            " one of sop_instance_uid, original_name or patient_id (with date) to find the"
+            " image."
         )
     return register
 
 
 def _cells_problem(row: dict[str, str]) -> str | None:
     """The first value the import reads that cannot be taken, with its column."""
-    for column in (*REQUIRED_COLUMNS, *ID_COLUMNS):
+    for column in (*REQUIRED_COLUMNS, *ID_COLUMNS, *TREATMENT_COLUMNS):
         problem = lab_register.cell_problem(row.get(column, ""))
         if problem:
             return f"column {column}: {problem}"
@@ -311,6 +401,55 @@ def _match(conn: sqlite3.Connection, row: dict[str, str], day: date, window: int
     return sorted(closest[0])
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """One image's share of one row: its outcome and/or its treatment start."""
+
+    number: int
+    image_id: int
+    outcome: tuple[str, Reading, date] | None
+    treatment: tuple[date, str] | None
+
+
+def _read_row(
+    row: dict[str, str],
+) -> tuple[tuple[str, Reading, date] | None, tuple[date, str] | None]:
+    """(test, reading, date) when the row gives a result; (start, place) when it gives
+    a treatment start; OutcomeError when it gives neither or a value is wrong."""
+    outcome = treatment = None
+    if any(row.get(c) for c in REQUIRED_COLUMNS):
+        outcome = (
+            read_test(row.get("test", "")),
+            read_result(row.get("result", "")),
+            read_date(row.get("date", "")),
+        )
+    if row.get("treatment_started") or row.get("treatment_site"):
+        treatment = (
+            read_start(row.get("treatment_started", "")),
+            read_place(row.get("treatment_site", "")),
+        )
+    if outcome is None and treatment is None:
+        raise OutcomeError("no test result and no treatment start")
+    return outcome, treatment
+
+
+def _without_outcome(conn: sqlite3.Connection, planned: list[_Planned]) -> list[_Planned]:
+    """The treatment starts whose image has no outcome, on the box or in the file."""
+    in_file = {
+        p.image_id for p in planned if p.outcome is not None and p.outcome[1].result != "withdrawn"
+    }
+    missing = []
+    for p in planned:
+        if p.treatment is None or p.image_id in in_file:
+            continue
+        held = conn.execute(
+            "SELECT 1 FROM outcomes WHERE image_id = ? AND result <> 'withdrawn'", (p.image_id,)
+        ).fetchone()
+        if held is None:
+            missing.append(p)
+    return missing
+
+
 def import_csv(
     store: Store,
     register: str | BinaryIO,
@@ -322,13 +461,19 @@ def import_csv(
 ) -> ImportReport:
     """Check every row first; store them all in one transaction only when every row is
     good (nothing half-imported). A row already on the box (same image, test, result and
-    date) is skipped, so importing the same register again changes nothing.
+    date; for a treatment start, same image, date and place) is skipped, so importing
+    the same register again changes nothing.
+
+    A row gives a result (test, result, date), a treatment start (treatment_started,
+    treatment_site) or both; an image's treatment start needs its outcome, already on
+    the box or in the same file. A treatment-only row matched by patient_id is matched
+    with its treatment_started date.
 
     ``register`` is the CSV's text, or its file opened in binary (read a line at a time
     in ``encoding``, within lab_register.py's limits: a file it refuses raises
     ``RegisterError``, and nothing is imported)."""
     report = ImportReport()
-    planned: list[tuple[int, str, Reading, date]] = []
+    planned: list[_Planned] = []
     conn = store.conn()
     for number, row in _register(register, encoding).rows():
         report.rows += 1
@@ -336,29 +481,47 @@ def import_csv(
             problem = _cells_problem(row)
             if problem:
                 raise OutcomeError(problem)
-            reading = read_result(row.get("result", ""))
-            test = read_test(row.get("test", ""))
-            day = read_date(row.get("date", ""))
+            outcome, treatment = _read_row(row)
+            day = outcome[2] if outcome is not None else treatment[0]  # type: ignore[index]
             images = _match(conn, row, day, match_days)
         except OutcomeError as exc:
             report.problem(f"row {number}: {exc}")
             continue
-        planned += [(image_id, test, reading, day) for image_id in images]
+        planned += [_Planned(number, image_id, outcome, treatment) for image_id in images]
+    for p in _without_outcome(conn, planned):
+        report.problem(
+            f"row {p.number}: a treatment start for an image without a test result: add the"
+            " test, result and date columns to this row"
+        )
     if not report.ok:
         return report
     with store.write() as conn:
         touched = set()
-        for image_id, test, reading, day in planned:
-            same = conn.execute(
-                "SELECT 1 FROM outcomes WHERE image_id = ? AND test = ? AND result = ?"
-                " AND tested_on = ?",
-                (image_id, test, reading.result, day.isoformat()),
-            ).fetchone()
-            if same is not None:
-                report.already += 1
-                continue
-            _insert(conn, image_id, test, reading, day, entered_by, source)
-            report.imported += 1
-            touched.add(image_id)
+        for p in planned:
+            if p.outcome is not None:
+                test, reading, day = p.outcome
+                same = conn.execute(
+                    "SELECT 1 FROM outcomes WHERE image_id = ? AND test = ? AND result = ?"
+                    " AND tested_on = ?",
+                    (p.image_id, test, reading.result, day.isoformat()),
+                ).fetchone()
+                if same is not None:
+                    report.already += 1
+                else:
+                    _insert(conn, p.image_id, test, reading, day, entered_by, source)
+                    report.imported += 1
+                    touched.add(p.image_id)
+            if p.treatment is not None:
+                start, place = p.treatment
+                same = conn.execute(
+                    "SELECT 1 FROM treatments WHERE image_id = ? AND started_on = ? AND site = ?",
+                    (p.image_id, start.isoformat(), place),
+                ).fetchone()
+                if same is not None:
+                    report.treatments_already += 1
+                else:
+                    _insert_treatment(conn, p.image_id, start, place, entered_by, source)
+                    report.treatments += 1
+                    touched.add(p.image_id)
         report.images = len(touched)
     return report

@@ -15,6 +15,7 @@ from typing import Any
 
 import appliance
 from appliance.config import Config
+from appliance.errors import BundleError
 from appliance.inference.bundle import Bundle, find_bundles, load_bundle
 from appliance.inference.runner import Runner
 from appliance.store.model_versions import ACTIVE, BUNDLED, SHADOW, read_selection
@@ -175,6 +176,24 @@ class ModelSet:
                     raise
                 log.error("%s: engine does not load (%s); using ONNX Runtime", bundle.name, exc)
         raise AssertionError("unreachable")
+
+    def use_bundle(self, folder: Path) -> LoadedModel:
+        """Screen with the bundle in ``folder`` instead of the loaded version of the same
+        model, in this process only (``appliance screen --bundle``: a candidate checked
+        anywhere). Verified as any bundle is (every file's sha256); nothing is recorded."""
+        bundle = load_bundle(folder)
+        if bundle.name not in REQUIRED:
+            raise BundleError(
+                f"{folder}: {bundle.name!r} is not a model this box screens with"
+                f" ({', '.join(REQUIRED)})"
+            )
+        loaded = LoadedModel(bundle, self._open(bundle), threading.Lock())
+        replaced = self.models.get(bundle.name)
+        self.models[bundle.name] = loaded
+        self.errors.pop(bundle.name, None)
+        if replaced is not None:
+            replaced.runner.__exit__(None, None, None)
+        return loaded
 
     def get(self, name: str) -> LoadedModel | None:
         return self.models.get(name)

@@ -761,3 +761,56 @@ def m022_quality_overruled(db: Database) -> None:
         ALTER TABLE images ADD COLUMN quality_overruled_at TEXT;
         """
     )
+
+
+@migrations()
+def m023_training_consent(db: Database) -> None:
+    # Issue 27: where the site asks (setting ``training_consent = "ask"``), staff record
+    # on the study page whether the patient agrees that the visit's images may be used
+    # to improve the models (store/consent.py). One row per answer, append-only like the
+    # audit log: a changed mind is a new row, and the latest answer for a study counts.
+    db.executescript(
+        """
+        CREATE TABLE training_consent (
+            id INTEGER PRIMARY KEY,
+            study_id INTEGER NOT NULL REFERENCES studies(id),
+            answer TEXT NOT NULL CHECK (answer IN ('yes', 'no')),
+            answered_by TEXT NOT NULL,
+            answered_at TEXT NOT NULL
+        );
+        CREATE INDEX training_consent_study ON training_consent(study_id, id);
+        CREATE TRIGGER training_consent_no_update BEFORE UPDATE ON training_consent
+            BEGIN SELECT RAISE(ABORT, 'consent answers are never changed'); END;
+        CREATE TRIGGER training_consent_no_delete BEFORE DELETE ON training_consent
+            BEGIN SELECT RAISE(ABORT, 'consent answers are never deleted'); END;
+        """
+    )
+
+
+@migrations()
+def m024_treatments(db: Database) -> None:
+    # Treatment started (issue 29): the date and where, for an image's confirmatory
+    # outcome, entered on the study page or imported with the lab register. Append-only
+    # as outcomes are: a correction is a new row, the latest counts. Sent to the hub as a
+    # new revision of the outcome's entry, so an older hub keeps it (an extra field).
+    # Named m024 after the m023 another change adds; sqlite-utils applies by name order.
+    db.executescript(
+        """
+        CREATE TABLE treatments (
+            id INTEGER PRIMARY KEY,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            outcome_id INTEGER NOT NULL REFERENCES outcomes(id),
+            started_on TEXT NOT NULL,
+            site TEXT NOT NULL,
+            entered_by TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX treatments_image ON treatments(image_id, id);
+        CREATE INDEX treatments_outcome ON treatments(outcome_id, id);
+        CREATE TRIGGER treatments_no_update BEFORE UPDATE ON treatments
+            BEGIN SELECT RAISE(ABORT, 'treatments are never changed'); END;
+        CREATE TRIGGER treatments_no_delete BEFORE DELETE ON treatments
+            BEGIN SELECT RAISE(ABORT, 'treatments are never deleted'); END;
+        """
+    )

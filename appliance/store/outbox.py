@@ -16,7 +16,8 @@ way round). Each entry has a stable id and a revision:
 - the reviews of one image share ``review:<image sha256>``; each new review is the next
   revision and supersedes the pending older ones (the receiver keeps the highest);
 - a confirmatory outcome is ``outcome:<uuid4>``, revision 1: outcomes are append-only
-  and every one is kept (a correction is a new outcome);
+  and every one is kept (a correction is a new outcome); a treatment started for it
+  (``record_treatment``) is its next revision, the outcome as sent plus ``treatment``;
 - the box's monitoring summary is ``monitor:summary``, belonging to no image; each new
   summary is the next revision and supersedes the pending older one.
 
@@ -272,6 +273,42 @@ def record_outcome(conn: sqlite3.Connection, outcome_id: int, destination: str =
         payload=payload,
     )
     return entry_id
+
+
+def record_treatment(conn: sqlite3.Connection, treatment_id: int, destination: str = HUB) -> str:
+    """Queue a treatment start as the next revision of its outcome's entry (call inside
+    the transaction that stored it): the outcome as first sent, plus ``treatment``. An
+    older hub keeps the field as sent (an extra field); a newer one reads it."""
+    row = conn.execute("SELECT * FROM treatments WHERE id = ?", (treatment_id,)).fetchone()
+    sent = conn.execute(
+        "SELECT entry_id, payload FROM outbox WHERE destination = ? AND kind = 'outcome'"
+        " AND local_id = ? ORDER BY revision DESC LIMIT 1",
+        (destination, row["outcome_id"]),
+    ).fetchone()
+    if sent is None:  # an outcome from before the outbox knew outcomes: queue it now
+        entry_id = record_outcome(conn, row["outcome_id"], destination)
+        sent = conn.execute(
+            "SELECT entry_id, payload FROM outbox WHERE destination = ? AND entry_id = ?",
+            (destination, entry_id),
+        ).fetchone()
+    payload = json.loads(sent["payload"])
+    payload["treatment"] = {
+        "started_on": row["started_on"],
+        "site": row["site"],
+        "entered_by": row["entered_by"],
+        "created_at": row["created_at"],
+    }
+    _add(
+        conn,
+        destination=destination,
+        entry_id=sent["entry_id"],
+        revision=_next_revision(conn, destination, sent["entry_id"]),
+        kind="outcome",
+        local_id=row["outcome_id"],
+        image_id=row["image_id"],
+        payload=payload,
+    )
+    return str(sent["entry_id"])
 
 
 MONITOR_ENTRY = "monitor:summary"

@@ -292,12 +292,15 @@ KNOWN = (
     N_("where light and dark fall in the image"),
     N_("colour"),
     # appliance/monitoring/outcomes.py: OutcomeError
+    N_("The treatment start date is in the future."),
+    N_("Say where the treatment started (up to 100 characters), e.g. the clinic's name."),
+    N_("Enter the confirmatory test's result first: a treatment start goes with it."),
     N_("The result must be positive, negative, a grade from 0 to 4, indeterminate or withdrawn."),
     N_("The date must be written YYYY-MM-DD or DD/MM/YYYY (day first)."),
     N_("Name the test (up to 60 characters), e.g. xpert or culture."),
     N_(
-        "The file needs the columns test, result and date, and one of sop_instance_uid, "
-        "original_name or patient_id (with date) to find the image."
+        "The file needs the columns test, result and date (or treatment_started), and one"
+        " of sop_instance_uid, original_name or patient_id (with date) to find the image."
     ),
     N_("The test date is in the future."),
     N_("There is no such image."),

@@ -25,10 +25,17 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 from markupsafe import Markup
 
-from appliance.monitoring.outcomes import OutcomeError, add_outcome, outcomes_for
+from appliance.monitoring.outcomes import (
+    OutcomeError,
+    add_outcome,
+    add_treatment,
+    outcomes_for,
+    treatments_for,
+)
 from appliance.pacs.worklist import candidates
 from appliance.store import jobs, mwl
 from appliance.store import worklist as queries
+from appliance.store.consent import ConsentError, consent_of, record_consent
 from appliance.store.eyes import EyeError, eyes_of, set_eye
 from appliance.store.patients import PatientError, patient_of, set_patients
 from appliance.store.population import PopulationError, choose_population
@@ -72,6 +79,9 @@ def view(image_id: int):
         item=item,
         reviews=reviews_for(_store(), image_id),
         outcomes=outcomes_for(_store(), image_id),
+        treatments=treatments_for(_store(), image_id),
+        consent_policy=current_app.config["APPLIANCE"].training_consent,
+        consent=consent_of(_store(), image_id),
         today=date.today().isoformat(),
         eyes=eyes_of(_store(), image_id, current_app.config["APPLIANCE"].timezone),
         visit=_visit(image_id) if typed else [],
@@ -181,6 +191,45 @@ def outcome(image_id: int):
     else:
         flash(_("Confirmatory result saved."), "ok")
     return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/consent")
+@requires("operator", "clinician")
+def consent(image_id: int):
+    """The patient's yes or no to this visit's images being used to improve the models:
+    asked only where the site's training_consent is ``ask`` (store/consent.py; audited)."""
+    _load(image_id)
+    if current_app.config["APPLIANCE"].training_consent != "ask":
+        flash(_("This clinic does not ask patients about improving the models."), "error")
+        return redirect(url_for("study.view", image_id=image_id))
+    try:
+        record_consent(_store(), image_id, request.form.get("answer", ""), g.user)
+    except ConsentError:  # only a crafted request: the page offers yes and no
+        flash(_("Choose yes or no."), "error")
+    else:
+        flash(_("Answer saved."), "ok")
+    return redirect(url_for("study.view", image_id=image_id))
+
+
+@bp.post("/<int:image_id>/treatment")
+@requires("clinician")
+def treatment(image_id: int):
+    """Treatment started (a date and where) for this image's confirmed patient:
+    append-only, audited, sent to the hub with the outcome it follows."""
+    _load(image_id)
+    try:
+        add_treatment(
+            _store(),
+            image_id=image_id,
+            user=g.user,
+            started_on=request.form.get("started_on", ""),
+            place=request.form.get("place", ""),
+        )
+    except OutcomeError as exc:
+        flash(translate_reason(str(exc)), "error")
+    else:
+        flash(_("Treatment start saved."), "ok")
+    return redirect(url_for("study.view", image_id=image_id) + "#outcomes")
 
 
 @bp.post("/<int:image_id>/patient")

@@ -1,0 +1,106 @@
+"""``appliance training export``: confirmed images, with consent, for improving the models."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+from datetime import date
+from pathlib import Path
+
+import click
+
+from appliance.cli.options import configure, data_dir_option, json_option, print_json
+from appliance.cli.options import translate_errors as translate
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _since(_ctx, _param, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter("write the date as YYYY-MM-DD") from exc
+
+
+def _identity(data_dir: Path, site_name: str) -> tuple[str, str]:
+    """(device id, site): the hub's names for this box where it is enrolled, else one
+    made from its export key (stable for the box) and the configured site name."""
+    from appliance.errors import NotEnrolledError
+    from appliance.sync.identity import load_identity
+    from appliance.training.export import KEY_FILE
+    from appliance.wire.training_export import export_key, public_key_text
+
+    try:
+        identity = load_identity(data_dir)
+        return identity.device_id, identity.site or site_name
+    except NotEnrolledError:
+        public = public_key_text(export_key(data_dir / KEY_FILE))
+        return f"box-{hashlib.sha256(public.encode()).hexdigest()[:16]}", site_name
+
+
+@click.group()
+def training() -> None:
+    """Help improve the models with this box's confirmed cases (with consent only)."""
+
+
+@training.command("export")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the export into (a USB stick, say): DIR/<device>-<time>/.",
+)
+@click.option("--model", default=None, help="Only images this model scored.")
+@click.option(
+    "--since", default=None, callback=_since, help="Only images taken on or after YYYY-MM-DD."
+)
+@data_dir_option
+@json_option
+@translate
+def export_command(to, model, since, data_dir, as_json) -> None:
+    """Write de-identified images (PNG), labels.csv and a signed manifest.
+
+    Only images the site's training_consent allows (never: none; ask: the patient said
+    yes on the study page; always: all) and that have a confirmatory outcome or, as a
+    weaker label, a clinician's review. Nothing is half-written: a full or read-only
+    disk leaves nothing behind.
+    """
+    from appliance.store.db import Store
+    from appliance.training.export import export
+
+    config = configure(data_dir)
+    store = Store.open(config.data_dir)
+    device_id, site = _identity(config.data_dir, config.site_name)
+    report = export(
+        store, config, to, device_id=device_id, site=site, model=model, since=since,
+        actor=_actor(),
+    )
+    if as_json:
+        print_json(report.as_dict())
+        return
+    if report.to is None:
+        click.echo(
+            f"Nothing exported (consent policy: {config.training_consent}):"
+            f" {report.skipped_no_consent} images without consent,"
+            f" {report.skipped_no_outcome} without an outcome or review."
+        )
+        return
+    click.echo(
+        f"{report.images} images exported to {report.to} ({report.labelled} with a"
+        f" confirmatory outcome, {report.weak} with a review only);"
+        f" left out: {report.skipped_no_consent} without consent,"
+        f" {report.skipped_no_outcome} without an outcome or review."
+    )
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+COMMANDS = (training,)
