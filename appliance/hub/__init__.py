@@ -146,4 +146,8 @@ def create_app(
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(fhir_api.bp)
     app.register_blueprint(exports.bp)
+    from appliance.hub import admin, cascade  # issue 29: first run, admin pages, cascade
+
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(cascade.bp)
     return app

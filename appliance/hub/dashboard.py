@@ -35,7 +35,16 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from appliance.errors import LoginThrottledError
-from appliance.hub import bad_records, distribution, get_db, programme, records, tallies
+from appliance.hub import (
+    bad_records,
+    distribution,
+    get_db,
+    programme,
+    readable,
+    records,
+    reference,
+    tallies,
+)
 from appliance.hub.migrations import TALLY_COUNTERS
 from appliance.logins import sessions, throttle
 from appliance.wire.codes import finding_meaning
@@ -158,9 +167,28 @@ def _rate(part: int, whole: int) -> float | None:
 SITES_PER_PAGE = 50  # a national programme has hundreds: the page shows them in pages
 
 
+def _site_rows(conn, sites: list[dict[str, Any]], by_site: dict[str, dict]) -> None:
+    """Each site of the page: its counts from the tallies (reviews pending), and over
+    the charts' weeks its results and positivity per programme, never mixed."""
+    per_site = tallies.per_site(conn)  # kept on write: no scan of the entries
+    for site in sites:
+        counts = per_site.get(site["site"]) or dict.fromkeys(TALLY_COUNTERS, 0)
+        window = by_site.get(site["site"], {})
+        results = sum(sum(c["results"]) for c in window.values())
+        refused = sum(sum(c["refused"]) for c in window.values())
+        site.update(
+            results=counts["results"],
+            recent=results,
+            refusal_rate=_rate(refused, results),
+            programmes={p: programme.totals(c) for p, c in window.items()},
+            reviews=counts["reviews"],
+            reviews_pending=counts["pending"],
+        )
+
+
 def summary(page: int = 1) -> dict[str, Any]:
-    """Everything the dashboard shows, for one page of sites (programme-wide figures
-    and alarms are for every site). Read from the tallies, never the entries."""
+    """Everything the programme page shows, for one page of sites (programme-wide
+    figures, charts and alarms are for every site)."""
     conn = get_db()
     every_site = conn.execute(
         "SELECT d.site, COUNT(*) AS devices, MAX(d.last_seen_at) AS last_seen,"
@@ -172,18 +200,18 @@ def summary(page: int = 1) -> dict[str, Any]:
     first = (page - 1) * SITES_PER_PAGE
     sites = every_site[first : first + SITES_PER_PAGE]
     names = [s["site"] for s in sites]
-    per_site = tallies.per_site(conn)  # kept on write: no scan of the entries
-    for site in sites:
-        counts = per_site.get(site["site"]) or dict.fromkeys(TALLY_COUNTERS, 0)
-        results, refused = counts["results"], counts["refused"]
-        site.update(
-            results=results,
-            reviews=counts["reviews"],
-            refusal_rate=_rate(refused, results),
-            positivity_rate=_rate(counts["positive"], results - refused),
-            reviews_pending=counts["pending"],
-        )
-    programme_view = programme.programme(conn, names, per_site)  # notes what it skipped
+    weeks = programme.chart_weeks(conn)
+    rows = tallies.programme_weeks(conn, weeks[0], by_site=True) if weeks else []
+    by_site: dict[str, list] = {}
+    for row in rows:
+        by_site.setdefault(row["site"], []).append(row)
+    _site_rows(conn, sites, {s: programme.per_programme(r, weeks) for s, r in by_site.items()})
+    counts = programme.per_programme(rows, weeks)
+    models = tallies.models(conn)
+    in_use = {(m["model_name"], m["model_version"]) for m in models}
+    refs = reference.references(conn)
+    bands = {p: programme.reference_band(p, refs, in_use) for p in programme.PROGRAMMES}
+    programme_view = programme.programme(conn, names)  # notes what it skipped
     devices = {d["id"]: d for d in records.list_devices(conn)}
     bad = [
         {**devices[device_id], **n}
@@ -200,10 +228,16 @@ def summary(page: int = 1) -> dict[str, Any]:
             "last": first + len(sites),
             "total": len(every_site),
         },
-        "weeks": tallies.recent_weeks(conn, 12),
+        "weeks": weeks,
+        "headline": {p: programme.totals(c) for p, c in counts.items()},
+        "bands": bands,
+        "charts": programme.weekly_charts(counts, weeks, bands, _("all sites")),
+        "names": programme.programme_names(),
+        "silent": programme.silent_boxes(conn),
+        "silent_days": programme.SILENT_DAYS,
         "models": [
             {**m, "finding": finding_meaning(m["model_name"], m["model_version"], "")}
-            for m in tallies.models(conn)
+            for m in models
         ],
         "devices": [d for d in devices.values() if d["site"] in set(names)],
         "programme": programme_view,
@@ -218,6 +252,21 @@ def index():
     page = request.args.get("page", "1")
     page_number = int(page) if page.isdigit() else 1
     return render_template("hub/dashboard.html", csrf=csrf_token(), **summary(page_number))
+
+
+@bp.app_template_filter("week_range")
+def _week_range(week: str) -> str:
+    return readable.week_range(week)
+
+
+@bp.app_template_filter("fixed")  # "decimal" is cascade.py's (one decimal at most)
+def _decimal(value: float | None, digits: int = 3) -> str:
+    return readable.decimal(value, digits)
+
+
+@bp.app_template_filter("count")
+def _count(value: int | None) -> str:
+    return readable.count(value)
 
 
 # -- records a reader could not render (bad_records.py) ----------------------------------
@@ -286,3 +335,6 @@ def _on_chosen_records(device_id: str, act):
         except ValueError:
             abort(400)
     return redirect(url_for("dashboard.box_records", device_id=device_id))
+
+
+from appliance.hub import drilldown  # noqa: E402, F401 - its pages join bp

@@ -28,6 +28,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
 
 from appliance.hub import get_db, tallies
+from appliance.hub.cascade import PROGRAMMES, weekly
 from appliance.hub.dashboard import login_required
 from appliance.hub.db import Connection
 from appliance.wire.csv_safe import UnwritableCell, safe_cell, safe_row
@@ -62,6 +63,23 @@ DATA_ELEMENTS = {
     "referred": "SCREEN_REFERRED",
     "reviews_pending": "SCREEN_REVIEWS_PENDING",
 }
+# The care cascade (cascade.py), by patient and apart for each programme, each patient in
+# the week they were first flagged: flagged, tested, confirmed, treatment started, and
+# the median days from flag to first test (no value where no one was tested).
+CASCADE_STAGES = {
+    "flagged": "FLAGGED_PATIENTS",
+    "tested": "TESTED",
+    "confirmed": "CONFIRMED",
+    "treatment_started": "TREATMENT_STARTED",
+    "days_to_test": "DAYS_TO_TEST_MEDIAN",
+}
+DATA_ELEMENTS.update(
+    {
+        f"{programme}_{stage}": f"SCREEN_{programme.upper()}_{code}"
+        for programme in PROGRAMMES.values()
+        for stage, code in CASCADE_STAGES.items()
+    }
+)
 
 
 def period() -> tuple[str, str, str | None]:
@@ -75,8 +93,9 @@ def period() -> tuple[str, str, str | None]:
 
 def indicators(conn: Connection, since: str, until: str, site: str | None) -> list[dict]:
     """Per site and week: images screened, positive, positivity (%), refused, referred,
-    reviews pending."""
+    reviews pending; and each programme's cascade (``CASCADE_STAGES``)."""
     out = []
+    cascades = weekly(conn, since, until, site)
     for row in tallies.site_weeks(conn, since, until, site):
         screened = row["results"] - row["refused"]
         positivity = round(100 * row["positive"] / screened, 1) if screened else None
@@ -90,9 +109,21 @@ def indicators(conn: Connection, since: str, until: str, site: str | None) -> li
                 "refused": row["refused"],
                 "referred": row["referred"],
                 "reviews_pending": row["pending"],
+                **_cascade_cells(cascades.get((row["site"], row["week"]), {})),
             }
         )
     return out
+
+
+def _cascade_cells(programmes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A programme's cells are empty (no DHIS2 value) where it screened no one that week:
+    not screening for eyes at a site is not zero eyes flagged."""
+    cells = {}
+    for programme in PROGRAMMES.values():
+        stages = programmes.get(programme) or {}
+        for stage in CASCADE_STAGES:
+            cells[f"{programme}_{stage}"] = stages.get(stage)
+    return cells
 
 
 def data_value_sets(rows: list[dict[str, Any]]) -> dict[str, Any]:

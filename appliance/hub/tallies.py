@@ -295,3 +295,81 @@ def models_tallied(conn: Connection) -> dict[tuple[str, str, str], int]:
         "SELECT device_id, model_name, model_version, results FROM model_tallies WHERE results <> 0"
     )
     return {(r["device_id"], r["model_name"], r["model_version"]): int(r["results"]) for r in rows}
+
+
+# -- the programme pages (read only): chest and retina apart --------------------------
+# Which screening programme a result belongs to: its route, else (a refusal) the model
+# named on it; a refusal before routing names neither and counts as "other". The
+# tallies have no such split, so these read the entries, always within a window of
+# weeks and (for a site, a box) through the (device_id, kind, week) index.
+PROGRAMME = (
+    "CASE WHEN e.route = 'chest_xray' OR SUBSTR(e.model_name, 1, 4) = 'cxr-' THEN 'chest'"
+    " WHEN e.route = 'fundus' OR SUBSTR(e.model_name, 1, 7) = 'fundus-' THEN 'retina'"
+    " ELSE 'other' END"
+)
+RESULT_SUMS = (
+    "COUNT(*) AS results, SUM(CASE WHEN e.route = 'refused' THEN 1 ELSE 0 END) AS refused,"
+    " SUM(CASE WHEN e.triage IN ('urgent', 'review') THEN 1 ELSE 0 END) AS positive"
+)
+
+
+def _scope(site: str | None, device: str | None) -> tuple[str, list[Any]]:
+    if device is not None:
+        return " AND e.device_id = ?", [device]
+    if site is not None:
+        return " AND e.device_id IN (SELECT id FROM devices WHERE site = ?)", [site]
+    return "", []
+
+
+def programme_weeks(
+    conn: Connection, since: str, *, site: str | None = None, device: str | None = None,
+    by_site: bool = False,
+) -> list[dict[str, Any]]:
+    """Results, refusals and positives per ISO week (>= ``since``) and programme, for
+    every site, one ``site`` or one ``device``; per site too with ``by_site``."""
+    where, params = _scope(site, device)
+    site_column = "d.site" if by_site else "''"
+    join = " JOIN devices d ON d.id = e.device_id" if by_site else ""
+    rows = conn.execute(
+        f"SELECT {site_column} AS site, e.week, {PROGRAMME} AS programme, {RESULT_SUMS}"
+        f" FROM entries e{join} WHERE e.kind = 'result' AND e.week >= ?{where}"
+        f" GROUP BY {'d.site, ' if by_site else ''}e.week, {PROGRAMME}",
+        (since, *params),
+    )
+    return [
+        {**r, **{c: int(r[c] or 0) for c in ("results", "refused", "positive")}} for r in rows
+    ]
+
+
+def scored_results(
+    conn: Connection, since: str, *, site: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """Each scored result's model, version and payload (its probability is in there),
+    for a site's or a box's score distribution since ``since``."""
+    where, params = _scope(site, device)
+    return conn.execute(
+        "SELECT e.model_name, e.model_version, e.payload FROM entries e"
+        f" WHERE e.kind = 'result' AND e.week >= ? AND e.route <> 'refused'{where}",
+        (since, *params),
+    )
+
+
+def box_days(conn: Connection, device: str, limit: int = 60) -> list[dict[str, Any]]:
+    """A box's last ``limit`` clinic days with results (the result's own day)."""
+    rows = conn.execute(
+        f"SELECT e.result_day AS day, {RESULT_SUMS} FROM entries e WHERE e.device_id = ?"
+        " AND e.kind = 'result' AND e.result_day IS NOT NULL GROUP BY e.result_day"
+        " ORDER BY e.result_day DESC LIMIT ?",
+        (device, limit),
+    )
+    return [{**r, **{c: int(r[c] or 0) for c in ("results", "refused", "positive")}} for r in rows]
+
+
+def day_entries(conn: Connection, device: str, day: str) -> list[dict[str, Any]]:
+    """A box's results of one day, as synced (de-identified by the box), in order."""
+    return conn.execute(
+        f"SELECT e.entry_id, e.route, e.triage, e.model_name, e.model_version, e.payload,"
+        f" e.received_at, {PROGRAMME} AS programme FROM entries e WHERE e.device_id = ?"
+        " AND e.kind = 'result' AND e.result_day = ? ORDER BY e.entry_id",
+        (device, day),
+    )

@@ -71,6 +71,22 @@ def test_indicators_as_csv_and_as_dhis2_data_value_sets(app):
         "refused": "1",
         "referred": "1",
         "reviews_pending": "0",  # result 1 was reviewed
+        # the cascade, by patient (each image its own here), chest and retina apart
+        "chest_flagged": "1",
+        "chest_tested": "0",
+        "chest_confirmed": "0",
+        "chest_treatment_started": "0",
+        "chest_days_to_test": "",
+        **dict.fromkeys(
+            (
+                "retina_flagged",
+                "retina_tested",
+                "retina_confirmed",
+                "retina_treatment_started",
+                "retina_days_to_test",
+            ),
+            "",
+        ),
     }
     sets = client.get("/export/indicators.json?from=2024-W21").get_json()
     values = {(v["orgUnit"], v["period"], v["dataElement"]): v["value"] for v in sets["dataValues"]}
@@ -81,6 +97,10 @@ def test_indicators_as_csv_and_as_dhis2_data_value_sets(app):
         ("NORTH-01", "2024W21", "SCREEN_REFUSED"): "0",
         ("NORTH-01", "2024W21", "SCREEN_REFERRED"): "1",
         ("NORTH-01", "2024W21", "SCREEN_REVIEWS_PENDING"): "1",
+        ("NORTH-01", "2024W21", "SCREEN_CHEST_FLAGGED_PATIENTS"): "1",
+        ("NORTH-01", "2024W21", "SCREEN_CHEST_TESTED"): "0",
+        ("NORTH-01", "2024W21", "SCREEN_CHEST_CONFIRMED"): "0",
+        ("NORTH-01", "2024W21", "SCREEN_CHEST_TREATMENT_STARTED"): "0",
     }
 
 
