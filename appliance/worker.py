@@ -28,20 +28,29 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from appliance.config import Config
 from appliance.errors import IngestError
 from appliance.ingest.decode import DecodedImage, decode_file
 from appliance.ingest.headers import ImageLimits
 from appliance.ingest.sandbox import decode_in_child
+from appliance.previews import (
+    FULL_DETAIL,
+    FULL_DETAIL_MAX_PX,
+    HEATMAP_MAX_PX,
+    THUMBNAIL_MAX_PX,
+    full_detail_path,
+    heatmap_png,
+    preview_jpeg,
+    preview_size,
+    thumbnail_path,
+    write_regenerable,
+)
 from appliance.screening.gate import age_in_years
 from appliance.screening.pipeline import Screener
 from appliance.screening.shadow import screen_in_shadow
 from appliance.store import jobs, model_versions
 from appliance.store.db import Store, audit, utc_now
-from appliance.store.files import atomic_write_bytes, ensure_free_space, is_disk_full
+from appliance.store.files import is_disk_full
 from appliance.store.images import insert_quarantine
 from appliance.store.population import park_for_population
 from appliance.store.results import insert_result
@@ -49,24 +58,6 @@ from appliance.store.results import insert_result
 log = logging.getLogger(__name__)
 
 TAG_COLUMNS = ("modality", "body_part", "view_position", "laterality", "sop_class_uid")
-
-FULL_DETAIL = "full"  # job kind: the full-resolution view someone asked for
-# Longest side of the full-detail view: any X-ray or fundus camera's whole frame.
-FULL_DETAIL_MAX_PX = 8192
-
-
-def full_detail_path(image_id: int) -> Path:
-    """Where the full-detail JPEG of an image is kept, relative to the data dir."""
-    return Path("previews") / f"{image_id}-full.jpg"
-
-
-# The worklist's small picture of each image (shown at 64 px; twice that for sharpness).
-THUMBNAIL_MAX_PX = 128
-
-
-def thumbnail_path(image_id: int) -> Path:
-    """Where the worklist's thumbnail of an image is kept, relative to the data dir."""
-    return Path("previews") / f"{image_id}-thumb.jpg"
 
 
 def request_full_detail(store: Store, image_id: int) -> str:
@@ -84,50 +75,6 @@ def request_full_detail(store: Store, image_id: int) -> str:
         ).fetchone()
     store.jobs_waiting.set()
     return row["state"]
-
-
-def preview_size(image: DecodedImage, max_px: int) -> tuple[int, int]:
-    """(width, height) of the preview: the image shrunk to ``max_px`` on its longest side."""
-    height, width = image.pixels.shape[:2]
-    scale = min(1.0, max_px / max(height, width))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-# The heatmap is smooth (an 8x8 map upsampled), so a small overlay loses nothing: the
-# page stretches it over the preview. Small keeps PNG encoding off the critical path.
-HEATMAP_MAX_PX = 256
-
-
-def encode(extension: str, pixels: np.ndarray, params: list[int]) -> bytes:
-    ok, encoded = cv2.imencode(extension, pixels, params)
-    if not ok:
-        raise RuntimeError(f"{extension} encoding failed")
-    return encoded.tobytes()
-
-
-def to_eight_bit(pixels: np.ndarray, rows_at_once: int = 256) -> np.ndarray:
-    """[0, 1] floats to uint8 a band of rows at a time: a full-detail image is converted
-    without two float copies of it at once (headers.decode_memory does not count them)."""
-    out = np.empty(pixels.shape, np.uint8)
-    for top in range(0, pixels.shape[0], rows_at_once):
-        band = pixels[top : top + rows_at_once] * 255.0
-        band += 0.5
-        np.clip(band, 0, 255, out=band)
-        out[top : top + rows_at_once] = band
-    return out
-
-
-def preview_jpeg(image: DecodedImage, max_px: int) -> bytes:
-    """An 8-bit JPEG (quality 92) no larger than ``max_px`` on its longest side, for the
-    viewer; the original stays untouched for anything diagnostic."""
-    size = preview_size(image, max_px)
-    pixels = image.pixels
-    if size != (pixels.shape[1], pixels.shape[0]):
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-    eight_bit = to_eight_bit(pixels)
-    if eight_bit.ndim == 3:
-        eight_bit = cv2.cvtColor(eight_bit, cv2.COLOR_RGB2BGR)
-    return encode(".jpg", eight_bit, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
 class Worker:
@@ -193,10 +140,8 @@ class Worker:
         return room
 
     def keep(self, relative: Path, data: bytes) -> None:
-        """Write a preview, heatmap or full-detail view under the data dir, never into
-        the free-space reserve (StorageFullError instead: the job waits for space)."""
-        ensure_free_space(self.store.data_dir, len(data), self.config.min_free_mb)
-        atomic_write_bytes(self.store.data_dir / relative, data, self.store.tmp_dir)
+        """Write a preview, heatmap or full-detail view (previews.write_regenerable)."""
+        write_regenerable(self.store.data_dir, relative, data, self.config.min_free_mb)
 
     def drain(self) -> int:
         done = 0
@@ -258,8 +203,7 @@ class Worker:
         heatmap_path = None
         if result.heatmap is not None:
             heatmap_path = Path("heatmaps") / f"{image['id']}.png"
-            overlay = cv2.cvtColor(result.heatmap, cv2.COLOR_RGBA2BGRA)
-            self.keep(heatmap_path, encode(".png", overlay, [cv2.IMWRITE_PNG_COMPRESSION, 3]))
+            self.keep(heatmap_path, heatmap_png(result.heatmap))
         result_id = None
         with self.store.write() as conn:
             conn.execute(

@@ -231,7 +231,7 @@ def test_storescu_to_result_row_end_to_end(tmp_path, env):
             row = conn.execute("SELECT route, score, triage, heatmap_path FROM results").fetchone()
             time.sleep(0.05)
         assert row is not None and row[0] == "chest_xray" and 0 <= row[1] <= 100
-        assert row[3] is None  # the chest models' maps did not pass their checks: none
+        assert row[3] is not None  # the adult TB maps passed their checks (2.1.0)
         health = served.wait_healthy()
         assert health["models"]["cxr-pneumonia"]["loaded"] is True
         conn.close()

@@ -103,7 +103,8 @@ def test_screening_result_heatmap_and_job_completion_land_together(
     )
     timings = json.loads(chest_result["timings"])
     assert {"decode", "gate", "preprocess", "infer", "postprocess"} <= set(timings)
-    assert chest_result["heatmap_path"] is None  # the adult chest maps are off (issue 16)
+    # the adult TB maps passed their checks (2.1.0): the overlay lands with the result
+    assert (store.data_dir / chest_result["heatmap_path"]).is_file()
     eye = importer.import_path(FUNDUS_DIR / "IDRiD_003.jpg", source="usb")
     assert Worker(store, config, screener, name="t").drain() == 1
     (eye_result,) = store.conn().execute("SELECT * FROM results WHERE image_id=?", (eye.image_id,))
@@ -282,3 +283,40 @@ def test_with_ask_an_x_ray_without_an_age_waits_for_a_choice_then_is_screened(
     ]
     assert ("worker", "image.waiting", "population") in actions
     assert ("nurse", "image.population_chosen", "child") in actions
+
+
+def test_previews_and_heatmaps_are_regenerable_so_never_wait_for_an_fsync(
+    importer, store, config, screener, monkeypatch
+):
+    """What the worker writes for people to look at is made again from the original:
+    written whole (renamed into place) but not fsynced, so the result is not kept
+    waiting for the disk. The original and the result row stay durable."""
+    import os
+
+    synced: set[tuple[int, int]] = set()
+    real = os.fsync
+
+    def observed(fd: int) -> None:
+        real(fd)
+        info = os.fstat(fd)
+        synced.add((info.st_dev, info.st_ino))
+
+    chest = importer.import_path(testdata("RG1_UNCR.dcm"), source="dicom")
+    monkeypatch.setattr(os, "fsync", observed)
+    assert Worker(store, config, screener, name="t").drain() == 1
+    image = store.conn().execute("SELECT * FROM images WHERE id=?", (chest.image_id,)).fetchone()
+    result = (
+        store.conn()
+        .execute("SELECT heatmap_path FROM results WHERE image_id=?", (chest.image_id,))
+        .fetchone()
+    )
+    written = [image["preview_path"], f"previews/{chest.image_id}-thumb.jpg"]
+    written += [result["heatmap_path"]] if result["heatmap_path"] else []
+    for relative in written:
+        info = (store.data_dir / relative).stat()
+        assert (info.st_dev, info.st_ino) not in synced, relative
+    assert list(store.tmp_dir.iterdir()) == []
+    # RG1 (1955 x 1841) was read at half size for all of it: the preview is that image.
+    preview = cv2.imread(str(store.data_dir / image["preview_path"]), cv2.IMREAD_UNCHANGED)
+    assert preview.shape == (977, 920)
+    assert json.loads(image["decode_info"])["reduced_by"] == 2

@@ -14,17 +14,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from appliance.errors import DecodeError, IngestError, UnsupportedFileError
 from appliance.ingest import raster
-from appliance.ingest.dicom import DAMAGED, check_image_dataset, read_dicom, transfer_syntax
+from appliance.ingest.dicom import (
+    DAMAGED,
+    INCOMPLETE,
+    check_image_dataset,
+    read_dicom,
+    transfer_syntax,
+)
 from appliance.ingest.headers import ImageLimits
-from appliance.ingest.j2k import J2K_SYNTAXES, decode_reduced
+from appliance.ingest.j2k import J2K_SYNTAXES, decode_reduced, levels_to_skip
 from appliance.ingest.sniff import NOT_AN_IMAGE, sniff
 
 DEFAULT_LIMITS = ImageLimits()
@@ -133,6 +144,11 @@ def decode_dataset(
     if reduced is not None:
         arr, info["reduced_by"] = reduced
         return _grey(arr, ds, frames, photometric, tsyntax, info)
+    arr = _native_grey_frame(ds, path, photometric)
+    if arr is not None:
+        if max_side:
+            arr, info["reduced_by"] = shrink(arr, max_side)
+        return _grey(arr, ds, frames, photometric, tsyntax, info)
     try:
         # index=0 decodes only the first frame of a multi-frame object; as_rgb (the
         # default) converts YBR_FULL/YBR_FULL_422 to RGB. Decoder warnings (odd but
@@ -163,6 +179,8 @@ def decode_dataset(
 
         arr = apply_color_lut(arr, ds)
         photometric = "RGB"
+    if max_side:
+        arr, info["reduced_by"] = shrink(arr, max_side)
     samples = arr.shape[2] if arr.ndim == 3 else 1
     if samples == 3:
         peak = float((1 << int(ds.get("BitsStored") or 8)) - 1)
@@ -179,6 +197,62 @@ def decode_dataset(
         )
 
     return _grey(arr, ds, frames, photometric, tsyntax, info)
+
+
+# What cv2.resize averages in; other sample types (32-bit integers) are kept whole.
+_SHRINKABLE = (np.uint8, np.uint16, np.int16, np.float32)
+
+
+def shrink(arr: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
+    """(pixels, factor): halved by averaging 2 x 2 blocks while the longest side stays at
+    least ~90 % of ``max_side`` -- what skipping a JPEG 2000 wavelet level gives, done
+    on the stored integers before any float copy exists. Everything downstream (preview,
+    router, model input, heatmap, measures) then works on the small copy."""
+    if arr.dtype.type not in _SHRINKABLE or arr.ndim not in (2, 3):
+        return arr, 1
+    levels = levels_to_skip(max(arr.shape[:2]), max_side, 8)
+    for _ in range(levels):
+        # An exact 2x average is cv2's fast path: an odd last row or column is left out
+        # (a view, not a copy).
+        height, width = arr.shape[0] // 2, arr.shape[1] // 2
+        even = arr[: 2 * height, : 2 * width]
+        arr = cv2.resize(even, (width, height), interpolation=cv2.INTER_AREA)
+    return arr, 2**levels
+
+
+_NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+def _native_grey_frame(ds: Dataset, path: Path | None, photometric: str) -> np.ndarray | None:
+    """One uncompressed little-endian grey frame read straight from the file where
+    ``read_dicom`` left it (one read into the array, no second parse of the file), or
+    None where pydicom's decoder does it. Unused high bits are corrected as pydicom does."""
+    if path is None or transfer_syntax(ds) not in _NATIVE:
+        return None
+    bits = int(ds.get("BitsAllocated") or 0)
+    stored = int(ds.get("BitsStored") or bits)
+    if (
+        photometric not in ("MONOCHROME1", "MONOCHROME2")
+        or int(ds.get("NumberOfFrames") or 1) != 1
+        or int(ds.get("SamplesPerPixel") or 1) != 1
+        or bits not in (8, 16)
+        or not 0 < stored <= bits
+    ):
+        return None
+    element = ds.get_item("PixelData", keep_deferred=True)
+    if getattr(element, "value", b"") is not None:  # read already (a small file)
+        return None
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    arr = np.fromfile(path, dtype=dtype, count=rows * cols, offset=element.value_tell)
+    if arr.size != rows * cols:  # check_image_dataset refuses this first
+        raise DecodeError(INCOMPLETE, detail=f"pixel data has {arr.size} of {rows * cols} values")
+    arr = arr.reshape(rows, cols)
+    if stored < bits:
+        np.left_shift(arr, bits - stored, out=arr)
+        np.right_shift(arr, bits - stored, out=arr)
+    return arr
 
 
 def _grey(

@@ -279,3 +279,44 @@ def test_levels_to_skip_keeps_the_preview_size():
     assert levels_to_skip(4000, 1024, 5) == 2
     assert levels_to_skip(4000, 1024, 1) == 1  # no more levels than the stream has
     assert levels_to_skip(800, 1024, 5) == 0
+
+
+def test_uncompressed_radiograph_is_read_at_reduced_resolution_when_less_is_needed(tmp_path):
+    """The screening path needs ~1000 px: RG1's stored integers are averaged 2 x 2 before
+    any float copy exists (as a JPEG 2000 level skip gives), the same picture."""
+    from appliance.ingest.decode import decode_file
+
+    path = testdata(RG1)
+    reduced = decode_file(path, max_side=1024)
+    full = decode_file(path)
+    assert reduced.pixels.shape == (977, 920) and reduced.summary()["reduced_by"] == 2
+    assert full.pixels.shape == (1955, 1841) and full.summary()["reduced_by"] == 1
+    shrunk = cv2.resize(full.pixels[:1954, :1840], (920, 977), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.pixels - shrunk).max() < 1e-4  # window and inversion are linear
+    assert reduced.inverted and reduced.voi == "window"
+    assert decode_file(path, max_side=4096).summary()["reduced_by"] == 1
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_pixels_read_from_the_file_match_pydicoms_decoder(tmp_path, signed):
+    """Straight from the file (12 of 16 bits used, junk in the unused bits, signed or
+    not): the same values as pydicom's own decoder gives for the same file in memory."""
+    rng = np.random.default_rng(28)
+    values = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, (300, 280))
+    stored = values.astype(np.int16 if signed else np.uint16)
+    junk = stored.view(np.uint16) | (rng.integers(0, 16, stored.shape, dtype=np.uint16) << 12)
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = junk.tobytes()
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        ds.pop(keyword, None)
+    path = tmp_path / "junk-bits.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    from appliance.ingest.decode import decode_file
+
+    from_file = decode_file(path).pixels
+    from_pydicom = decode_bytes(path.read_bytes()).pixels  # pydicom's decoder, in memory
+    assert np.array_equal(from_file, from_pydicom)
