@@ -33,7 +33,7 @@ import numpy as np
 
 from appliance.config import load_config
 from appliance.inference.bundle import read_manifest
-from appliance.monitoring import calibration, monitor, outcomes
+from appliance.monitoring import calibration, monitor, outcome_import
 from appliance.screening.models import CXR, models_dir, newest_bundles
 from appliance.store.db import Store, utc_now
 from appliance.store.results import insert_result
@@ -86,7 +86,7 @@ def fill(store: Store, version: str, count: int, verified: float, seed: int = 1)
                 if rng.random() < verified:
                     result = "positive" if labels[n] else "negative"
                     lines.append(f"IM{n:06d}.png,xpert,{result},2024-05-01")
-    report = outcomes.import_csv(
+    report = outcome_import.import_csv(
         store, "\n".join(lines) + "\n", entered_by="bench", source="csv", match_days=14
     )
     assert report.ok, report.problems[:3]

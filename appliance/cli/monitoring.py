@@ -77,7 +77,7 @@ def import_outcomes(csv_file, data_dir, by, encoding, as_json) -> None:
     row that does not match is reported and nothing is imported. At most 100,000 rows
     per file.
     """
-    from appliance.monitoring.outcomes import import_csv
+    from appliance.monitoring.outcome_import import import_csv
 
     store, config = _open(data_dir)
     with csv_file.open("rb") as register:  # read a line at a time, strictly decoded

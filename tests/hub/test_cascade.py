@@ -15,7 +15,7 @@ from sync.synckit import FAST_RETRIES, HubThread, enrol
 
 from appliance.config import load_config
 from appliance.hub import cascade, records
-from appliance.monitoring import outcomes
+from appliance.monitoring import outcome_import, outcomes
 from appliance.store.db import Store
 from appliance.store.results import insert_result
 from appliance.store.reviews import add_review
@@ -99,7 +99,7 @@ class Box:
     def register(self, rows: list[str]) -> None:
         """The lab register: original_name, test, result, date, treatment columns."""
         text = "original_name,test,result,date,treatment_started,treatment_site\n"
-        report = outcomes.import_csv(
+        report = outcome_import.import_csv(
             self.store,
             text + "\n".join(rows) + "\n",
             entered_by="lab",

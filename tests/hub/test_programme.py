@@ -15,7 +15,7 @@ from sync.synckit import FAST_RETRIES, HubThread, enrol
 from appliance.config import load_config
 from appliance.hub import records
 from appliance.ingest.importer import Importer
-from appliance.monitoring import calibration, monitor, outcomes
+from appliance.monitoring import calibration, monitor, outcome_import
 from appliance.screening.models import CXR
 from appliance.screening.pipeline import Screener
 from appliance.store.db import Store
@@ -81,7 +81,9 @@ def test_a_box_sends_outcomes_and_its_summary_and_the_hub_shows_the_programme(
         f"{i.name},radiologist,{'positive' if i.positive else 'negative'},2024-05-02\n"
         for i in children
     )
-    imported = outcomes.import_csv(store, register, entered_by="lab", source="csv", match_days=14)
+    imported = outcome_import.import_csv(
+        store, register, entered_by="lab", source="csv", match_days=14
+    )
     assert imported.ok and imported.imported == 40
     report = calibration.calibrate(store, config, CXR, 0.9)
     applied = calibration.apply(store, config, report, "admin")

@@ -8,7 +8,7 @@ import numpy as np
 from helpers import bundle_dir
 
 from appliance.inference.bundle import read_manifest
-from appliance.monitoring import outcomes
+from appliance.monitoring import outcome_import
 from appliance.screening.models import CXR
 from appliance.store.db import utc_now
 from appliance.store.results import insert_result
@@ -53,7 +53,7 @@ def confirm(store, names, labels) -> None:
         f"{name},xpert,{'positive' if y else 'negative'},2024-05-01\n"
         for name, y in zip(names, labels, strict=True)
     )
-    report = outcomes.import_csv(
+    report = outcome_import.import_csv(
         store,
         "original_name,test,result,date\n" + rows,
         entered_by="lab",

@@ -15,7 +15,7 @@ from helpers import count_rows
 from monitoring.cases import scored
 
 from appliance.cli import main
-from appliance.monitoring import lab_register, outcomes
+from appliance.monitoring import lab_register, outcome_import, outcomes
 from appliance.monitoring.lab_register import MAX_ROWS, RegisterError
 from appliance.store.db import Store
 
@@ -164,7 +164,7 @@ def test_a_million_rows_are_refused_in_bounded_memory(box, tmp_path):
     tracemalloc.start()
     try:
         with register.open("rb") as stream, pytest.raises(RegisterError) as refused:
-            outcomes.import_csv(store, stream, entered_by="lab", source="csv", match_days=14)
+            outcome_import.import_csv(store, stream, entered_by="lab", source="csv", match_days=14)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from helpers import TESTS, count_rows, testdata
 
-from appliance.monitoring import outcomes
+from appliance.monitoring import outcome_import, outcomes
 from appliance.monitoring.outcomes import OutcomeError
 from appliance.store.users import create_user, get_user
 
@@ -104,8 +104,10 @@ def test_dates_are_iso_or_day_first_and_never_in_the_future():
         outcomes.read_date("2999-01-01")
 
 
-def import_text(store, text: str) -> outcomes.ImportReport:
-    return outcomes.import_csv(store, text, entered_by="lab", source="csv:lab.csv", match_days=14)
+def import_text(store, text: str) -> outcome_import.ImportReport:
+    return outcome_import.import_csv(
+        store, text, entered_by="lab", source="csv:lab.csv", match_days=14
+    )
 
 
 def test_a_register_matches_by_uid_by_file_name_or_by_patient_and_date(store, images):

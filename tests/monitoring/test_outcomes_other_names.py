@@ -7,7 +7,7 @@ import io
 
 from helpers import TESTS, count_rows
 
-from appliance.monitoring import outcomes
+from appliance.monitoring import outcome_import
 
 PNG = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
 OTHER_PNG = TESTS / "data" / "cxr64" / "person7_bacteria_28.png"
@@ -17,8 +17,10 @@ def arrive(importer, path, name: str):
     return importer.import_stream(io.BytesIO(path.read_bytes()), source="usb", original_name=name)
 
 
-def import_text(store, text: str) -> outcomes.ImportReport:
-    return outcomes.import_csv(store, text, entered_by="lab", source="csv:lab.csv", match_days=14)
+def import_text(store, text: str) -> outcome_import.ImportReport:
+    return outcome_import.import_csv(
+        store, text, entered_by="lab", source="csv:lab.csv", match_days=14
+    )
 
 
 def test_a_row_naming_the_second_copy_matches_the_image_kept_and_the_file_imports(

@@ -12,7 +12,7 @@ from helpers import PIN, csrf_from, logged_in
 from monitoring.cases import scored
 
 from appliance.config import load_config
-from appliance.monitoring import outcomes
+from appliance.monitoring import outcome_import, outcomes
 from appliance.monitoring.outcomes import OutcomeError
 from appliance.store import outbox, users
 from appliance.store.users import create_user, get_user
@@ -101,7 +101,9 @@ def test_the_lab_register_brings_treatment_starts_all_rows_or_none(store):
         f"{names[0]},xpert,positive,2024-05-01,2024-05-08,Clinic A\n"
         f"{names[1]},xpert,negative,2024-05-01,,\n"
     )
-    report = outcomes.import_csv(store, register, entered_by="lab", source="csv", match_days=14)
+    report = outcome_import.import_csv(
+        store, register, entered_by="lab", source="csv", match_days=14
+    )
     assert report.ok and (report.imported, report.treatments, report.images) == (2, 1, 2)
     # a register of treatment starts only; one row's image has no test result: nothing
     later = (
@@ -109,13 +111,13 @@ def test_the_lab_register_brings_treatment_starts_all_rows_or_none(store):
         f"{names[1]},2024-05-20,District hospital\n"
         f"{names[2]},2024-05-20,District hospital\n"
     )
-    refused = outcomes.import_csv(store, later, entered_by="lab", source="csv", match_days=14)
+    refused = outcome_import.import_csv(store, later, entered_by="lab", source="csv", match_days=14)
     assert not refused.ok and refused.problems == [
         "row 3: a treatment start for an image without a test result: add the test, result"
         " and date columns to this row"
     ]
     assert len(outcomes.treatments_for(store, 2)) == 0
-    fine = outcomes.import_csv(
+    fine = outcome_import.import_csv(
         store, later.rsplit(f"{names[2]}", 1)[0], entered_by="lab", source="csv", match_days=14
     )
     assert fine.ok and fine.treatments == 1
@@ -126,11 +128,13 @@ def test_the_lab_register_brings_treatment_starts_all_rows_or_none(store):
         "csv",
     )
     # importing the first file again changes nothing
-    again = outcomes.import_csv(store, register, entered_by="lab", source="csv", match_days=14)
+    again = outcome_import.import_csv(
+        store, register, entered_by="lab", source="csv", match_days=14
+    )
     assert again.ok and (again.already, again.treatments_already, again.treatments) == (2, 1, 0)
     assert len(outcomes.treatments_for(store, 1)) == 1
     # a wrong treatment date names its row and nothing else is taken
-    bad = outcomes.import_csv(
+    bad = outcome_import.import_csv(
         store,
         f"original_name,treatment_started,treatment_site\n{names[0]},2999-01-01,Clinic A\n",
         entered_by="lab",
@@ -144,7 +148,7 @@ def test_a_treatment_row_by_patient_is_matched_with_its_start_date(store):
     scored(store, [0.9])
     with store.write() as conn:
         conn.execute("UPDATE studies SET patient_id = 'P-7', study_date = '20240501'")
-    report = outcomes.import_csv(
+    report = outcome_import.import_csv(
         store,
         "patient_id,test,result,date\nP-7,xpert,positive,2024-05-02\n",
         entered_by="lab",
@@ -153,10 +157,10 @@ def test_a_treatment_row_by_patient_is_matched_with_its_start_date(store):
     )
     assert report.ok
     late = "patient_id,treatment_started,treatment_site\nP-7,2024-06-30,Clinic A\n"
-    far = outcomes.import_csv(store, late, entered_by="lab", source="csv", match_days=14)
+    far = outcome_import.import_csv(store, late, entered_by="lab", source="csv", match_days=14)
     assert far.problems == ["row 2: no image of patient P-7 within 14 days of 2024-06-30"]
     near = late.replace("2024-06-30", "2024-05-10")
-    assert outcomes.import_csv(store, near, entered_by="lab", source="csv", match_days=14).ok
+    assert outcome_import.import_csv(store, near, entered_by="lab", source="csv", match_days=14).ok
     assert outcome_entry_has_treatment(store)
 
 
