@@ -126,6 +126,29 @@ def test_router_routes_real_images(what: str, load, expected: str) -> None:
     assert bundle.manifest["labels"][int(prob.argmax())] == expected, (what, prob)
 
 
+RETINA_SHIFTS = {  # what other cameras and patients do to a retina photo (issue 26)
+    "grey (red-free or monochrome)": lambda rgb: np.repeat(
+        (rgb @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, 2),
+    "dark x0.45": lambda rgb: rgb * 0.45,
+    "green cast": lambda rgb: np.clip(rgb * np.float32([0.7, 1.15, 0.6]), 0, 1),
+    "orange cast": lambda rgb: np.clip(rgb * np.float32([1.2, 0.7, 0.4]), 0, 1),
+}
+
+
+@pytest.mark.parametrize("shift", sorted(RETINA_SHIFTS))
+def test_router_knows_a_shifted_retina_at_its_threshold(shift: str) -> None:
+    """Every committed retina photo (three cameras' worth, grades 2-4) still routes to the
+    fundus model, confidently, when grey, dark or colour-cast."""
+    bundle = load_bundle(bundle_dir("modality-router"))
+    threshold = bundle.manifest["operating_points"]["suggested"]["threshold"]
+    names = ["IDRiD_001.jpg", "IDRiD_003.jpg", "IDRiD_008.jpg", "hrf_07_h.jpg", "hrf_12_h.jpg"]
+    images = [RETINA_SHIFTS[shift](rgb01(DATA / "fundus" / n)) for n in names]
+    prob = infer("modality-router", images)
+    fundus = bundle.manifest["labels"].index("fundus_photo")
+    assert (prob.argmax(1) == fundus).all(), (shift, prob.round(3))
+    assert (prob.max(1) >= threshold).all(), (shift, prob.round(3), threshold)
+
+
 def _grey64(path: Path) -> np.ndarray:
     return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
 

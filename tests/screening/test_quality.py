@@ -52,9 +52,77 @@ def test_thresholds_come_from_the_calibration_file():
     thresholds = default_thresholds()
     assert set(thresholds) == {
         "min_focus",
-        "min_brightness",
-        "max_dark_fraction",
-        "max_brightness",
-        "max_bright_fraction",
+        "min_field_light",
+        "dim_field_light",
+        "min_vessel_contrast",
+        "max_burned_out",
         "min_coverage",
     }
+
+
+def eight_bit(rgb: np.ndarray) -> np.ndarray:
+    """As a camera would write the shifted photo: 8-bit, grey levels lost."""
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.float32) / 255
+
+
+# Dark fundi a grader can read (heavily pigmented, weak flash) and other cameras' colours.
+GRADABLE_SHIFTS = {
+    "dark x0.45": lambda rgb: eight_bit(rgb * 0.45),
+    "dark gamma 2": lambda rgb: eight_bit(rgb**2.0),
+    "pigmented x0.5 gamma 1.5": lambda rgb: eight_bit(rgb**1.5 * 0.5),
+    "grey": lambda rgb: np.repeat((rgb @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, 2),
+    "green cast": lambda rgb: eight_bit(rgb * np.float32([0.7, 1.15, 0.6])),
+}
+SICK = ["IDRiD_001.jpg", "IDRiD_008.jpg"]  # grades 3 and 4, hard exudates by the macula
+
+
+@pytest.mark.parametrize("name", PHOTOS + SICK)
+@pytest.mark.parametrize("shift", sorted(GRADABLE_SHIFTS))
+def test_dark_grey_and_colour_shifted_photos_stay_gradable(name, shift):
+    quality = assess_fundus(GRADABLE_SHIFTS[shift](real(name)))
+    assert quality.gradable, quality.as_dict()
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_a_black_or_nearly_black_photo_is_too_dark(name):
+    rgb = real(name)
+    assert "too_dark" in assess_fundus(np.zeros_like(rgb)).failed
+    assert "too_dark" in assess_fundus(eight_bit(rgb * 0.06)).failed
+
+
+def test_too_dark_means_vessels_not_seen_not_a_dark_mean():
+    """A dim field passes while its vessels are deep enough to see, fails once they are
+    not (the same photo, flattened towards its own mean)."""
+    rgb = eight_bit(real("IDRiD_003.jpg") * 0.3)
+    thresholds = default_thresholds()
+    measures = assess_fundus(rgb).measures
+    assert measures["field_light"] < thresholds["dim_field_light"]
+    assert assess_fundus(rgb).gradable
+    flat = eight_bit(rgb.mean() + (rgb - rgb.mean()) * 0.05)
+    assert "too_dark" in assess_fundus(flat).failed
+
+
+@pytest.mark.parametrize("name", SICK)
+def test_exudate_heavy_grade_3_and_4_photos_are_gradable(name):
+    quality = assess_fundus(real(name))
+    assert quality.gradable, quality.as_dict()
+
+
+def test_painted_lesions_never_lower_gradability():
+    """Exudates (bright yellow spots) and haemorrhages (dark red blots) added to a photo
+    raise or keep every measure that can refuse it; none lowers it."""
+    rgb = real("IDRiD_003.jpg")
+    cx, cy, radius = find_fundus_disc(rgb)
+    sick = rgb.copy()
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.6) * radius
+        centre = (int(cx + dist * np.cos(angle)), int(cy + dist * np.sin(angle)))
+        size = int(rng.uniform(0.005, 0.02) * radius)
+        colour = (0.95, 0.85, 0.35) if rng.random() < 0.5 else (0.35, 0.05, 0.02)
+        cv2.circle(sick, centre, size, colour, -1)
+    before, after = assess_fundus(rgb), assess_fundus(sick)
+    assert after.gradable, after.as_dict()
+    assert after.measures["vessel_contrast"] >= before.measures["vessel_contrast"] * 0.95
+    assert after.measures["field_light"] >= before.measures["field_light"] * 0.95
+    assert after.measures["focus"] >= before.measures["focus"] * 0.95
