@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from appliance.inference.postprocess import heat_to_grey, heatmap
-from appliance.inference.preprocess import find_fundus_disc
+from appliance.inference.preprocess import FundusFrame, find_fundus_disc
 
 # Shown (and stored as a hint) instead of the map of a model whose maps are not validated.
 HEATMAP_NOT_SHOWN = (
@@ -57,6 +57,7 @@ def heat_source(
     *,
     positive: bool,
     fundus: bool,
+    frame: FundusFrame | None = None,
 ) -> HeatSource:
     cam = np.asarray(cam, np.float32)
     measured = (manifest.get("heatmap") or {}).get("scale_logits")
@@ -66,8 +67,9 @@ def heat_source(
         scale = None if positive else max(float(cam.max()), NEGATIVE_HEAT_SCALE)
     disc = None
     if fundus:
-        params = manifest["preprocessing"]["params"]
-        disc = find_fundus_disc(pixels, params.get("threshold", 0.15))
+        threshold = manifest["preprocessing"]["params"].get("threshold", 0.15)
+        found = frame if frame is not None and frame.threshold == threshold else None
+        disc = found.disc if found is not None else find_fundus_disc(pixels, threshold)
     return HeatSource(cam, scale, disc, maps_validated(manifest))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from appliance.config import CONFIG_FILE, Config, load_config
 from appliance.errors import ApplianceError
 from appliance.inference.postprocess import calibrated_probabilities, operating_point
-from appliance.inference.preprocess import preprocess
+from appliance.inference.preprocess import fundus_frame, preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
 from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HeatSource, heat_source, render_overlay
@@ -286,9 +286,11 @@ class Screener:
             result.timings_ms = timer.ms
             return result
 
+        frame = None  # a retina photo's field, found once for quality, model and map
         if decision.route == gate.FUNDUS:
             with timer.stage("quality"):
-                quality = assess_fundus(image.pixels)
+                frame = fundus_frame(image.pixels)
+                quality = assess_fundus(image.pixels, frame=frame)
             result.quality = quality.as_dict()
             if not quality.gradable and quality_overruled_by:
                 result.hints = [
@@ -326,7 +328,7 @@ class Screener:
             raise ScreeningUnavailableError(f"the {name} model is not loaded")
         manifest = model.bundle.manifest
         with timer.stage("preprocess"):
-            batch = preprocess(manifest["preprocessing"], image.pixels)[None]
+            batch = preprocess(manifest["preprocessing"], image.pixels, frame)[None]
         with timer.stage("infer"):
             with model.lock:
                 outputs = model.infer(batch)
@@ -355,6 +357,7 @@ class Screener:
                 manifest,
                 positive=probability >= threshold,
                 fundus=name == FUNDUS,
+                frame=frame,
             )
             if not result.heat.validated:  # the score only, and why (page, slip, sync)
                 result.hints.append(HEATMAP_NOT_SHOWN)

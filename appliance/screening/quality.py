@@ -34,9 +34,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from appliance.inference.preprocess import crop_disc, find_fundus_disc, to_rgb
+from appliance.inference.preprocess import FundusFrame, crop_disc, fundus_frame, to_rgb
 
 THRESHOLDS_FILE = Path(__file__).with_name("fundus_quality.json")
+FIELD_THRESHOLD = 0.15  # the lit field: this fraction of the 99th percentile
 DISC_PX = 512  # measures are taken on the disc resized to this, so any camera compares
 # why 15 px: the widest vessels near the optic disc are ~10 px across at 512 px
 VESSEL_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
@@ -73,11 +74,13 @@ class FundusQuality:
         }
 
 
-def measure_fundus(image: np.ndarray) -> dict[str, float]:
-    """Scale-free quality measures of a fundus photograph."""
+def measure_fundus(image: np.ndarray, frame: FundusFrame | None = None) -> dict[str, float]:
+    """Scale-free quality measures of a fundus photograph (``frame``: its field, found
+    once for the photo, preprocess.fundus_frame at the default threshold)."""
     rgb = to_rgb(image)
-    h, w = rgb.shape[:2]
-    cx, cy, radius = find_fundus_disc(rgb)
+    if frame is None or frame.threshold != FIELD_THRESHOLD:
+        frame = fundus_frame(rgb, FIELD_THRESHOLD)
+    cx, cy, radius = frame.disc
     disc = crop_disc(rgb, cx, cy, radius, DISC_PX)
 
     yy, xx = np.mgrid[0:DISC_PX, 0:DISC_PX]
@@ -87,7 +90,7 @@ def measure_fundus(image: np.ndarray) -> dict[str, float]:
     # to judge: keep only the lit part.
     value = disc.max(axis=2)
     lit = value > 0.15 * max(float(np.percentile(value, 99)), 1e-6)
-    coverage = _lit_coverage(rgb, radius)
+    coverage = _lit_coverage(frame)
     region = inner & lit
     # Erode so the field's own edge (a strong, always-sharp contour) is not counted.
     core = cv2.erode(region.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
@@ -118,7 +121,7 @@ def measure_fundus(image: np.ndarray) -> dict[str, float]:
     }
 
 
-def _lit_coverage(rgb: np.ndarray, radius: float) -> float:
+def _lit_coverage(frame: FundusFrame) -> float:
     """Lit area of the frame over the area of the whole fundus circle.
 
     The circle is fitted (least squares) to the lit field's outline where it does not
@@ -126,14 +129,7 @@ def _lit_coverage(rgb: np.ndarray, radius: float) -> float:
     and bottom and the eye is off-centre as well. A clipping camera gives about 0.9; an
     eye off-centre, with retina outside the picture, much less.
     """
-    h, w = rgb.shape[:2]
-    scale = min(1.0, 512.0 / max(h, w))
-    small = cv2.resize(
-        rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-    )
-    value = small.max(axis=2)
-    lit = (value > 0.15 * max(float(np.percentile(value, 99)), 1e-6)).astype(np.uint8)
-    lit = cv2.morphologyEx(lit, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    lit, scale, radius = frame.lit, frame.scale, frame.disc[2]
     contours, _ = cv2.findContours(lit, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return 0.0
@@ -179,5 +175,9 @@ def assess(measures: dict[str, float], thresholds: dict[str, float] | None = Non
     return FundusQuality(measures, failed)
 
 
-def assess_fundus(image: np.ndarray, thresholds: dict[str, float] | None = None) -> FundusQuality:
-    return assess(measure_fundus(image), thresholds)
+def assess_fundus(
+    image: np.ndarray,
+    thresholds: dict[str, float] | None = None,
+    frame: FundusFrame | None = None,
+) -> FundusQuality:
+    return assess(measure_fundus(image, frame), thresholds)

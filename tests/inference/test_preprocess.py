@@ -155,3 +155,26 @@ def test_fundus_input_does_not_depend_on_camera_resolution() -> None:
     big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
     a, b = fundus_preprocess(img), fundus_preprocess(big)
     assert np.abs(a - b).mean() < 0.25 * np.abs(a).mean()
+
+
+@pytest.mark.parametrize("name", ["IDRiD_003.jpg", "hrf_07_h.jpg"])
+def test_a_retina_photos_field_found_once_gives_the_same_quality_input_and_map(name):
+    """Issue 28: the field is found once per photo (fundus_frame) and handed to the
+    quality check, the model's preprocessing and the heatmap: each gives exactly what it
+    gives when it finds the field itself."""
+    from helpers import FUNDUS_DIR
+
+    from appliance.ingest.decode import decode_bytes
+    from appliance.inference.preprocess import find_fundus_disc, fundus_frame, fundus_preprocess
+    from appliance.screening.quality import measure_fundus
+
+    pixels = decode_bytes((FUNDUS_DIR / name).read_bytes()).pixels
+    frame = fundus_frame(pixels)
+    assert frame.disc == find_fundus_disc(pixels)
+    assert measure_fundus(pixels, frame) == measure_fundus(pixels)
+    assert np.array_equal(fundus_preprocess(pixels, 256, frame=frame),
+                          fundus_preprocess(pixels, 256))
+    # a frame found at another threshold is not used for this one
+    other = fundus_frame(pixels, 0.3)
+    assert np.array_equal(fundus_preprocess(pixels, 256, frame=other),
+                          fundus_preprocess(pixels, 256))
