@@ -5,7 +5,10 @@
   ``records.set_admin``) and signs them in. Once an admin exists it is gone: the page
   sends to sign-in and a form posted to it creates nothing. Creating and checking
   happen in one transaction (on PostgreSQL under an advisory lock), so two browsers
-  racing on a new hub make one admin, not two.
+  racing on a new hub make one admin, not two. A hub is reached over a network: the
+  page also asks for a **set-up code** that only someone at the hub's server can read
+  (its log, and ``DATA_DIR/secrets/first_run_code``), so whoever finds a new hub first
+  cannot make themselves its admin; the code is deleted once the admin exists.
 - **Admin pages** (``/admin``, login required): add a dashboard login, issue a box's
   enrolment code (shown once, stored hashed, as ``hub enrol-code``), see the codes
   issued lately. Every form carries the CSRF token; every change is written to
@@ -17,8 +20,12 @@ programme's signing key and a person at the hub's server); the page says so.
 
 from __future__ import annotations
 
+import hmac
+import logging
 import re
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
@@ -29,6 +36,9 @@ from appliance.hub import get_db, records, schemas
 from appliance.hub.dashboard import _fresh_session, check_csrf, csrf_token, login_required
 from appliance.hub.db import Connection
 from appliance.logins import sessions
+from appliance.wire.secret_files import write_secret
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__)
 USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -42,6 +52,30 @@ CODES_SHOWN = 20
 
 class AdminFormError(ValueError):
     """A form on the admin pages that cannot be taken as filled in (said to the admin)."""
+
+
+def first_run_code_file() -> Path:
+    return Path(current_app.config["HUB_DATA_DIR"]) / "secrets" / "first_run_code"
+
+
+def first_run_code() -> str:
+    """The set-up code for the first run, made (and logged) the first time it is asked
+    for: 12 letters and digits, as 3 groups, readable over the phone."""
+    path = first_run_code_file()
+    if not path.exists():
+        alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+        raw = "".join(secrets.choice(alphabet) for _ in range(12))
+        write_secret(path, "-".join(raw[i : i + 4] for i in range(0, 12, 4)).encode())
+    code = path.read_text().strip()
+    log.warning("No administrator yet: open /first-run on this hub and type the set-up"
+                " code %s (also in %s)", code, path)
+    return code
+
+
+def _code_matches(typed: str) -> bool:
+    wanted = first_run_code().replace("-", "")
+    given = re.sub(r"[\s-]", "", typed or "").upper()
+    return hmac.compare_digest(given.encode(), wanted.encode())
 
 
 def has_admin(conn: Connection) -> bool:
@@ -108,6 +142,10 @@ def first_run():
     if request.method == "POST":
         check_csrf()
         try:
+            if not _code_matches(request.form.get("code", "")):
+                raise AdminFormError(_("That is not the set-up code. It is in the hub's log"
+                                       " and in the file secrets/first_run_code of its data"
+                                       " folder, on the hub's server."))
             username, password = _checked_login(request.form)
             with conn.transaction():
                 if conn.backend == "postgresql":
@@ -119,10 +157,12 @@ def first_run():
         except AdminFormError as exc:
             error = str(exc)
         else:
+            first_run_code_file().unlink(missing_ok=True)  # done with: never valid again
             current_app.extensions["hub_has_admin"] = True
             _fresh_session()
             session["sid"] = token
             return redirect(url_for("admin.index", welcome=1))
+    first_run_code()  # made and logged where the technician will look
     page = render_template("hub/first_run.html", csrf=csrf_token(), error=error)
     return page, (400 if error else 200)
 

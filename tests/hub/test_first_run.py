@@ -4,6 +4,7 @@ enrolment codes, behind the login, CSRF on every form, each change audited."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +22,15 @@ def csrf(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
+def setup_code(app) -> str:
+    """What the technician reads on the hub's server (its log says the same)."""
+    return (Path(app.config["HUB_DATA_DIR"]) / "secrets" / "first_run_code").read_text()
+
+
 def first_admin(client, **form):
     page = client.get("/first-run").get_data(as_text=True)
     data = {
+        "code": setup_code(client.application),
         "username": "amina",
         "password": PASSWORD,
         "password2": PASSWORD,
@@ -58,6 +65,7 @@ def test_the_first_visit_creates_the_first_admin_once(app):
     assert "You are signed in" in client.get(made.headers["Location"]).text  # signed in
     assert client.get("/").status_code == 200
     assert actions(app) == [("first run", "admin.added", "amina")]
+    assert not (Path(app.config["HUB_DATA_DIR"]) / "secrets" / "first_run_code").exists()
     # once an admin exists the first run is gone, for anyone, and creates nothing
     stranger = app.test_client()
     assert stranger.get("/first-run").headers["Location"].endswith("/login")
@@ -79,6 +87,24 @@ def test_the_first_visit_creates_the_first_admin_once(app):
         assert records.check_admin(conn, "amina", PASSWORD)
     finally:
         conn.close()
+
+
+def test_only_someone_at_the_hubs_server_can_make_the_first_admin(app, caplog):
+    """A hub is on a network: whoever finds a new one first must not become its admin.
+    The set-up code is in the hub's log and its data folder, typed as read out."""
+    client = app.test_client()
+    with caplog.at_level("WARNING"):
+        client.get("/first-run")
+    code = setup_code(app)
+    assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", code)
+    assert code in caplog.text and "first_run_code" in caplog.text
+    for wrong in ("", "AAAA-BBBB-CCCC", code[:-1]):
+        refused = first_admin(client, code=wrong)
+        assert refused.status_code == 400 and "not the set-up code" in refused.text
+    assert actions(app) == []
+    made = first_admin(client, code=code.lower().replace("-", " "))
+    assert made.status_code == 302 and actions(app) == [("first run", "admin.added", "amina")]
+    assert not (Path(app.config["HUB_DATA_DIR"]) / "secrets" / "first_run_code").exists()
 
 
 def test_a_hub_with_an_admin_from_the_command_line_has_no_first_run(app):
