@@ -1,8 +1,10 @@
 """The programme's images for ``build/retrain.py``: read, checked, and made model inputs.
 
 Reads the layout ``appliance hub training-set`` writes (``OUT/train`` and
-``OUT/locked_test``, each ``images/`` and ``labels.csv``; see docs/learning.md). A
-folder is refused whole, naming the file and row, when it is not that layout. Pixels
+``OUT/locked_test``, each ``images/`` and ``labels.csv``; see docs/learning.md), or a
+box's exports as ``appliance training export`` writes them (each verified against its
+signed manifest). A folder is refused whole, naming the file and row, when it is
+neither. Pixels
 are decoded by the box's own decoder (``appliance.ingest.decode``) and turned into model
 inputs by the bundle's own preprocessing (``appliance.inference.preprocess``); training
 inserts the recipe's augmentations where the recipe does (``models/training``).
@@ -28,6 +30,7 @@ from appliance.inference.preprocess import (
     to_grey,
 )
 from appliance.wire.csv_safe import FORMULA_STARTS
+from appliance.wire.training_export import MANIFEST, TrainingExportError, verify_export
 
 COLUMNS = ("file", "label", "label_source", "model", "patient_key", "site", "taken_on")
 SPLITS = {"train": "train", "locked-test": "locked_test"}
@@ -58,22 +61,45 @@ def _plain(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and cell[1:2] in FORMULA_STARTS else cell
 
 
-def split_folder(folder: Path, split: str) -> Path:
-    """``folder`` itself when it holds labels.csv, else its ``train``/``locked_test``."""
+def split_folders(folder: Path, split: str) -> tuple[list[Path], bool]:
+    """(folders holding a labels.csv, whether they are box exports) for ``folder``:
+
+    - ``folder`` itself when it holds labels.csv (a split of a training set);
+    - its ``train``/``locked_test`` (what ``appliance hub training-set`` writes);
+    - the exports in it (what ``appliance training export --to`` writes: one folder per
+      export, each verified whole against its signed manifest first).
+    """
     folder = Path(folder)
     if (folder / "labels.csv").is_file():
-        return folder
+        return [folder], (folder / MANIFEST).is_file()
     inner = folder / SPLITS[split]
     if (inner / "labels.csv").is_file():
-        return inner
+        return [inner], False
+    exports = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}")
+                     if not p.parent.name.startswith("."))
+    if exports:
+        for export in exports:
+            try:
+                verify_export(export)
+            except TrainingExportError as exc:
+                raise RetrainError(f"{export}: {exc}") from exc
+        return exports, True
     raise RetrainError(f"--{'data' if split == 'train' else split} {folder}: no labels.csv "
-                       f"there nor in {inner} (expected the folder `appliance hub "
-                       "training-set` writes)")
+                       f"there nor in {inner}, and no export (expected the folder `appliance "
+                       "hub training-set` or `appliance training export` writes)")
 
 
 def read_examples(folder: Path, split: str, model: str) -> list[Example]:
-    """Every row of the split's labels.csv, checked; RetrainError naming the row if not."""
-    base = split_folder(folder, split)
+    """Every row of the split's labels.csv, checked; RetrainError naming the row if not.
+    A box's export may hold several models' images: the other models' rows are skipped."""
+    bases, exported = split_folders(folder, split)
+    examples = [e for base in bases for e in _read_labels(base, model, exported)]
+    if not examples:
+        raise RetrainError(f"{folder}: no images of {model}")
+    return examples
+
+
+def _read_labels(base: Path, model: str, exported: bool) -> list[Example]:
     with open(base / "labels.csv", encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -86,6 +112,8 @@ def read_examples(folder: Path, split: str, model: str) -> list[Example]:
         where = f"{base / 'labels.csv'} line {number}"
         row = {k: _plain(v or "") for k, v in row.items()}
         if row["model"] != model:
+            if exported:
+                continue
             raise RetrainError(f"{where}: model {row['model']!r}, not {model!r}")
         if row["label"] not in ("0", "1"):
             raise RetrainError(f"{where}: label {row['label']!r} is not 0 or 1")
@@ -95,8 +123,6 @@ def read_examples(folder: Path, split: str, model: str) -> list[Example]:
         examples.append(Example(path, int(row["label"]), row["label_source"],
                                 row["site"] or "(no site)", row["patient_key"],
                                 row["taken_on"]))
-    if not examples:
-        raise RetrainError(f"{base / 'labels.csv'}: no images")
     return examples
 
 

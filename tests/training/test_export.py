@@ -249,3 +249,24 @@ def test_a_full_disk_leaves_no_half_written_export(box, tmp_path):
         with pytest.raises(TrainingExportError, match="disk at .* is full: nothing was exported"):
             run_export(store, config, stick, "always")
         assert list(stick.iterdir()) == []
+
+
+def test_build_retrain_reads_a_boxs_exports_as_they_are_and_refuses_a_changed_one(box, tmp_path):
+    """Issue 27's worked example hands a box's `training export --to` folder straight to
+    build/retrain.py (--data, --locked-test): every export in it verified, the rows of
+    the model asked for read, other models' rows skipped."""
+    from build.retrain_data import RetrainError, read_examples
+
+    store, config, ids, _ = box
+    report = run_export(store, config, tmp_path / "stick", "always")
+    [folder] = [p for p in (tmp_path / "stick").iterdir() if p.is_dir()]
+    found = rows(folder)
+    for model in {r["model"] for r in found}:
+        read = read_examples(tmp_path / "stick", "train", model)
+        wanted = sorted((r["file"].removeprefix("images/").removesuffix(".png"), int(r["label"]))
+                        for r in found if r["model"] == model)
+        assert sorted((e.sha256, e.label) for e in read) == wanted
+    assert report.images == len(found)
+    (folder / "labels.csv").write_text((folder / "labels.csv").read_text().replace(",1,", ",0,"))
+    with pytest.raises(RetrainError, match="changed since it was exported"):
+        read_examples(tmp_path / "stick", "train", found[0]["model"])
