@@ -95,7 +95,8 @@ def read_examples(folder: Path, split: str, model: str) -> list[Example]:
     bases, exported = split_folders(folder, split)
     examples = [e for base in bases for e in _read_labels(base, model, exported)]
     if not examples:
-        raise RetrainError(f"{folder}: no images of {model}")
+        where = bases[0] / "labels.csv" if len(bases) == 1 else folder
+        raise RetrainError(f"{where}: no images" + (f" of {model}" if exported else ""))
     return examples
 
 
