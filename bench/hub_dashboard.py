@@ -1,12 +1,13 @@
 """Hub dashboard at programme scale: 1,000,000 results from 500 sites in PostgreSQL.
 
 Builds the programme's year with COPY (results over 52 weeks, triage and refusals in
-realistic shares, reviews for most positives), counts the tallies with the same SQL
-migration 2 uses, then times every dashboard page and export through the app (Flask's
-test client, signed in: the app and its queries, not the network), a live 200-entry
-batch written into the million rows, and prints the PostgreSQL plan of each query
-the pages run, FHIR searches (HTTP Basic, as a records system asks) and a FHIR push
-pass after a batch arrives. Goal: every dashboard page p95 <= 200 ms.
+realistic shares, reviews for most positives, outcomes and treatment for some), counts
+the tallies with the same SQL migrations 2 and 8 use, then times every dashboard page
+(the programme's, a site's, a box's, a day's, the care cascade) and export through the
+app (Flask's test client, signed in: the app and its queries, not the network), a live
+200-entry batch written into the million rows, and prints the PostgreSQL plan of each
+query the pages run, FHIR searches (HTTP Basic, as a records system asks) and a FHIR
+push pass after a batch arrives. Goal: every dashboard page p95 <= 200 ms.
 
     python bench/hub_dashboard.py [--results 1000000] [--sites 500] [--json]
         [--database-url URL]
@@ -34,18 +35,9 @@ sys.path[:] = [str(ROOT), str(ROOT / "tests")] + [
 from sync.synckit import hub_database_url  # noqa: E402
 
 from appliance.hub import create_app, records  # noqa: E402
-from appliance.hub.migrations import TALLY_REBUILD  # noqa: E402
+from appliance.hub.migrations import PROGRAMME_TALLY_REBUILD, TALLY_REBUILD  # noqa: E402
 
 GOAL_P95_MS = 200.0
-# The programme page splits chest from retina per week (tallies.programme_weeks): the
-# tallies have no such split, so it reads the entries of the charts' 12 weeks. This
-# covering index makes that an index-only scan (~90 ms instead of ~300 ms at 1M on
-# PostgreSQL, 2 cores); it is proposed for a hub migration, applied here with
-# --programme-index (the default) and left out with --no-programme-index.
-PROGRAMME_INDEX = (
-    "CREATE INDEX IF NOT EXISTS entries_result_week_programme"
-    " ON entries(week, route, model_name, triage, device_id) WHERE kind = 'result'"
-)
 NULL = "\\N"  # COPY's NULL
 PASSWORD = "correct horse battery"
 MODELS = (("cxr-pneumonia", "1.2.0"), ("cxr-pneumonia", "1.3.0"), ("fundus-referable-dr", "2.0.1"))
@@ -54,6 +46,10 @@ PAYLOAD = (
     '"probability":{p:.4f},"score":{score},"threshold":0.5,"triage":{triage},'
     '"model":{{"name":"{model}","version":"{version}"}},"backend":"onnxruntime",'
     '"created_at":"{created}"}}'
+)
+OUTCOME = (
+    '{{"image":{{"sha256":"{sha}"}},"test":"xpert","tested_on":"{tested}","result":"{result}",'
+    '"positive":{positive},"created_at":"{tested}T15:00:00+00:00"{treatment}}}'
 )
 
 
@@ -71,7 +67,7 @@ def build(conn, results: int, sites: int) -> dict:
                 " last_seen_at) VALUES (?, ?, ?, ?, 'k', '2025-01-01', '2026-01-01')",
                 (device_id, f"SITE-{i:03d}", f"box-{i:03d}", f"t{i}"),
             )
-    written = {"results": 0, "reviews": 0}
+    written = {"results": 0, "reviews": 0, "outcomes": 0}
     started = time.perf_counter()
     with (
         conn.raw.cursor() as cur,
@@ -120,6 +116,20 @@ def build(conn, results: int, sites: int) -> dict:
                     f"{year}-W{week:02d}\t{review}\t{received}\t{NULL}\t{NULL}\n"
                 )
                 written["reviews"] += 1
+                if n % 2:  # half of them tested (the care cascade), a third of those treated
+                    tested = (day + timedelta(days=n % 9)).isoformat()
+                    found = roll < 8
+                    treated = f',"treatment":{{"started_on":"{tested}","where":"clinic"}}'
+                    outcome = OUTCOME.format(
+                        sha=sha, tested=tested, result="positive" if found else "negative",
+                        positive="true" if found else "false",
+                        treatment=treated if n % 3 == 0 else "",
+                    )
+                    lines.append(
+                        f"{device_id}\toutcome:{sha}\t1\toutcome\t{sha}\t\\N\t\\N\t\\N\t"
+                        f"\\N\t{year}-W{week:02d}\t{outcome}\t{received}\t{NULL}\t{NULL}\n"
+                    )
+                    written["outcomes"] += 1
             if len(lines) >= 20_000:
                 copy.write("".join(lines))
                 lines = []
@@ -144,7 +154,7 @@ def build(conn, results: int, sites: int) -> dict:
     conn.execute("ANALYZE")  # the planner must know the entries are a million now
     with conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")
-        for statement in TALLY_REBUILD:
+        for statement in (*TALLY_REBUILD, *PROGRAMME_TALLY_REBUILD):
             conn.execute(statement)
     conn.execute("ANALYZE")
     written["tallies_s"] = round(time.perf_counter() - started, 1)
@@ -309,9 +319,6 @@ def run(url: str, base: Path, args) -> dict:
         newest_day = conn.one(
             "SELECT MAX(result_day) AS d FROM entries WHERE device_id = 'dev-00001'"
         )["d"]
-        if args.programme_index:  # proposed for a migration (not one yet): see PROGRAMME_INDEX
-            conn.execute(PROGRAMME_INDEX)
-            conn.execute("VACUUM ANALYZE entries")
         explained = plans(conn)
     finally:
         conn.close()
@@ -329,6 +336,9 @@ def run(url: str, base: Path, args) -> dict:
         "/sites/SITE-250 (site: charts, drift)": "/sites/SITE-250",
         "/boxes/dev-00001 (box: charts, drift, days)": "/boxes/dev-00001",
         "/boxes/dev-00001/days/DAY (a day's results)": f"/boxes/dev-00001/days/{newest_day}",
+        # the care cascade (13 weeks): one site's (also on its page), and every site's
+        "/cascade?site=SITE-001 (one site)": "/cascade?site=SITE-001",
+        "/cascade (all sites)": "/cascade",
         "indicators.json (DHIS2, all sites, one week)": f"/export/indicators.json?{one_week}",
         "indicators.csv (all sites, one week)": f"/export/indicators.csv?{one_week}",
         "indicators.json (DHIS2, one site, the year)": "/export/indicators.json?site=SITE-001",
@@ -360,8 +370,8 @@ def run(url: str, base: Path, args) -> dict:
     return {
         "results": written["results"],
         "reviews": written["reviews"],
+        "outcomes": written["outcomes"],
         "sites": args.sites,
-        "programme_index": args.programme_index,
         "copy_s": written["copy_s"],
         "tallies_s": written["tallies_s"],
         "tally_rows": written["tally_rows"],
@@ -384,7 +394,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--programme-index", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-hubdash-"))
     try:

@@ -522,6 +522,8 @@ def main() -> None:
     parser.add_argument(
         "--models-dir", default="", help="bundles to screen with (default: the committed ones)"
     )
+    parser.add_argument("--workers", type=int, default=0,
+                        help="screening workers of the box (default: its own setting)")
     args = parser.parse_args()
     if shutil.which("storescu") is None:
         sys.exit("storescu not found: apt-get install dcmtk")
@@ -545,10 +547,13 @@ def run(args: argparse.Namespace) -> dict:
             for n in range(max(args.mixed // 2, 2 * args.receive))
         ]
         bundles = {"models_dir": args.models_dir} if args.models_dir else {}
+        if args.workers:
+            bundles["workers"] = str(args.workers)
         service = Service(work, **bundles)
         try:
             rss_start, _ = rss_mb(service.proc.pid)
             result = latency_stages(service, work, args.repeats)
+            result["workers"] = args.workers or "the box's setting"
             result["cstore_ack_bare_pynetdicom_ms"] = bare_floor(work, args.repeats)
             result["sustained"] = mixed_stage(
                 service, dicom_files[: args.mixed // 2], args.mixed - args.mixed // 2

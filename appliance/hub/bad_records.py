@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from appliance.hub import tallies
+from appliance.hub import programme_tallies, tallies
 from appliance.hub.db import Connection
 from appliance.hub.migrations import TALLY_COUNTERS
 
@@ -264,6 +264,7 @@ def _tallies_follow(
         tallies.ADD_MODEL,
         [(device_id, *key, n, None) for key, n in sorted(models.items()) if n],
     )
+    programme_tallies.add(conn, device_id, [(sign, row) for row in rows])
 
 
 def _audit(

@@ -170,7 +170,7 @@ SITES_PER_PAGE = 50  # a national programme has hundreds: the page shows them in
 def _site_rows(conn, sites: list[dict[str, Any]], by_site: dict[str, dict]) -> None:
     """Each site of the page: its counts from the tallies (reviews pending), and over
     the charts' weeks its results and positivity per programme, never mixed."""
-    per_site = tallies.per_site(conn)  # kept on write: no scan of the entries
+    per_site = tallies.per_site(conn, [s["site"] for s in sites])  # kept on write
     for site in sites:
         counts = per_site.get(site["site"]) or dict.fromkeys(TALLY_COUNTERS, 0)
         window = by_site.get(site["site"], {})
@@ -201,9 +201,14 @@ def summary(page: int = 1) -> dict[str, Any]:
     sites = every_site[first : first + SITES_PER_PAGE]
     names = [s["site"] for s in sites]
     weeks = programme.chart_weeks(conn)
-    rows = tallies.programme_weeks(conn, weeks[0], by_site=True) if weeks else []
+    # every site's weeks together (the headline, the charts), and the page's per site
+    rows = tallies.programme_weeks(conn, weeks[0]) if weeks else []
+    page_rows = (
+        tallies.programme_weeks(conn, weeks[0], sites=names, by_site=True)
+        if weeks and names else []
+    )
     by_site: dict[str, list] = {}
-    for row in rows:
+    for row in page_rows:
         by_site.setdefault(row["site"], []).append(row)
     _site_rows(conn, sites, {s: programme.per_programme(r, weeks) for s, r in by_site.items()})
     counts = programme.per_programme(rows, weeks)

@@ -391,6 +391,41 @@ ADMIN_PAGES: tuple[str, ...] = (
 )
 
 
+# Results, refusals and positives per device, ISO week and programme (chest, retina,
+# other: a refusal before routing), kept on write like the tallies (records.store_entries,
+# bad_records' quarantine): the programme pages split chest from retina per week from
+# these rows (500 boxes x 12 weeks x 3), never from the entries. The programme of a
+# result is its route, else (a refusal) the model it names: as tallies.programme_of.
+PROGRAMME_OF_ENTRY = (
+    "CASE WHEN route = 'chest_xray' OR SUBSTR(model_name, 1, 4) = 'cxr-' THEN 'chest'"
+    " WHEN route = 'fundus' OR SUBSTR(model_name, 1, 7) = 'fundus-' THEN 'retina'"
+    " ELSE 'other' END"
+)
+# Counting them again from the entries (migration 8; bench/hub_dashboard.py).
+PROGRAMME_TALLY_REBUILD: tuple[str, ...] = (
+    "DELETE FROM programme_tallies",
+    f"""INSERT INTO programme_tallies (device_id, week, programme, results, refused, positive)
+    SELECT device_id, COALESCE(week, ''), {PROGRAMME_OF_ENTRY}, COUNT(*),
+        SUM(CASE WHEN route = 'refused' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN triage IN ('urgent', 'review') THEN 1 ELSE 0 END)
+    FROM entries WHERE kind = 'result'
+    GROUP BY device_id, COALESCE(week, ''), {PROGRAMME_OF_ENTRY}""",
+)
+PROGRAMME_TALLIES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS programme_tallies (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        week TEXT NOT NULL,
+        programme TEXT NOT NULL,
+        results BIGINT NOT NULL DEFAULT 0,
+        refused BIGINT NOT NULL DEFAULT 0,
+        positive BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (device_id, week, programme)
+    )""",
+    "CREATE INDEX IF NOT EXISTS programme_tallies_week ON programme_tallies(week)",
+    *PROGRAMME_TALLY_REBUILD,
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -416,6 +451,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               TRAINING),
     Migration(7, "who made each admin and enrolment code (web first run, admin pages)",
               ADMIN_PAGES),
+    Migration(8, "results per device, week and programme (chest, retina) for the programme pages",
+              PROGRAMME_TALLIES),
 )
 LATEST = MIGRATIONS[-1].version
 

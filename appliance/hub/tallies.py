@@ -9,7 +9,8 @@ and adds the difference — nothing for a resend (the same revision), the new
 revision's counts minus the old one's for a revision, everything for a first arrival.
 The box's device row is locked first (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``
 already serialises writers), so two overlapping requests from one box (a retry while
-the first is still being written) are counted one after the other.
+the first is still being written) are counted one after the other. The same difference
+moves the programme tallies (``programme_tallies.py``: chest and retina apart per week).
 
 A review is *pending* for an image that has a positive result (triage urgent or
 review) and no review yet; it is counted in the week of that first positive result.
@@ -22,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from appliance.hub import programme_tallies
 from appliance.hub.db import Connection
 from appliance.hub.migrations import TALLY_COUNTERS
 
@@ -131,6 +133,7 @@ def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Ite
     weeks: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(TALLY_COUNTERS, 0))
     models: dict[tuple[str, str], list] = defaultdict(lambda: [0, None])
     state = dict(before)
+    changes: list[tuple[int, dict[str, Any]]] = []
     for row in new:  # the upsert's rule, row by row: a higher revision replaces
         old = state.get(row["entry_id"])
         if old is not None and old["revision"] >= row["revision"]:
@@ -139,6 +142,7 @@ def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Ite
             counted = contribution(entry) if entry is not None else None
             if counted is None:
                 continue
+            changes.append((sign, entry))
             week, counts = counted
             for name, n in counts.items():
                 weeks[week][name] += sign * n
@@ -165,15 +169,20 @@ def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Ite
         ADD_MODEL,
         [(device_id, *key, n, last) for key, (n, last) in sorted(models.items()) if n or last],
     )
+    programme_tallies.add(conn, device_id, changes)
 
 
 # -- reading ---------------------------------------------------------------------
 SUMS = ", ".join(f"SUM(t.{c}) AS {c}" for c in TALLY_COUNTERS)
 
 
-def per_site(conn: Connection) -> dict[str, dict[str, int]]:
+def per_site(conn: Connection, sites: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """site -> its counts over all weeks, for every site or only ``sites``."""
+    where = f" WHERE d.site IN ({', '.join('?' for _ in sites)})" if sites else ""
     rows = conn.execute(
-        f"SELECT d.site, {SUMS} FROM tallies t JOIN devices d ON d.id = t.device_id GROUP BY d.site"
+        f"SELECT d.site, {SUMS} FROM tallies t JOIN devices d ON d.id = t.device_id{where}"
+        " GROUP BY d.site",
+        list(sites or ()),
     )
     return {r["site"]: {c: int(r[c] or 0) for c in TALLY_COUNTERS} for r in rows}
 
@@ -299,9 +308,10 @@ def models_tallied(conn: Connection) -> dict[tuple[str, str, str], int]:
 
 # -- the programme pages (read only): chest and retina apart --------------------------
 # Which screening programme a result belongs to: its route, else (a refusal) the model
-# named on it; a refusal before routing names neither and counts as "other". The
-# tallies have no such split, so these read the entries, always within a window of
-# weeks and (for a site, a box) through the (device_id, kind, week) index.
+# named on it; a refusal before routing names neither and counts as "other". The weekly
+# figures come from ``programme_tallies`` (kept on write, as the tallies); what needs a
+# result's own fields (scores, days, a day's results) reads the entries, always within a
+# window of weeks and (for a site, a box) through the (device_id, kind, week) index.
 PROGRAMME = (
     "CASE WHEN e.route = 'chest_xray' OR SUBSTR(e.model_name, 1, 4) = 'cxr-' THEN 'chest'"
     " WHEN e.route = 'fundus' OR SUBSTR(e.model_name, 1, 7) = 'fundus-' THEN 'retina'"
@@ -313,32 +323,39 @@ RESULT_SUMS = (
 )
 
 
-def _scope(site: str | None, device: str | None) -> tuple[str, list[Any]]:
+def _scope(
+    site: str | None, device: str | None, alias: str = "e", sites: Sequence[str] = ()
+) -> tuple[str, list[Any]]:
     if device is not None:
-        return " AND e.device_id = ?", [device]
+        return f" AND {alias}.device_id = ?", [device]
     if site is not None:
-        return " AND e.device_id IN (SELECT id FROM devices WHERE site = ?)", [site]
+        return f" AND {alias}.device_id IN (SELECT id FROM devices WHERE site = ?)", [site]
+    if sites:
+        marks = ", ".join("?" for _ in sites)
+        sql = f" AND {alias}.device_id IN (SELECT id FROM devices WHERE site IN ({marks}))"
+        return sql, list(sites)
     return "", []
 
 
 def programme_weeks(
     conn: Connection, since: str, *, site: str | None = None, device: str | None = None,
-    by_site: bool = False,
+    sites: Sequence[str] = (), by_site: bool = False,
 ) -> list[dict[str, Any]]:
     """Results, refusals and positives per ISO week (>= ``since``) and programme, for
-    every site, one ``site`` or one ``device``; per site too with ``by_site``."""
-    where, params = _scope(site, device)
+    every site, one ``site``, the ``sites`` named or one ``device``; per site too with
+    ``by_site``. From the programme tallies: 500 boxes' 12 weeks are 18,000 rows at
+    most, whatever the entries hold."""
+    where, params = _scope(site, device, "t", sites)
     site_column = "d.site" if by_site else "''"
-    join = " JOIN devices d ON d.id = e.device_id" if by_site else ""
+    join = " JOIN devices d ON d.id = t.device_id" if by_site else ""
+    sums = ", ".join(f"SUM(t.{c}) AS {c}" for c in programme_tallies.COUNTERS)
     rows = conn.execute(
-        f"SELECT {site_column} AS site, e.week, {PROGRAMME} AS programme, {RESULT_SUMS}"
-        f" FROM entries e{join} WHERE e.kind = 'result' AND e.week >= ?{where}"
-        f" GROUP BY {'d.site, ' if by_site else ''}e.week, {PROGRAMME}",
+        f"SELECT {site_column} AS site, t.week, t.programme, {sums}"
+        f" FROM programme_tallies t{join} WHERE t.week >= ? AND t.results > 0{where}"
+        f" GROUP BY {'d.site, ' if by_site else ''}t.week, t.programme",
         (since, *params),
     )
-    return [
-        {**r, **{c: int(r[c] or 0) for c in ("results", "refused", "positive")}} for r in rows
-    ]
+    return [{**r, **{c: int(r[c] or 0) for c in programme_tallies.COUNTERS}} for r in rows]
 
 
 def scored_results(

@@ -1,6 +1,8 @@
 """The tallies the dashboard reads stay exactly what the entries say: a resend counts
 nothing, a revision replaces its old counts, a review settles a pending one whichever
-arrives first — on SQLite and PostgreSQL, and with two requests of one box at once."""
+arrives first — on SQLite and PostgreSQL, and with two requests of one box at once. The
+programme tallies (chest, retina, other per week) move the same way, through a
+revision that changes a result's route or triage and a quarantine and its release."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import threading
 
 from sync.synckit import box_public_key
 
-from appliance.hub import records, tallies
+from appliance.hub import bad_records, programme_tallies, records, tallies
 from appliance.hub.db import HubDatabase
 
 
@@ -108,5 +110,120 @@ def test_random_traffic_with_overlapping_requests_stays_exact(tmp_path, database
     try:
         assert tallies.tallied(conn) == tallies.recount(conn)
         assert tallies.models_tallied(conn) == tallies.models_recount(conn)
+        assert programme_tallies.tallied(conn) == programme_tallies.recount(conn)
+    finally:
+        conn.close()
+
+
+def screened(n: int, route: str, triage: str | None, model: str | None, day: int = 6,
+             rev: int = 1, deidentified: bool = False) -> dict:
+    data = {
+        "image": {"sha256": f"{n:064x}", "patient_id": f"k{n:04d}"},
+        "route": route,
+        "triage": triage,
+        "created_at": f"2024-05-{day:02d}T10:00:00+00:00",  # 2024-W19 (6-12), W20 (13-19)
+    }
+    if model:
+        data["model"] = {"name": model, "version": "1.0.0"}
+    if deidentified:  # as a de-identified box sends it: the patient a keyed hash
+        data.update(deidentified=True, image={"sha256": f"{n:064x}", "patient_id": "h" * 64})
+    return {"id": f"result:{n}", "rev": rev, "kind": "result", "data": data}
+
+
+def programmes(conn, device_id: str) -> dict[tuple[str, str], list[int]]:
+    """(week, programme) -> [results, refused, positive] the box's tallies hold."""
+    return {
+        (week, name): counts
+        for (box, week, name), counts in programme_tallies.tallied(conn).items()
+        if box == device_id
+    }
+
+
+def test_programme_tallies_follow_revisions_quarantine_and_a_deidentified_box(
+    tmp_path, database_url
+):
+    database = HubDatabase(tmp_path, database_url)
+    database.migrate()
+    conn = database.connect()
+    try:
+        box, private = device(conn, "Ndola"), device(conn, "Kitwe")
+        store(conn, box, [
+            screened(1, "chest_xray", "urgent", "cxr-pneumonia"),
+            screened(2, "fundus", "routine", "fundus-referable-dr"),
+            screened(3, "refused", None, "cxr-pneumonia"),  # refused by the chest model
+            screened(4, "refused", None, None),  # refused before routing: other
+        ])
+        assert programmes(conn, box) == {
+            ("2024-W19", "chest"): [2, 1, 1],
+            ("2024-W19", "retina"): [1, 0, 0],
+            ("2024-W19", "other"): [1, 1, 0],
+        }
+        store(conn, box, [screened(1, "chest_xray", "urgent", "cxr-pneumonia")])  # a resend
+        # revised: the chest film was a retina photo after all, seen a week later
+        store(conn, box, [screened(1, "fundus", "review", "fundus-referable-dr", day=13, rev=2)])
+        store(conn, box, [screened(2, "fundus", "urgent", "fundus-referable-dr", rev=2)])
+        assert programmes(conn, box) == {
+            ("2024-W19", "chest"): [1, 1, 0],
+            ("2024-W19", "retina"): [1, 0, 1],
+            ("2024-W19", "other"): [1, 1, 0],
+            ("2024-W20", "retina"): [1, 0, 1],
+        }
+        store(conn, private, [
+            screened(10, "chest_xray", "review", "cxr-adult-abnormal", deidentified=True),
+            screened(11, "fundus", "routine", "fundus-referable-dr", deidentified=True),
+        ])
+        store(conn, private, [
+            screened(10, "chest_xray", "routine", "cxr-adult-abnormal", rev=2, deidentified=True)
+        ])
+        assert programmes(conn, private) == {
+            ("2024-W19", "chest"): [1, 0, 0],
+            ("2024-W19", "retina"): [1, 0, 0],
+        }
+        bad_records.quarantine(conn, private, ["result:10"], "test")
+        assert programmes(conn, private) == {("2024-W19", "retina"): [1, 0, 0]}
+        bad_records.release(conn, private, ["result:10"], "test")
+        assert programmes(conn, private)[("2024-W19", "chest")] == [1, 0, 0]
+        assert programme_tallies.tallied(conn) == programme_tallies.recount(conn)
+        # what the programme pages read: per site and week, only programmes with results
+        assert sorted(
+            (r["site"], r["week"], r["programme"], r["results"], r["refused"], r["positive"])
+            for r in tallies.programme_weeks(conn, "2024-W19", by_site=True)
+        ) == [
+            ("Kitwe", "2024-W19", "chest", 1, 0, 0),
+            ("Kitwe", "2024-W19", "retina", 1, 0, 0),
+            ("Ndola", "2024-W19", "chest", 1, 1, 0),
+            ("Ndola", "2024-W19", "other", 1, 1, 0),
+            ("Ndola", "2024-W19", "retina", 1, 0, 1),
+            ("Ndola", "2024-W20", "retina", 1, 0, 1),
+        ]
+        assert [
+            (r["week"], r["programme"], r["results"])
+            for r in tallies.programme_weeks(conn, "2024-W20", site="Ndola")
+        ] == [("2024-W20", "retina", 1)]
+    finally:
+        conn.close()
+
+
+def test_migration_8_counts_the_programmes_a_hub_already_holds(tmp_path, database_url):
+    database = HubDatabase(tmp_path, database_url)
+    database.migrate()
+    conn = database.connect()
+    try:
+        box = device(conn)
+        store(conn, box, [result(n, triage=("urgent", None, "routine")[n % 3]) for n in range(9)])
+        store(conn, box, [screened(20, "fundus", "review", "fundus-referable-dr")])
+        held = programme_tallies.tallied(conn)
+        with conn.transaction():  # the hub as it stood at version 7
+            conn.execute("DROP TABLE programme_tallies")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+    finally:
+        conn.close()
+    assert database.migrate() == [8]
+    conn = database.connect()
+    try:
+        assert programme_tallies.tallied(conn) == programme_tallies.recount(conn) == held
+        assert held[(box, "2024-W18", "chest")] == [6, 0, 3]  # routed to the chest model
+        assert held[(box, "2024-W18", "other")] == [3, 3, 0]  # refused before routing
+        assert held[(box, "2024-W19", "retina")] == [1, 0, 1]
     finally:
         conn.close()

@@ -164,8 +164,8 @@ def test_a_retina_photos_field_found_once_gives_the_same_quality_input_and_map(n
     gives when it finds the field itself."""
     from helpers import FUNDUS_DIR
 
-    from appliance.ingest.decode import decode_bytes
     from appliance.inference.preprocess import find_fundus_disc, fundus_frame, fundus_preprocess
+    from appliance.ingest.decode import decode_bytes
     from appliance.screening.quality import measure_fundus
 
     pixels = decode_bytes((FUNDUS_DIR / name).read_bytes()).pixels
