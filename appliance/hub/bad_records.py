@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from appliance.hub import programme_tallies, tallies
+from appliance.hub import cascade_outcomes, programme_tallies, tallies
 from appliance.hub.db import Connection
 from appliance.hub.migrations import TALLY_COUNTERS
 
@@ -265,6 +265,7 @@ def _tallies_follow(
         [(device_id, *key, n, None) for key, n in sorted(models.items()) if n],
     )
     programme_tallies.add(conn, device_id, [(sign, row) for row in rows])
+    cascade_outcomes.follow(conn, device_id, rows)
 
 
 def _audit(

@@ -19,17 +19,17 @@ treatment started, counted by patient, chest and retina apart (issue 29).
   result's day), a test dated before the flag counting 0.
 
 Outcomes are followed whenever they came (the cohort is who was screened in the
-period). Read from the entries: patients grouped in SQL (one index range per period),
-the outcomes (a few per flagged patient) parsed here; a stored outcome that cannot be
-read is skipped and counted, never a 500.
+period). Screened and flagged are counted by the database (one index range per
+period); the outcomes come read already, with their patient (``cascade_outcomes``,
+kept on write), only those of flagged patients; a stored outcome that cannot be read
+is skipped and counted, never a 500. Without a site, the page shows 50 sites at a time
+under the total of all.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from statistics import median
@@ -58,19 +58,19 @@ class Tests:
     latest: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
     treated_on: str | None = None
 
-    def add(self, sha: str, data: dict[str, Any]) -> None:
-        order = (str(data.get("created_at") or ""), int(data.get("local_id") or 0))
-        key = (sha, str(data["test"]))
+    def add(self, row: dict[str, Any]) -> None:
+        """One ``cascade_outcomes`` row (a readable outcome, read when it arrived)."""
+        order = (str(row["created_at"] or ""), int(row["local_id"] or 0))
+        key = (row["sha"], str(row["test"]))
         held = self.latest.get(key)
         if held is None or order > held[:2]:
-            self.latest[key] = (*order, data)
-        treatment = data.get("treatment")
-        if isinstance(treatment, dict) and isinstance(treatment.get("started_on"), str):
-            started = treatment["started_on"][:10]
+            self.latest[key] = (*order, row)
+        started = row["treated_on"]
+        if started is not None:
             self.treated_on = min(started, self.treated_on or started)
 
     def results(self) -> list[dict[str, Any]]:
-        return [d for _, _, d in self.latest.values() if d.get("result") != "withdrawn"]
+        return [d for _, _, d in self.latest.values() if not d["withdrawn"]]
 
     @property
     def first_test(self) -> str | None:
@@ -78,7 +78,7 @@ class Tests:
 
     @property
     def confirmed(self) -> bool:
-        return any(d.get("positive") is True for d in self.results())
+        return any(d["positive"] for d in self.results())
 
 
 def period(weeks: str, until: str) -> tuple[str, str]:
@@ -115,9 +115,9 @@ def _iso_week(day: date) -> str:
     return f"{year}-W{week:02d}"
 
 
-def _patients(conn: Connection, since: str, until: str, site: str | None) -> list[dict[str, Any]]:
-    """One row per (site, route, patient) screened in the period: first day screened and
-    first day flagged (NULL: never)."""
+def _patients(since: str, until: str, site: str | None) -> tuple[str, list[Any]]:
+    """SQL of one row per (site, route, patient) screened in the period: first day
+    screened and first day flagged (NULL: never), with its parameters."""
     sql = (
         "SELECT d.site AS site, e.route AS route,"
         " COALESCE(e.patient_id, 'image:' || e.image_sha256) AS patient,"
@@ -125,6 +125,7 @@ def _patients(conn: Connection, since: str, until: str, site: str | None) -> lis
         " MIN(CASE WHEN e.triage IN ('urgent', 'review') THEN e.result_day END) AS flagged_on"
         " FROM entries e JOIN devices d ON d.id = e.device_id"
         " WHERE e.kind = 'result' AND e.route IN ('chest_xray', 'fundus')"
+        " AND (e.patient_id IS NOT NULL OR e.image_sha256 IS NOT NULL)"
     )
     params: list[Any] = []
     for clause, value in (
@@ -136,58 +137,63 @@ def _patients(conn: Connection, since: str, until: str, site: str | None) -> lis
             sql += clause
             params.append(value)
     sql += " GROUP BY d.site, e.route, COALESCE(e.patient_id, 'image:' || e.image_sha256)"
-    return [r for r in conn.execute(sql, params) if r["patient"] is not None]
+    return sql, params
 
 
-def _tests(conn: Connection, site: str | None) -> tuple[dict[PatientKey, Tests], int]:
-    """Each patient's outcomes (sites' outcomes, whenever they came), and how many
-    stored outcomes could not be read."""
+OUTCOME_COLUMNS = (
+    "sha", "test", "withdrawn", "positive", "tested_on", "treated_on", "created_at", "local_id"
+)
+
+
+def _read(
+    conn: Connection, since: str, until: str, site: str | None, by_day: bool
+) -> tuple[list[dict[str, Any]], dict[PatientKey, tuple[str, Tests]]]:
+    """One query, the period's patients grouped once: (patients screened and flagged per
+    site and route, and per day of their first flag else screening where ``by_day``;
+    each flagged patient with a readable outcome, whenever it came and for any of the
+    patient's images at the site: first day flagged, and the outcomes)."""
+    patients, params = _patients(since, until, site)
+    day = "SUBSTR(COALESCE(NULLIF(flagged_on, ''), NULLIF(screened_on, ''), ''), 1, 10)"
+    nothing = ", ".join(f"NULL AS {c}" for c in OUTCOME_COLUMNS)
+    bucket = day if by_day else "''"
     sql = (
-        "SELECT d.site AS site, e.device_id AS device_id, e.image_sha256 AS sha, e.payload"
-        " FROM entries e JOIN devices d ON d.id = e.device_id WHERE e.kind = 'outcome'"
+        f"WITH p AS ({patients})"
+        f" SELECT site, route, {bucket} AS day, COUNT(*) AS screened,"
+        f" COUNT(NULLIF(flagged_on, '')) AS flagged, NULL AS patient, NULL AS flagged_on,"
+        f" {nothing} FROM p GROUP BY site, route{', ' + day if by_day else ''}"
+        " UNION ALL"
+        " SELECT p.site, p.route, NULL, NULL, NULL, p.patient, p.flagged_on,"
+        f" {', '.join('t.' + c for c in OUTCOME_COLUMNS)}"
+        " FROM p JOIN (SELECT d.site AS site, o.route, o.patient,"
+        " o.image_sha256 AS sha, o.test, o.withdrawn, o.positive, o.tested_on,"
+        " o.treated_on, o.created_at, o.local_id"
+        " FROM cascade_outcomes o JOIN devices d ON d.id = o.device_id"
+        " WHERE o.readable = 1 AND o.route <> ''" + (" AND d.site = ?" if site else "")
+        + ") AS t"
+        " ON t.site = p.site AND t.route = p.route AND t.patient = p.patient"
+        " WHERE p.flagged_on IS NOT NULL AND p.flagged_on <> ''"
     )
-    rows = conn.execute(sql + (" AND d.site = ?" if site else ""), (site,) if site else ())
-    by_device: dict[str, list[tuple[str, str, dict[str, Any]]]] = defaultdict(list)
-    skipped = 0
-    for row in rows:
-        try:
-            data = json.loads(row["payload"])
-        except (TypeError, ValueError):
-            data = None
-        if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), str) for k in ("test", "tested_on")
-        ):
-            skipped += 1
+    counts: list[dict[str, Any]] = []
+    found: dict[PatientKey, tuple[str, Tests]] = {}
+    for row in conn.execute(sql, [*params, *([site] if site else [])]):
+        if row["screened"] is not None:
+            counts.append(row)
             continue
-        if isinstance(row["sha"], str):
-            by_device[row["device_id"]].append((row["site"], row["sha"], data))
-    found: dict[PatientKey, Tests] = defaultdict(Tests)
-    for device_id, outcomes in by_device.items():
-        patients = _image_patients(conn, device_id, {sha for _, sha, _ in outcomes})
-        for site_name, sha, data in outcomes:
-            for route, patient in patients.get(sha, ()):
-                found[(site_name, PROGRAMMES[route], patient)].add(sha, data)
-    return found, skipped
+        key = (row["site"], PROGRAMMES[row["route"]], row["patient"])
+        if key not in found:
+            found[key] = (row["flagged_on"], Tests())
+        found[key][1].add(row)
+    return counts, found
 
 
-def _image_patients(
-    conn: Connection, device_id: str, shas: Iterable[str]
-) -> dict[str, set[tuple[str, str]]]:
-    """image sha256 -> {(route, patient)} of the box's results for it."""
-    out: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    values = sorted(shas)
-    for start in range(0, len(values), 500):
-        part = values[start : start + 500]
-        marks = ", ".join("?" for _ in part)
-        for row in conn.execute(
-            "SELECT image_sha256 AS sha, route,"
-            " COALESCE(patient_id, 'image:' || image_sha256) AS patient FROM entries"
-            f" WHERE device_id = ? AND image_sha256 IN ({marks}) AND kind = 'result'"
-            " AND route IN ('chest_xray', 'fundus')",
-            (device_id, *part),
-        ):
-            out[row["sha"]].add((row["route"], row["patient"]))
-    return out
+def _skipped(conn: Connection, site: str | None) -> int:
+    """Stored outcomes of the site(s) that do not say which test and when."""
+    row = conn.one(
+        "SELECT COUNT(*) AS n FROM cascade_outcomes o JOIN devices d ON d.id = o.device_id"
+        " WHERE o.readable = 0" + (" AND d.site = ?" if site else ""),
+        (site,) if site else (),
+    )
+    return int(row["n"]) if row else 0
 
 
 def _days(since: str, until: str) -> int | None:
@@ -197,19 +203,32 @@ def _days(since: str, until: str) -> int | None:
         return None
 
 
-def _stages(patients: list[tuple[dict[str, Any], Tests | None]]) -> dict[str, Any]:
+@dataclass
+class Group:
+    """One programme's patients at a site (or all sites) and period: how many were
+    screened and flagged, and each tested one's first flag and outcomes."""
+
+    screened: int = 0
+    flagged: int = 0
+    tested: list[tuple[str, Tests]] = field(default_factory=list)
+
+    def __iadd__(self, other: Group) -> Group:
+        self.screened += other.screened
+        self.flagged += other.flagged
+        self.tested += other.tested
+        return self
+
+
+def _stages(group: Group) -> dict[str, Any]:
     counts = dict.fromkeys(STAGES, 0)
+    counts["screened"], counts["flagged"] = group.screened, group.flagged
     waits: list[int] = []
-    for row, tests in patients:
-        counts["screened"] += 1
-        if not row["flagged_on"]:
-            continue
-        counts["flagged"] += 1
-        first = tests.first_test if tests else None
+    for flagged_on, tests in group.tested:
+        first = tests.first_test
         if first is None:
             continue
         counts["tested"] += 1
-        wait = _days(row["flagged_on"][:10], first)
+        wait = _days(flagged_on[:10], first)
         if wait is not None:
             waits.append(wait)
         counts["confirmed"] += int(tests.confirmed)
@@ -224,50 +243,82 @@ def _stages(patients: list[tuple[dict[str, Any], Tests | None]]) -> dict[str, An
     }
 
 
-Group = list[tuple[dict[str, Any], "Tests | None"]]
-
-
 def _groups(
-    conn: Connection,
-    since: str,
-    until: str,
-    site: str | None,
-    bucket: Callable[[dict[str, Any]], str],
-) -> tuple[dict[tuple[str, str, str], Group], int]:
-    """(site, bucket(patient row), programme) -> its patients with their outcomes, and
-    the outcomes skipped."""
-    tests, skipped = _tests(conn, site)
-    groups: dict[tuple[str, str, str], Group] = defaultdict(list)
-    for row in _patients(conn, since, until, site):
-        programme = PROGRAMMES[row["route"]]
-        key = (row["site"], programme, row["patient"])
-        groups[(row["site"], bucket(row), programme)].append((row, tests.get(key)))
-    return groups, skipped
+    conn: Connection, since: str, until: str, site: str | None, by_week: bool
+) -> dict[tuple[str, str, str], Group]:
+    """(site, ISO week of the first flag else screening ('' unless ``by_week``),
+    programme) -> its patients, counted."""
+
+    def week_of(day: str | None) -> str:
+        try:
+            return _iso_week(date.fromisoformat((day or "")[:10]))
+        except ValueError:
+            return ""
+
+    groups: dict[tuple[str, str, str], Group] = defaultdict(Group)
+    counts, tested = _read(conn, since, until, site, by_week)
+    for row in counts:
+        key = (row["site"], week_of(row["day"]) if by_week else "", PROGRAMMES[row["route"]])
+        groups[key] += Group(int(row["screened"]), int(row["flagged"]))
+    for (name, programme, _), (flagged_on, tests) in tested.items():
+        groups[(name, week_of(flagged_on) if by_week else "", programme)].tested.append(
+            (flagged_on, tests)
+        )
+    return groups
+
+
+SITES_PER_PAGE = 50  # as the programme page (dashboard.SITES_PER_PAGE)
 
 
 def cascade(
-    conn: Connection, since: str = "", until: str = "", site: str | None = None
+    conn: Connection, since: str = "", until: str = "", site: str | None = None, page: int = 1
 ) -> dict[str, Any]:
     """What ``hub/_cascade.html`` draws: per site (and all sites together) the stages of
-    each programme that screened someone in the period."""
-    groups, skipped = _groups(conn, since, until, site, lambda row: "")
-    per_site: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    everyone: dict[str, Group] = defaultdict(list)
-    for (name, _, programme), patients in sorted(groups.items()):
-        per_site[name][programme] = _stages(patients)
-        everyone[programme] += patients
+    each programme that screened someone in the period. Without ``site``, the sites come
+    in pages of ``SITES_PER_PAGE`` (every enrolled site, as the programme page): the
+    stages are counted per site for the page's sites only, the total for every site."""
+    groups = _groups(conn, since, until, site, by_week=False)
+    everyone: dict[str, Group] = defaultdict(Group)
+    by_site: dict[str, dict[str, Group]] = defaultdict(dict)
+    for (name, _, programme), group in sorted(groups.items()):
+        by_site[name][programme] = group
+        everyone[programme] += group
+    pager = None
+    if site is not None:
+        names = [site] if site in by_site else []
+    else:
+        every_site = [r["site"] for r in conn.execute(
+            "SELECT DISTINCT site FROM devices ORDER BY site"
+        )]
+        pages = max(1, -(-len(every_site) // SITES_PER_PAGE))
+        page = min(max(1, page), pages)
+        first = (page - 1) * SITES_PER_PAGE
+        names = every_site[first : first + SITES_PER_PAGE]
+        pager = {
+            "page": page,
+            "pages": pages,
+            "first": first + 1,
+            "last": first + len(names),
+            "total": len(every_site),
+        }
     return {
         "since": since,
         "until": until,
         "first_day": _monday(since),
         "last_day": _monday(until, 6),
         "site": site,
+        "pager": pager,
         "sites": [
-            {"site": name, "programmes": _ordered(programmes)}
-            for name, programmes in sorted(per_site.items())
+            {
+                "site": name,
+                "programmes": _ordered(
+                    {p: _stages(group) for p, group in by_site.get(name, {}).items()}
+                ),
+            }
+            for name in names
         ],
-        "total": _ordered({p: _stages(patients) for p, patients in everyone.items()}),
-        "skipped": skipped,
+        "total": _ordered({p: _stages(group) for p, group in everyone.items()}),
+        "skipped": _skipped(conn, site),
     }
 
 
@@ -281,17 +332,9 @@ def weekly(
     """(site, ISO week) -> {programme: stages}, each patient in the week they were first
     flagged (else first screened): the exports' cascade columns."""
 
-    def week_of(row: dict[str, Any]) -> str:
-        day = (row["flagged_on"] or row["screened_on"] or "")[:10]
-        try:
-            return _iso_week(date.fromisoformat(day))
-        except ValueError:
-            return ""
-
-    groups, _ = _groups(conn, since, until, site, week_of)
     out: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
-    for (name, week, programme), patients in groups.items():
-        out[(name, week)][programme] = _stages(patients)
+    for (name, week, programme), group in _groups(conn, since, until, site, True).items():
+        out[(name, week)][programme] = _stages(group)
     return dict(out)
 
 
@@ -300,6 +343,6 @@ def weekly(
 def page():
     since, until = period(request.args.get("from", ""), request.args.get("to", ""))
     site = request.args.get("site") or None
-    return render_template(
-        "hub/cascade.html", csrf=csrf_token(), cascade=cascade(get_db(), since, until, site)
-    )
+    number = request.args.get("page", "1")
+    found = cascade(get_db(), since, until, site, int(number) if number.isdigit() else 1)
+    return render_template("hub/cascade.html", csrf=csrf_token(), cascade=found)

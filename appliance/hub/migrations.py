@@ -17,6 +17,7 @@ shipped migration is never edited or moved.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -426,6 +427,40 @@ PROGRAMME_TALLIES: tuple[str, ...] = (
 )
 
 
+# Each confirmatory outcome read once as it arrives, one row per patient of its image
+# (the box's results for it: route and patient; '' while none), kept on write like the
+# tallies (hub/cascade_outcomes.py): the care cascade counts tested, confirmed and
+# treated from these columns instead of parsing every outcome's payload per page. The outcomes the
+# entries already hold are read by ``_read_outcomes`` (Python: the same reading as on
+# write, on both databases).
+CASCADE_OUTCOMES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS cascade_outcomes (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        entry_id TEXT NOT NULL,
+        route TEXT NOT NULL,
+        patient TEXT NOT NULL,
+        image_sha256 TEXT,
+        readable INTEGER NOT NULL,
+        test TEXT,
+        withdrawn INTEGER NOT NULL,
+        positive INTEGER NOT NULL,
+        tested_on TEXT,
+        treated_on TEXT,
+        created_at TEXT NOT NULL,
+        local_id BIGINT NOT NULL,
+        PRIMARY KEY (device_id, entry_id, route, patient)
+    )""",
+    "CREATE INDEX IF NOT EXISTS cascade_outcomes_image"
+    " ON cascade_outcomes(device_id, image_sha256)",
+)
+
+
+def _read_outcomes(conn: Connection) -> None:
+    from appliance.hub import cascade_outcomes
+
+    cascade_outcomes.rebuild(conn)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -433,6 +468,8 @@ class Migration:
     statements: tuple[str, ...]
     # run first, on that backend only (where the two dialects differ)
     by_backend: dict[str, tuple[str, ...]] | None = None
+    # run last, in the same transaction: what SQL alone cannot read alike on both
+    then: Callable[[Connection], None] | None = None
 
     def for_backend(self, backend: str) -> tuple[str, ...]:
         return (*(self.by_backend or {}).get(backend, ()), *self.statements)
@@ -453,6 +490,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               ADMIN_PAGES),
     Migration(8, "results per device, week and programme (chest, retina) for the programme pages",
               PROGRAMME_TALLIES),
+    Migration(9, "each confirmatory outcome read once, for the care cascade",
+              CASCADE_OUTCOMES, then=_read_outcomes),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -496,6 +535,8 @@ def migrate(conn: Connection) -> list[int]:
                 continue
             for statement in migration.for_backend(conn.backend):
                 conn.execute(statement)
+            if migration.then is not None:
+                migration.then(conn)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (migration.version, migration.name, now()),

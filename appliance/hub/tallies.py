@@ -10,7 +10,8 @@ revision's counts minus the old one's for a revision, everything for a first arr
 The box's device row is locked first (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``
 already serialises writers), so two overlapping requests from one box (a retry while
 the first is still being written) are counted one after the other. The same difference
-moves the programme tallies (``programme_tallies.py``: chest and retina apart per week).
+moves the programme tallies (``programme_tallies.py``: chest and retina apart per week),
+and the outcomes it changed are read again for the care cascade (``cascade_outcomes.py``).
 
 A review is *pending* for an image that has a positive result (triage urgent or
 review) and no review yet; it is counted in the week of that first positive result.
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from appliance.hub import programme_tallies
+from appliance.hub import cascade_outcomes, programme_tallies
 from appliance.hub.db import Connection
 from appliance.hub.migrations import TALLY_COUNTERS
 
@@ -170,6 +171,7 @@ def kept(conn: Connection, device_id: str, rows: Sequence[Sequence[Any]]) -> Ite
         [(device_id, *key, n, last) for key, (n, last) in sorted(models.items()) if n or last],
     )
     programme_tallies.add(conn, device_id, changes)
+    cascade_outcomes.follow(conn, device_id, [*new, *before.values()])
 
 
 # -- reading ---------------------------------------------------------------------
