@@ -86,6 +86,8 @@ PAGES = [
     ("POST", "/system/models/rollback", {"admin"}),
     ("POST", "/system/sync/enrol", {"admin"}),  # tests/web/test_system_sync.py
     ("POST", "/study/1/outcome", {"clinician", "admin"}),
+    ("POST", "/study/1/treatment", {"clinician", "admin"}),  # tests/monitoring/test_treatments.py
+    ("POST", "/study/1/consent", {"operator", "clinician", "admin"}),  # tests/web/test_consent.py
     ("GET", "/calibration", {"admin"}),
     ("POST", "/calibration/apply", {"admin"}),
     ("POST", "/calibration/rollback", {"admin"}),
