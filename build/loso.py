@@ -260,7 +260,8 @@ def _old_fundus_aug(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 ROUTER_CHOICES = {"1.0.0 augmentation": False, "new augmentation": True,
-                  "1.2.0 retina augmentation (casts, grey, dark, pupil, field)": "retina"}
+                  "1.2.0 retina augmentation (casts, grey, dark, pupil, field)": "retina",
+                  "1.2.0 rebuilt: same colour modes on faces, photos and scans": "photos"}
 
 
 def _shifted(model, images: list, test: np.ndarray) -> dict[str, float]:
@@ -278,6 +279,18 @@ def _shifted(model, images: list, test: np.ndarray) -> dict[str, float]:
         ok = (prob.argmax(1) == router.FUNDUS) & (prob.max(1) >= 0.6)
         out[name] = round(float(ok.mean()), 4)
     return out
+
+
+def _faces_to_fundus(model) -> float:
+    """Share of scikit-image's 200 LFW faces (never trained on) routed to fundus, p>=0.6."""
+    from appliance.inference.postprocess import softmax
+    from appliance.inference.preprocess import router_preprocess
+    from models.training import router
+    from models.training.train import predict
+
+    x = np.stack([router_preprocess(im) for _, im in router.held_out_faces()])
+    prob = softmax(predict(model, x), axis=1)
+    return round(float(((prob.argmax(1) == router.FUNDUS) & (prob.max(1) >= 0.6)).mean()), 4)
 
 
 def router_rows(data_root: Path, seed: int, epochs: int, log,
@@ -301,7 +314,7 @@ def router_rows(data_root: Path, seed: int, epochs: int, log,
         if only and choice != only:
             continue
         for held_name, held_sources in held.items():
-            if new != "retina" and "IDRiD" in held_name:
+            if new not in ("retina", "photos") and "IDRiD" in held_name:
                 continue  # why: 1.0.0/1.1.0 rows predate this held-out set
             t0 = time.time()
             train = np.flatnonzero(~np.isin(sources, list(held_sources)))
@@ -319,11 +332,13 @@ def router_rows(data_root: Path, seed: int, epochs: int, log,
                     if y[i] == router.CHEST:
                         img = augment_radiograph(img, rng) if new else basic_radiograph(img, rng)
                         img = router.augment_any(img, rng, 0.6, False)
-                    elif y[i] == router.FUNDUS and new == "retina":
+                    elif y[i] == router.FUNDUS and new in ("retina", "photos"):
                         img = router.augment_retina(img, rng)
                     elif y[i] == router.FUNDUS:
                         img = router.augment_fundus_frame(img, rng) if new else \
                             router.augment_any(img, rng, 0.6, False)
+                    elif new == "photos":
+                        img = router.augment_other(img, rng)
                     else:
                         img = router.augment_any(img, rng, 0.2, True)
                     out.append(router_preprocess(img))
@@ -344,8 +359,9 @@ def router_rows(data_root: Path, seed: int, epochs: int, log,
                          "routed_correctly_argmax": round(float(ok.mean()), 4),
                          "routed_correctly_p>=0.6": round(float((ok & (prob.max(1) >= 0.6))
                                                                 .mean()), 4)})
-            if y[test][0] == router.FUNDUS and new == "retina":
+            if y[test][0] == router.FUNDUS and new in ("retina", "photos"):
                 rows[-1]["shifted_routed_correctly_p>=0.6"] = _shifted(model, images, test)
+            rows[-1]["faces_to_fundus_p>=0.6"] = _faces_to_fundus(model)
             log(f"  {rows[-1]} ({time.time() - t0:.0f}s)")
     return rows
 
