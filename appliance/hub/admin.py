@@ -59,17 +59,20 @@ def first_run_code_file() -> Path:
 
 
 def first_run_code() -> str:
-    """The set-up code for the first run, made (and logged) the first time it is asked
-    for: 12 letters and digits, as 3 groups, readable over the phone."""
+    """The set-up code for the first run, made the first time it is asked for: 12
+    letters and digits, as 3 groups, readable over the phone."""
     path = first_run_code_file()
     if not path.exists():
         alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
         raw = "".join(secrets.choice(alphabet) for _ in range(12))
         write_secret(path, "-".join(raw[i : i + 4] for i in range(0, 12, 4)).encode())
-    code = path.read_text().strip()
+    return path.read_text().strip()
+
+
+def announce_first_run_code() -> None:
+    """Say the code where the technician at the hub's server will look (its log)."""
     log.warning("No administrator yet: open /first-run on this hub and type the set-up"
-                " code %s (also in %s)", code, path)
-    return code
+                " code %s (also in %s)", first_run_code(), first_run_code_file())
 
 
 def _code_matches(typed: str) -> bool:
@@ -162,7 +165,7 @@ def first_run():
             _fresh_session()
             session["sid"] = token
             return redirect(url_for("admin.index", welcome=1))
-    first_run_code()  # made and logged where the technician will look
+    announce_first_run_code()
     page = render_template("hub/first_run.html", csrf=csrf_token(), error=error)
     return page, (400 if error else 200)
 

@@ -275,8 +275,12 @@ def _count(value: int | None) -> str:
 
 
 # -- records a reader could not render (bad_records.py) ----------------------------------
-def _device_or_404(device_id: str) -> dict[str, Any]:
-    found = get_db().one("SELECT id, site, name FROM devices WHERE id = ?", (device_id,))
+def device_or_404(device_id: str) -> dict[str, Any]:
+    found = get_db().one(
+        "SELECT id, site, name, enrolled_at, revoked_at, last_seen_at, software FROM devices"
+        " WHERE id = ?",
+        (device_id,),
+    )
     if found is None:
         abort(404)
     return found
@@ -285,7 +289,7 @@ def _device_or_404(device_id: str) -> dict[str, Any]:
 @bp.get("/boxes/<device_id>/records")
 @login_required
 def box_records(device_id: str):
-    device = _device_or_404(device_id)
+    device = device_or_404(device_id)
     conn = get_db()
     checked, found = request.args.get("checked", ""), request.args.get("bad", "")
     return render_template(
@@ -304,7 +308,7 @@ def box_records(device_id: str):
 @login_required
 def check_box_records(device_id: str):
     check_csrf()
-    _device_or_404(device_id)
+    device_or_404(device_id)
     done = bad_records.scan(get_db(), device_id)
     return redirect(
         url_for("dashboard.box_records", device_id=device_id, checked=done["checked"],
@@ -332,7 +336,7 @@ def release_records(device_id: str):
 def _on_chosen_records(device_id: str, act):
     """Quarantine or release the records ticked on a box's page, in the admin's name."""
     check_csrf()
-    _device_or_404(device_id)
+    device_or_404(device_id)
     chosen = request.form.getlist("entry")
     if chosen:
         try:

@@ -30,7 +30,7 @@ from appliance.hub import (
     reference,
     tallies,
 )
-from appliance.hub.dashboard import bp, csrf_token, login_required
+from appliance.hub.dashboard import bp, csrf_token, device_or_404, login_required
 
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DEFAULT_BINS = 20  # the box's drift histogram (monitoring/drift.py) where no reference says
@@ -137,21 +137,10 @@ def site_page(site: str):
     )
 
 
-def _device_or_404(device_id: str) -> dict[str, Any]:
-    found = get_db().one(
-        "SELECT id, site, name, enrolled_at, revoked_at, last_seen_at, software FROM devices"
-        " WHERE id = ?",
-        (device_id,),
-    )
-    if found is None:
-        abort(404)
-    return found
-
-
 @bp.get("/boxes/<device_id>")
 @login_required
 def box_page(device_id: str):
-    device = _device_or_404(device_id)
+    device = device_or_404(device_id)
     conn = get_db()
     where = _("%(site)s, box %(box)s", site=device["site"], box=device["name"])
     return render_template(
@@ -180,7 +169,7 @@ def _shown(row: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/boxes/<device_id>/days/<day>")
 @login_required
 def day_page(device_id: str, day: str):
-    device = _device_or_404(device_id)
+    device = device_or_404(device_id)
     if not DAY.match(day):
         abort(404)
     results = [_shown(r) for r in tallies.day_entries(get_db(), device_id, day)]
@@ -193,7 +182,7 @@ def day_page(device_id: str, day: str):
 @bp.get("/boxes/<device_id>/results/<path:entry_id>")
 @login_required
 def result_page(device_id: str, entry_id: str):
-    device = _device_or_404(device_id)
+    device = device_or_404(device_id)
     conn = get_db()
     row = conn.one(
         "SELECT entry_id, revision, kind, image_sha256, route, triage, model_name,"

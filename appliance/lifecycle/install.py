@@ -51,6 +51,7 @@ from appliance.screening.models import (
 )
 from appliance.store import model_versions
 from appliance.store.db import Store, audit
+from appliance.store.files import fsync_dir
 from appliance.wire.bundle_paths import check_bundle, check_members, open_bundle_file
 from appliance.wire.model_signature import SIGNATURE_FILE, verify_manifest
 
@@ -65,13 +66,6 @@ def pause_point(step: str) -> None:
         print(f"paused at {step}", file=sys.stderr, flush=True)
         time.sleep(600)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def running_manifest(store: Store, config: Config, name: str) -> dict[str, Any] | None:
@@ -153,14 +147,14 @@ def _install(
             _extract(tar, members[PREFIX + rel], staging, rel, str(meta["sha256"]))
     verify_files(staging, manifest)
     for folder in {p.parent for p in staging.rglob("*")} | {staging}:
-        _fsync_dir(folder)
+        fsync_dir(folder)
     pause_point("install.staged")
     target = installed_dir(config, name, version)
     if target.exists():  # a folder no row names: a power cut after an earlier rename
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     pause_point("install.renamed")
     shipped = newest_bundles(models_dir(config)).get(name)
     with store.write() as conn:

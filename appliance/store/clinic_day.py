@@ -63,6 +63,8 @@ def configured_timezone(conn: sqlite3.Connection) -> str:
 
 @lru_cache(maxsize=8)
 def _timezone_of(data_dir: str, stamp: int, environ_zone: str) -> str:
+    # stamp and environ_zone only key the cache: a saved setting or the environment
+    # changing gives a new entry (load_config reads both itself).
     from appliance.config import load_config
     from appliance.errors import ConfigError
 

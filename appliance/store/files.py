@@ -56,7 +56,8 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a file's creation, rename or removal in ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -92,7 +93,7 @@ def atomic_write_bytes(target: Path, data: bytes, tmp_dir: Path | None = None) -
         finally:
             os.close(fd)
         os.replace(tmp_name, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         _discard(tmp_name)
         raise _translate(exc, target) from exc
@@ -134,7 +135,7 @@ def move_into_place(source: Path, target: Path) -> None:
         finally:
             os.close(fd)
         os.replace(source, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         raise _translate(exc, target) from exc
 

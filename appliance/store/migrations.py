@@ -793,7 +793,6 @@ def m024_treatments(db: Database) -> None:
     # outcome, entered on the study page or imported with the lab register. Append-only
     # as outcomes are: a correction is a new row, the latest counts. Sent to the hub as a
     # new revision of the outcome's entry, so an older hub keeps it (an extra field).
-    # Named m024 after the m023 another change adds; sqlite-utils applies by name order.
     db.executescript(
         """
         CREATE TABLE treatments (

@@ -43,6 +43,7 @@ from appliance.monitoring.outcomes import TESTS
 from appliance.store.clinic_day import clinic_zone
 from appliance.store.consent import POLICIES, consented_studies
 from appliance.store.db import Store, audit
+from appliance.store.files import fsync_dir
 from appliance.store.patient_fields import PATIENT_ID_SQL
 from appliance.training.pixels import png_bytes, text_warning
 from appliance.wire import training_export as fmt
@@ -189,13 +190,6 @@ def _write(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def patient_key(salt: bytes, patient_id: str | None, png_sha256: str) -> str:
@@ -364,10 +358,10 @@ def export(
         data = fmt.manifest_bytes(manifest)
         _write(partial / fmt.MANIFEST, data)
         _write(partial / fmt.SIGNATURE, fmt.sign(data, key))
-        _fsync_dir(partial / fmt.IMAGES)
-        _fsync_dir(partial)
+        fsync_dir(partial / fmt.IMAGES)
+        fsync_dir(partial)
         os.rename(partial, final)
-        _fsync_dir(to)
+        fsync_dir(to)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, OSError):

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-from helpers import FUNDUS_DIR
+from pacs.test_eyes_everywhere import PHOTOS  # two photos of each eye of patient M-3
 from sync.synckit import FAST_RETRIES
 
 from appliance.config import load_config
@@ -29,13 +29,6 @@ from appliance.store.patients import set_patients
 from appliance.sync.worker import SyncWorker
 from appliance.worker import Worker
 
-CAMERA = FUNDUS_DIR / "cameras"
-PHOTOS = {  # file name on the camera's card -> the photo
-    "M3_OD_1.jpg": FUNDUS_DIR / "IDRiD_003.jpg",  # referable
-    "M3_OD_2.jpg": CAMERA / "idrid" / "IDRiD_008.jpg",  # referable
-    "M3_OS_1.jpg": FUNDUS_DIR / "hrf_07_h.jpg",  # healthy
-    "M3_OS_2.jpg": CAMERA / "hrf" / "hrf_01_h.jpg",  # healthy
-}
 PASSWORD = "correct horse battery"
 ZONE = "Africa/Maputo"
 
