@@ -34,7 +34,7 @@ sys.path[:] = [str(ROOT), str(ROOT / "tests")] + [
 
 from sync.synckit import hub_database_url  # noqa: E402
 
-from appliance.hub import cascade_outcomes, create_app, records  # noqa: E402
+from appliance.hub import cascade_outcomes, cascade_rows, create_app, records  # noqa: E402
 from appliance.hub.migrations import PROGRAMME_TALLY_REBUILD, TALLY_REBUILD  # noqa: E402
 
 GOAL_P95_MS = 200.0
@@ -157,6 +157,7 @@ def build(conn, results: int, sites: int) -> dict:
         for statement in (*TALLY_REBUILD, *PROGRAMME_TALLY_REBUILD):
             conn.execute(statement)
         cascade_outcomes.rebuild(conn)  # the outcomes read once (hub migration 9)
+        cascade_rows.rebuild(conn)  # each patient's weeks (hub migration 10)
     conn.execute("ANALYZE")
     written["tallies_s"] = round(time.perf_counter() - started, 1)
     written["tally_rows"] = conn.one("SELECT COUNT(*) AS n FROM tallies")["n"]

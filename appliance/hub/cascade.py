@@ -19,11 +19,11 @@ treatment started, counted by patient, chest and retina apart (issue 29).
   result's day), a test dated before the flag counting 0.
 
 Outcomes are followed whenever they came (the cohort is who was screened in the
-period). Screened and flagged are counted by the database (one index range per
-period); the outcomes come read already, with their patient (``cascade_outcomes``,
-kept on write), only those of flagged patients; a stored outcome that cannot be read
-is skipped and counted, never a 500. Without a site, the page shows 50 sites at a time
-under the total of all.
+period). Everything is counted by the database from the patients' rows, kept on write
+(``cascade_rows``: per site, programme, patient and week, with the patient's outcomes
+read already), each patient once without grouping the period's results; a stored
+outcome that cannot be read is skipped and counted, never a 500. Without a site, the
+page shows 50 sites at a time under the total of all.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 from flask import Blueprint, abort, render_template, request
 from flask_babel import format_decimal
 
-from appliance.hub import formats, get_db
+from appliance.hub import cascade_rows, formats, get_db
 from appliance.hub.dashboard import csrf_token, login_required
 from appliance.hub.db import Connection
 
@@ -48,37 +48,6 @@ STAGES = ("screened", "flagged", "tested", "confirmed", "treatment_started")
 POSITIVE = ("urgent", "review")
 WEEK = re.compile(r"^\d{4}-W\d{2}$")
 DEFAULT_WEEKS = 13  # a quarter, the page's period when none is asked for
-PatientKey = tuple[str, str, str]  # site, programme, patient
-
-
-@dataclass
-class Tests:
-    """What the outcomes say of one patient: per (image, test), its latest entry."""
-
-    latest: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
-    treated_on: str | None = None
-
-    def add(self, row: dict[str, Any]) -> None:
-        """One ``cascade_outcomes`` row (a readable outcome, read when it arrived)."""
-        order = (str(row["created_at"] or ""), int(row["local_id"] or 0))
-        key = (row["sha"], str(row["test"]))
-        held = self.latest.get(key)
-        if held is None or order > held[:2]:
-            self.latest[key] = (*order, row)
-        started = row["treated_on"]
-        if started is not None:
-            self.treated_on = min(started, self.treated_on or started)
-
-    def results(self) -> list[dict[str, Any]]:
-        return [d for _, _, d in self.latest.values() if not d["withdrawn"]]
-
-    @property
-    def first_test(self) -> str | None:
-        return min((str(d["tested_on"])[:10] for d in self.results()), default=None)
-
-    @property
-    def confirmed(self) -> bool:
-        return any(d["positive"] for d in self.results())
 
 
 def period(weeks: str, until: str) -> tuple[str, str]:
@@ -91,6 +60,10 @@ def period(weeks: str, until: str) -> tuple[str, str]:
         weeks = _iso_week(today - timedelta(weeks=DEFAULT_WEEKS - 1))
         until = _iso_week(today)
     return weeks, until
+
+
+def _iso_week(day: date) -> str:
+    return cascade_rows.iso_week(day.isoformat())
 
 
 def _monday(week: str, plus: int = 0) -> str | None:
@@ -110,82 +83,6 @@ def decimal(value: float | None) -> str:
     return formats.DASH if value is None else format_decimal(value, format="#,##0.#")
 
 
-def _iso_week(day: date) -> str:
-    year, week, _ = day.isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def _patients(since: str, until: str, site: str | None) -> tuple[str, list[Any]]:
-    """SQL of one row per (site, route, patient) screened in the period: first day
-    screened and first day flagged (NULL: never), with its parameters."""
-    sql = (
-        "SELECT d.site AS site, e.route AS route,"
-        " COALESCE(e.patient_id, 'image:' || e.image_sha256) AS patient,"
-        " MIN(e.result_day) AS screened_on,"
-        " MIN(CASE WHEN e.triage IN ('urgent', 'review') THEN e.result_day END) AS flagged_on"
-        " FROM entries e JOIN devices d ON d.id = e.device_id"
-        " WHERE e.kind = 'result' AND e.route IN ('chest_xray', 'fundus')"
-        " AND (e.patient_id IS NOT NULL OR e.image_sha256 IS NOT NULL)"
-    )
-    params: list[Any] = []
-    for clause, value in (
-        (" AND e.week >= ?", since),
-        (" AND e.week <= ?", until),
-        (" AND d.site = ?", site),
-    ):
-        if value:
-            sql += clause
-            params.append(value)
-    sql += " GROUP BY d.site, e.route, COALESCE(e.patient_id, 'image:' || e.image_sha256)"
-    return sql, params
-
-
-OUTCOME_COLUMNS = (
-    "sha", "test", "withdrawn", "positive", "tested_on", "treated_on", "created_at", "local_id"
-)
-
-
-def _read(
-    conn: Connection, since: str, until: str, site: str | None, by_day: bool
-) -> tuple[list[dict[str, Any]], dict[PatientKey, tuple[str, Tests]]]:
-    """One query, the period's patients grouped once: (patients screened and flagged per
-    site and route, and per day of their first flag else screening where ``by_day``;
-    each flagged patient with a readable outcome, whenever it came and for any of the
-    patient's images at the site: first day flagged, and the outcomes)."""
-    patients, params = _patients(since, until, site)
-    day = "SUBSTR(COALESCE(NULLIF(flagged_on, ''), NULLIF(screened_on, ''), ''), 1, 10)"
-    nothing = ", ".join(f"NULL AS {c}" for c in OUTCOME_COLUMNS)
-    bucket = day if by_day else "''"
-    sql = (
-        f"WITH p AS ({patients})"
-        f" SELECT site, route, {bucket} AS day, COUNT(*) AS screened,"
-        f" COUNT(NULLIF(flagged_on, '')) AS flagged, NULL AS patient, NULL AS flagged_on,"
-        f" {nothing} FROM p GROUP BY site, route{', ' + day if by_day else ''}"
-        " UNION ALL"
-        " SELECT p.site, p.route, NULL, NULL, NULL, p.patient, p.flagged_on,"
-        f" {', '.join('t.' + c for c in OUTCOME_COLUMNS)}"
-        " FROM p JOIN (SELECT d.site AS site, o.route, o.patient,"
-        " o.image_sha256 AS sha, o.test, o.withdrawn, o.positive, o.tested_on,"
-        " o.treated_on, o.created_at, o.local_id"
-        " FROM cascade_outcomes o JOIN devices d ON d.id = o.device_id"
-        " WHERE o.readable = 1 AND o.route <> ''" + (" AND d.site = ?" if site else "")
-        + ") AS t"
-        " ON t.site = p.site AND t.route = p.route AND t.patient = p.patient"
-        " WHERE p.flagged_on IS NOT NULL AND p.flagged_on <> ''"
-    )
-    counts: list[dict[str, Any]] = []
-    found: dict[PatientKey, tuple[str, Tests]] = {}
-    for row in conn.execute(sql, [*params, *([site] if site else [])]):
-        if row["screened"] is not None:
-            counts.append(row)
-            continue
-        key = (row["site"], PROGRAMMES[row["route"]], row["patient"])
-        if key not in found:
-            found[key] = (row["flagged_on"], Tests())
-        found[key][1].add(row)
-    return counts, found
-
-
 def _skipped(conn: Connection, site: str | None) -> int:
     """Stored outcomes of the site(s) that do not say which test and when."""
     row = conn.one(
@@ -196,48 +93,40 @@ def _skipped(conn: Connection, site: str | None) -> int:
     return int(row["n"]) if row else 0
 
 
-def _days(since: str, until: str) -> int | None:
-    try:
-        return max(0, (date.fromisoformat(until) - date.fromisoformat(since)).days)
-    except (TypeError, ValueError):
-        return None
-
-
 @dataclass
 class Group:
     """One programme's patients at a site (or all sites) and period: how many were
-    screened and flagged, and each tested one's first flag and outcomes."""
+    screened, flagged, tested, confirmed and treated, and each tested one's days from
+    flag to test."""
 
     screened: int = 0
     flagged: int = 0
-    tested: list[tuple[str, Tests]] = field(default_factory=list)
+    tested: int = 0
+    confirmed: int = 0
+    treated: int = 0
+    waits: list[int] = field(default_factory=list)
 
     def __iadd__(self, other: Group) -> Group:
         self.screened += other.screened
         self.flagged += other.flagged
         self.tested += other.tested
+        self.confirmed += other.confirmed
+        self.treated += other.treated
+        self.waits += other.waits
         return self
 
 
 def _stages(group: Group) -> dict[str, Any]:
-    counts = dict.fromkeys(STAGES, 0)
-    counts["screened"], counts["flagged"] = group.screened, group.flagged
-    waits: list[int] = []
-    for flagged_on, tests in group.tested:
-        first = tests.first_test
-        if first is None:
-            continue
-        counts["tested"] += 1
-        wait = _days(flagged_on[:10], first)
-        if wait is not None:
-            waits.append(wait)
-        counts["confirmed"] += int(tests.confirmed)
-        counts["treatment_started"] += int(tests.treated_on is not None)
-    never = counts["flagged"] - counts["tested"]
+    never = group.flagged - group.tested
+    waits = group.waits
     return {
-        **counts,
+        "screened": group.screened,
+        "flagged": group.flagged,
+        "tested": group.tested,
+        "confirmed": group.confirmed,
+        "treatment_started": group.treated,
         "never_tested": never,
-        "never_tested_share": never / counts["flagged"] if counts["flagged"] else None,
+        "never_tested_share": never / group.flagged if group.flagged else None,
         "days_to_test": round(float(median(waits)), 1) if waits else None,
         "days_to_test_n": len(waits),
     }
@@ -247,22 +136,18 @@ def _groups(
     conn: Connection, since: str, until: str, site: str | None, by_week: bool
 ) -> dict[tuple[str, str, str], Group]:
     """(site, ISO week of the first flag else screening ('' unless ``by_week``),
-    programme) -> its patients, counted."""
-
-    def week_of(day: str | None) -> str:
-        try:
-            return _iso_week(date.fromisoformat((day or "")[:10]))
-        except ValueError:
-            return ""
-
+    programme) -> its patients, counted from the patients' rows (``cascade_rows``)."""
     groups: dict[tuple[str, str, str], Group] = defaultdict(Group)
-    counts, tested = _read(conn, since, until, site, by_week)
-    for row in counts:
-        key = (row["site"], week_of(row["day"]) if by_week else "", PROGRAMMES[row["route"]])
-        groups[key] += Group(int(row["screened"]), int(row["flagged"]))
-    for (name, programme, _), (flagged_on, tests) in tested.items():
-        groups[(name, week_of(flagged_on) if by_week else "", programme)].tested.append(
-            (flagged_on, tests)
+    for row in cascade_rows.counted(conn, since, until, site, by_week):
+        tested = int(row["tested"] or 0)
+        wait = row["wait"]
+        groups[(row["site"], row["bucket"] or "", PROGRAMMES[row["route"]])] += Group(
+            int(row["screened"] or 0),
+            int(row["flagged"] or 0),
+            tested,
+            int(row["confirmed"] or 0),
+            int(row["treated"] or 0),
+            [int(wait)] * tested if wait is not None else [],
         )
     return groups
 

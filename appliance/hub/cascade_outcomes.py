@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from appliance.hub import cascade_rows
 from appliance.hub.db import Connection
 
 COLUMNS = (
@@ -47,7 +48,7 @@ NO_PATIENT = ("", "")
 
 
 def facts(payload: Any) -> tuple[Any, ...]:
-    """An outcome's payload as its columns from ``readable`` on (as ``cascade.Tests``
+    """An outcome's payload as its columns from ``readable`` on (as ``cascade_rows.Tests``
     read the payload before: the latest entry per image and test, ``withdrawn`` no test)."""
     try:
         data = json.loads(payload)
@@ -113,29 +114,38 @@ def _rows(conn: Connection, device_id: str, outcomes: list[dict[str, Any]]) -> l
 
 def refresh(
     conn: Connection, device_id: str, entry_ids: Iterable[str], shas: Iterable[str] = ()
-) -> None:
+) -> set[tuple[str, str]]:
     """Make the box's rows for the outcomes ``entry_ids`` and those of the images
-    ``shas`` say what ``entries`` holds now (inside the transaction that changed them)."""
+    ``shas`` say what ``entries`` holds now (inside the transaction that changed them).
+    Returns the (route, patient) those rows were and are about."""
     outcomes: list[dict[str, Any]] = []
+    about: set[tuple[str, str]] = set()
     for column, values in (("entry_id", entry_ids), ("image_sha256", shas)):
         for part in _chunks(values):
             marks = ", ".join("?" for _ in part)
-            conn.execute(
-                f"DELETE FROM cascade_outcomes WHERE device_id = ? AND {column} IN ({marks})",
-                (device_id, *part),
-            )
+            where = f" WHERE device_id = ? AND {column} IN ({marks})"
+            about |= {
+                (r["route"], r["patient"])
+                for r in conn.execute(f"SELECT route, patient FROM cascade_outcomes{where}",
+                                      (device_id, *part))
+            }
+            conn.execute(f"DELETE FROM cascade_outcomes{where}", (device_id, *part))
             outcomes += conn.execute(
                 "SELECT entry_id, image_sha256, payload FROM entries WHERE device_id = ?"
                 f" AND {column} IN ({marks}) AND kind = 'outcome'",
                 (device_id, *part),
             )
-    conn.executemany(INSERT, _rows(conn, device_id, outcomes))
+    rows = _rows(conn, device_id, outcomes)
+    conn.executemany(INSERT, rows)
+    return about | {(r[2], r[3]) for r in rows}
 
 
 def follow(conn: Connection, device_id: str, rows: Iterable[dict[str, Any]]) -> None:
     """After entries of one box were stored, revised or moved (``rows``: them as they
-    were and are, with kind, entry_id and image_sha256): read again the outcomes among
-    them and those of images whose results came or changed (whom an outcome is about)."""
+    were and are, with kind, entry_id and image_sha256; the patient_id of those as they
+    were): read again the outcomes among them and those of images whose results came or
+    changed (whom an outcome is about), and write again the cascade's rows of every
+    patient whose results or outcomes these were (``cascade_rows``)."""
     rows = list(rows)
     outcome_ids = {r["entry_id"] for r in rows if r["kind"] == "outcome"}
     result_shas = {
@@ -143,8 +153,15 @@ def follow(conn: Connection, device_id: str, rows: Iterable[dict[str, Any]]) -> 
         for r in rows
         if r["kind"] == "result" and isinstance(r["image_sha256"], str)
     }
-    if outcome_ids or result_shas:
-        refresh(conn, device_id, outcome_ids, result_shas)
+    if not outcome_ids and not result_shas:
+        return
+    about = refresh(conn, device_id, outcome_ids, result_shas)
+    for found in patients(conn, device_id, result_shas).values():
+        about |= found
+    site = cascade_rows.site_of(conn, device_id)
+    if site is not None:
+        keys = {(site, route, patient) for route, patient in about}
+        cascade_rows.refresh(conn, keys | cascade_rows.result_keys(site, rows))
 
 
 def rebuild(conn: Connection) -> None:

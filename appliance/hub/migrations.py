@@ -461,6 +461,42 @@ def _read_outcomes(conn: Connection) -> None:
     cascade_outcomes.rebuild(conn)
 
 
+# Each patient's results per site, programme and ISO week, with their outcomes read,
+# kept on write (hub/cascade_rows.py): the care cascade and the indicator exports count
+# a period's patients from these rows instead of grouping its results per page. Filled
+# from the entries and the outcomes read by migration 9 (Python: the same reading as
+# on write, on both databases).
+CASCADE_ROWS: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS cascade_rows (
+        site TEXT NOT NULL,
+        route TEXT NOT NULL,
+        patient TEXT NOT NULL,
+        week TEXT NOT NULL,
+        screened_on TEXT,
+        flagged_on TEXT,
+        prev_week TEXT,
+        prev_flag_week TEXT,
+        next_flag_week TEXT,
+        screen_bucket TEXT NOT NULL,
+        flag_bucket TEXT NOT NULL,
+        first_test TEXT,
+        confirmed INTEGER NOT NULL,
+        treated INTEGER NOT NULL,
+        wait INTEGER,
+        PRIMARY KEY (site, route, patient, week)
+    )""",
+    "CREATE INDEX IF NOT EXISTS cascade_rows_week ON cascade_rows(week, site)",
+    "CREATE INDEX IF NOT EXISTS cascade_rows_site ON cascade_rows(site, week)",
+    "CREATE INDEX IF NOT EXISTS cascade_outcomes_patient ON cascade_outcomes(patient, route)",
+)
+
+
+def _count_patients(conn: Connection) -> None:
+    from appliance.hub import cascade_rows
+
+    cascade_rows.rebuild(conn)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -492,6 +528,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               PROGRAMME_TALLIES),
     Migration(9, "each confirmatory outcome read once, for the care cascade",
               CASCADE_OUTCOMES, then=_read_outcomes),
+    Migration(10, "each patient's results per week, for the care cascade and its exports",
+              CASCADE_ROWS, then=_count_patients),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -90,7 +90,7 @@ def held(conn: Connection, device_id: str, entry_ids: Sequence[str]) -> dict[str
     for part in _chunks(sorted(set(entry_ids))):
         marks = ", ".join("?" for _ in part)
         for row in conn.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM entries"
+            f"SELECT {', '.join(COLUMNS)}, patient_id FROM entries"
             f" WHERE device_id = ? AND entry_id IN ({marks})",
             (device_id, *part),
         ):

@@ -94,7 +94,7 @@ def test_migration_9_reads_the_outcomes_a_hub_already_held(tmp_path, database_ur
             conn.execute("DELETE FROM schema_migrations WHERE version = 9")
     finally:
         conn.close()
-    assert LATEST == 9 and database.migrate() == [9]
+    assert LATEST >= 9 and database.migrate() == [9]
     conn = database.connect()
     try:
         assert held(conn) == read_again(conn) and len(held(conn)) == 2
