@@ -30,7 +30,8 @@ from appliance.inference.preprocess import (
     to_grey,
 )
 from appliance.wire.csv_safe import FORMULA_STARTS
-from appliance.wire.training_export import MANIFEST, TrainingExportError, verify_export
+from appliance.wire.training_export import MANIFEST, TrainingExportError
+from appliance.wire.training_verify import verify_export
 
 COLUMNS = ("file", "label", "label_source", "model", "patient_key", "site", "taken_on")
 SPLITS = {"train": "train", "locked-test": "locked_test"}

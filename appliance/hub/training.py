@@ -1,7 +1,8 @@
 """Training exports gathered at the hub (issue 27): ``appliance hub training import``.
 
-Each export on a stick is checked whole first (``training_verify.verify_export``:
-signature, format, every field and every file's sha256). Then:
+Each export, from a stick or sent with sync (``training_api.py``), is checked whole first
+by the one door every reader uses (``appliance.wire.training_verify.verify_export``:
+signature, format, every field, every file's sha256, PNGs of pixels only). Then:
 
 - **Whose key.** The first export the hub sees from a device records that device's
   public key (trust on first use); an export for the same device_id signed by another
@@ -24,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,14 @@ import numpy as np
 from appliance.hub.db import Connection, HubDatabase
 from appliance.hub.records import now
 from appliance.hub.training_split import record_splits
-from appliance.hub.training_verify import (
+from appliance.wire.training_export import TrainingExportError
+from appliance.wire.training_verify import (
     MAX_IMAGE_BYTES,
-    TrainingExportError,
     VerifiedExport,
     verify_export,
 )
+from appliance.wire.training_verify import check_png as check_png_chunks
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Chunks that carry text or metadata rather than pixels: a de-identified image has none.
-TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf")
 HASH_SIZE = 16  # dHash of a 17 x 16 grey thumbnail: 256 bits
 
 
@@ -73,22 +71,7 @@ def dhash(pixels: np.ndarray) -> str:
 
 def check_png(data: bytes, where: str) -> np.ndarray:
     """The pixels of a de-identified PNG (8 or 16 bits, no text chunks), else refused."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise TrainingExportError(f"{where}: not a PNG")
-    offset, depth = len(PNG_SIGNATURE), None
-    while offset + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        if kind == b"IHDR" and length >= 13:
-            depth = data[offset + 16]
-        if kind in TEXT_CHUNKS:
-            raise TrainingExportError(
-                f"{where}: carries a {kind.decode()} chunk: not de-identified pixels only"
-            )
-        if kind == b"IEND":
-            break
-        offset += 12 + length
-    if depth not in (8, 16):
-        raise TrainingExportError(f"{where}: a PNG of {depth} bits, not 8 or 16")
+    check_png_chunks(data, where)
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
         raise TrainingExportError(f"{where}: its pixels cannot be read")
@@ -213,7 +196,7 @@ def _write_rows(conn: Connection, export: VerifiedExport, images: list[tuple]) -
     record_splits(conn, [(r["site"], r["patient_key"]) for r in export.rows])
 
 
-def _held_images(conn: Connection, shas: list[str]) -> set[str]:
+def held_images(conn: Connection, shas: list[str]) -> set[str]:
     """Which of ``shas`` the hub holds (asked 500 at a time: a query's parameters are few)."""
     held: set[str] = set()
     for start in range(0, len(shas), 500):
@@ -233,7 +216,7 @@ def import_export(conn: Connection, data_dir: Path, folder: Path) -> dict[str, A
     _check_key(conn, export.manifest)
     if _already(conn, export):
         return {**report, "already": True}
-    held = _held_images(conn, sorted(set(export.images.values())))
+    held = held_images(conn, sorted(set(export.images.values())))
     staging = training_dir(data_dir) / f".staging-{uuid.uuid4().hex}"
     placed: list[Path] = []
     try:

@@ -45,8 +45,8 @@ from appliance.hub.training_split import (
     record_splits,
     recorded_splits,
 )
-from appliance.hub.training_verify import LABEL_COLUMNS, MODEL
 from appliance.wire.csv_safe import safe_row
+from appliance.wire.training_verify import LABEL_COLUMNS, MODEL
 
 FORMAT = "appliance-training-set"
 VERSION = 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.hub.training_verify import LABEL_COLUMNS
+from appliance.wire.training_export import LABEL_COLUMNS
 from models.training.data import DEFAULT_DATA_ROOT, split_by_group
 from models.training.fundus import REPORT_FRACTION, REPORT_SALT
 

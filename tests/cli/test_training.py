@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from helpers import TESTS
 
 from appliance.cli import main
-from appliance.wire.training_export import verify_export
+from appliance.wire.training_verify import verify_export
 
 CXR = TESTS / "data" / "cxr64"
 FILES = ("person1022_virus_1712.png", "NORMAL2-IM-0468-0001.png", "IM-0135-0001.png")
@@ -51,7 +51,7 @@ def test_export_with_consent_from_the_environment_prints_its_counts(tmp_path):
                                    "skipped_no_outcome")} == {
         "images": 2, "labelled": 2, "skipped_no_consent": 0, "skipped_no_outcome": 1,
     }
-    manifest = verify_export(counts["to"])
+    manifest = verify_export(counts["to"]).manifest
     assert manifest["consent_policy"] == "always" and manifest["site"] == "Clinic"
     assert manifest["device_id"].startswith("box-") and counts["to"].startswith(str(usb))
     text = run("training", "export", "--to", str(tmp_path / "other"), "--model",

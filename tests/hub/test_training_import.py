@@ -14,7 +14,7 @@ from hub.trainingkit import Box, Item, fix_secret, hub_cli, png, xray
 
 from appliance.hub.db import HubDatabase
 from appliance.hub.training import image_path, import_export
-from appliance.hub.training_verify import TrainingExportError
+from appliance.wire.training_export import TrainingExportError
 
 TABLES = ("training_keys", "training_exports", "training_images", "training_labels",
           "training_split")  # fmt: skip

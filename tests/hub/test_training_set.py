@@ -21,7 +21,7 @@ from hub.trainingkit import (
 
 from appliance.hub.db import HubDatabase
 from appliance.hub.training_split import LOCKED_TEST, TRAIN, split_by_rule
-from appliance.hub.training_verify import LABEL_COLUMNS
+from appliance.wire.training_export import LABEL_COLUMNS
 
 
 @pytest.fixture

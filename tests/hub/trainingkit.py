@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.cli import main
-from appliance.hub.training_verify import LABEL_COLUMNS
 from appliance.wire.csv_safe import safe_row
 from appliance.wire.model_signature import public_text
+from appliance.wire.training_export import LABEL_COLUMNS
 
 TESTS = Path(__file__).resolve().parents[1]
 XRAYS = sorted((TESTS / "data" / "cxr64").glob("*.png")) + sorted(

@@ -34,8 +34,8 @@ from appliance.wire.training_export import (
     TrainingExportError,
     export_key,
     public_key_text,
-    verify_export,
 )
+from appliance.wire.training_verify import verify_export
 from appliance.worker import Worker
 
 CXR = TESTS / "data" / "cxr64"
@@ -118,7 +118,7 @@ def test_ask_lets_only_the_studies_whose_patient_said_yes_leave(box, tmp_path):
     assert (report.images, report.skipped_no_consent, report.skipped_no_outcome) == (1, 3, 1)
     [row] = rows(report.to)
     assert row["label"] == "1" and row["label_source"] == "outcome"
-    assert verify_export(report.to)["consent_policy"] == "ask"
+    assert verify_export(report.to).manifest["consent_policy"] == "ask"
 
 
 def test_always_exports_every_labelled_image_with_its_label(box, tmp_path):
@@ -161,7 +161,7 @@ def test_always_exports_every_labelled_image_with_its_label(box, tmp_path):
 def test_the_pngs_hold_pixels_only_and_text_in_pixels_is_warned(box, tmp_path):
     store, config, ids, _ = box
     report = run_export(store, config, tmp_path / "usb", "always")
-    manifest = verify_export(report.to)
+    manifest = verify_export(report.to).manifest
     pngs = sorted((report.to / "images").iterdir())
     assert len(pngs) == 4
     for png in pngs:
@@ -178,7 +178,7 @@ def test_the_pngs_hold_pixels_only_and_text_in_pixels_is_warned(box, tmp_path):
 def test_the_manifest_is_signed_and_any_change_is_caught(box, tmp_path):
     store, config, _ids, _ = box
     report = run_export(store, config, tmp_path / "usb", "always")
-    manifest = verify_export(report.to)
+    manifest = verify_export(report.to).manifest
     key = public_key_text(export_key(store.data_dir / KEY_FILE))
     assert manifest["public_key"] == key and verify_export(report.to, known_key=key)
     assert oct(os.stat(store.data_dir / KEY_FILE).st_mode & 0o777) == "0o600"
@@ -230,7 +230,7 @@ def test_model_and_since_narrow_what_leaves(box, tmp_path):
     assert select(conn, "always", since=later).skipped_no_outcome == 0
     report = run_export(store, config, tmp_path / "usb", "always", since=date(2000, 1, 1),
                         model="cxr-adult-abnormal")
-    manifest = verify_export(report.to)
+    manifest = verify_export(report.to).manifest
     assert (manifest["since"], manifest["model"]) == ("2000-01-01", "cxr-adult-abnormal")
 
 
