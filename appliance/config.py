@@ -359,6 +359,14 @@ SETTINGS: tuple[Setting, ...] = (
         one_of("never", "ask", "always"),  # store.consent.POLICIES
     ),
     Setting(
+        "training_sync",
+        bool,
+        False,
+        "May `appliance training send` send this box's training exports to its hub with"
+        " sync (resumable chunks)? Off (the default): they leave only on a USB stick"
+        " (`appliance training export --to`).",
+    ),
+    Setting(
         "visit_gap_minutes",
         float,
         5.0,

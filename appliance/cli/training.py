@@ -103,4 +103,70 @@ def export_command(to, model, since, data_dir, as_json) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+@training.command("send")
+@click.option("--model", default=None, help="Only images this model scored.")
+@click.option(
+    "--since", default=None, callback=_since, help="Only images taken on or after YYYY-MM-DD."
+)
+@data_dir_option
+@json_option
+@translate
+def send_command(model, since, data_dir, as_json) -> None:
+    """Export as `training export` does, then send the exports to the hub with sync.
+
+    Only where the site allows it (the training_sync setting) and the box is enrolled.
+    Files go in resumable chunks: run it again after a dropped link and it goes on where
+    it stopped (an unfinished send is finished before anything new is exported). Exports
+    the hub imported are deleted here; one it refuses is kept in DATA_DIR/training/refused/
+    with the reason.
+    """
+    from appliance.store.db import Store
+    from appliance.sync.client import HubClient
+    from appliance.sync.identity import load_identity
+    from appliance.sync.training_send import OUTGOING, TrainingSender
+    from appliance.training.export import export
+
+    config = configure(data_dir)
+    if not config.training_sync:
+        raise click.ClickException(
+            "training_sync is off: this site sends training exports on a USB stick only"
+            " (appliance training export --to DIR). Nothing was sent."
+        )
+    identity = load_identity(config.data_dir)
+    client = HubClient(
+        config.sync_hub_url or identity.hub_url, identity.token,
+        ca_bundle=config.sync_ca_bundle, timeout=config.sync_timeout_seconds, keep_alive=True,
+    )  # fmt: skip
+    sender = TrainingSender(client, config)
+    exported = None
+    if not sender.pending():  # an unfinished send is finished first, nothing added to it
+        exported = export(
+            Store.open(config.data_dir), config, config.data_dir / OUTGOING,
+            device_id=identity.device_id, site=identity.site or config.site_name,
+            model=model, since=since, actor=_actor(),
+        ).as_dict()  # fmt: skip
+    try:
+        report = sender.send_all()
+    finally:
+        client.close()
+    report = {"exported": exported, **report}
+    if as_json:
+        print_json(report)
+    else:
+        made = "resumed an unfinished send" if exported is None else (
+            f"{exported['images']} images exported"
+        )
+        click.echo(
+            f"{made}; {report['exports']} exports imported by the hub ({report['images']}"
+            f" new images, {report['labels']} labels), {report['files_sent']} files sent,"
+            f" {report['files_held']} already there"
+        )
+        for export_id in report["already_imported"]:
+            click.echo(f"{export_id}: already imported, nothing added")
+    for refused in report["refused"]:
+        click.echo(f"{refused['export']}: REFUSED by the hub: {refused['why']}", err=True)
+    if report["refused"]:
+        raise SystemExit(1)
+
+
 COMMANDS = (training,)

@@ -124,6 +124,7 @@ def create_app(
 
     app.jinja_env.filters.update(pct=formats.percent, moment=formats.moment, day=formats.day)
 
+    import appliance.hub.training_api  # noqa: F401 - its routes join api.bp
     from appliance.hub import api, dashboard, exports, model_api  # noqa: F401 - routes join api.bp
     from appliance.hub.fhir import api as fhir_api
 

@@ -74,6 +74,11 @@ MAX_IMAGE_BYTES = 4 * 1024 * MB
 MAX_PARTIAL_IMAGES = 4  # images of one box being received at once (it sends one at a time)
 PARTS_TTL_SECONDS = 24 * 3600  # an unfinished image untouched this long is deleted
 
+# Training exports sent with sync (training_api.py) travel in the same chunks; each file
+# is bounded by the export's own limits (wire/training_verify.max_bytes), and:
+MAX_TRAINING_EXPORT_BYTES = 16 * 1024 * MB  # one export's files together
+MAX_TRAINING_UPLOADS = 2  # exports of one box being received at once (it sends one at a time)
+
 LARGEST_BODY = MAX_CHUNK_BYTES + 64 * KB  # waitress and Flask refuse more, unread
 
 _parsers = threading.BoundedSemaphore(PARSERS)
