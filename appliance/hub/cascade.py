@@ -133,12 +133,13 @@ def _stages(group: Group) -> dict[str, Any]:
 
 
 def _groups(
-    conn: Connection, since: str, until: str, site: str | None, by_week: bool
+    conn: Connection, since: str, until: str, site: str | None, by_week: bool, **which: Any
 ) -> dict[tuple[str, str, str], Group]:
     """(site, ISO week of the first flag else screening ('' unless ``by_week``),
-    programme) -> its patients, counted from the patients' rows (``cascade_rows``)."""
+    programme) -> its patients, counted from the patients' rows (``cascade_rows``);
+    ``which``: ``among``, ``summed`` as ``cascade_rows.counted`` takes them."""
     groups: dict[tuple[str, str, str], Group] = defaultdict(Group)
-    for row in cascade_rows.counted(conn, since, until, site, by_week):
+    for row in cascade_rows.counted(conn, since, until, site, by_week, **which):
         tested = int(row["tested"] or 0)
         wait = row["wait"]
         groups[(row["site"], row["bucket"] or "", PROGRAMMES[row["route"]])] += Group(
@@ -162,15 +163,11 @@ def cascade(
     each programme that screened someone in the period. Without ``site``, the sites come
     in pages of ``SITES_PER_PAGE`` (every enrolled site, as the programme page): the
     stages are counted per site for the page's sites only, the total for every site."""
-    groups = _groups(conn, since, until, site, by_week=False)
-    everyone: dict[str, Group] = defaultdict(Group)
-    by_site: dict[str, dict[str, Group]] = defaultdict(dict)
-    for (name, _, programme), group in sorted(groups.items()):
-        by_site[name][programme] = group
-        everyone[programme] += group
     pager = None
     if site is not None:
-        names = [site] if site in by_site else []
+        groups = _groups(conn, since, until, site, by_week=False)
+        names = [site] if groups else []
+        total = groups
     else:
         every_site = [r["site"] for r in conn.execute(
             "SELECT DISTINCT site FROM devices ORDER BY site"
@@ -186,6 +183,16 @@ def cascade(
             "last": first + len(names),
             "total": len(every_site),
         }
+        # two reads of the period's rows: the page's sites by the site index, and every
+        # site summed (500 sites' groups are not hashed or sent to be added up here)
+        groups = _groups(conn, since, until, None, by_week=False, among=names)
+        total = _groups(conn, since, until, None, by_week=False, summed=True)
+    everyone: dict[str, Group] = defaultdict(Group)
+    for (_, _, programme), group in total.items():
+        everyone[programme] += group
+    by_site: dict[str, dict[str, Group]] = defaultdict(dict)
+    for (name, _, programme), group in groups.items():
+        by_site[name][programme] = group
     return {
         "since": since,
         "until": until,

@@ -5,19 +5,30 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from functools import lru_cache
 
+from babel import Locale
 from babel.dates import format_skeleton
-from flask_babel import format_percent, get_locale
+from babel.numbers import NumberPattern, parse_pattern
+from flask_babel import get_locale
 
 DASH = "–"
+
+
+@lru_cache(maxsize=8)
+def _percent_pattern(locale: Locale) -> NumberPattern:
+    """The locale's percent pattern with one decimal, parsed once (a cascade page writes
+    a hundred shares)."""
+    pattern = locale.percent_formats[None].pattern  # "#,##0%", fr "#,##0\u202f%"
+    return parse_pattern(re.sub(r"0(?=[^0-9#,.]*%)", "0.0", pattern, count=1))
 
 
 def percent(value: float | None) -> str:
     """A share (0..1) as a percentage with one decimal, or a dash where there is none."""
     if value is None:
         return DASH
-    pattern = get_locale().percent_formats[None].pattern  # "#,##0%", fr "#,##0\u202f%"
-    return format_percent(value, re.sub(r"0(?=[^0-9#,.]*%)", "0.0", pattern, count=1))
+    locale = get_locale()
+    return _percent_pattern(locale).apply(value, locale)
 
 
 def _parsed(value: str | float | datetime | None) -> datetime | None:

@@ -491,6 +491,14 @@ CASCADE_ROWS: tuple[str, ...] = (
 )
 
 
+# The outcomes that could not be read, which every cascade page counts and shows: a
+# partial index holds only those (none, mostly), where the count read all outcomes.
+UNREADABLE_OUTCOMES: tuple[str, ...] = (
+    "CREATE INDEX IF NOT EXISTS cascade_outcomes_unreadable"
+    " ON cascade_outcomes(device_id) WHERE readable = 0",
+)
+
+
 def _count_patients(conn: Connection) -> None:
     from appliance.hub import cascade_rows
 
@@ -530,6 +538,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               CASCADE_OUTCOMES, then=_read_outcomes),
     Migration(10, "each patient's results per week, for the care cascade and its exports",
               CASCADE_ROWS, then=_count_patients),
+    Migration(11, "the outcomes that could not be read, indexed for the care cascade's pages",
+              UNREADABLE_OUTCOMES),
 )
 LATEST = MIGRATIONS[-1].version
 
