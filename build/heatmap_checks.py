@@ -36,8 +36,8 @@ from build.metrics import roc_auc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = ("class activation map of the served ensemble (mean of 5 members' 1x1-conv maps "
-          "on the last conv block, 8x8), negative evidence clipped, upsampled linearly "
-          "to the image; no test-time augmentation")
+          "on the last conv block, {side}x{side}), negative evidence clipped, upsampled "
+          "linearly to the image; no test-time augmentation")
 
 
 @dataclass(frozen=True)
@@ -132,15 +132,22 @@ def held_out(key: str, data_root: Path, per_class: int, seed: int) -> HeldOut:
 
 def _adult_held_out(data_root: Path, per_class: int, seed: int) -> HeldOut:
     """TBX11K's report-split TB films (with boxes) and NIH's report-split normals."""
+    from appliance.inference.preprocess import squash
     from models.training.cxr_adult import RECIPE, load_sources
-    from models.training.tb import box_mask
+    from models.training.data import read_image01
+    from models.training.tb import _grey, box_mask
 
     s = load_sources(data_root, lambda _: None)
     split = RECIPE.splits(s)
     rng = np.random.default_rng(seed)
     tb = rng.permutation(np.flatnonzero(split["tb_report"]))[:per_class]
     nn = rng.permutation(np.flatnonzero(split["nih_report"] & (s.nih_y == 0)))[:per_class]
-    films = [s.tb_raw[i] for i in tb] + [s.nih_raw[i] for i in nn]
+    size = RECIPE.input_shape[-1]
+    # TB films from their 512-px files at the model's input, as the box squashes them;
+    # NIH's exist at 64 px only (upsampled, as in training)
+    base = data_root / "cxr" / "tbx11k-tb600" / "images"
+    films = ([squash(_grey(read_image01(base / f"{s.tb.ids[i]}.jpg")), size) for i in tb]
+             + [squash(s.nih_raw[i], size) for i in nn])
     x = np.stack([RECIPE._prep(f) for f in films])
     boxes = np.stack([box_mask(s.tb.boxes[i], BOX_GRID) for i in tb]
                      + [np.zeros((BOX_GRID, BOX_GRID), np.float32)] * len(nn))
@@ -222,6 +229,7 @@ def measure(runner: OnnxRunner, data: HeldOut, seed: int) -> dict[str, Any]:
         "pointing_game": _round(pointing, 3),
         "boxes_area": (None if data.boxes is None else
                        round(float(data.boxes[data.boxes.reshape(len(y), -1).any(1)].mean()), 4)),
+        "map_side": int(cams.shape[-1]),
         "n_images": int(len(y)), "n_abnormal": int((y == 1).sum()),
         "n_normal": int((y == 0).sum()),
         "auc_on_sample": round(roc_auc(y, logits), 4),
@@ -279,7 +287,10 @@ BUNDLES = {"cxr": "cxr-pneumonia", "cxr-adult": "cxr-adult-abnormal",
 
 
 def check(key: str, args: argparse.Namespace) -> dict[str, Any]:
-    recipe_version = {"cxr": "1.2.0", "cxr-adult": "2.1.0", "fundus": "1.2.0"}[key]
+    import importlib
+
+    from build.pipeline import RECIPES
+    recipe_version = importlib.import_module(RECIPES[key]).RECIPE.version
     bundle = load_bundle(Path(args.models_dir) / BUNDLES[key] / recipe_version)
     data = held_out(key, Path(args.data_root), args.per_class, args.seed)
     with OnnxRunner(bundle.file("model.int8.onnx"), threads=args.threads) as runner:
@@ -289,7 +300,7 @@ def check(key: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": bundle.name, "version": bundle.version,
         "model_sha256": bundle.sha256("model.int8.onnx"),
-        "validated": all(passed.values()), "method": METHOD,
+        "validated": all(passed.values()), "method": METHOD.format(side=figures["map_side"]),
         "measured_on": data.name, "report_auc": auc,
         "scale_logits": figures.pop("scale_logits"),
         "checks": {"figures": figures, "passed": passed, "criteria": asdict(CRITERIA)},

@@ -46,6 +46,14 @@ def bundle_dir(name: str) -> Path:
     return newest_bundles(Path(__file__).resolve().parents[1] / "models")[name]
 
 
+def adult_maps_shown() -> bool:
+    """Whether the committed adult chest bundle's maps passed their checks (shown)."""
+    from appliance.inference.bundle import load_bundle
+    from appliance.screening.heatmaps import maps_validated
+
+    return maps_validated(load_bundle(bundle_dir("cxr-adult-abnormal")).manifest)
+
+
 def testdata(name: str) -> Path:
     """A file from pydicom's test files or the pydicom-data package (never downloaded)."""
     path = get_testdata_file(name, download=False)

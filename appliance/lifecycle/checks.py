@@ -4,6 +4,11 @@ Its name is a model the box runs; its version is a plain folder name; its input
 contract (input tensor, preprocessing, outputs, labels) is the one the running version
 has, since the same pipeline feeds both; and it does not ask for a newer appliance
 (``requires_appliance`` in the manifest, optional: the lowest appliance version).
+
+One exception: the input's height and width may change where the preprocessing makes
+exactly that size (its ``size`` parameter), because the pipeline prepares each version's
+input from that version's own manifest (``cxr-adult-abnormal`` 3.0.0 reads 128 px where
+2.x read 64: a box running 2.x takes it as an update).
 """
 
 from __future__ import annotations
@@ -21,6 +26,19 @@ VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 # the operating points, never these.
 CONTRACT = ("input", "labels")
 PREPROCESSING_CONTRACT = ("function", "module", "input_contract")
+
+
+def _contract(manifest: Mapping[str, Any], key: str) -> Any:
+    """``manifest[key]`` as the contract compares it: an input whose height and width
+    are the ``size`` its own preprocessing makes compares without them."""
+    value = manifest.get(key)
+    if key != "input" or not isinstance(value, Mapping):
+        return value
+    shape = list(value.get("shape") or [])
+    size = (manifest.get("preprocessing") or {}).get("params", {}).get("size")
+    if len(shape) == 4 and size is not None and shape[2:] == [size, size]:
+        return {**value, "shape": [*shape[:2], "size", "size"]}
+    return value
 
 
 def version_tuple(text: str) -> tuple:
@@ -53,7 +71,7 @@ def check_new_version(
         )
     if running is None:
         return
-    differs = [key for key in CONTRACT if manifest.get(key) != running.get(key)]
+    differs = [key for key in CONTRACT if _contract(manifest, key) != _contract(running, key)]
     differs += [
         f"preprocessing.{key}"
         for key in PREPROCESSING_CONTRACT

@@ -10,7 +10,8 @@ answer (see ``models/training/tb.py`` and the card's "Choices and why"):
    TB lesion pasted in are positives, NIH normals with lesion-free TB tissue pasted in
    are negatives, so both hospitals' films carry both labels;
 3. the map is taught to sit in the boxes (``attention_weight``): the score must come
-   from where the radiologists drew;
+   from where the radiologists drew (a variant, ``cell_weight``, teaches it cell by
+   cell instead: measured, not shipped);
 4. a second head learns NIH's "any finding" (abnormal vs normal) from the same body;
    only the TB head is served.
 
@@ -31,6 +32,7 @@ from appliance.inference.preprocess import cxr_equalised_preprocess, cxr_preproc
 from build.evaluate import ThresholdRule
 from models.training.augment import augment_radiograph_with_mask
 from models.training.cxr import KERMANY, NIH
+from models.training.cxr_adult_card import CARD
 from models.training.data import group_folds, split_by_group
 from models.training.nets import CamNet
 from models.training.recipe import EvalSet, Prepared
@@ -72,6 +74,13 @@ class Choice:
     adversarial_weight: float = 0.0
     peak: bool = False         # the logit from the map's peak, not its mean (nets.CamNet)
     size: int = 64             # model input; TB films at their own detail above 64 px
+    # the CAM learns cell by cell, lesion (in a box) vs lung outside any box of the same
+    # film, at this weight beside the film's loss (train.cell_loss); the map-in-the-boxes
+    # loss is then off
+    cell_weight: float = 0.0
+    # share of the batches: TB films, NIH normals, NIH abnormals (the second head),
+    # children's normals (only with children_negatives)
+    shares: tuple[float, float, float, float] = (0.45, 0.35, 0.2, 0.1)
     note: str = ""
 
 
@@ -104,6 +113,16 @@ VARIANTS = {
         mixing=Mixing(balanced=True), children_negatives=True, adversarial_weight=0.3,
         note="not shipped: balanced mixing, boxes, children + the hospital taken out of "
              "the features (gradient reversal)"),
+    "lesion cells at 128 px": Choice(
+        size=128, attention_weight=0.0, cell_weight=2.0, children_negatives=True, peak=True,
+        mixing=Mixing(remove_lesions=0.2, paste_lesion=0.35, paste_tissue=0.2,
+                      abnormal_head=0.0, degrade=0.5),
+        shares=(0.45, 0.35, 0.0, 0.2),
+        note="not shipped (sharp films scored as TB): 128 px; the map learns cell by "
+             "cell a box's lesion against the same film's lung outside any box (the "
+             "hospital cannot answer a cell); half the films of every source at 64-px "
+             "detail; TB lesions pasted on NIH normals and lesions removed from TB "
+             "films; children's normals; score from the map's peak"),
     "equalised+mixing+boxes at 128 px": Choice(
         size=128, note="not shipped: mixing and boxes at a 128-px input (TB films at "
                        "128 px, NIH's upsampled from 64)"),
@@ -164,54 +183,7 @@ class CxrAdultRecipe:
         "lesion; a site must calibrate on its own Xpert results (`appliance calibrate`).",
     ]
     targets = {"auc": 0.85, "sensitivity": 0.90, "specificity": 0.70, "tb_flagged": 0.90}
-    card = """## Choices and why
-
-Each choice below is a row of the shortcut table further down: one model per choice,
-trained on four folds and measured on the fifth, by what a hospital shortcut would give
-away rather than by the in-source AUC (which the hospital alone can bring near 1).
-
-- **One resolution, one intensity scale for every source.** NIH's films exist at 64 px
-  only, so every film, TB or not, is squashed to 64 px. A larger input shows TB films
-  sharper than NIH's upsampled ones and teaches "sharp = TB": at 128 px (the table's
-  last row) lesion-removed TB films were flagged more (0.94 against 0.78 at 64 px, same
-  fold), the lesion AUC on TB films fell (0.58 against 0.65) and no NIH normal was
-  flagged at all. Intensities are replaced by their rank in the film, so exposure, window
-  and a vendor's curve (any monotone change) cannot tell the hospitals apart.
-- **Lesion mixing with the radiologists' boxes.** TB films with their boxes filled from
-  another TB film's lesion-free lung are negatives; NIH normals with a TB box pasted in
-  are positives; NIH normals with TB lung from outside any box are negatives. Patches
-  are matched to the lung *around* them, so an opacity stays an opacity. Donors come
-  from the same batch, so no member mixes a film it should not see.
-- **The map is taught to sit in the boxes** (a loss on the share of the class
-  activation map inside them, weight 0.5): the pointing game on held-out TB films went
-  from about 0.3 to about 0.8.
-- **Children's normal films (Kermany, China) as negatives.** Without them, any film
-  that does not look like NIH's scored as TB: 94 % of children's normals were flagged
-  by the model with boxes. TB is the one source of positives; a second hospital of
-  negatives, from the TB films' own country, takes "not NIH = TB" away (2 % flagged;
-  those children are patients never trained on, their hospital is in training).
-- **The score is the map's peak** (its strongest 3x3 neighbourhood), not its mean: TB
-  is a local finding, and evidence spread evenly over a film (how a hospital's films
-  look) moves a peak no more than it moves one neighbourhood. On held-out TB films,
-  removing the boxed lesions lowered the score more (lesion AUC on TB films 0.72 against
-  0.67 for the mean), a pasted lesion was flagged more often (0.56 against 0.39) and the
-  hospital was harder to read from the features (0.92 against 0.94). The price: more
-  NIH normals flagged at the same sensitivity (0.27 against 0.16), and a lesion AUC on
-  NIH films of 0.63 against 0.65.
-- **A second head learns NIH's abnormal vs normal** from the same body; it is not
-  served. Alone it reached an NIH abnormal-vs-normal AUC of about 0.64 in the trial
-  runs, summed with the TB head 0.60 (table): at 64 px NIH's text-mined labels do not
-  support an "other abnormality" finding, so the box reports one finding, TB-consistent
-  or not.
-- **Balanced mixing** (every film TB or not with even odds, whatever its hospital) and
-  **gradient reversal** against the source were measured and not shipped: in-source AUC
-  0.78 and 0.70, 52 % and 71 % of NIH's normals flagged at the same sensitivity, lesion
-  AUC on TB films 0.60, against 0.72 for the shipped choices.
-- **Ensemble of 5 members, cross-fitted;** the threshold is the most specific one with
-  out-of-fold sensitivity >= 0.95 on real TB films against NIH normals (WHO's profile:
-  >= 0.90 with specificity >= 0.70), leaving room for a new hospital. Calibration uses
-  the real films only; the mixed films are reported beside them.
-"""
+    card = CARD  # models/training/cxr_adult_card.py
 
     def __init__(self, choice: Choice | None = None) -> None:
         self.choice = choice or VARIANTS[SHIPPED]
@@ -220,7 +192,12 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
         self.train_config = replace(self.train_config,
                                     attention_weight=self.choice.attention_weight,
                                     adversarial_weight=self.choice.adversarial_weight,
+                                    cell_weight=self.choice.cell_weight,
                                     domains=3)
+        size = self.choice.size
+        if size != SIZE:
+            self.input_shape = (1, size, size)
+            self.preprocessing = {**self.preprocessing, "params": {"size": size}}
 
     def describe_variant(self) -> dict[str, Any]:
         return {"note": self.choice.note}
@@ -270,11 +247,12 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
                                                        np.float32)])
         folds = np.concatenate([sp["tb_folds"][tp], sp["nih_folds"][npool],
                                 np.arange(len(kids)) % FOLDS])
-        share = {TB: 0.45, NIH_NORMAL: 0.35, NIH_ABNORMAL: 0.2, OTHER_NORMAL: 0.1}
+        share = dict(zip((TB, NIH_NORMAL, NIH_ABNORMAL, OTHER_NORMAL), self.choice.shares,
+                         strict=True))
         weights = np.array([share[k] / (kind == k).sum() for k in kind])
         make_batch = MixedBatches(films, kind, masks, self._prep,
                                   augment_radiograph_with_mask, self.choice.mixing,
-                                  CAM_SIZE * size // SIZE)
+                                  CAM_SIZE * size // SIZE, cells=self.choice.cell_weight > 0)
         oof = self._oof_set(films, kind, masks, folds, seed)
         rng = np.random.default_rng(seed)
         calib = rng.choice(len(films), 256, replace=False)

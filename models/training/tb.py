@@ -180,6 +180,10 @@ class Mixing:
     # foreign lung whatever their label, so neither the hospital nor a seam can answer
     balanced: bool = False
     neutral_patch: float = 0.8     # balanced: share of films given a lesion-free patch
+    # share of films (any source, mixed or not) brought to 64-px detail and back before
+    # augmentation: at an input above 64 px, detail must not say "TB film" (NIH exists
+    # at 64 px only), and a lesion must still be found on a soft film
+    degrade: float = 0.0
 
 
 class MixedBatches:
@@ -187,14 +191,16 @@ class MixedBatches:
     of the film's background).
 
     Donors for every paste are other films *of the same batch*, so a cross-fitted member
-    only ever mixes films of its own training folds.
+    only ever mixes films of its own training folds. With ``cells`` the masks are
+    per-cell targets (:func:`cell_targets`) for ``TrainConfig.cell_weight``.
     """
 
     def __init__(self, films: np.ndarray, kind: np.ndarray, masks: np.ndarray,
-                 preprocess, augment, mixing: Mixing, cam_size: int) -> None:
+                 preprocess, augment, mixing: Mixing, cam_size: int,
+                 cells: bool = False) -> None:
         self.films, self.kind, self.masks = films, kind, masks
         self.preprocess, self.augment = preprocess, augment
-        self.mixing, self.cam_size = mixing, cam_size
+        self.mixing, self.cam_size, self.cells = mixing, cam_size, cells
 
     def one(self, i: int, tb_in_batch: np.ndarray, rng: np.random.Generator
             ) -> tuple[np.ndarray, float, int, np.ndarray]:
@@ -270,15 +276,35 @@ class MixedBatches:
         xs, ys, heads, masks = [], [], [], []
         for i in idx:
             img, y, head, mask = self.one(int(i), tb_in_batch, rng)
+            if self.mixing.degrade and rng.random() < self.mixing.degrade:
+                img = squash(squash(img, SIZE), img.shape[0])
             img, mask = self.augment(img, rng, mask)
             xs.append(self.preprocess(img))
             ys.append(y)
             heads.append(head)
-            masks.append(cv2.resize(mask, (self.cam_size, self.cam_size),
-                                    interpolation=cv2.INTER_AREA))
+            if not self.cells:
+                masks.append(cv2.resize(mask, (self.cam_size, self.cam_size),
+                                        interpolation=cv2.INTER_AREA))
+            elif head == TB_HEAD:
+                masks.append(cell_targets(mask, self.cam_size))
+            else:  # another task's film: no cell of it is judged
+                masks.append(np.full((self.cam_size, self.cam_size), -1.0, np.float32))
         return (np.stack(xs), np.array(ys, np.float32), np.array(heads),
                 np.stack(masks).astype(np.float32),
                 np.array([SOURCE_OF[int(k)] for k in self.kind[idx]]))
+
+
+def cell_targets(mask: np.ndarray, cam_size: int, inside: float = 0.4,
+                 edge: float = 0.03) -> np.ndarray:
+    """A film's box mask -> per-cell targets at the CAM's size: 1 where a box covers at
+    least ``inside`` of the cell, -1 (not judged) on a box's edge (the box grown by
+    ``edge`` of the film: radiologists draw loosely), 0 elsewhere (lung without a box,
+    the film's border)."""
+    g = (cam_size, cam_size)
+    cover = cv2.resize(mask.astype(np.float32), g, interpolation=cv2.INTER_AREA)
+    near = cv2.resize(box_mask_grow((mask > 0.5).astype(np.float32), edge), g,
+                      interpolation=cv2.INTER_AREA)
+    return np.where(cover >= inside, 1.0, np.where(near > 0, -1.0, 0.0)).astype(np.float32)
 
 
 def box_mask_grow(mask: np.ndarray, grow: float) -> np.ndarray:

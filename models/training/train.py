@@ -16,7 +16,9 @@ from torch import nn
 # (inputs, targets, heads N) for a network trained on several binary tasks at once: each
 # image's loss is taken on its own task's output only; or (inputs, targets, heads,
 # masks N x h x w at the CAM's size) where a mask says where the finding is (radiologists'
-# boxes): the CAM of that image's task is then also taught to put its mass there.
+# boxes): the CAM of that image's task is then also taught to put its mass there, or,
+# with ``cell_weight``, the masks are per-cell targets (1 lesion, 0 none, -1 not judged)
+# that the CAM learns cell by cell.
 BatchFn = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, ...]]
 
 
@@ -34,6 +36,10 @@ class TrainConfig:
     # then carries a 5th element, the source of every film, 0..domains-1
     adversarial_weight: float = 0.0
     domains: int = 0
+    # weight of a per-cell loss on the CAM: inside a radiologist's box vs lung outside
+    # any box, on the same film (the lesion is the only answer a cell can learn there)
+    cell_weight: float = 0.0
+    cell_pos_weight: float = 4.0          # lesion cells are few: each counts this much
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -87,6 +93,10 @@ def fit(model: nn.Module, n_train: int, make_batch: BatchFn, cfg: TrainConfig, *
                 cam = cam[torch.arange(len(head)), head]
                 loss = loss + cfg.attention_weight * attention_loss(
                     cam, torch.from_numpy(heads[1]))
+            elif len(heads) > 1 and cfg.cell_weight:
+                cam = cam[torch.arange(len(head)), head]
+                loss = loss + cfg.cell_weight * cell_loss(
+                    cam, torch.from_numpy(heads[1]), cfg.cell_pos_weight)
             if source_head is not None:
                 ramp = 2 / (1 + math.exp(-10 * step / steps)) - 1  # 0 -> 1, as in DANN
                 guess = source_head(_Reverse.apply(features.mean(dim=(2, 3)), ramp))
@@ -128,6 +138,17 @@ def attention_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return cam.sum() * 0.0
     share = torch.softmax(cam[has].flatten(1), dim=1) * masks[has].flatten(1)
     return -torch.log(share.sum(1) + 1e-4).mean()
+
+
+def cell_loss(cam: torch.Tensor, targets: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Binary cross-entropy of each CAM cell against ``targets`` (N x h x w: 1 a lesion
+    cell, 0 a cell with none, -1 not judged: a box's edge, another task's image)."""
+    weight = torch.where(targets > 0.5, pos_weight, (targets > -0.5).float())
+    if not bool((weight > 0).any()):
+        return cam.sum() * 0.0
+    each = nn.functional.binary_cross_entropy_with_logits(cam, targets.clamp(min=0),
+                                                          reduction="none")
+    return (each * weight).sum() / weight.sum()
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, num_outputs: int,

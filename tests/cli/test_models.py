@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from lifecycle.modelkit import NAME, NEW, new_version
+from lifecycle.modelkit import NAME, NEW, SHIPPED, new_version
 
 from appliance.cli import main
 
@@ -39,7 +39,7 @@ def test_the_programme_signs_the_box_trusts_installs_activates_and_rolls_back(tm
 
     listed = json.loads(run("models", "list", "--data-dir", data, "--json").output)
     mine = {r["version"]: r for r in listed if r["name"] == NAME}
-    assert mine["2.1.0"]["state"] == "active" and mine[NEW]["state"] == "shadow"
+    assert mine[SHIPPED]["state"] == "active" and mine[NEW]["state"] == "shadow"
     assert mine[NEW]["key_id"] == json.loads(packed.output)["key_id"]
     assert {r["state"] for r in listed if r["name"] == NAME} == {"active", "shadow"}
     assert {r["name"] for r in listed if r["state"] == "active"} == {
@@ -51,8 +51,8 @@ def test_the_programme_signs_the_box_trusts_installs_activates_and_rolls_back(tm
 
     assert "no shadow results" in run("models", "compare", NAME, "--data-dir", data).output
     activated = run("models", "activate", NAME, NEW, "--data-dir", data)
-    assert activated.exit_code == 0 and "was 2.1.0" in activated.output
+    assert activated.exit_code == 0 and f"was {SHIPPED}" in activated.output
     back = run("models", "rollback", NAME, "--data-dir", data, "--json")
-    assert back.exit_code == 0 and json.loads(back.output)["version"] == "2.1.0"
+    assert back.exit_code == 0 and json.loads(back.output)["version"] == SHIPPED
     missing = run("models", "activate", NAME, "9.9.9", "--data-dir", data)
     assert missing.exit_code == 1 and "not installed" in missing.output

@@ -17,6 +17,7 @@ from helpers import bundle_dir
 
 NAME = "cxr-adult-abnormal"
 NEW = "9.0.0"  # newer than any shipped version
+SHIPPED = bundle_dir(NAME).name  # the version the package carries (active on a new box)
 
 
 def new_version(

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 from helpers import count_rows
-from lifecycle.modelkit import NAME, NEW, new_version, rewrite_tar
+from lifecycle.modelkit import NAME, NEW, SHIPPED, new_version, rewrite_tar
 
 from appliance.errors import ModelPackageError
 from appliance.lifecycle.activation import listing
@@ -32,8 +32,8 @@ def test_a_signed_file_installs_into_shadow_beside_the_active_version(
     assert (config.data_dir / "models" / NAME / NEW / "model.int8.onnx").is_file()
     assert not any((config.data_dir / "models" / ".staging").iterdir())
     found = {(r["name"], r["version"]): r for r in listing(store, config)}
-    assert found[(NAME, "2.1.0")]["state"] == "active"
-    assert found[(NAME, "2.1.0")]["key_id"] == "bundled"
+    assert found[(NAME, SHIPPED)]["state"] == "active"
+    assert found[(NAME, SHIPPED)]["key_id"] == "bundled"
     assert found[(NAME, NEW)]["state"] == "shadow" and found[(NAME, NEW)]["key_id"] == kid
     assert found[("cxr-pneumonia", "1.2.0")]["state"] == "active"
     actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
@@ -93,7 +93,7 @@ def _refused_and_intact(store, config, reason, recorded=True):
     assert reason.split()[0] in row["detail"]
     if recorded:
         assert model_versions.row(store.conn(), NAME, NEW)["state"] == "refused"
-    assert states(store, config)[(NAME, "2.1.0")] == "active"
+    assert states(store, config)[(NAME, SHIPPED)] == "active"
     assert model_versions.active_row(store.conn(), NAME) is None  # nothing replaced
 
 
@@ -115,7 +115,18 @@ def test_a_file_signed_with_a_key_the_box_does_not_trust_is_refused(trusting_box
             {
                 "input": {
                     "name": "input",
-                    "shape": ["batch", 1, 128, 128],
+                    "shape": ["batch", 3, 128, 128],
+                    "dtype": "float32",
+                    "layout": "NCHW",
+                }
+            },
+            "input contract differs",
+        ),
+        (  # a size its own preprocessing does not make: the pipeline could not feed it
+            {
+                "input": {
+                    "name": "input",
+                    "shape": ["batch", 1, 96, 96],
                     "dtype": "float32",
                     "layout": "NCHW",
                 }
@@ -125,7 +136,7 @@ def test_a_file_signed_with_a_key_the_box_does_not_trust_is_refused(trusting_box
         ({"requires_appliance": "99.0"}, "needs appliance 99.0"),
         ({"name": "cxr-magic"}, "not a model this box runs"),
     ],
-    ids=["input-contract", "appliance-version", "unknown-model"],
+    ids=["input-contract", "input-size", "appliance-version", "unknown-model"],
 )
 def test_a_bundle_that_does_not_fit_this_box_is_refused(
     trusting_box, programme_key, tmp_path, changes, reason
@@ -147,7 +158,7 @@ def test_a_truncated_download_is_refused(trusting_box, signed_file, tmp_path, ke
     with pytest.raises(ModelPackageError, match="refused"):
         install(store, config, cut)
     assert not (config.data_dir / "models" / NAME / NEW).exists()
-    assert states(store, config)[(NAME, "2.1.0")] == "active"
+    assert states(store, config)[(NAME, SHIPPED)] == "active"
 
 
 def test_a_member_that_leaves_the_bundle_or_is_a_link_is_refused(
@@ -178,3 +189,31 @@ def test_the_packed_file_holds_the_signature_and_the_bundle_only(signed_file):
         "signature.json",
     ]
     assert signature["format"] == "appliance-model-signature/1"
+
+
+def test_a_version_at_another_input_size_its_own_preprocessing_makes_fits():
+    """The pipeline prepares each version's input from its own manifest, so a version
+    that reads twice the shipped size, and says so in its preprocessing, fits the box
+    (and back again). A size its preprocessing does not make is still refused."""
+    from helpers import bundle_dir
+
+    from appliance.inference.bundle import load_bundle
+    from appliance.lifecycle.checks import check_new_version
+    from appliance.screening.models import REQUIRED
+
+    shipped = dict(load_bundle(bundle_dir(NAME)).manifest)
+    size = shipped["preprocessing"]["params"]["size"]
+
+    def at(side: int, made: int, version: str) -> dict:
+        return {
+            **shipped,
+            "version": version,
+            "input": {**shipped["input"], "shape": ["batch", 1, side, side]},
+            "preprocessing": {**shipped["preprocessing"], "params": {"size": made}},
+        }
+
+    larger = at(2 * size, 2 * size, "9.0.0")
+    check_new_version(larger, shipped, REQUIRED)
+    check_new_version(shipped, larger, REQUIRED)
+    with pytest.raises(ModelPackageError, match=r"input contract differs .*\(input\)"):
+        check_new_version(at(2 * size, size, "9.0.0"), shipped, REQUIRED)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TESTS
-from lifecycle.modelkit import NAME, NEW
+from lifecycle.modelkit import NAME, NEW, SHIPPED
 
 import appliance
 from appliance.lifecycle.activation import activate, listing
@@ -27,7 +27,7 @@ from appliance.screening.pipeline import Screener
 from appliance.store import model_versions
 from appliance.worker import Worker
 
-OLD = "2.1.0"
+OLD = SHIPPED
 CXR = sorted((TESTS / "data" / "cxr64").glob("*.png"))
 
 

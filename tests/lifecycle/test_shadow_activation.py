@@ -12,7 +12,7 @@ import json
 
 import pytest
 from helpers import TESTS
-from lifecycle.modelkit import NAME, NEW
+from lifecycle.modelkit import NAME, NEW, SHIPPED
 
 from appliance.errors import ModelStateError
 from appliance.ingest.decode import decode_file
@@ -27,7 +27,7 @@ from appliance.store import model_versions
 from appliance.worker import Worker
 
 CXR = sorted((TESTS / "data" / "cxr64").glob("*.png"))
-OLD = "2.1.0"
+OLD = SHIPPED
 
 
 @pytest.fixture

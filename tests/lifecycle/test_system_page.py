@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from lifecycle.modelkit import NAME, NEW
+from lifecycle.modelkit import NAME, NEW, SHIPPED
 
 from appliance.lifecycle.install import install
 from appliance.store import users
@@ -22,5 +22,5 @@ def test_the_system_page_lists_versions_with_state_and_key(trusting_box, signed_
     client.post("/login", data={"csrf_token": token, "username": "boss", "pin": "2468"})
     page = client.get("/system").text
     assert "Model versions" in page
-    assert re.search(rf"{NAME}</strong> 2.1.0 — <span class=\"ok\">active", page)
+    assert re.search(rf"{NAME}</strong> {SHIPPED} — <span class=\"ok\">active", page)
     assert re.search(rf"{NAME}</strong> {NEW} — <span class=\"muted\">shadow", page)

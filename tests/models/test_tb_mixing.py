@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from appliance.inference.preprocess import squash
 from models.training.augment import augment_radiograph_with_mask
 from models.training.tb import (
+    NIH_ABNORMAL,
     NIH_NORMAL,
     TB,
     TB_HEAD,
     MixedBatches,
     Mixing,
     box_mask,
+    cell_targets,
     lesion_free_donor,
     parse_boxes,
     paste,
     remove_lesions,
 )
+from models.training.train import cell_loss
 
 
 def test_boxes_are_parsed_as_fractions_of_the_film() -> None:
@@ -120,3 +125,49 @@ def test_augmentation_moves_the_box_with_the_film(seed: int) -> None:
     assert moved is not None and moved.sum() > 30
     # the bright square went where the mask went
     assert out[moved > 0.9].mean() > out[moved < 0.01].mean() + 0.3
+
+
+def test_cell_targets_are_lesion_inside_a_box_unjudged_on_its_edge_and_lung_elsewhere():
+    """3.0.0's per-cell targets on a 16x16 map of a 128-px film."""
+    mask = box_mask(np.array([[0.25, 0.25, 0.5, 0.5]]), 128)
+    t = cell_targets(mask, 16)
+    assert t.shape == (16, 16) and set(np.unique(t)) == {-1.0, 0.0, 1.0}
+    assert (t[4:8, 4:8] == 1).all() and (t[4:8, 4:8] == 1).sum() == (t == 1).sum()
+    assert (t[3, 4:8] == -1).all() and (t[8, 4:8] == -1).all()  # the box's edge
+    assert (t[12:, :] == 0).all() and (t[:, 12:] == 0).all()  # lung far from any box
+    assert (cell_targets(np.zeros((128, 128), np.float32), 16) == 0).all()
+
+
+def test_the_cell_loss_judges_only_judged_cells_and_weighs_lesions():
+    cam = torch.zeros((1, 2, 2), requires_grad=True)
+    targets = torch.tensor([[[1.0, 0.0], [-1.0, -1.0]]])
+    loss = cell_loss(cam, targets, pos_weight=4.0)
+    loss.backward()
+    assert abs(loss.item() - float(np.log(2))) < 1e-6  # every judged cell at p = 0.5
+    grad = cam.grad[0]
+    assert grad[1, 0] == 0 and grad[1, 1] == 0  # unjudged cells teach nothing
+    assert abs(float(grad[0, 0]) / float(grad[0, 1])) == pytest.approx(4.0)
+    nothing = cell_loss(cam, torch.full((1, 2, 2), -1.0), pos_weight=4.0)
+    assert nothing.item() == 0.0
+
+
+def test_cell_batches_degrade_films_and_judge_only_the_tb_task() -> None:
+    """With cells, the masks are per-cell targets (another task's film: nothing judged);
+    with degrade 1, every film reaches the model at 64-px detail."""
+    rng = np.random.default_rng(4)
+    films = rng.uniform(0, 1, (8, 128, 128)).astype(np.float32)
+    kind = np.array([TB] * 4 + [NIH_NORMAL] * 2 + [NIH_ABNORMAL] * 2)
+    masks = np.concatenate([np.stack([box_mask(np.array([[0.2, 0.2, 0.5, 0.5]]), 128)] * 4),
+                            np.zeros((4, 128, 128), np.float32)])
+    identity = lambda f, rng, m: (f, m)  # noqa: E731 - no augmentation: see the detail
+    batches = MixedBatches(films, kind, masks, lambda f: f[None].astype(np.float32), identity,
+                           Mixing(remove_lesions=0, paste_lesion=0, paste_tissue=0,
+                                  abnormal_head=0, degrade=1.0), cam_size=16, cells=True)
+    x, y, head, targets, _ = batches(np.arange(8), rng)
+    assert targets.shape == (8, 16, 16)
+    assert (targets[head != TB_HEAD] == -1).all()
+    assert ((targets[:4] == 1).sum(axis=(1, 2)) > 0).all() and (targets[4:6] == 0).all()
+    # 64-px detail: each film is itself squashed to 64 px and back, not the sharp film
+    soft = np.stack([squash(squash(f, 64), 128) for f in films])
+    np.testing.assert_allclose(x[:, 0], soft, atol=1e-6)
+    assert np.abs(x[:, 0] - films).mean() > 0.05

@@ -191,12 +191,13 @@ def test_the_adult_tb_model_calibrates_on_xpert_results(store, config):
     def grey(path):
         return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
 
-    with open(TESTS / "data" / "tbx64" / "labels.csv", newline="") as fh:
-        tb = [TESTS / "data" / "tbx64" / r["file"] for r in csv.DictReader(fh)]
+    bundle = load_bundle(bundle_dir(CXR_ADULT))
+    films = TESTS / "data" / f"tbx{bundle.manifest['preprocessing']['params']['size']}"
+    with open(films / "labels.csv", newline="") as fh:
+        tb = [films / r["file"] for r in csv.DictReader(fh)]
     with open(TESTS / "data" / "nih64" / "labels.csv", newline="") as fh:
         nn = [TESTS / "data" / "nih64" / r["file"] for r in csv.DictReader(fh)
               if r["abnormal"] == "0"]
-    bundle = load_bundle(bundle_dir(CXR_ADULT))
     x = preprocess_batch(bundle.manifest["preprocessing"], [grey(p) for p in tb + nn])
     logits = run_batched(bundle.file("model.int8.onnx"), x)["logits"]
     scores = calibrated_probabilities(logits, bundle.manifest["calibration"]).round(4)

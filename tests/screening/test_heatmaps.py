@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import FUNDUS_DIR, TESTS, testdata
+from helpers import FUNDUS_DIR, TESTS, adult_maps_shown, testdata
 
 from appliance.cli import main
 from appliance.config import load_config
@@ -76,14 +76,25 @@ def box(tmp_path, models):
     store.close()
 
 
+def _adult_box(tmp_path, models, monkeypatch, validated: bool):
+    """The adult bundle with its maps' verdict (what the screener and the page read) set
+    for this test only, whatever the shipped one's is (2.1.0 passed its checks, 3.0.0
+    failed one: models/heatmaps/cxr-adult-abnormal.json)."""
+    verdict = models.get("cxr-adult-abnormal").bundle.manifest["heatmap"]
+    monkeypatch.setitem(verdict, "validated", validated)
+    return make_box(tmp_path, models)
+
+
 @pytest.fixture
 def box_adult_maps_off(tmp_path, models, monkeypatch):
-    """The adult bundle as if its maps had failed their checks: its manifest's verdict
-    (what the screener and the page read) set to not validated for this test only. The
-    shipped 2.1.0 passes them (models/heatmaps/cxr-adult-abnormal.json)."""
-    verdict = models.get("cxr-adult-abnormal").bundle.manifest["heatmap"]
-    monkeypatch.setitem(verdict, "validated", False)
-    client, store = make_box(tmp_path, models)
+    client, store = _adult_box(tmp_path, models, monkeypatch, False)
+    yield client, store
+    store.close()
+
+
+@pytest.fixture
+def box_adult_maps_on(tmp_path, models, monkeypatch):
+    client, store = _adult_box(tmp_path, models, monkeypatch, True)
     yield client, store
     store.close()
 
@@ -167,15 +178,18 @@ def test_heatmap_dir_for_chest_png_and_dicom_at_each_images_own_size(tmp_path):
         assert grey.dtype == np.uint8 and grey.ndim == 2
         assert grey.shape == decode_bytes(source.read_bytes()).pixels.shape[:2]
     # The child model's maps failed a check (mass in the lungs): written for the
-    # maintainers' own measurements, marked as not shown to staff. The adult's passed.
+    # maintainers' own measurements, marked as not shown to staff. The adult's follow
+    # its bundle's verdict (3.0.0: failed the same check).
     assert png["heatmap_validated"] is False and HEATMAP_NOT_SHOWN in png["hints"]
-    assert dicom["heatmap_validated"] is True and HEATMAP_NOT_SHOWN not in dicom["hints"]
+    shown = adult_maps_shown()
+    assert dicom["heatmap_validated"] is shown
+    assert (HEATMAP_NOT_SHOWN in dicom["hints"]) is not shown
 
 
-def test_the_adult_tb_model_shows_its_map(box, models):
-    """Issue 23: the adult TB map passed its checks (pointing game in the radiologists'
-    boxes 0.75, models/heatmaps/cxr-adult-abnormal.json): page and payload show it."""
-    client, store = box
+def test_an_adult_tb_map_that_passed_its_checks_is_shown(box_adult_maps_on, models):
+    """Issue 23: where the adult TB map passed its checks (2.1.0 did: pointing game in
+    the radiologists' boxes 0.75), page and payload show it."""
+    client, store = box_adult_maps_on
     assert maps_validated(models.get("cxr-adult-abnormal").bundle.manifest)
     html = client.get("/study/2").text
     assert 'id="heatmap"' in html and "maps have not passed their checks" not in html

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from helpers import free_port
-from lifecycle.modelkit import NAME, NEW, new_version
+from lifecycle.modelkit import NAME, NEW, SHIPPED, new_version
 from sync.synckit import FAST_RETRIES, HubProcess, enrol, wait_for_port
 
 from appliance.config import load_config
@@ -93,7 +93,7 @@ def test_a_staged_rollout_reaches_the_chosen_box_and_activates_only_when_told(
     assert state(other_store) is None
     report = SyncWorker(store, config).sync_once()
     assert report["models"] == {"installed": 1, "activated": 0, "refused": 0}
-    assert state(store) == "shadow" and state(store, "2.1.0") == "active"
+    assert state(store) == "shadow" and state(store, SHIPPED) == "active"
     assert not list(downloads_dir(config.data_dir).iterdir())
     assert audits(store, "model.installed")[0]["actor"] == "hub"
 
@@ -105,7 +105,7 @@ def test_a_staged_rollout_reaches_the_chosen_box_and_activates_only_when_told(
     assert {
         (r["version"], r["state"]) for r in reported[device_id(config)] if r["name"] == NAME
     } == {
-        ("2.1.0", "active"),
+        (SHIPPED, "active"),
         (NEW, "shadow"),
     }
 
@@ -118,7 +118,7 @@ def test_a_staged_rollout_reaches_the_chosen_box_and_activates_only_when_told(
     assert audits(store, "model.activated")[-1]["actor"] == "hub"
     activation.rollback(store, config, NAME, actor="admin")
     SyncWorker(store, config).sync_once()
-    assert state(store) == "installed" and state(store, "2.1.0") == "active"
+    assert state(store) == "installed" and state(store, SHIPPED) == "active"
     conn = hub.conn()
     try:
         reported = distribution.device_models(conn)[device_id(config)]
@@ -241,7 +241,7 @@ def test_a_tampered_file_on_the_hub_is_refused_and_not_fetched_again(hub, box, p
     refused = audits(store, "model.refused")
     assert len(refused) == 1 and "does not match the sha256" in refused[0]["detail"]
     assert not list(downloads_dir(config.data_dir).iterdir())
-    assert state(store) is None and state(store, "2.1.0") in (None, "active")
+    assert state(store) is None and state(store, SHIPPED) in (None, "active")
     assert SyncWorker(store, config).sync_once()["models"]["refused"] == 0  # not again
     assert len(audits(store, "model.refused")) == 1
 
