@@ -39,7 +39,7 @@ from typing import Any
 
 from flask import current_app, g, jsonify, request
 
-from appliance.hub.api import ApiError, bp, db
+from appliance.hub.api import ApiError, _fsync_write, bp, db
 from appliance.hub.limits import (
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
@@ -50,7 +50,13 @@ from appliance.hub.limits import (
     read_body,
 )
 from appliance.hub.training import held_images, image_path, import_export
-from appliance.wire.training_export import LABELS, MANIFEST, SIGNATURE, TrainingExportError
+from appliance.wire.training_export import (
+    LABELS,
+    MANIFEST,
+    SIGNATURE,
+    TrainingExportError,
+    sha256_file,
+)
 from appliance.wire.training_verify import IDENT, IMAGE_PATH, check_manifest, max_bytes
 
 TALLY = ".staged_bytes"  # in the parts folder: bytes of the files finished so far
@@ -124,24 +130,6 @@ def _tally(folder: Path) -> int:
         return int((_parts(folder) / TALLY).read_text())
     except (OSError, ValueError):
         return 0
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @bp.get("/training/<export_id>")
@@ -261,7 +249,7 @@ def training_file(export_id: str, rel: str):
                            " signed manifest")  # fmt: skip
     store = _parts(folder) / rel.replace("/", "__")
     if not store.is_dir() and (folder / rel).is_file():  # asked again: its answer was lost
-        if _sha256_file(folder / rel) == sha:
+        if sha256_file(folder / rel) == sha:
             return jsonify({"complete": rel})
     missing = [i for i in range(count) if not (store / str(i)).is_file()]
     if missing:
