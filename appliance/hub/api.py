@@ -227,6 +227,26 @@ def _parts_size(parts: Path) -> int:
         return sum(e.stat().st_size for e in entries if e.name.isdigit())
 
 
+def assemble_chunks(parts: Path, count: int, target: Path, size: int, sha: str) -> bool:
+    """Chunks ``0..count-1`` of ``parts`` joined into ``target`` (fsynced, renamed into
+    place) if they make ``size`` bytes with this ``sha``; else nothing is put in place."""
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "wb") as out:
+        for index in range(count):
+            data = (parts / str(index)).read_bytes()
+            digest.update(data)
+            out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    if digest.hexdigest() != sha or tmp.stat().st_size != size:
+        tmp.unlink()
+        return False
+    os.replace(tmp, target)
+    return True
+
+
 def _fsync_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -289,22 +309,10 @@ def image_complete(sha: str):
     missing = [i for i in range(count) if not (parts / str(i)).exists()]
     if missing:
         raise ApiError(400, "chunks_missing", f"chunks not received: {missing[:20]}")
-    whole = hashlib.sha256()
     target = _image_dir(sha) / sha[:2] / sha
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(sha + ".tmp")
-    with open(tmp, "wb") as out:
-        for index in range(count):
-            data = (parts / str(index)).read_bytes()
-            whole.update(data)
-            out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    if whole.hexdigest() != sha or tmp.stat().st_size != size:
-        tmp.unlink()
+    if not assemble_chunks(parts, count, target, size, sha):
         shutil.rmtree(parts, ignore_errors=True)
         raise ApiError(400, "image_checksum", "the assembled image does not match its sha256")
-    os.replace(tmp, target)
     conn = db()
     with conn.transaction():
         conn.execute(

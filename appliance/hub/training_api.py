@@ -39,7 +39,7 @@ from typing import Any
 
 from flask import current_app, g, jsonify, request
 
-from appliance.hub.api import ApiError, _fsync_write, bp, db
+from appliance.hub.api import ApiError, _fsync_write, assemble_chunks, bp, db
 from appliance.hub.limits import (
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
@@ -184,24 +184,6 @@ def training_chunk(export_id: str, rel: str, index: int):
     return jsonify({"stored": index})
 
 
-def _assemble(store: Path, target: Path, count: int, size: int) -> str:
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as out:
-        for index in range(count):
-            data = (store / str(index)).read_bytes()
-            digest.update(data)
-            out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    if tmp.stat().st_size != size:
-        tmp.unlink()
-        return ""
-    os.replace(tmp, target)
-    return digest.hexdigest()
-
-
 def _file_body() -> tuple[int, int, str]:
     body = json_body()
     try:
@@ -254,7 +236,7 @@ def training_file(export_id: str, rel: str):
     missing = [i for i in range(count) if not (store / str(i)).is_file()]
     if missing:
         raise ApiError(400, "chunks_missing", f"{rel}: chunks not received: {missing[:20]}")
-    if size > max_bytes(rel) or _assemble(store, folder / rel, count, size) != sha:
+    if size > max_bytes(rel) or not assemble_chunks(store, count, folder / rel, size, sha):
         (folder / rel).unlink(missing_ok=True)
         shutil.rmtree(store, ignore_errors=True)
         raise ApiError(400, "file_checksum", f"{rel}: the assembled file does not match its"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from hub.dashkit import PASSWORD, sign_in
 from hub.test_tallies import device, result, store
 
 from appliance.hub import cascade, create_app, records
 
-PASSWORD = "correct horse battery"
 PERIOD = "from=2024-W18&to=2024-W18"  # result(n)'s day: 2024-05-01
 
 
@@ -28,14 +28,6 @@ def app(tmp_path, database_url):
     return app
 
 
-def signed_in(app):
-    client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    client.post("/login", data={"username": "manager", "password": PASSWORD, "csrf_token": csrf})
-    return client
-
-
 def shown(html: str) -> dict[str, dict[str, str]]:
     """site ("" for all sites) -> the chest funnel's stages as shown."""
     out = {}
@@ -49,7 +41,8 @@ def shown(html: str) -> dict[str, dict[str, str]]:
 
 
 def test_the_cascade_shows_fifty_sites_a_page_and_the_total_of_all(app):
-    client = signed_in(app)
+    client = app.test_client()
+    sign_in(client)
     first = client.get(f"/cascade?{PERIOD}").get_data(as_text=True)
     funnels = shown(first)
     assert set(funnels) == {""} | {f"ZONE-{n:03d}" for n in range(50)}
