@@ -362,9 +362,10 @@ SETTINGS: tuple[Setting, ...] = (
         "training_sync",
         bool,
         False,
-        "May `appliance training send` send this box's training exports to its hub with"
-        " sync (resumable chunks)? Off (the default): they leave only on a USB stick"
-        " (`appliance training export --to`).",
+        "May this box send its training exports to its hub with sync (resumable chunks,"
+        " paced to `sync_max_kbps`): by `appliance training send`, and by the sync worker"
+        " after the results of each pass? Off (the default): they leave only on a USB"
+        " stick (`appliance training export --to`).",
     ),
     Setting(
         "visit_gap_minutes",

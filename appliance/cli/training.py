@@ -108,17 +108,24 @@ def export_command(to, model, since, data_dir, as_json) -> None:
 @click.option(
     "--since", default=None, callback=_since, help="Only images taken on or after YYYY-MM-DD."
 )
+@click.option(
+    "--queue",
+    is_flag=True,
+    help="Only export now: the sync worker sends it in its next passes (no link needed now).",
+)
 @data_dir_option
 @json_option
 @translate
-def send_command(model, since, data_dir, as_json) -> None:
+def send_command(model, since, queue, data_dir, as_json) -> None:
     """Export as `training export` does, then send the exports to the hub with sync.
 
     Only where the site allows it (the training_sync setting) and the box is enrolled.
     Files go in resumable chunks: run it again after a dropped link and it goes on where
     it stopped (an unfinished send is finished before anything new is exported). Exports
     the hub imported are deleted here; one it refuses is kept in DATA_DIR/training/refused/
-    with the reason.
+    with the reason. The running sync worker also sends what waits, by itself, in each
+    pass (after the results), and goes on with a send that stopped. Both keep to
+    sync_max_kbps.
     """
     from appliance.store.db import Store
     from appliance.sync.client import HubClient
@@ -139,12 +146,21 @@ def send_command(model, since, data_dir, as_json) -> None:
     )  # fmt: skip
     sender = TrainingSender(client, config)
     exported = None
-    if not sender.pending():  # an unfinished send is finished first, nothing added to it
+    if queue or not sender.pending():  # an unfinished send is finished first, nothing added to it
         exported = export(
             Store.open(config.data_dir), config, config.data_dir / OUTGOING,
             device_id=identity.device_id, site=identity.site or config.site_name,
             model=model, since=since, actor=_actor(),
         ).as_dict()  # fmt: skip
+    if queue:
+        client.close()
+        waiting = len(sender.pending())
+        if as_json:
+            print_json({"exported": exported, "waiting": waiting})
+        else:
+            click.echo(f"{exported['images']} images exported; {waiting} exports wait for"
+                       " the sync worker, which sends them in its next passes")  # fmt: skip
+        return
     try:
         report = sender.send_all()
     finally:

@@ -12,6 +12,13 @@ hub refuses is moved to ``DATA_DIR/training/refused/`` with the hub's reason bes
 and never sent again. A request that fails for a transient reason is retried with
 backoff, as the sync worker does; when the link stays down the command stops, and
 running it again sends what is still missing.
+
+The sync worker sends the same folder in its own passes (``worker.py``), after the
+results, images and models of the pass, and stops between two chunks as soon as a result
+waits (``stop``): the next pass sends the result first, then goes on where it stopped.
+An export waits there until the hub confirms it imported it: ``training send --queue``
+puts one there without sending. Every request is paced to ``sync_max_kbps``
+(``pacing.py``), by hand as by the worker.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, TypeVar
 from appliance.config import Config
 from appliance.errors import HubBusyError, HubRejectedError, HubUnreachableError
 from appliance.sync.client import HubClient
+from appliance.sync.pacing import Pacer, bytes_moved
 from appliance.sync.worker import BUSY_ANSWERS, REQUEST_ATTEMPTS, backoff_delay, busy_delay
 from appliance.wire.training_export import LABELS, MANIFEST, SIGNATURE
 
@@ -47,25 +55,42 @@ class HubRefusal(HubRejectedError):
         self.code = code
 
 
+class Stopped(Exception):
+    """The upload stopped between two chunks for something more urgent (a result)."""
+
+
 class TrainingSender:
-    """Sends the exports in ``DATA_DIR/training/outgoing`` through ``client``."""
+    """Sends the exports in ``DATA_DIR/training/outgoing`` through ``client``: paced by
+    ``pace`` (one of its own on ``sync_max_kbps`` unless the worker shares its own),
+    stopping between chunks once ``stop()`` says so (``report["stopped"]``)."""
 
     def __init__(
-        self, client: HubClient, config: Config, *, rng: Callable[[], float] = random.random
+        self,
+        client: HubClient,
+        config: Config,
+        *,
+        rng: Callable[[], float] = random.random,
+        pace: Callable[[], None] | None = None,
+        stop: Callable[[], bool] = lambda: False,
+        by_worker: bool = False,
     ) -> None:
-        self.client, self.config, self.rng = client, config, rng
+        self.client, self.config, self.rng, self.stop = client, config, rng, stop
+        self.pace = pace or Pacer(lambda: bytes_moved(client), config.sync_max_kbps)
+        self.again = "the next sync pass goes on" if by_worker else (
+            "run `appliance training send` again to go on")  # fmt: skip
         self.chunk_bytes = config.sync_image_chunk_kb * 1024
         self.outgoing = config.data_dir / OUTGOING
         self.report: dict[str, Any] = {
             "exports": 0, "images": 0, "labels": 0, "files_sent": 0, "files_held": 0,
             "chunks_sent": 0, "chunks_resent": 0, "already_imported": [], "refused": [],
         }  # fmt: skip
+        # and "stopped": True where ``stop`` stopped the upload
 
     def _retry(self, call: Callable[[], T], what: str) -> T:
         attempt = busy = 0
         while True:
             try:
-                return call()
+                answer = call()
             except HubBusyError as exc:
                 busy += 1
                 if busy > BUSY_ANSWERS:
@@ -76,13 +101,16 @@ class TrainingSender:
                 attempt += 1
                 if attempt == REQUEST_ATTEMPTS:
                     raise HubUnreachableError(
-                        f"{exc}; run `appliance training send` again to go on where it"
-                        " stopped (what the hub holds is not sent again)"
+                        f"{exc}; {self.again} where it stopped (what the hub holds is not"
+                        " sent again)"
                     ) from exc
                 delay = backoff_delay(attempt, self.config.sync_retry_min_seconds,
                                       self.config.sync_retry_max_seconds, self.rng)  # fmt: skip
                 log.info("training send: %s failed (%s); again in %.2fs", what, exc, delay)
                 time.sleep(delay)
+            else:
+                self.pace()  # sync_max_kbps: a pause after each answer where due
+                return answer
 
     def _call(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         """One request, retried while transient; a refusal raises ``HubRefusal``."""
@@ -101,8 +129,11 @@ class TrainingSender:
                       and not p.name.startswith("."))  # fmt: skip
 
     def send_all(self) -> dict[str, Any]:
-        for folder in self.pending():
-            self.send(folder)
+        try:
+            for folder in self.pending():
+                self.send(folder)
+        except Stopped:  # what the hub holds stays there: the next try goes on from it
+            self.report["stopped"] = True
         return self.report
 
     def send(self, folder: Path) -> None:
@@ -153,6 +184,8 @@ class TrainingSender:
         for attempt in range(1, CHUNK_ATTEMPTS + 1):
             for index in range(count):
                 if index not in have:
+                    if self.stop():
+                        raise Stopped
                     self._send_chunk(base, rel, index, data[index * step : (index + 1) * step])
             try:
                 self._call("POST", f"{base}/files/{rel}", rel, body=body)

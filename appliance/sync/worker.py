@@ -2,7 +2,11 @@
 
 One pass (``sync_once``): probe the hub, confirm what a data-mule already delivered, send
 pending results then reviews in batches, then (``sync_images``) the originals in chunks,
-then fetch the model bundles the hub rolled out to this box (``models.py``).
+then fetch the model bundles the hub rolled out to this box (``models.py``), then, where
+the site allows it (``training_sync``), send the training exports waiting in
+``DATA_DIR/training/outgoing`` (``training_send.py``): last, and stopped as soon as a new
+result waits, so that a big upload never holds back a patient's result. Everything a pass
+sends is paced to ``sync_max_kbps`` together (``pacing.py``).
 Each request that fails for a transient reason is retried with exponential backoff and
 full jitter (a hub shedding load says when to come back: the box waits that long, which
 is not a failure); a pass that still fails leaves everything pending, and ``run_forever``
@@ -40,6 +44,7 @@ from appliance.sync.client import HubClient
 from appliance.sync.entries import wire_entry
 from appliance.sync.identity import DEVICE_FILE, Identity, load_identity
 from appliance.sync.models import ERROR_KEY, ModelSync
+from appliance.sync.pacing import Pacer, bytes_moved
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,8 +85,7 @@ class SyncWorker:
         self._identity: Identity | None = None
         self.on_hub: Callable[[str], None] | None = None  # told the hub's URL once enrolled
         self.rng = rng
-        self._window_start = time.monotonic()
-        self._window_bytes = 0
+        self._pace = Pacer(lambda: bytes_moved(self.client()), config.sync_max_kbps)
 
     # -- plumbing --------------------------------------------------------------------
     def enrolled(self) -> bool:
@@ -137,21 +141,8 @@ class SyncWorker:
                 log.info("sync: %s failed (%s); retrying in %.2fs", what, exc, delay)
                 time.sleep(delay)
             else:
-                self._throttle()
+                self._pace()  # sync_max_kbps: a pause after each answer where due
                 return result
-
-    def _throttle(self) -> None:
-        """Keep the average rate under ``sync_max_kbps`` by pausing between requests."""
-        limit = self.config.sync_max_kbps
-        client = self.client()
-        total = client.bytes_sent + client.bytes_received
-        if limit <= 0:
-            return
-        sent = total - self._window_bytes
-        due = sent * 8 / (limit * 1000)
-        elapsed = time.monotonic() - self._window_start
-        if due > elapsed:
-            time.sleep(due - elapsed)
 
     def _set_state(self, **values: Any) -> None:
         sync_state.write(self.store, **values)
@@ -170,8 +161,7 @@ class SyncWorker:
         }
         try:
             client = self.client()
-            self._window_start = time.monotonic()
-            self._window_bytes = client.bytes_sent + client.bytes_received
+            self._pace.restart()
             self._retry(client.ping, "probe")
             report["confirmed"] = self._confirm_exported(client)
             while True:
@@ -190,6 +180,8 @@ class SyncWorker:
             if self.config.sync_images:
                 report["images"] = self._send_images(client)
             report["models"] = self._sync_models(client)
+            if self.config.training_sync:
+                report["training"] = self._send_training(client)
         except SyncError as exc:
             failures = int(self.state().get("failures") or 0) + 1
             self._set_state(
@@ -230,6 +222,22 @@ class SyncWorker:
         except (ApplianceError, OSError) as exc:
             log.warning("sync: model bundles: %s", exc)
             self._set_state(**{ERROR_KEY: f"{utc_now()} {exc}"})
+            return str(exc)
+
+    def _send_training(self, client: HubClient) -> dict[str, Any] | str:
+        """The training exports waiting (``training_send.py``), as the model step: a
+        failure is logged, fails no pass, and the next pass resumes where it stopped."""
+        from appliance.sync.training_send import TrainingSender  # it imports this module
+
+        def result_waiting() -> bool:  # a result goes first: the upload stops for it
+            return bool(outbox.pending(self.store.conn(), 1, outbox.HUB))
+
+        sender = TrainingSender(client, self.config, rng=self.rng, pace=self._pace,
+                                stop=result_waiting, by_worker=True)  # fmt: skip
+        try:
+            return sender.send_all()
+        except (ApplianceError, OSError) as exc:
+            log.warning("sync: training exports: %s", exc)
             return str(exc)
 
     def _confirm_exported(self, client: HubClient) -> int:
