@@ -20,8 +20,13 @@ from typing import Any
 CHEST, FUNDUS, REFUSED = "chest_xray", "fundus", "refused"
 ROUTES = (CHEST, FUNDUS)
 # What decided a route (results.route_source): the DICOM tags, the router model, the
-# fundus photo quality check (pipeline.py), or a clinician's choice.
+# fundus photo quality check (pipeline.py), a clinician's choice, or a blank frame
+# (nothing in it: no one can choose a route for it).
 BY_TAGS, BY_ROUTER, BY_QUALITY, BY_CLINICIAN = "tags", "router", "quality", "clinician"
+BY_BLANK = "blank"
+BLANK = "The image is blank: there is nothing in it to screen."
+BLANK_HINT = ("Check the camera or the X-ray system (lens cap, exposure, cable) and send "
+              "the image again.")
 ROUTER_LABELS = {"chest_xray": CHEST, "fundus_photo": FUNDUS, "other": "other"}
 
 NOT_PROJECTION_XRAY = {
@@ -106,13 +111,19 @@ def decide(
     tags: dict[str, Any],
     min_confidence: float,
     chosen: str | None = None,
+    blank: bool = False,
 ) -> GateDecision:
     """``chosen``: the route a clinician chose for this image (CHEST or FUNDUS): it
-    replaces the router's verdict, never a refusal by the tags."""
+    replaces the router's verdict, never a refusal by the tags. ``blank``: the frame
+    holds nothing (``measures.is_blank``): refused whatever the router or anyone says
+    (router 1.2.0 read a black frame as the dark surround of a retina photo)."""
     expected, refusal = expectation_from_tags(tags)
     if refusal is not None:
         refusal.router = router_probs
         return refusal
+    if blank:
+        return GateDecision(REFUSED, BLANK, [BLANK_HINT], router_probs,
+                            ["contrast below what any photograph or film has"], BY_BLANK)
     label, confidence = max(router_probs.items(), key=lambda item: item[1])
     seen = ROUTER_LABELS.get(label, "other")
     evidence = [f"router {label} {confidence:.2f}"]

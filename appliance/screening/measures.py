@@ -14,6 +14,11 @@ import cv2
 import numpy as np
 
 SMALL_PX = 128  # longest side of the copy the measures are taken on
+# Below this contrast (grey standard deviation, about 2.5 of 255 levels) a frame holds
+# nothing to screen: a lens cap, an empty exposure, a flat patch. The darkest retina
+# photos here (IDRiD at a third of their brightness) keep 0.036; the three nearly black
+# picture patches router 1.2.0 sent to the fundus model have 0.0001-0.0064 (issue 26).
+BLANK_CONTRAST = 0.01
 LAYOUT = 3  # the image's brightness in a 3 x 3 grid: where light and dark fall
 
 
@@ -39,3 +44,8 @@ def image_measures(pixels: np.ndarray) -> dict[str, Any]:
     if colour:
         measures["rgb"] = [round(float(small[..., c].mean()), 4) for c in range(3)]
     return measures
+
+
+def is_blank(measures: dict[str, Any]) -> bool:
+    """A frame with (nearly) nothing in it, from :func:`image_measures`."""
+    return measures["contrast"] < BLANK_CONTRAST

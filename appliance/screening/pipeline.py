@@ -24,7 +24,7 @@ from appliance.inference.preprocess import fundus_frame, preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
 from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HeatSource, heat_source, render_overlay
-from appliance.screening.measures import image_measures
+from appliance.screening.measures import image_measures, is_blank
 from appliance.screening.models import (
     FUNDUS,
     ROUTER,
@@ -270,8 +270,9 @@ class Screener:
             min_conf = self.config.router_min_confidence or float(
                 manifest["operating_points"]["suggested"]["threshold"]
             )
-            decision = gate.decide(router_probs, tags, min_conf, chosen=route)
             measures = image_measures(image.pixels)  # for drift monitoring, every image
+            decision = gate.decide(router_probs, tags, min_conf, chosen=route,
+                                   blank=is_blank(measures))
         result = ScreeningResult(
             decision.route,
             decision.reason,

@@ -148,6 +148,12 @@ KNOWN = (
     N_("Not a chest X-ray or a retina photograph: it cannot be screened."),
     N_("Labelled as a chest X-ray, but the image does not look like one."),
     N_("Labelled as an eye photograph, but the image does not look like a retina."),
+    # gate.BLANK and gate.BLANK_HINT
+    N_("The image is blank: there is nothing in it to screen."),
+    N_(
+        "Check the camera or the X-ray system (lens cap, exposure, cable) and send the "
+        "image again."
+    ),
     # appliance/screening/pipeline.py, with one of quality.py's MESSAGES
     N_("Photo not gradable: %(problem)s"),
     # appliance/screening/pipeline.py: OVERRULED_QUALITY

@@ -17,6 +17,8 @@ from appliance.inference.bundle import find_bundles, load_bundle
 from appliance.inference.onnx_runner import run_batched
 from appliance.inference.postprocess import calibrated_probabilities
 from appliance.inference.preprocess import PREPROCESSORS, preprocess_batch
+from appliance.screening import gate
+from appliance.screening.measures import image_measures, is_blank
 from build.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +42,7 @@ def rgb01(path: Path) -> np.ndarray:
 
 
 def infer(bundle_name: str, images: list[np.ndarray]) -> np.ndarray:
-    bundle = load_bundle(next(p for p in BUNDLES if p.parent.name == bundle_name))
+    bundle = load_bundle(bundle_dir(bundle_name))  # the newest version: what the box loads
     x = preprocess_batch(bundle.manifest["preprocessing"], images)
     logits = run_batched(bundle.file("model.int8.onnx"), x)["logits"]
     return calibrated_probabilities(logits, bundle.manifest["calibration"])
@@ -149,22 +151,51 @@ def test_router_knows_a_shifted_retina_at_its_threshold(shift: str) -> None:
     assert (prob.max(1) >= threshold).all(), (shift, prob.round(3), threshold)
 
 
-@pytest.mark.xfail(strict=True, reason="the rebuilt 1.2.0 still routes 3 of the 200 "
-                   "held-out faces to the retina path; through `appliance screen` the quality "
-                   "check refuses the 2 that get there, so none is scored (issue 26, open)")
-def test_router_sends_no_held_out_face_to_the_fundus_model() -> None:
-    """Scikit-image's 200 small grey faces (an LFW subset), which the router never trained
-    on: none reaches the fundus model at the shipped threshold (issue 26: the first 1.2.0
-    build, which greyed only the retina photos, sent 27 there)."""
+def _routed_to_fundus(images: list[np.ndarray]) -> np.ndarray:
+    """Which images the box's gate sends to the fundus model: the blank-frame check
+    (screening.measures.is_blank) and the router at its shipped threshold, no tags."""
+    bundle = load_bundle(bundle_dir("modality-router"))
+    threshold = bundle.manifest["operating_points"]["suggested"]["threshold"]
+    prob = infer("modality-router", images)
+    decided = [gate.decide(dict(zip(bundle.manifest["labels"], map(float, p), strict=True)),
+                           {}, threshold, blank=is_blank(image_measures(im))).route
+               for im, p in zip(images, prob, strict=True)]
+    return np.array([route == gate.FUNDUS for route in decided])
+
+
+def test_no_held_out_lfw_picture_reaches_the_fundus_model() -> None:
+    """Scikit-image's LFW subset (100 small grey faces, then 100 background patches cut
+    from the same photos), which the router never trained on: none reaches the fundus
+    model (issue 26). The router alone sends no face there; it sends 3 nearly black
+    patches (contrast 0.0001-0.0064), which the blank-frame check refuses first."""
     import skimage
 
     faces = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")
-    bundle = load_bundle(bundle_dir("modality-router"))
-    threshold = bundle.manifest["operating_points"]["suggested"]["threshold"]
-    prob = infer("modality-router", [f.astype(np.float32) for f in faces])
-    fundus = bundle.manifest["labels"].index("fundus_photo")
-    to_fundus = (prob.argmax(1) == fundus) & (prob.max(1) >= threshold)
-    assert not to_fundus.any(), (int(to_fundus.sum()), threshold)
+    to_fundus = _routed_to_fundus([f.astype(np.float32) for f in faces])
+    assert not to_fundus.any(), np.flatnonzero(to_fundus)
+
+
+BLANK_FRAMES = {  # what a camera sends with the lens cap on, or an empty exposure
+    "black, 64 px grey": lambda: np.zeros((64, 64), np.float32),
+    "black, 480x640 RGB": lambda: np.zeros((480, 640, 3), np.float32),
+    "nearly black, sensor noise": lambda: np.clip(
+        0.01 + np.random.default_rng(7).normal(0, 0.004, (120, 160)), 0, 1).astype(np.float32),
+    "flat mid-grey": lambda: np.full((200, 300), 0.5, np.float32),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BLANK_FRAMES))
+def test_no_blank_frame_reaches_the_fundus_model(what: str) -> None:
+    """A frame with nothing in it is no retina (issue 26: router 1.2.0 alone sends a
+    black frame to the fundus model at 0.997; the gate refuses it as blank)."""
+    assert not _routed_to_fundus([BLANK_FRAMES[what]()]).any()
+
+
+def test_the_darkest_retina_photos_are_not_blank() -> None:
+    """The blank check never takes a real retina: every committed photo at a quarter of
+    its brightness still routes to the fundus model through the gate."""
+    names = ["IDRiD_001.jpg", "IDRiD_003.jpg", "IDRiD_008.jpg", "hrf_07_h.jpg", "hrf_12_h.jpg"]
+    assert _routed_to_fundus([rgb01(DATA / "fundus" / n) * 0.25 for n in names]).all()
 
 
 def _grey64(path: Path) -> np.ndarray:
@@ -172,10 +203,11 @@ def _grey64(path: Path) -> np.ndarray:
 
 
 def _tb_films() -> Path:
-    """The held-out TB films at the adult bundle's own input size (tests/data/tbx64 or
-    tbx128: the same films, squashed as the box does from TBX11K's 512-px files)."""
-    bundle = load_bundle(bundle_dir("cxr-adult-abnormal"))
-    return DATA / f"tbx{bundle.manifest['preprocessing']['params']['size']}"
+    """The held-out TB films at the detail the adult bundle sees (tests/data/tbx64 or
+    tbx128: the same films, squashed as the box does from TBX11K's 512-px files): its
+    input size, or the smaller detail its preprocessing brings every film to first."""
+    params = load_bundle(bundle_dir("cxr-adult-abnormal")).manifest["preprocessing"]["params"]
+    return DATA / f"tbx{params.get('detail') or params['size']}"
 
 
 def test_adult_model_flags_held_out_tb_films_and_passes_adult_normals() -> None:

@@ -67,3 +67,18 @@ def test_age_in_years_from_dicom_tags(age, born, seen, years):
 
     result = age_in_years(age, born, seen)
     assert (result is None) if years is None else result == pytest.approx(years, abs=0.01)
+
+
+@pytest.mark.parametrize("tags", [{}, {"modality": "OP"}, {"modality": "CR", "body_part": "CHEST"}])
+def test_a_blank_frame_is_refused_whatever_the_router_tags_or_a_clinician_say(tags):
+    """Issue 26: router 1.2.0 reads a black frame as a retina (0.997). A blank frame is
+    refused as blank, and no clinician can choose a route for it (nothing to screen)."""
+    from appliance.screening.gate import BLANK, BY_BLANK
+
+    for chosen in (None, FUNDUS, CHEST):
+        decision = decide(EYE, tags, 0.5, chosen=chosen, blank=True)
+        assert (decision.route, decision.reason, decision.source) == (REFUSED, BLANK, BY_BLANK)
+
+
+def test_tags_that_rule_an_image_out_still_name_it_when_it_is_blank():
+    assert "CT scan" in decide(EYE, {"modality": "CT"}, 0.5, blank=True).reason

@@ -106,6 +106,17 @@ def test_blurred_fundus_is_refused_with_a_retake_hint_and_no_score(screener):
     assert result.score is None and result.probability is None and result.triage is None
 
 
+def test_a_black_photo_is_refused_as_blank_and_never_reaches_the_fundus_model(screener):
+    """Issue 26: router 1.2.0 scores a black frame as a retina photo (0.997)."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.zeros((480, 640, 3), np.uint8))
+    result = screener.screen(decode_bytes(png.tobytes()), {}, route="fundus")
+    assert (result.route, result.route_source) == ("refused", "blank")
+    assert "blank" in result.reason and "lens cap" in result.hints[0]
+    assert result.quality is None and result.score is None and result.model is None
+
+
 @pytest.mark.parametrize(
     "name, words",
     [
