@@ -87,10 +87,16 @@ def equalise(image: np.ndarray) -> np.ndarray:
     return (ranks / max(flat.size - 1, 1)).reshape(image.shape)
 
 
-def cxr_equalised_preprocess(image: np.ndarray, size: int = 64) -> np.ndarray:
+def cxr_equalised_preprocess(image: np.ndarray, size: int = 64,
+                             detail: int | None = None) -> np.ndarray:
     """Adult chest radiograph -> 1 x size x size: whole film squashed to ``size``,
-    intensities replaced by their rank (:func:`equalise`), then standardised."""
-    grey = squash(to_grey(image), size)
+    intensities replaced by their rank (:func:`equalise`), then standardised. With
+    ``detail`` below ``size`` the film is squashed to ``detail`` first and brought up to
+    ``size``: a larger map, but no film sharper than the softest source trained on."""
+    grey = to_grey(image)
+    if detail and detail < size:
+        grey = squash(grey, detail)
+    grey = squash(grey, size)
     return standardise(equalise(grey))[None]
 
 

@@ -160,10 +160,22 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 # What each pool film is, for :class:`MixedBatches`.
-TB, NIH_NORMAL, NIH_ABNORMAL, OTHER_NORMAL = 0, 1, 2, 3
+TB, NIH_NORMAL, NIH_ABNORMAL, OTHER_NORMAL, NIH_OTHER_DISEASE = 0, 1, 2, 3, 4
 TB_HEAD, ABNORMAL_HEAD = 0, 1
 # The hospital each kind of film comes from (the adversarial source head's target).
-SOURCE_OF = {TB: 0, NIH_NORMAL: 1, NIH_ABNORMAL: 1, OTHER_NORMAL: 2}
+SOURCE_OF = {TB: 0, NIH_NORMAL: 1, NIH_ABNORMAL: 1, OTHER_NORMAL: 2, NIH_OTHER_DISEASE: 1}
+# NIH's text-mined findings that TB does not explain alone (heart, air, oedema, collapse):
+# a film with only these is a "not TB" film that is not normal, the negative a TB clinic
+# sees most. Infiltration, consolidation, mass, nodule, fibrosis, pleural thickening,
+# pneumonia and effusion (pleural TB) may be TB: such films never become TB negatives.
+OTHER_DISEASE_FINDINGS = frozenset({"Cardiomegaly", "Pneumothorax", "Emphysema", "Edema",
+                                    "Atelectasis", "Hernia"})
+
+
+def other_disease(finding_labels: str) -> bool:
+    """An NIH film whose every finding is one TB does not explain alone."""
+    found = set(finding_labels.split("|")) - {"No Finding"}
+    return bool(found) and found <= OTHER_DISEASE_FINDINGS
 
 
 @dataclass(frozen=True)

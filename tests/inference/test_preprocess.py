@@ -73,6 +73,22 @@ def test_equalised_cxr_is_the_same_under_any_monotone_intensity_change() -> None
     assert np.abs(cxr_preprocess(img**2.2) - cxr_preprocess(img)).max() > 0.1
 
 
+def test_equalised_cxr_at_a_smaller_detail_is_as_soft_as_that_detail() -> None:
+    """``detail``: a 128-px input that carries no more than 64 px of detail, whatever the
+    film's own sharpness (issue 23: every adult negative exists at 64 px only)."""
+    rng = np.random.default_rng(3)
+    sharp = rng.random((512, 512)).astype(np.float32)
+    out = cxr_equalised_preprocess(sharp, size=128, detail=64)
+    assert out.shape == (1, 128, 128)
+    # nothing finer than 64 px survives: taking the input down to 64 px and back up loses
+    # little of it, while the film at its own detail loses most of its texture
+    def fine(x: np.ndarray) -> float:
+        back = cv2.resize(cv2.resize(x, (64, 64), interpolation=cv2.INTER_AREA), (128, 128))
+        return float(np.abs(x - back).mean() / np.abs(x).mean())
+
+    assert fine(out[0]) < 0.5 < 0.7 < fine(cxr_equalised_preprocess(sharp, size=128)[0])
+
+
 def test_equalise_gives_ranks_in_0_1() -> None:
     img = np.array([[0.9, 0.1], [0.5, 0.3]], np.float32)
     np.testing.assert_allclose(equalise(img), [[1.0, 0.0], [2 / 3, 1 / 3]], atol=1e-6)

@@ -171,3 +171,24 @@ def test_cell_batches_degrade_films_and_judge_only_the_tb_task() -> None:
     soft = np.stack([squash(squash(f, 64), 128) for f in films])
     np.testing.assert_allclose(x[:, 0], soft, atol=1e-6)
     assert np.abs(x[:, 0] - films).mean() > 0.05
+
+
+def test_other_disease_films_are_tb_negatives_of_the_nih_hospital() -> None:
+    """A variant's negatives (cxr_adult ``other_disease_share``): NIH films whose every
+    finding TB does not explain alone; a film that may be TB (infiltration, effusion...)
+    never becomes one."""
+    from models.training.tb import NIH_OTHER_DISEASE, SOURCE_OF, other_disease
+
+    assert other_disease("Cardiomegaly") and other_disease("Emphysema|Pneumothorax")
+    for maybe_tb in ("No Finding", "Infiltration", "Cardiomegaly|Effusion",
+                     "Atelectasis|Consolidation", "Fibrosis", "Mass|Edema"):
+        assert not other_disease(maybe_tb), maybe_tb
+    rng = np.random.default_rng(5)
+    films = rng.uniform(0, 1, (8, 64, 64)).astype(np.float32)
+    kind = np.array([NIH_OTHER_DISEASE] * 8)
+    batches = MixedBatches(films, kind, np.zeros((8, 64, 64), np.float32),
+                           lambda f: f[None].astype(np.float32),
+                           augment_radiograph_with_mask, Mixing(), cam_size=8)
+    _, y, head, cam_masks, source = batches(np.arange(8), rng)
+    assert (y == 0).all() and (head == TB_HEAD).all() and not cam_masks.any()
+    assert set(source) == {SOURCE_OF[NIH_NORMAL]}
