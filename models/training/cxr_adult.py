@@ -146,7 +146,7 @@ VARIANTS = {
     "lesion cells at 128 px of 64-px detail": _lesion_cells(
         size=128, detail=64,
         note="not shipped (fold 0 no better than at 64 px: lesion AUC on TB films 0.71, "
-             "lesions removed flagged 0.87, RG1 flagged): every film at 64-px detail "
+             "lesions removed flagged 0.87): every film at 64-px detail "
              "(training and serving) brought up to 128 px: a 16x16 map learning cell by "
              "cell, with no film sharper than NIH's; lesion mixing; children's normals; "
              "score from the map's peak"),

@@ -79,8 +79,9 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
     more NIH normals were flagged (0.28 against 0.19).
   - *The cell map at 128 px with every film at 64-px detail* (16x16, training and
     serving alike; fold 0 only): lesion AUC on TB films 0.71, on NIH films 0.62, lesions
-    removed flagged 0.87 and RG1 flagged. No better than 64 px: session 8's gain at 128 px
-    came from detail, which only the TB films have.
+    removed flagged 0.87, against 0.72-0.73, 0.64-0.66 and 0.73-0.75 for the shipped
+    choice's fold-0 models. No better than 64 px: session 8's gain at 128 px came from
+    detail, which only the TB films have.
   - RG1 at 64 px sits near the flag: the shipped choice's single-fold models put it
     above 19 % to 87 % of held-out NIH normals, and 2.1.0 scores it 0.28 against its
     threshold of 0.32. A site with sharp DR films must calibrate on its own outcomes.
