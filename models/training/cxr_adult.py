@@ -54,6 +54,7 @@ from models.training.tb import (
     other_disease,
     paste,
     remove_lesions,
+    soften,
     to_working,
 )
 from models.training.train import TrainConfig
@@ -395,8 +396,9 @@ class CxrAdultRecipe:
         pool_nih = ~sp["nih_report"] & (sp["nih_folds"] == fold)
         nn_i = np.flatnonzero(pool_nih & (s.nih_y == 0))
         na_i = np.flatnonzero(pool_nih & (s.nih_y == 1))
-        od_i = np.flatnonzero(pool_nih & _other_disease(s))
-        tl_i = np.flatnonzero(pool_nih & (s.nih_y == 1) & ~_other_disease(s))
+        other = _other_disease(s)
+        od_i = np.flatnonzero(pool_nih & other)
+        tl_i = np.flatnonzero(pool_nih & (s.nih_y == 1) & ~other)
         removed, _ = remove_lesions(tb_films[tb_i], masks[tb_i], 0.02, rng)
         boxed = tb_i[masks[tb_i].reshape(len(tb_i), -1).any(1)]
         lesion, tissue = [], []
@@ -410,7 +412,7 @@ class CxrAdultRecipe:
         kid = np.flatnonzero(s.kid_report)
         kn, kp = kid[s.kid_y[kid] == 0][:300], kid[s.kid_y[kid] == 1][:300]
         prep = lambda a: np.stack([self._prep(f) for f in a])  # noqa: E731
-        soft = lambda a: np.stack([squash(squash(f, SIZE), f.shape[0]) for f in a])  # noqa: E731
+        soft = lambda a: [soften(f) for f in a]  # noqa: E731
         sharp = sharp_third_hospital_film()
         return {"tb": prep(tb_films[tb_i]), "tb_masks": masks[tb_i],
                 "tb_soft": prep(soft(tb_films[tb_i])),

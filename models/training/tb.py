@@ -289,7 +289,7 @@ class MixedBatches:
         for i in idx:
             img, y, head, mask = self.one(int(i), tb_in_batch, rng)
             if self.mixing.degrade and rng.random() < self.mixing.degrade:
-                img = squash(squash(img, SIZE), img.shape[0])
+                img = soften(img)
             img, mask = self.augment(img, rng, mask)
             xs.append(self.preprocess(img))
             ys.append(y)
@@ -304,6 +304,11 @@ class MixedBatches:
         return (np.stack(xs), np.array(ys, np.float32), np.array(heads),
                 np.stack(masks).astype(np.float32),
                 np.array([SOURCE_OF[int(k)] for k in self.kind[idx]]))
+
+
+def soften(film: np.ndarray) -> np.ndarray:
+    """A film brought to NIH's 64-px detail and back to its own size."""
+    return squash(squash(film, SIZE), film.shape[0])
 
 
 def cell_targets(mask: np.ndarray, cam_size: int, inside: float = 0.4,
