@@ -85,4 +85,23 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
   - RG1 at 64 px sits near the flag: the shipped choice's single-fold models put it
     above 19 % to 87 % of held-out NIH normals, and 2.1.0 scores it 0.28 against its
     threshold of 0.32. A site with sharp DR films must calibrate on its own outcomes.
+- **Measured and not shipped (session 10): detail from the TB films alone**
+  (`build/tb_own_lung.py`, 256 px, folds 0-1). A 16x16 map learns a radiologist's box
+  against the same film's lung outside any box, half the films softened to 64-256-px
+  detail: every positive and negative cell comes from one hospital's films.
+  - *TBX11K only*: the map points better (pointing game 0.85 against 0.80) but the
+    lesion AUC on TB films is no better (0.69 against 0.69), and 84 % of NIH's
+    normals and 96 % of children's normals were flagged: with no other hospital in
+    training, whatever does not look like TBX11K's lung scores as a lesion.
+  - *With NIH normals as 30 % of each batch* (every cell negative): NIH normals flagged
+    fell to 0.06, but detail answered again: held-out TB films at 64-px detail kept
+    only 0.52 of their flags (0.89 shipped), RG1 was flagged in one of two folds, and
+    67 % of children's normals were flagged.
+  - More detail cannot be had without sharp TB-negative films, by this road too.
+  - The lesion AUC on TB films has a ceiling of its own: TBX11K's films carry disease
+    outside the radiologists' boxes. For the TBX11K-only fold-0 model, filling a wider
+    area (each box grown by 0.10 of the film instead of 0.02) raised it from 0.73 to
+    0.81; with the usual fill, a quarter of the held-out films scored as high or higher
+    with their boxed lesions gone. The plateau near 0.70 across choices is partly the
+    check's.
 """
