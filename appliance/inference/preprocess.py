@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -49,6 +50,24 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if arr.ndim == 3:
         return arr
     return np.repeat(arr[:, :, None], 3, axis=2)
+
+
+def brightest_channel(rgb: np.ndarray) -> np.ndarray:
+    """Each pixel's largest colour value (H x W from H x W x 3). Equal to
+    ``rgb.max(axis=2)``, which numpy runs ~25x slower over a 3-long last axis (~20 ms
+    on a 512-px photo here, issue 28)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+@lru_cache(maxsize=8)
+def centred_circle(size: int, fraction: float) -> np.ndarray:
+    """size x size bool, True within ``fraction`` of the half-side from the centre: the
+    same for every photo, so made once (read-only)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    centre = (size - 1) / 2.0
+    circle = (xx - centre) ** 2 + (yy - centre) ** 2 <= (fraction * size / 2.0) ** 2
+    circle.flags.writeable = False
+    return circle
 
 
 def squash(image: np.ndarray, size: int) -> np.ndarray:
@@ -120,7 +139,7 @@ def fundus_frame(image: np.ndarray, threshold: float = 0.15) -> FundusFrame:
     small = cv2.resize(
         rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
     )
-    value = small.max(axis=2)
+    value = brightest_channel(small)
     level = threshold * max(float(np.percentile(value, 99)), _EPS)
     mask = (value > level).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
@@ -202,12 +221,10 @@ def enhance_fundus(
         disc = cv2.resize(disc, (size, size), interpolation=interp)
     blurred = cv2.GaussianBlur(disc, (0, 0), sigmaX=size * blur_fraction)
     enhanced = np.clip(gain * (disc - blurred), -1.0, 1.0)
-    yy, xx = np.mgrid[0:size, 0:size]
-    centre = (size - 1) / 2.0
-    inside = (xx - centre) ** 2 + (yy - centre) ** 2 <= (mask_fraction * size / 2.0) ** 2
+    inside = centred_circle(size, mask_fraction)
     # why: where the camera clipped the circle, the frame edge is a second rim; keep
     # only the lit field, eroded by the same margin the circle mask leaves.
-    value = disc.max(axis=2)
+    value = brightest_channel(disc)
     lit = (value > threshold * max(float(np.percentile(value, 99)), _EPS)).astype(np.uint8)
     margin = max(1, int(round((1.0 - mask_fraction) * size / 2.0)))
     lit = cv2.erode(lit, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))

@@ -69,7 +69,8 @@ class DecodedImage:
             "inverted": self.inverted,
             "voi": self.voi,
             "transfer_syntax_uid": self.transfer_syntax_uid,
-            # >1 when decoded at reduced resolution (JPEG 2000): the original is intact.
+            # >1 when decoded at reduced resolution (JPEG 2000, a large JPEG): the
+            # original is intact.
             "reduced_by": self.info.get("reduced_by", 1),
         }
 
@@ -117,9 +118,13 @@ def decode_bytes(
         except Exception as exc:  # a malformed value pydicom accepted but we cannot use
             raise DecodeError(DAMAGED, detail=f"{type(exc).__name__}: {exc}") from exc
     if kind in ("jpeg", "png", "tiff"):
-        raster.check_raster(raw, kind, limits)
-        pixels, colour = raster.decode_raster(raw, limits.max_pixels)
-        return DecodedImage(pixels, colour, kind, photometric="RGB" if colour else "MONOCHROME2")
+        width, height = raster.check_raster(raw, kind, limits)
+        # A JPEG far larger than needed (a fundus camera's full frame) is decoded smaller.
+        reduce = raster.jpeg_reduction(max(width, height), max_side) if kind == "jpeg" else 1
+        pixels, colour = raster.decode_raster(raw, limits.max_pixels, reduce)
+        photometric = "RGB" if colour else "MONOCHROME2"
+        return DecodedImage(pixels, colour, kind, photometric=photometric,
+                            info={"reduced_by": reduce} if reduce > 1 else {})
     raise UnsupportedFileError(NOT_AN_IMAGE.get(kind, NOT_AN_IMAGE["unknown"]))
 
 

@@ -34,7 +34,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from appliance.inference.preprocess import FundusFrame, crop_disc, fundus_frame, to_rgb
+from appliance.inference.preprocess import (
+    FundusFrame,
+    brightest_channel,
+    centred_circle,
+    crop_disc,
+    fundus_frame,
+    to_rgb,
+)
 
 THRESHOLDS_FILE = Path(__file__).with_name("fundus_quality.json")
 FIELD_THRESHOLD = 0.15  # the lit field: this fraction of the 99th percentile
@@ -83,12 +90,10 @@ def measure_fundus(image: np.ndarray, frame: FundusFrame | None = None) -> dict[
     cx, cy, radius = frame.disc
     disc = crop_disc(rgb, cx, cy, radius, DISC_PX)
 
-    yy, xx = np.mgrid[0:DISC_PX, 0:DISC_PX]
-    centre = (DISC_PX - 1) / 2.0
-    inner = (xx - centre) ** 2 + (yy - centre) ** 2 <= (0.85 * DISC_PX / 2) ** 2
+    inner = centred_circle(DISC_PX, 0.85)
     # Where the disc leaves the camera frame (black after the crop) there is no retina
     # to judge: keep only the lit part.
-    value = disc.max(axis=2)
+    value = brightest_channel(disc)
     lit = value > 0.15 * max(float(np.percentile(value, 99)), 1e-6)
     coverage = _lit_coverage(frame)
     region = inner & lit
@@ -117,8 +122,16 @@ def measure_fundus(image: np.ndarray, frame: FundusFrame | None = None) -> dict[
         "brightness": float(np.median(values)),  # reported, never judged
         # two channels clipped: white or yellow, burned out (red alone is clipped in
         # many a normal orange fundus)
-        "burned_out": float(((disc[region] >= 0.98).sum(axis=1) >= 2).mean()),
+        "burned_out": float(_two_channels_clipped(disc)[region].mean()),
     }
+
+
+def _two_channels_clipped(rgb: np.ndarray) -> np.ndarray:
+    """H x W: at least two of the three colours at 0.98 or above (channel by channel:
+    a sum over a 3-long last axis is many times slower in numpy)."""
+    clipped = rgb >= 0.98
+    count = clipped[..., 0].astype(np.uint8) + clipped[..., 1] + clipped[..., 2]
+    return count >= 2
 
 
 def _lit_coverage(frame: FundusFrame) -> float:

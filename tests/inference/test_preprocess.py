@@ -12,6 +12,8 @@ import pytest
 
 from appliance.inference.preprocess import (
     PREPROCESSORS,
+    brightest_channel,
+    centred_circle,
     cxr_equalised_preprocess,
     cxr_preprocess,
     equalise,
@@ -194,3 +196,16 @@ def test_a_retina_photos_field_found_once_gives_the_same_quality_input_and_map(n
     other = fundus_frame(pixels, 0.3)
     assert np.array_equal(fundus_preprocess(pixels, 256, frame=other),
                           fundus_preprocess(pixels, 256))
+
+
+def test_the_brightest_channel_is_numpys_max_over_colours():
+    rgb = np.random.default_rng(5).random((37, 53, 3), dtype=np.float32)
+    assert np.array_equal(brightest_channel(rgb), rgb.max(axis=2))
+
+
+def test_the_centred_circle_is_made_once_and_cannot_be_changed():
+    circle = centred_circle(64, 0.85)
+    assert circle is centred_circle(64, 0.85)
+    assert circle[32, 32] and not circle[0, 0]
+    with pytest.raises(ValueError):
+        circle[0, 0] = True

@@ -320,3 +320,39 @@ def test_pixels_read_from_the_file_match_pydicoms_decoder(tmp_path, signed):
     from_file = decode_file(path).pixels
     from_pydicom = decode_bytes(path.read_bytes()).pixels  # pydicom's decoder, in memory
     assert np.array_equal(from_file, from_pydicom)
+
+
+def _camera_frame_jpeg(orientation: int | None = None) -> tuple[bytes, np.ndarray]:
+    """A real fundus photo brought up to a Kowa camera's native 4288 x 2848 frame."""
+    photo = cv2.resize(cv2.imread(str(FUNDUS_DIR / "IDRiD_003.jpg")), (4288, 2848),
+                       interpolation=cv2.INTER_CUBIC)
+    ok, encoded = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    raw = encoded.tobytes()
+    return (raw if orientation is None else _with_exif_orientation(raw, orientation)), photo
+
+
+def test_a_camera_frame_far_larger_than_needed_is_decoded_smaller():
+    raw, photo = _camera_frame_jpeg()
+    small = decode_bytes(raw, max_side=1024)
+    assert small.pixels.shape == (712, 1072, 3)  # 1/4: the longest side stays >= ~1024
+    assert small.summary()["reduced_by"] == 4
+    expected = cv2.resize(photo, (1072, 712), interpolation=cv2.INTER_AREA)[:, :, ::-1] / 255.0
+    assert np.abs(small.pixels - expected).mean() < 0.01  # the same picture, smaller
+    whole = decode_bytes(raw)  # no max_side: the full frame, as the full-detail view asks
+    assert whole.pixels.shape == (2848, 4288, 3) and whole.summary()["reduced_by"] == 1
+
+
+def test_a_reduced_decode_keeps_the_exif_orientation():
+    raw, _ = _camera_frame_jpeg(orientation=6)  # taken with the camera turned
+    small = decode_bytes(raw, max_side=1024)
+    assert small.pixels.shape == (1072, 712, 3)
+
+
+@pytest.mark.parametrize(
+    ("longest", "max_side", "factor"),
+    [(4288, 1024, 4), (4288, None, 1), (2144, 1024, 2), (1429, 1024, 1), (20000, 512, 8)],
+)
+def test_jpeg_reduction_keeps_the_side_near_what_is_needed(longest, max_side, factor):
+    from appliance.ingest.raster import jpeg_reduction
+
+    assert jpeg_reduction(longest, max_side) == factor

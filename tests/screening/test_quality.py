@@ -6,7 +6,7 @@ import pytest
 from helpers import FUNDUS_DIR
 
 from appliance.inference.preprocess import find_fundus_disc
-from appliance.screening.quality import assess_fundus, default_thresholds
+from appliance.screening.quality import _two_channels_clipped, assess_fundus, default_thresholds
 
 
 def real(name: str) -> np.ndarray:
@@ -126,3 +126,11 @@ def test_painted_lesions_never_lower_gradability():
     assert after.measures["vessel_contrast"] >= before.measures["vessel_contrast"] * 0.95
     assert after.measures["field_light"] >= before.measures["field_light"] * 0.95
     assert after.measures["focus"] >= before.measures["focus"] * 0.95
+
+
+def test_burned_out_counts_pixels_with_two_colours_clipped():
+    rgb = np.zeros((2, 3, 3), np.float32)
+    rgb[0, 0] = (1.0, 1.0, 0.2)    # yellow, burned out
+    rgb[0, 1] = (1.0, 0.5, 0.2)    # red alone clipped: a normal orange fundus
+    rgb[0, 2] = (0.99, 0.985, 1.0)  # white
+    assert _two_channels_clipped(rgb).tolist() == [[True, False, True], [False] * 3]
