@@ -1,0 +1,107 @@
+"""The adult chest recipe's training choices: each one a row of the shortcut table
+(``build/tb_shortcuts.py``), the shipped one named by ``SHIPPED``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from models.training.tb import Mixing
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One training choice set; ``build/tb_shortcuts.py`` measures each."""
+
+    equalise: bool = True
+    mixing: Mixing = Mixing()
+    attention_weight: float = 0.5
+    children_negatives: bool = False
+    adversarial_weight: float = 0.0
+    peak: bool = False         # the logit from the map's peak, not its mean (nets.CamNet)
+    size: int = 64             # model input; TB films at their own detail above 64 px
+    # every film (training and serving) brought to this detail first, then to ``size``
+    detail: int | None = None
+    # the CAM learns cell by cell, lesion (in a box) vs lung outside any box of the same
+    # film, at this weight beside the film's loss (train.cell_loss); the map-in-the-boxes
+    # loss is then off
+    cell_weight: float = 0.0
+    # share of the batches: TB films, NIH normals, NIH abnormals (the second head),
+    # children's normals (only with children_negatives)
+    shares: tuple[float, float, float, float] = (0.45, 0.35, 0.2, 0.1)
+    # NIH films whose every finding TB does not explain alone (tb.other_disease) are TB
+    # negatives at this share of the batches (0: they teach the second head, as others)
+    other_disease_share: float = 0.0
+    note: str = ""
+
+
+NO_MIXING = Mixing(remove_lesions=0, paste_lesion=0, paste_tissue=0)
+CELL_MIXING = Mixing(remove_lesions=0.2, paste_lesion=0.35, paste_tissue=0.2, abnormal_head=0.0)
+
+
+def _lesion_cells(**choice: Any) -> Choice:
+    """The map taught cell by cell (``cell_weight``) with lesion mixing, children's
+    normals and the peak score; no second head."""
+    return Choice(**{"attention_weight": 0.0, "cell_weight": 2.0, "children_negatives": True,
+                     "peak": True, "mixing": CELL_MIXING, "shares": (0.45, 0.35, 0.0, 0.2),
+                     **choice})
+
+
+VARIANTS = {
+    "plain": Choice(equalise=False, mixing=NO_MIXING, attention_weight=0,
+                    note="standardised intensities, plain films: TB vs NIH normals"),
+    "equalised": Choice(mixing=NO_MIXING, attention_weight=0,
+                        note="+ rank-equalised intensities"),
+    "equalised+mixing": Choice(attention_weight=0, note="+ lesion mixing"),
+    "equalised+mixing+boxes": Choice(note="+ the map taught to sit in the boxes"),
+    "equalised+mixing+boxes+children": Choice(
+        children_negatives=True, note="+ Kermany children's normals as negatives"),
+    "equalised+mixing+boxes+children+peak": Choice(
+        children_negatives=True, peak=True,
+        note="+ the score from the map's peak (strongest 3x3 neighbourhood), not its mean "
+             "(shipped)"),
+    "balanced mixing+boxes": Choice(
+        mixing=Mixing(balanced=True),
+        note="equalised; mixing balanced: TB or not with even odds on either hospital's "
+             "film, most films with a foreign patch; map in the boxes"),
+    "balanced mixing+boxes+children": Choice(
+        mixing=Mixing(balanced=True), children_negatives=True,
+        note="not shipped: balanced mixing (every film TB or not with even odds, whatever "
+             "its hospital; most with a foreign patch), boxes, children"),
+    "balanced mixing+boxes+children+peak": Choice(
+        mixing=Mixing(balanced=True), children_negatives=True, peak=True,
+        note="balanced mixing, children, score from the map's peak"),
+    "balanced mixing+boxes+children+adversarial": Choice(
+        mixing=Mixing(balanced=True), children_negatives=True, adversarial_weight=0.3,
+        note="not shipped: balanced mixing, boxes, children + the hospital taken out of "
+             "the features (gradient reversal)"),
+    "lesion cells at 128 px": _lesion_cells(
+        size=128, mixing=replace(CELL_MIXING, degrade=0.5),
+        note="not shipped (sharp films scored as TB): 128 px; the map learns cell by "
+             "cell a box's lesion against the same film's lung outside any box (the "
+             "hospital cannot answer a cell); half the films of every source at 64-px "
+             "detail; TB lesions pasted on NIH normals and lesions removed from TB "
+             "films; children's normals; score from the map's peak"),
+    "lesion cells at 64 px": _lesion_cells(
+        note="not shipped (lesion AUCs no better on TB films, better on NIH films, more "
+             "NIH normals flagged: 0.28): 64 px; the 8x8 map learns cell by cell a box's "
+             "lesion against the same film's lung outside any box; lesion mixing; "
+             "children's normals; score from the map's peak"),
+    "lesion cells at 128 px of 64-px detail": _lesion_cells(
+        size=128, detail=64,
+        note="not shipped (fold 0 no better than at 64 px: lesion AUC on TB films 0.71, "
+             "lesions removed flagged 0.87): every film at 64-px detail "
+             "(training and serving) brought up to 128 px: a 16x16 map learning cell by "
+             "cell, with no film sharper than NIH's; lesion mixing; children's normals; "
+             "score from the map's peak"),
+    "equalised+mixing+boxes+children+peak+other disease": Choice(
+        children_negatives=True, peak=True, shares=(0.45, 0.3, 0.15, 0.1),
+        other_disease_share=0.1,
+        note="not shipped (more of the score from the hospital): the shipped choice + NIH "
+             "films whose only findings TB does not explain alone (heart, emphysema, "
+             "oedema, collapse, pneumothorax) as TB negatives"),
+    "equalised+mixing+boxes at 128 px": Choice(
+        size=128, note="not shipped: mixing and boxes at a 128-px input (TB films at "
+                       "128 px, NIH's upsampled from 64)"),
+}
+SHIPPED = "equalised+mixing+boxes+children+peak"
