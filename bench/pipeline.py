@@ -10,7 +10,9 @@ Starts `appliance serve` on loopback with a temporary data directory and measure
    exit, i.e. association, transfer, the C-STORE response and the release
    (``cstore_ack_ms``); p50/p95 over --repeats.
 2. A fundus JPEG dropped into the hot folder (written under a hidden name, then renamed
-   in, as a copy tool does): time from the rename to the result row. The hot folder is
+   in, as a copy tool does): time from the rename to the result row; the same for a
+   camera's full 4288x2848 frame (IDRiD's ``fullres/``, where ../shared/data is beside
+   the checkout). The hot folder is
    polled every 0.1 s and a file must be unchanged for 0.3 s (settings given below),
    so about 0.3-0.4 s of each figure is that wait, not computation.
 3. Sustained throughput: --mixed images at once (RG1 + RG1 J2K lossy + RG3 through
@@ -62,6 +64,10 @@ from pydicom.uid import generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 FUNDUS = sorted((REPO / "tests" / "data" / "fundus").glob("*.jpg"))
+# A fundus camera's own full frame (IDRiD's Kowa, 4288 x 2848), where the shared data is
+# beside the checkout: what a camera's card gives, 9x the pixels of the photos above.
+FULL_FRAMES = sorted((REPO.parent / "shared" / "data" / "fundus" / "idrid" / "fullres")
+                     .glob("*.jpg"))
 CXR_PNG = sorted((REPO / "tests" / "data" / "cxr64").rglob("*.png"))
 DICOM_SOURCES = ["RG1_UNCR.dcm", "RG1_J2KI.dcm", "RG3_UNCR.dcm"]
 GOALS = {
@@ -376,10 +382,19 @@ def latency_stages(service: Service, work: Path, repeats: int) -> dict:
         service.drop(f"fundus-{n:03d}.jpg", data)
         done += 1
         fundus.append((service.wait_results(done) - started) * 1000)
+    full = []
+    for n in range(repeats if FULL_FRAMES else 0):
+        data = with_comment(FULL_FRAMES[n % len(FULL_FRAMES)].read_bytes(), f"bench {n}")
+        started = time.perf_counter()
+        service.drop(f"camera-{n:03d}.jpg", data)
+        done += 1
+        full.append((service.wait_results(done) - started) * 1000)
     return {
         "rg1_storescu_to_result_ms": spread(to_result),
         "cstore_ack_ms": spread(ack),
         "fundus_hot_folder_to_result_ms": {**spread(fundus), "settle_s": 0.3, "poll_s": 0.1},
+        # null where ../shared/data is not beside the checkout
+        "fundus_full_frame_hot_folder_to_result_ms": spread(full) if full else None,
     }
 
 
@@ -597,6 +612,10 @@ def report(result: dict) -> None:
         (f"fundus JPEG hot folder -> result (ms, n={f['n']})", f),
     ):
         print(f"{label:<50}{row['p50']:>10}{row['p95']:>10}")
+    full = result.get("fundus_full_frame_hot_folder_to_result_ms")
+    if full:
+        label = f"camera's full frame 4288x2848, same (ms, n={full['n']})"
+        print(f"{label:<50}{full['p50']:>10}{full['p95']:>10}")
     print(f"  (hot folder: poll {f['poll_s']} s, settle {f['settle_s']} s included)")
     print(
         f"sustained: {s['images']} mixed images in {s['seconds']} s = {s['images_per_s']} "
