@@ -539,6 +539,8 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=0,
                         help="screening workers of the box (default: its own setting)")
+    parser.add_argument("--inference-threads", type=int, default=-1,
+                        help="ONNX Runtime threads per model (default: the box's setting)")
     args = parser.parse_args()
     if shutil.which("storescu") is None:
         sys.exit("storescu not found: apt-get install dcmtk")
@@ -564,6 +566,8 @@ def run(args: argparse.Namespace) -> dict:
         bundles = {"models_dir": args.models_dir} if args.models_dir else {}
         if args.workers:
             bundles["workers"] = str(args.workers)
+        if args.inference_threads >= 0:
+            bundles["inference_threads"] = str(args.inference_threads)
         service = Service(work, **bundles)
         try:
             rss_start, _ = rss_mb(service.proc.pid)

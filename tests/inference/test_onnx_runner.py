@@ -36,3 +36,12 @@ def test_wrong_inputs_are_clear_errors(feed: dict, match: str) -> None:
 def test_runner_outside_with_block() -> None:
     with pytest.raises(RuntimeError, match="outside"):
         OnnxRunner(MODEL).infer({})
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_pool_threads_do_not_spin_between_images(threads) -> None:
+    # A spinning pool took the CPU the listener and the other workers needed (issue 28).
+    with OnnxRunner(MODEL, threads=threads) as runner:
+        options = runner._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
