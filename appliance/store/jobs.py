@@ -105,8 +105,11 @@ def claim(
     """Take the most urgent ready job, or one whose lease has run out (module docstring).
 
     ``clock`` must be monotonic and shared by every process on the machine."""
-    now = clock()
     with store.write() as conn:
+        # why: read the clock only once the write lock is held. Taken before, a worker
+        # that waited for the lock would judge a lease another worker took meanwhile as
+        # taken "in the future" (a clock reset), hence run out, and claim the job again.
+        now = clock()
         # A job whose lease ran out after too many attempts is given up on, so one
         # image that kills its worker cannot block the queue for ever.
         given_up = conn.execute(

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from sqlite_utils import Database
@@ -238,6 +239,30 @@ def test_a_job_whose_lease_was_lost_is_not_put_back_by_its_old_holder(store):
     assert jobs.wait_for_disk(store, slow, "full") is None
     row = store.conn().execute("SELECT state, lease_owner, attempts FROM jobs").fetchone()
     assert tuple(row) == ("running", fast.lease_owner, 2)
+
+
+def test_two_workers_never_hold_one_job(store):
+    # Worker A reads the clock, then waits for the write lock while worker B claims the
+    # job. A must not take B's fresh lease for one "from the future" that ran out: with
+    # two workers that put one image through twice and threw away one result (issue 28).
+    image_id = _image(store, 1)
+    with store.write() as conn:
+        jobs.enqueue(conn, jobs.SCREEN, image_id)
+    got: list = []
+    with store.write() as conn:  # the lock B holds while A waits for it
+        waiting = threading.Thread(target=lambda: got.append(jobs.claim(store, "A", 60, 3)))
+        waiting.start()
+        time.sleep(0.3)  # A has started and is blocked on the lock
+        now = time.monotonic()
+        conn.execute(
+            "UPDATE jobs SET state='running', attempts=1, lease_owner='B', lease_taken=?,"
+            " lease_expires=?",
+            (now, now + 60),
+        )
+    waiting.join(10)
+    assert got == [None]
+    row = store.conn().execute("SELECT lease_owner, attempts FROM jobs").fetchone()
+    assert tuple(row) == ("B", 1)
 
 
 def worklist_status(store, image_id):
