@@ -363,6 +363,19 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def hot_folder_latencies(service: Service, photos: list[Path], n: int, name: str) -> list[float]:
+    """ms from dropping each of ``n`` photos (cycling through ``photos``) into the hot
+    folder to its result row, one at a time."""
+    out = []
+    for i in range(n):
+        data = with_comment(photos[i % len(photos)].read_bytes(), f"bench {i}")
+        done = service.count("results") + 1
+        started = time.perf_counter()
+        service.drop(f"{name}-{i:03d}.jpg", data)
+        out.append((service.wait_results(done) - started) * 1000)
+    return out
+
+
 def latency_stages(service: Service, work: Path, repeats: int) -> dict:
     done = service.count("results")
     to_result, ack = [], []
@@ -375,20 +388,8 @@ def latency_stages(service: Service, work: Path, repeats: int) -> dict:
         if n:
             ack.append(sent * 1000)
             to_result.append((finished - started) * 1000)
-    fundus = []
-    for n in range(repeats):
-        data = with_comment(FUNDUS[n % len(FUNDUS)].read_bytes(), f"bench {n}")
-        started = time.perf_counter()
-        service.drop(f"fundus-{n:03d}.jpg", data)
-        done += 1
-        fundus.append((service.wait_results(done) - started) * 1000)
-    full = []
-    for n in range(repeats if FULL_FRAMES else 0):
-        data = with_comment(FULL_FRAMES[n % len(FULL_FRAMES)].read_bytes(), f"bench {n}")
-        started = time.perf_counter()
-        service.drop(f"camera-{n:03d}.jpg", data)
-        done += 1
-        full.append((service.wait_results(done) - started) * 1000)
+    fundus = hot_folder_latencies(service, FUNDUS, repeats, "fundus")
+    full = hot_folder_latencies(service, FULL_FRAMES, repeats if FULL_FRAMES else 0, "camera")
     return {
         "rg1_storescu_to_result_ms": spread(to_result),
         "cstore_ack_ms": spread(ack),

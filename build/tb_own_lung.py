@@ -44,7 +44,7 @@ def augment(film: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     """The same small rotation, zoom, shift and flip for the film and its box mask;
     with probability ``degrade`` the film is softened to a random detail (64 px to its
     own), so detail is not what tells a lesion from lung."""
-    from appliance.inference.preprocess import squash
+    from models.training.tb import soften
 
     side = film.shape[0]
     m = cv2.getRotationMatrix2D((side / 2, side / 2), rng.uniform(-10, 10),
@@ -57,7 +57,7 @@ def augment(film: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
         f, k = f[:, ::-1], k[:, ::-1]
     f = np.ascontiguousarray(f, np.float32)
     if rng.random() < degrade:
-        f = squash(squash(f, int(rng.integers(64, side))), side)
+        f = soften(f, int(rng.integers(64, side)))
     if rng.random() < 0.3:  # sensor noise
         f = f + rng.normal(0, rng.uniform(0, 0.03), f.shape).astype(np.float32)
     return f, np.ascontiguousarray(k)

@@ -45,8 +45,8 @@ class OnnxRunner:
         opts.log_severity_level = 3  # errors only: ORT's notices are not ours to show
         # why: ORT's pool threads spin for a while after each run. On a 2-core box running
         # the listener, the hot folder and other workers beside it, that spinning took
-        # the CPU the next image needed (issue 28: 8.4 -> 16-17 mixed images/s with it
-        # off and one thread per model).
+        # the CPU the next image needed (issue 28: 8.1-8.4 -> 15.4-15.5 mixed images/s
+        # with it off, the rest unchanged).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(

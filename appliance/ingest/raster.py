@@ -9,6 +9,7 @@ import numpy as np
 
 from appliance.errors import DecodeError, UnsupportedFileError
 from appliance.ingest import headers
+from appliance.ingest.j2k import levels_to_skip
 
 INCOMPLETE = "The file is incomplete (cut off while copying). Copy it again."
 
@@ -59,12 +60,7 @@ _JPEG_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
 def jpeg_reduction(longest_side: int, max_side: int | None) -> int:
     """1, 2, 4 or 8: the largest JPEG decoding scale that keeps the longest side at least
     ~90 % of ``max_side`` (the rule JPEG 2000 levels follow); 1 without ``max_side``."""
-    if not max_side:
-        return 1
-    factor = 1
-    while factor < 8 and longest_side / (factor * 2) >= 0.9 * max_side:
-        factor *= 2
-    return factor
+    return 2 ** levels_to_skip(longest_side, max_side, 3) if max_side else 1
 
 
 def decode_raster(raw: bytes, max_pixels: int, reduce: int = 1) -> tuple[np.ndarray, bool]:

@@ -306,9 +306,9 @@ class MixedBatches:
                 np.array([SOURCE_OF[int(k)] for k in self.kind[idx]]))
 
 
-def soften(film: np.ndarray) -> np.ndarray:
-    """A film brought to NIH's 64-px detail and back to its own size."""
-    return squash(squash(film, SIZE), film.shape[0])
+def soften(film: np.ndarray, detail: int = SIZE) -> np.ndarray:
+    """A film brought to ``detail`` (NIH's 64 px unless said) and back to its own size."""
+    return squash(squash(film, detail), film.shape[0])
 
 
 def cell_targets(mask: np.ndarray, cam_size: int, inside: float = 0.4,
