@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from appliance.inference.preprocess import area_resize
 from appliance.ingest.decode import DecodedImage
 from appliance.store.files import ensure_free_space
 
@@ -71,7 +72,7 @@ def preview_jpeg(image: DecodedImage, max_px: int) -> bytes:
     size = preview_size(image, max_px)
     pixels = image.pixels
     if size != (pixels.shape[1], pixels.shape[0]):
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        pixels = area_resize(pixels, size, image.resized)
     eight_bit = to_eight_bit(pixels)
     if eight_bit.ndim == 3:
         eight_bit = cv2.cvtColor(eight_bit, cv2.COLOR_RGB2BGR)

@@ -55,6 +55,9 @@ class DecodedImage:
     voi: str = "none"  # how grey levels were mapped: window, voi_lut, percentile, none
     transfer_syntax_uid: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # Downscales of ``pixels`` made once and shared by the preview, thumbnail, drift
+    # measures and model inputs (preprocess.area_resize); ``pixels`` is not changed after.
+    resized: dict = field(default_factory=dict, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (stored with the image, shown in ``studies --json``)."""

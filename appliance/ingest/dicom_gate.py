@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import evt
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ A_ASSOCIATE_RQ = 0x01
 REJECT_LOCAL_LIMIT = bytes([0x03, 0, 0, 0, 0, 4, 0, 2, 3, 2])
 MAX_REQUEST_BYTES = 64 * 1024  # 128 presentation contexts fit in a fraction of this
 _NO_PROGRESS_PAUSE = 0.05  # peeked data stays readable: pause instead of spinning
+_READ_BYTES = 256 * 1024  # the most one socket read asks for
 
 
 @dataclass
@@ -161,6 +162,22 @@ def calling_ae_title(request: bytes) -> str:
     return request[26:42].decode("ascii", "replace").strip()
 
 
+class PduSocket(AssociationSocket):
+    """pynetdicom's socket, reading a PDU in as few calls as the network allows. Its own
+    recv asks for 4 KiB at a time: ~1,800 calls and copies for a 7 MB radiograph, ~4 ms
+    of a C-STORE here. What is held still grows only as bytes arrive."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        data = bytearray()
+        while sock is not None and len(data) < nr_bytes:
+            chunk = sock.recv(min(nr_bytes - len(data), _READ_BYTES))
+            if not chunk:
+                break  # closed: a short read, which pynetdicom handles as with its own
+            data += chunk
+        return data
+
+
 class GatedHandler(RequestHandler):
     """pynetdicom's request handler, behind the gate."""
 
@@ -195,6 +212,9 @@ class GatedHandler(RequestHandler):
             sock.settimeout(gate.limits.network_timeout)
             # What RequestHandler.handle does, with the association kept in its slot.
             assoc = self._create_association()
+            # The same socket object with PduSocket's reads (it adds no state); a second
+            # socket object would announce the connection to pynetdicom a second time.
+            assoc.dul.socket.__class__ = PduSocket
             slot.assoc = assoc
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()

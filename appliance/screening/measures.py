@@ -13,6 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from appliance.inference.preprocess import Resized, area_resize
+
 SMALL_PX = 128  # longest side of the copy the measures are taken on
 # Below this contrast (grey standard deviation, about 2.5 of 255 levels) a frame holds
 # nothing to screen: a lens cap, an empty exposure, a flat patch. Every 7th retina photo
@@ -22,15 +24,16 @@ BLANK_CONTRAST = 0.01
 LAYOUT = 3  # the image's brightness in a 3 x 3 grid: where light and dark fall
 
 
-def image_measures(pixels: np.ndarray) -> dict[str, Any]:
+def image_measures(pixels: np.ndarray, resized: Resized | None = None) -> dict[str, Any]:
     """Brightness (mean), contrast (standard deviation), the 3 x 3 brightness layout,
-    and for a colour photo the mean of each colour."""
+    and for a colour photo the mean of each colour (``resized``: the image's shared
+    downscales; the thumbnail is the same 128-px copy)."""
     height, width = pixels.shape[:2]
     scale = min(1.0, SMALL_PX / max(height, width))
     small = pixels.astype(np.float32, copy=False)
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+        small = area_resize(small, size, resized)
     colour = small.ndim == 3 and small.shape[2] >= 3
     grey = cv2.cvtColor(small[..., :3], cv2.COLOR_RGB2GRAY) if colour else small
     if grey.ndim == 3:  # a single-channel image with a channel axis

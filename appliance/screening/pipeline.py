@@ -259,7 +259,7 @@ class Screener:
             raise ScreeningUnavailableError("the modality router model is not loaded")
         with timer.stage("gate"):
             manifest = router.bundle.manifest
-            batch = preprocess(manifest["preprocessing"], image.pixels)[None]
+            batch = preprocess(manifest["preprocessing"], image.pixels, resized=image.resized)[None]
             with router.lock:  # the backend may be swapped (TensorRT ready) between images
                 logits = router.infer(batch)["logits"]
                 router_backend = router.runner.backend
@@ -270,7 +270,8 @@ class Screener:
             min_conf = self.config.router_min_confidence or float(
                 manifest["operating_points"]["suggested"]["threshold"]
             )
-            measures = image_measures(image.pixels)  # for drift monitoring, every image
+            # for drift monitoring, every image
+            measures = image_measures(image.pixels, image.resized)
             decision = gate.decide(router_probs, tags, min_conf, chosen=route,
                                    blank=is_blank(measures))
         result = ScreeningResult(
@@ -329,7 +330,9 @@ class Screener:
             raise ScreeningUnavailableError(f"the {name} model is not loaded")
         manifest = model.bundle.manifest
         with timer.stage("preprocess"):
-            batch = preprocess(manifest["preprocessing"], image.pixels, frame)[None]
+            batch = preprocess(
+                manifest["preprocessing"], image.pixels, frame, image.resized
+            )[None]
         with timer.stage("infer"):
             with model.lock:
                 outputs = model.infer(batch)

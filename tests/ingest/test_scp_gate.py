@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from helpers import Served, free_port, require_tool, scaled_rg1, testdata
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from appliance.ingest.dicom_gate import Limits
+from appliance.ingest.dicom_gate import Limits, PduSocket
 from appliance.ingest.importer import Importer
 from appliance.ingest.scp import StoreSCP
 
@@ -241,3 +242,36 @@ def test_a_large_c_store_is_streamed_to_disk_not_held_in_memory(tmp_path):
 def peak_rss_mb(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmHWM:")[1].split()[0]) // 1024
+
+
+def test_the_listener_reads_whole_pdus_in_large_reads(listener, tmp_path):
+    """Issue 28: pynetdicom's own socket reads 4 KiB per call (~1,800 calls for RG1);
+    the listener's associations read through PduSocket instead."""
+    sockets = []
+    scp = listener()
+    scp.server.bind(evt.EVT_CONN_OPEN, lambda event: sockets.append(event.assoc.dul.socket))
+    output = storescu(scp.port, scaled_rg1(tmp_path, 0.25))
+    assert "Received Store Response (Success)" in output, output
+    assert sockets and all(type(sock) is PduSocket for sock in sockets)
+
+
+def test_pdu_socket_returns_exactly_what_was_asked_or_what_came_before_a_close():
+    here, there = socket.socketpair()
+    pdu = os.urandom(300_000)
+
+    def send_in_pieces() -> None:
+        for start in range(0, len(pdu), 7000):
+            there.sendall(pdu[start : start + 7000])
+        there.sendall(b"next")
+        there.close()
+
+    sender = threading.Thread(target=send_in_pieces)
+    sender.start()
+    wrapped = PduSocket(Association(AE(), "acceptor"), client_socket=here)
+    try:
+        assert bytes(wrapped.recv(len(pdu))) == pdu
+        assert bytes(wrapped.recv(10)) == b"next"  # closed after 4 of 10: a short read
+        assert bytes(wrapped.recv(6)) == b""
+    finally:
+        sender.join()
+        here.close()

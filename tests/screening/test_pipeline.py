@@ -184,3 +184,18 @@ def test_a_mistyped_site_setting_stops_the_screener_saying_why(screener, config)
 
     with pytest.raises(ConfigError, match="chest_population.*'adults'"):
         Screener(screener.models, config.with_overrides(chest_population="adults"))
+
+
+def test_a_film_is_squashed_once_for_the_router_and_the_chest_model(screener):
+    """Issue 28: the router and the adult chest model both take the film to 64 x 64, the
+    drift measures to 128 px: each size is made once per image and shared, and the
+    score is the one an image without shared copies gets."""
+    raw = testdata("RG1_UNCR.dcm").read_bytes()
+    tags = tags_of(raw)
+    shared = decode_bytes(raw, max_side=1024)
+    first = screener.screen(shared, tags, overlay_size=(256, 241))
+    sizes = sorted(size for (_, size) in shared.resized)  # one entry per size made
+    assert len(sizes) == 2 and sizes[0] == (64, 64) and max(sizes[1]) == 128, sizes
+    alone = decode_bytes(raw, max_side=1024)
+    again = screener.screen(alone, tags, overlay_size=(256, 241))
+    assert first.probability == again.probability and first.router == again.router
