@@ -276,7 +276,9 @@ class Worker:
             if refused is not None:
                 return refused
         path.stat()  # a missing file is a plain failure, not a decode that stopped the box
-        with self.store.write() as conn:
+        # Not waited onto the disk: the note is for a decode that stops this process,
+        # which leaves it written; a power cut is not the file's doing.
+        with self.store.write(durable=False) as conn:
             conn.execute("UPDATE jobs SET decoding_since=? WHERE id=?", (utc_now(), job.id))
         try:
             return decode_file(path, limits, max_side)

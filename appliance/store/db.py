@@ -1,7 +1,8 @@
 """The SQLite database: one connection per thread, WAL, explicit write transactions.
 
 Durability matters more than speed here (a power cut must not lose an acknowledged
-image), so ``synchronous=FULL``: a committed transaction survives a power cut.
+image), so ``synchronous=FULL``: a committed transaction survives a power cut (except
+what ``Store.write(durable=False)`` says it need not).
 Everything here is patient data: the data directory is the owner's alone (0700) and so
 are the database and its WAL and shared-memory files (0600).
 """
@@ -126,17 +127,30 @@ class Store:
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: everything inside commits together or not at all."""
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL``
+        for this one commit), for what matters only while this process lives: a job's
+        lease, the note that its decode began. A process that dies has still written it
+        (it sits in the system's cache); a power cut may lose it but never corrupts the
+        database, and any later durable commit makes it durable too (the WAL is written
+        in order). Two fewer disk flushes before each result (issue 28)."""
         conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self._lock:

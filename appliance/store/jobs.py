@@ -104,8 +104,9 @@ def claim(
 ) -> Job | None:
     """Take the most urgent ready job, or one whose lease has run out (module docstring).
 
-    ``clock`` must be monotonic and shared by every process on the machine."""
-    with store.write() as conn:
+    ``clock`` must be monotonic and shared by every process on the machine. The claim
+    need not wait for the disk: after a power cut every lease is void anyway."""
+    with store.write(durable=False) as conn:
         # why: read the clock only once the write lock is held. Taken before, a worker
         # that waited for the lock would judge a lease another worker took meanwhile as
         # taken "in the future" (a clock reset), hence run out, and claim the job again.

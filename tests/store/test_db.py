@@ -1,6 +1,8 @@
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -85,3 +87,43 @@ def test_an_older_install_is_tightened_at_start_up(data_dir, lax_umask):
     assert modes(data_dir) == PRIVATE
     store.close()
     conn.close()
+
+
+def test_a_commit_that_need_not_wait_for_the_disk_is_one_commit_only(store):
+    """Issue 28: a lease or a 'decode began' note commits with synchronous=NORMAL; the
+    connection is FULL again after it, whether it committed or rolled back."""
+    with store.write(durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        audit(conn, "tester", "lease.taken")
+    assert store.conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(RuntimeError):
+        with store.write(durable=False) as conn:
+            audit(conn, "tester", "half.done")
+            raise RuntimeError("crash in the middle")
+    assert store.conn().execute("PRAGMA synchronous").fetchone()[0] == 2
+    with store.write() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    actions = [r[0] for r in store.conn().execute("SELECT action FROM audit_log")]
+    assert actions == ["lease.taken"]
+
+
+def test_a_process_that_dies_after_a_commit_not_waited_onto_the_disk_has_written_it(data_dir):
+    """What ``durable=False`` still promises: the process killed right after the commit
+    (no close, no checkpoint) -- the row is there for the next one."""
+    Store.open(data_dir).close()
+    child = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from appliance.store.db import Store, audit\n"
+        "store = Store.open(Path(sys.argv[1]))\n"
+        "with store.write(durable=False) as conn:\n"
+        "    audit(conn, 'child', 'decode.began')\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(data_dir)], timeout=60)
+    assert done.returncode == -9
+    again = Store.open(data_dir)
+    assert [r[0] for r in again.conn().execute("SELECT action FROM audit_log")] == [
+        "decode.began"
+    ]
+    again.close()
