@@ -8,7 +8,9 @@ Starts `appliance serve` on loopback with a temporary data directory and measure
    one at a time, each with a new SOP Instance UID: time from the start of storescu to
    the result row being committed (``rg1_storescu_to_result_ms``), and to storescu's
    exit, i.e. association, transfer, the C-STORE response and the release
-   (``cstore_ack_ms``); p50/p95 over --repeats.
+   (``cstore_ack_ms``); p50/p95 over --repeats. Two floors beside them: the same sends
+   to a bare pynetdicom SCP that only writes and fsyncs (``cstore_ack_bare_pynetdicom_ms``)
+   and dcmtk's echoscu to the box, which moves no data (``echoscu_to_box_ms``).
 2. A fundus JPEG dropped into the hot folder (written under a hidden name, then renamed
    in, as a copy tool does): time from the rename to the result row; the same for a
    camera's full 4288x2848 frame (IDRiD's ``fullres/``, where ../shared/data is beside
@@ -348,6 +350,25 @@ def bare_floor(work: Path, repeats: int) -> dict:
     return spread(acks)
 
 
+def echo_floor(port: int, repeats: int) -> dict:
+    """dcmtk's echoscu to the box: starting the process, one association and its release
+    with no data -- what every storescu run costs before a byte of the image moves."""
+    times = []
+    for n in range(repeats + 1):
+        started = time.perf_counter()
+        done = subprocess.run(
+            ["echoscu", "-aec", "APPLIANCE", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode:
+            raise BenchError(f"echoscu failed: {done.stdout}{done.stderr}")
+        if n:
+            times.append((time.perf_counter() - started) * 1000)
+    return spread(times)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -575,6 +596,7 @@ def run(args: argparse.Namespace) -> dict:
             result = latency_stages(service, work, args.repeats)
             result["workers"] = args.workers or "the box's setting"
             result["cstore_ack_bare_pynetdicom_ms"] = bare_floor(work, args.repeats)
+            result["echoscu_to_box_ms"] = echo_floor(service.dicom_port, args.repeats)
             result["sustained"] = mixed_stage(
                 service, dicom_files[: args.mixed // 2], args.mixed - args.mixed // 2
             )
@@ -614,6 +636,7 @@ def report(result: dict) -> None:
             "  the same, bare pynetdicom SCP + fsync (floor)",
             result["cstore_ack_bare_pynetdicom_ms"],
         ),
+        ("  echoscu alone to the box (no data: the floor)", result["echoscu_to_box_ms"]),
         (f"fundus JPEG hot folder -> result (ms, n={f['n']})", f),
     ):
         print(f"{label:<50}{row['p50']:>10}{row['p95']:>10}")

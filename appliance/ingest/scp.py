@@ -29,6 +29,8 @@ import os
 import struct
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,58 @@ def _priority(event: evt.Event) -> int:
     return _DIMSE_PRIORITY.get(getattr(event.request, "Priority", 0), PRIORITY_NORMAL)
 
 
+# The most a spool file may hold before its dataset's first byte (preamble, "DICM" and
+# the file meta pynetdicom writes): more means it is not the file just begun.
+_PREFIX_MAX = 64 * 1024
+# Fragments are hashed on a thread of their own (hashlib lets go of the GIL): the
+# network thread, the slowest part of a transfer, only hands them over. Past this many
+# bytes handed over and not yet hashed, it waits for the hasher.
+_HASH_BACKLOG = 8 << 20
+
+
+@dataclass
+class _Arriving:
+    """The dataset now arriving on one association (only its DUL thread changes this,
+    the hasher only ``hashed``): how many bytes, and the sha-256 of its spool file kept
+    up as the bytes arrive, so that little is left to hash when the last one has (the
+    whole file took ~4 ms for RG1 here, between the last byte and the response)."""
+
+    received: int = 0
+    refused: bool = False
+    spool: str | None = None  # the file pynetdicom writes this dataset to
+    digest: Any = None  # of that file so far; None: hashed whole when it is complete
+    handed: int = 0  # bytes given to the digest (the prefix at once, fragments queued)
+    hashed: int = 0
+    last: Future | None = None  # the latest fragment queued
+    whole: bool = False  # given up following: hashed whole at the end
+
+    def begin(self) -> None:
+        self.received, self.spool, self.digest = 0, None, None
+        self.handed = self.hashed = 0
+        self.last, self.whole = None, False
+
+    def feed(self, digest: Any, fragment: memoryview) -> None:
+        digest.update(fragment)
+        self.hashed += len(fragment)
+
+    def sha256_of(self, path: Path, size: int) -> str | None:
+        """The file's hash, where it was followed from its first byte to its last."""
+        if self.digest is None or self.spool != str(path):
+            return None
+        try:
+            if self.last is not None:
+                self.last.result()
+        except Exception:  # whatever went wrong, the file itself can still be hashed
+            return None
+        return self.digest.hexdigest() if self.handed == self.hashed == size else None
+
+
+def _spool_file(assoc: Any) -> Any:
+    """The temporary file pynetdicom streams the arriving dataset into, if any."""
+    message = getattr(assoc.dimse, "message", None)
+    return getattr(message, "_data_set_file", None)
+
+
 class StoreSCP:
     """A pynetdicom AE bound to the importer; start() returns at once, stop() waits."""
 
@@ -145,8 +199,9 @@ class StoreSCP:
         for sop_class in STORAGE_CLASSES:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self.server: Any = None
-        # Bytes of the dataset now arriving, per association (only its DUL thread writes).
-        self._receiving: dict[Any, int] = {}
+        # The dataset now arriving, per association.
+        self._receiving: dict[Any, _Arriving] = {}
+        self._hasher: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         # Process-wide in pynetdicom: datasets go to a temporary file as they arrive
@@ -167,6 +222,7 @@ class StoreSCP:
         self.server = self.ae.make_server(
             self.address, evt_handlers=handlers, server_class=GatedServer, gate=self.gate
         )
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="dicom-hash")
         thread = threading.Thread(
             target=self.server.serve_forever, name="dicom-listener", daemon=True
         )
@@ -181,33 +237,71 @@ class StoreSCP:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=False)
 
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
     def on_data(self, event: evt.Event) -> None:
-        """Count the dataset bytes of each P-DATA-TF as it arrives; past the limit, abort
-        the association (nothing more is written) and say so in the quarantine list."""
+        """Count the dataset bytes of each P-DATA-TF as it arrives (past the limit, abort
+        the association: nothing more is written, and the quarantine list says so) and
+        hash them on the way (before pynetdicom writes them to its spool file)."""
         data = event.data
         if data[:1] != b"\x04":  # only P-DATA-TF carries datasets
             return
-        received = self._receiving.get(event.assoc, 0)
+        arriving = self._receiving.setdefault(event.assoc, _Arriving())
+        if arriving.refused:
+            return
+        view = memoryview(data)
+        command_here = False
         pos = 6
         while pos + 6 <= len(data):  # PDV items: length, context id, control header
-            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            (length,) = struct.unpack_from(">I", data, pos)
             control = data[pos + 5]
             if control & 1:  # a command fragment: a new message starts, its dataset after
-                received = 0
+                arriving.begin()
+                command_here = True
             else:
-                received += max(0, length - 2)
+                arriving.received += max(0, length - 2)
+                self._follow(arriving, event.assoc, view[pos + 6 : pos + 4 + length], command_here)
             pos += 4 + length
-        self._receiving[event.assoc] = received
         limit = self.importer.max_bytes
-        if received > limit:
+        if arriving.received > limit:
             self._refuse_oversized(event.assoc, limit)
 
+    def _follow(
+        self, arriving: _Arriving, assoc: Any, fragment: memoryview, command_here: bool
+    ) -> None:
+        """Hash one dataset fragment as pynetdicom will append it. The file's first bytes
+        (its meta, written once the command is complete) are read at the first fragment;
+        where they cannot be yet (the command ended in this same PDU), the file is hashed
+        whole at the end instead."""
+        if arriving.whole:
+            return
+        if arriving.digest is None:
+            spool = None if command_here else _spool_file(assoc)
+            try:
+                if spool is not None:
+                    spool.flush()  # the meta may still be in its buffer (this thread's own)
+                prefix = Path(spool.name).read_bytes() if spool is not None else b""
+            except (OSError, ValueError):
+                prefix = b""
+            if not prefix or len(prefix) > _PREFIX_MAX or self._hasher is None:
+                arriving.whole = True
+                return
+            arriving.spool, arriving.digest = spool.name, hashlib.sha256(prefix)
+            arriving.handed = arriving.hashed = len(prefix)
+        try:
+            arriving.last = self._hasher.submit(arriving.feed, arriving.digest, fragment)
+            arriving.handed += len(fragment)
+            if arriving.handed - arriving.hashed > _HASH_BACKLOG:
+                arriving.last.result()
+        except Exception:  # the listener stopping (no more hashing): hashed whole
+            arriving.whole = True
+
     def _refuse_oversized(self, assoc: Any, limit: int) -> None:
-        self._receiving[assoc] = -(1 << 62)  # refused once: what still arrives is ignored
+        self._receiving[assoc].refused = True  # refused once: what still arrives is ignored
         sender = f"{assoc.requestor.ae_title}@{assoc.requestor.address}"
         message = getattr(assoc.dimse, "message", None)
         command = getattr(message, "command_set", None)
@@ -227,8 +321,7 @@ class StoreSCP:
         """Drop what was received of a dataset the association never finished (an
         abort, a sender that went away): pynetdicom leaves its temporary file behind."""
         self._receiving.pop(event.assoc, None)
-        message = getattr(event.assoc.dimse, "message", None)
-        spool = getattr(message, "_data_set_file", None)
+        spool = _spool_file(event.assoc)
         if spool is not None:
             spool.close()
             Path(spool.name).unlink(missing_ok=True)
@@ -238,7 +331,7 @@ class StoreSCP:
         sender = f"{requestor.ae_title}@{requestor.address}"
         importer = self.importer
         try:
-            spooled = self._take(Path(event.dataset_path))
+            spooled = self._take(Path(event.dataset_path), self._receiving.get(event.assoc))
         except (StorageFullError, FileTooLargeError) as exc:
             log.error("C-STORE from %s refused: %s", sender, exc)
             return OUT_OF_RESOURCES
@@ -261,11 +354,12 @@ class StoreSCP:
             return CANNOT_UNDERSTAND
         return SUCCESS
 
-    def _take(self, received: Path) -> Spooled:
+    def _take(self, received: Path, arriving: _Arriving | None = None) -> Spooled:
         """pynetdicom's file of the dataset, as received, moved into the data dir's tmp/
-        (where the importer's spooled copies live, cleared after a crash) and hashed;
-        refused over ``upload_max_mb`` or into the free-space reserve. pynetdicom's own
-        attempt to delete it afterwards then finds nothing, as it allows."""
+        (where the importer's spooled copies live, cleared after a crash) and hashed
+        (the hash kept up while it arrived, where it covers the whole file); refused over
+        ``upload_max_mb`` or into the free-space reserve. pynetdicom's own attempt to
+        delete it afterwards then finds nothing, as it allows."""
         importer = self.importer
         size = received.stat().st_size
         if size > importer.max_bytes:
@@ -280,8 +374,10 @@ class StoreSCP:
         spooled = Path(name)
         try:
             os.replace(received, spooled)
-            with open(spooled, "rb") as fh:
-                sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+            sha256 = arriving.sha256_of(received, size) if arriving is not None else None
+            if sha256 is None:
+                with open(spooled, "rb") as fh:
+                    sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
         except BaseException:
             spooled.unlink(missing_ok=True)
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -230,3 +231,21 @@ def test_a_high_priority_store_is_screened_first(scp, store):
         )
     ]
     assert order == ["CHEST", "EXTREMITY"]
+
+
+def test_a_dataset_is_hashed_as_it_arrives_not_read_again(scp, store, tmp_path, monkeypatch):
+    """Issue 28: the sha-256 of the received file is kept up while its PDUs arrive, so
+    it is not read again before the response. With hashlib's file hashing made to fail,
+    two images in one association (a command and its data in separate PDUs, as dcmtk
+    sends them) are stored all the same, each under its file's true hash."""
+
+    def no_rereading(*args, **kwargs):
+        raise AssertionError("the received file was hashed again")
+
+    monkeypatch.setattr(hashlib, "file_digest", no_rereading)
+    first, second = scaled_rg1(tmp_path, 0.5), testdata("RG1_J2KI.dcm")
+    assert statuses(storescu(scp, "-xw", str(first), str(second))) == ["0x0000", "0x0000"]
+    rows = store.conn().execute("SELECT sha256, stored_path FROM images ORDER BY id").fetchall()
+    assert len(rows) == 2
+    for sha, relative in rows:
+        assert hashlib.sha256((store.data_dir / relative).read_bytes()).hexdigest() == sha
