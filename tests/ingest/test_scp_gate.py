@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from helpers import Served, free_port, require_tool, scaled_rg1, testdata
 from pynetdicom import AE, evt
+from pynetdicom import ae as pynetdicom_ae
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket
 
 from appliance.ingest.dicom_gate import Limits, PduSocket
 from appliance.ingest.importer import Importer
@@ -275,3 +277,35 @@ def test_pdu_socket_returns_exactly_what_was_asked_or_what_came_before_a_close()
     finally:
         sender.join()
         here.close()
+
+
+class SplitWritesSocket(AssociationSocket):
+    """A sender like dcmtk's: each PDU written as its 6-byte header, then its body, with
+    Nagle's algorithm on (this test's client side only)."""
+
+    def send(self, bytestream: bytes) -> None:
+        self.socket.sendall(bytestream[:6])
+        self.socket.sendall(bytestream[6:])
+
+
+def test_a_sender_that_writes_header_and_body_apart_is_not_held_back(listener, monkeypatch):
+    """Issue 28: echoscu to the box took ~80 ms, ~40 of them the body of its C-ECHO
+    waiting (Nagle) for our delayed acknowledgement of the header. The listener
+    acknowledges at once: ten echoes in one association, each well under 40 ms."""
+    if not hasattr(socket, "TCP_QUICKACK"):
+        pytest.skip("TCP_QUICKACK is Linux's")
+    scp = listener()
+    monkeypatch.setattr(pynetdicom_ae, "AssociationSocket", SplitWritesSocket)  # the client's
+    ae = AE(ae_title="XRAY1")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="APPLIANCE")
+    assert assoc.is_established
+    try:
+        times = []
+        for _ in range(10):
+            started = time.perf_counter()
+            assert assoc.send_c_echo().Status == 0x0000
+            times.append(time.perf_counter() - started)
+    finally:
+        assoc.release()
+    assert sorted(times)[5] < 0.02, times  # the median; a held-back body takes >= 40 ms
