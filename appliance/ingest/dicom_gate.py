@@ -175,14 +175,15 @@ class PduSocket(AssociationSocket):
     once what arrived (``_QUICKACK``)."""
 
     def recv(self, nr_bytes: int) -> bytearray:
-        sock = self.socket
-        if sock is not None and _QUICKACK is not None:
+        sock, data = self.socket, bytearray()
+        if sock is None:
+            return data
+        if _QUICKACK is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             except OSError:
                 pass  # closed meanwhile: the read below says so
-        data = bytearray()
-        while sock is not None and len(data) < nr_bytes:
+        while len(data) < nr_bytes:
             chunk = sock.recv(min(nr_bytes - len(data), _READ_BYTES))
             if not chunk:
                 break  # closed: a short read, which pynetdicom handles as with its own
