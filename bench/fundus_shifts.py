@@ -7,8 +7,10 @@ variant, by referable / non-referable, and by reason.
 Variants of every ``--every``-th photo of IDRiD's labelled set (written to a temporary
 folder, never kept): ``as is``; ``dark`` (x0.45, a heavily pigmented or under-exposed
 fundus); ``green cast``; ``grey`` (one channel, as a red-free or monochrome camera);
-``vignette`` (a small pupil). Goals (issue 26): refused <= 10 % and referable eyes
-refused at most 1.5x as often as the others.
+``vignette`` (a small pupil); ``narrow field`` (a 30-35 degree camera or a phone
+adapter: a centred crop of 3/4 of the frame, the circle clipped on every side). Goals
+(issue 26): refused <= 10 % and referable eyes refused at most 1.5x as often as the
+others.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("as is", "dark", "green cast", "grey", "vignette")
+VARIANTS = ("as is", "dark", "green cast", "grey", "vignette", "narrow field")
 
 
 def shifted(image: np.ndarray, variant: str) -> np.ndarray:
@@ -42,6 +44,10 @@ def shifted(image: np.ndarray, variant: str) -> np.ndarray:
         yy, xx = np.mgrid[0:h, 0:w]
         radius = np.sqrt(((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2)
         pixels = pixels * np.clip(1.25 - 0.9 * radius, 0.15, 1)[..., None]
+    elif variant == "narrow field":
+        h, w = image.shape[:2]
+        ch, cw = int(h * 0.75), int(w * 0.75)
+        pixels = pixels[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 

@@ -9,7 +9,9 @@
   would not pass for blur: JPEG blocks in a blurred photo's flat windows then passed for
   detail. A grade-4 eye with a pre-retinal haemorrhage over most of the field and hazy
   media is still refused as blurred: see the quality card.)
-- **field**: the retina's circle in the picture (coverage).
+- **field**: the retina's circle in the picture (coverage). A circle the picture clips
+  evenly on every side (a 30-35 degree camera, a phone adapter) is that camera's
+  framing, not an eye off the field: it passes where it is lit.
 - **over-exposure**: the share of the field burned out (two channels at their maximum).
 
 Disease never lowers a measure that can refuse: haemorrhages are dark structures and
@@ -19,8 +21,8 @@ light is its 90th percentile, not its mean. Pure functions on the decoded RGB ar
 ``models/quality/calibrate_fundus.py`` computes these measures on real photos from
 several cameras and on degraded copies of them (blurred, nearly black, over-exposed,
 off the frame) and on copies that must still pass (dark x0.45, gamma, grey, colour
-casts), and writes the thresholds, with what they pass and refuse by copy, DR grade
-and camera, to ``fundus_quality.json`` beside this module.
+casts, narrow fields), and writes the thresholds, with what they pass and refuse by
+copy, DR grade and camera, to ``fundus_quality.json`` beside this module.
 """
 
 from __future__ import annotations
@@ -95,13 +97,15 @@ def measure_fundus(image: np.ndarray, frame: FundusFrame | None = None) -> dict[
     # to judge: keep only the lit part.
     value = brightest_channel(disc)
     lit = value > 0.15 * max(float(np.percentile(value, 99)), 1e-6)
-    coverage = _lit_coverage(frame)
+    coverage, off_centre, filled = _field_measures(frame)
     region = inner & lit
     # Erode so the field's own edge (a strong, always-sharp contour) is not counted.
     core = cv2.erode(region.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
     if core.sum() < 1000:
         return {
             "coverage": coverage,
+            "off_centre": off_centre,
+            "field_filled": filled,
             "focus": 0.0,
             "vessel_contrast": 0.0,
             "field_light": 0.0,
@@ -116,6 +120,8 @@ def measure_fundus(image: np.ndarray, frame: FundusFrame | None = None) -> dict[
     vessels = cv2.morphologyEx(disc[:, :, 1], cv2.MORPH_BLACKHAT, VESSEL_KERNEL)
     return {
         "coverage": coverage,
+        "off_centre": off_centre,
+        "field_filled": filled,
         "focus": focus,
         "vessel_contrast": float(np.percentile(vessels[core], 95)) * 255.0,
         "field_light": float(np.percentile(values, 90)),
@@ -134,33 +140,46 @@ def _two_channels_clipped(rgb: np.ndarray) -> np.ndarray:
     return count >= 2
 
 
-def _lit_coverage(frame: FundusFrame) -> float:
-    """Lit area of the frame over the area of the whole fundus circle.
+def _field_measures(frame: FundusFrame) -> tuple[float, float, float]:
+    """(coverage, off_centre, field_filled) of the lit field.
 
-    The circle is fitted (least squares) to the lit field's outline where it does not
-    touch the picture's edge, so it is found even when the camera clips the circle top
-    and bottom and the eye is off-centre as well. A clipping camera gives about 0.9; an
-    eye off-centre, with retina outside the picture, much less.
+    coverage: lit area over the area of the whole fundus circle. The circle is fitted
+    (least squares) to the lit field's outline where it does not touch the picture's
+    edge, so it is found even when the camera clips the circle top and bottom and the
+    eye is off-centre as well. A clipping camera gives about 0.9; an eye off-centre,
+    with retina outside the picture, much less -- and so does a narrow-field (30-35
+    degree) camera or a phone adapter whose circle the frame clips on every side.
+    off_centre: the circle's centre from the picture's centre, in radii. The camera's
+    field stop is centred in its frame: a circle clipped evenly on its sides is how the
+    camera frames the retina, one pushed to a side is an eye or a crop off the field.
+    field_filled: the lit share of the part of the circle the picture holds.
     """
-    lit, scale, radius = frame.lit, frame.scale, frame.disc[2]
+    lit, scale, (cx, cy, radius) = frame.lit, frame.scale, frame.disc
     contours, _ = cv2.findContours(lit, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
-        return 0.0
+        return 0.0, 1.0, 0.0
     points = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
     sh, sw = lit.shape
     away = (
         (points[:, 0] > 2) & (points[:, 0] < sw - 3) & (points[:, 1] > 2) & (points[:, 1] < sh - 3)
     )
-    fit_radius = radius * scale
+    fit_x, fit_y, fit_radius = cx * scale, cy * scale, radius * scale
     if away.sum() >= 20:
         x, y = points[away, 0], points[away, 1]
         design = np.column_stack([x, y, np.ones_like(x)])
         (d, e, f), *_ = np.linalg.lstsq(design, -(x**2 + y**2), rcond=None)
-        cx, cy = -d / 2, -e / 2
-        squared = cx**2 + cy**2 - f
-        if squared > 0:
-            fit_radius = max(fit_radius, float(np.sqrt(squared)))
-    return float(min(1.0, lit.sum() / (np.pi * fit_radius**2)))
+        squared = (d / 2) ** 2 + (e / 2) ** 2 - f
+        if squared > 0 and np.sqrt(squared) > fit_radius:
+            fit_x, fit_y, fit_radius = -d / 2, -e / 2, float(np.sqrt(squared))
+    fit_radius = max(fit_radius, 1.0)
+    lit_area = float(np.count_nonzero(lit))
+    coverage = min(1.0, lit_area / (np.pi * fit_radius**2))
+    off_centre = float(np.hypot(fit_x - (sw - 1) / 2, fit_y - (sh - 1) / 2)) / fit_radius
+    yy, xx = np.ogrid[:sh, :sw]
+    circle = (xx - fit_x) ** 2 + (yy - fit_y) ** 2 <= fit_radius**2
+    held = int(np.count_nonzero(circle))
+    filled = float(np.count_nonzero(circle & (lit > 0))) / held if held else 0.0
+    return float(coverage), off_centre, filled
 
 
 @lru_cache(maxsize=1)
@@ -171,7 +190,7 @@ def default_thresholds() -> dict[str, float]:
 def assess(measures: dict[str, float], thresholds: dict[str, float] | None = None) -> FundusQuality:
     t = default_thresholds() if thresholds is None else thresholds
     failed = []
-    if measures["coverage"] < t["min_coverage"]:
+    if measures["coverage"] < t["min_coverage"] and not _framed_by_the_camera(measures, t):
         failed.append("coverage")
     if measures["focus"] < t["min_focus"]:
         failed.append("focus")
@@ -186,6 +205,13 @@ def assess(measures: dict[str, float], thresholds: dict[str, float] | None = Non
     if measures["burned_out"] > t["max_burned_out"]:
         failed.append("too_bright")
     return FundusQuality(measures, failed)
+
+
+def _framed_by_the_camera(measures: dict[str, float], t: dict[str, float]) -> bool:
+    """The circle is clipped evenly by the picture (a narrow-field camera, a phone
+    adapter) and lit wherever the picture holds it: the retina is all there to see."""
+    return (measures.get("off_centre", 1.0) <= t.get("max_off_centre", 0.0)
+            and measures.get("field_filled", 0.0) >= t.get("min_field_filled", 1.1))
 
 
 def assess_fundus(

@@ -10,7 +10,9 @@ Copies of each, made the way photos go wrong in a clinic, that must be refused:
 - over-exposed (x3, clipped); off the frame (~45 % of the disc out of the picture).
 And copies that a grader can still read, which must pass: slightly soft (radius/300),
 dark (x0.45, 8-bit), dark and contrasty (gamma 2; x0.5 after gamma 1.5: a heavily
-pigmented fundus), grey (red-free or monochrome), green and orange casts.
+pigmented fundus), grey (red-free or monochrome), green and orange casts, and narrow
+fields (centred crops of 0.75 and 0.6 of the frame: the circle clipped on every side,
+as a 30-35 degree camera or a phone adapter frames it).
 
 Each threshold sits between the two kinds, on the side of letting gradable photos
 through; the script reports what every copy kind, every IDRiD DR grade and every
@@ -36,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CARD = Path(__file__).with_name("FUNDUS_QUALITY_CARD.md")
 MUST_FAIL = ("soft", "blurred", "nearly_black", "over_exposed", "off_frame")
 MUST_PASS = ("slightly_soft", "dark_x0.45", "dark_gamma2", "pigmented_x0.5_gamma1.5",
-             "grey", "green_cast", "orange_cast")
+             "grey", "green_cast", "orange_cast", "narrow_field_0.75", "narrow_field_0.6")
+NARROW = ("narrow_field_0.75", "narrow_field_0.6")
 DARK_PASS = ("dark_x0.45", "dark_gamma2", "pigmented_x0.5_gamma1.5")
 
 
@@ -68,7 +71,16 @@ def degrade(rgb: np.ndarray) -> dict[str, np.ndarray]:
         "grey": np.repeat(grey[..., None], 3, axis=2),
         "green_cast": eight_bit(rgb * np.float32([0.7, 1.15, 0.6])),
         "orange_cast": eight_bit(rgb * np.float32([1.2, 0.75, 0.45])),
+        # a narrow-field camera or a phone adapter: the same retina, the circle clipped
+        # by the picture on every side (a centred crop)
+        **{f"narrow_field_{side}": _centred_crop(rgb, side) for side in (0.75, 0.6)},
     }
+
+
+def _centred_crop(rgb: np.ndarray, side: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    ch, cw = int(h * side), int(w * side)
+    return rgb[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
 
 
 def photos(fundus: Path, limit: int) -> list[tuple[Path, str, int | None]]:
@@ -116,6 +128,13 @@ def choose(rows: dict[str, list[dict]]) -> dict[str, float]:
                               (pct("real", "burned_out", 99)
                                + pct("over_exposed", "burned_out", 5)) / 2),
         "min_coverage": pct("real", "coverage", 1) - 0.03,
+        # a circle the picture clips evenly (narrow field) passes where it is lit:
+        # centred within midway between the real and narrow photos' 99th percentile and
+        # the off-frame copies' 1st, lit over the part in the picture as the real photos'
+        # 1st percentile (less 0.03)
+        "max_off_centre": (pct(("real", *NARROW), "off_centre", 99)
+                           + pct("off_frame", "off_centre", 1)) / 2,
+        "min_field_filled": pct(("real", *NARROW), "field_filled", 1) - 0.03,
     }
 
 
@@ -192,7 +211,12 @@ def card(summary: dict) -> str:
         "What a grader needs, not how bright the photo is: **vessels visible** (their depth",
         "in the green channel, a black top-hat, in 8-bit grey levels), **focus** (fine",
         "detail over contrast), **field** (the retina's circle in",
-        "the picture) and **over-exposure** (share of the field burned out). A photo is",
+        "the picture) and **over-exposure** (share of the field burned out). A circle the",
+        "picture clips evenly on every side (a 30-35 degree camera, a phone adapter) is how",
+        "that camera frames the retina: it passes where it is lit (centred within "
+        f"{t['max_off_centre']:.2f}",
+        f"of a radius, lit over {t['min_field_filled']:.2f} of the part in the picture); one",
+        "pushed to a side is an eye off the field and is refused. A photo is",
         "too dark only when",
         f"its field's 90th-percentile light is under {t['min_field_light']:.3f}, or under",
         f"{t['dim_field_light']:.3f} with vessels less than {t['min_vessel_contrast']:.2f} grey",

@@ -95,6 +95,21 @@ def test_fundus_photo_goes_through_quality_then_the_fundus_model(screener, name)
     assert result.heatmap.dtype == np.uint8 and result.as_dict()["heatmap_validated"] is True
 
 
+def test_a_narrow_field_camera_photo_is_screened_not_sent_back(screener):
+    """A 35 degree camera frames the retina with its circle clipped on every side
+    (a centred crop of a real photo): routed, gradable and scored (issue 26; before,
+    "retina not fully in the picture" refused every one)."""
+    import cv2
+
+    full = cv2.imread(str(FUNDUS_DIR / "IDRiD_003.jpg"))
+    h, w = full.shape[:2]
+    narrow = full[h // 8:h - h // 8, w // 8:w - w // 8]
+    ok, jpeg = cv2.imencode(".jpg", narrow, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    result = screener.screen(decode_bytes(jpeg.tobytes()), {})
+    assert result.route == "fundus" and result.quality["gradable"], result.as_dict()
+    assert result.model["name"] == "fundus-referable-dr" and result.score is not None
+
+
 def test_blurred_fundus_is_refused_with_a_retake_hint_and_no_score(screener):
     import cv2
 

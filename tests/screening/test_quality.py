@@ -15,6 +15,7 @@ def real(name: str) -> np.ndarray:
 
 
 PHOTOS = ["IDRiD_003.jpg", "hrf_07_h.jpg", "hrf_12_h.jpg"]
+SICK = ["IDRiD_001.jpg", "IDRiD_008.jpg"]  # grades 3 and 4, hard exudates by the macula
 
 
 @pytest.mark.parametrize("name", PHOTOS)
@@ -57,7 +58,35 @@ def test_thresholds_come_from_the_calibration_file():
         "min_vessel_contrast",
         "max_burned_out",
         "min_coverage",
+        "max_off_centre",
+        "min_field_filled",
     }
+
+
+def centred_crop(rgb: np.ndarray, side: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    ch, cw = int(h * side), int(w * side)
+    return rgb[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+
+
+@pytest.mark.parametrize("name", PHOTOS + SICK)
+@pytest.mark.parametrize("side", [0.75, 0.6])
+def test_a_narrow_field_clipped_on_every_side_is_gradable(name, side):
+    """A 30-35 degree camera or a phone adapter: the circle larger than the picture,
+    clipped evenly on every side. The retina is all there; 'not fully in the picture'
+    refused every such photo before (issue 26)."""
+    quality = assess_fundus(centred_crop(real(name), side))
+    assert quality.gradable, quality.as_dict()
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_a_narrow_field_pushed_to_one_side_is_still_off_the_picture(name):
+    rgb = real(name)
+    _, _, radius = find_fundus_disc(rgb)
+    h, w = rgb.shape[:2]
+    shifted = cv2.warpAffine(rgb, np.float32([[1, 0, 0.9 * radius], [0, 1, 0]]), (w, h))
+    quality = assess_fundus(centred_crop(shifted, 0.75))
+    assert "coverage" in quality.failed, quality.as_dict()
 
 
 def eight_bit(rgb: np.ndarray) -> np.ndarray:
@@ -73,7 +102,6 @@ GRADABLE_SHIFTS = {
     "grey": lambda rgb: np.repeat((rgb @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, 2),
     "green cast": lambda rgb: eight_bit(rgb * np.float32([0.7, 1.15, 0.6])),
 }
-SICK = ["IDRiD_001.jpg", "IDRiD_008.jpg"]  # grades 3 and 4, hard exudates by the macula
 
 
 @pytest.mark.parametrize("name", PHOTOS + SICK)
