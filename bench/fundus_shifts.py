@@ -8,7 +8,9 @@ Variants of every ``--every``-th photo of IDRiD's labelled set (written to a tem
 folder, never kept): ``as is``; ``dark`` (x0.45, a heavily pigmented or under-exposed
 fundus); ``green cast``; ``grey`` (one channel, as a red-free or monochrome camera);
 ``vignette`` (a small pupil); ``narrow field`` (a 30-35 degree camera or a phone
-adapter: a centred crop of 3/4 of the frame, the circle clipped on every side). Goals
+adapter: a centred crop of 3/4 of the frame, the circle clipped on every side); ``small
+field`` (a phone adapter or hand-held camera whose field is small in a large frame: the
+photo at 0.45 of a black 4:3 frame's width). Goals
 (issue 26): refused <= 10 % and referable eyes refused at most 1.5x as often as the
 others.
 """
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("as is", "dark", "green cast", "grey", "vignette", "narrow field")
+VARIANTS = ("as is", "dark", "green cast", "grey", "vignette", "narrow field", "small field")
 
 
 def shifted(image: np.ndarray, variant: str) -> np.ndarray:
@@ -48,6 +50,12 @@ def shifted(image: np.ndarray, variant: str) -> np.ndarray:
         h, w = image.shape[:2]
         ch, cw = int(h * 0.75), int(w * 0.75)
         pixels = pixels[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+    elif variant == "small field":
+        h, w = image.shape[:2]
+        small = cv2.resize(pixels, (round(w * 0.45), round(h * 0.45)), interpolation=cv2.INTER_AREA)
+        pixels = np.zeros((w * 3 // 4, w, 3), np.float32)
+        y0, x0 = (pixels.shape[0] - small.shape[0]) // 2, (w - small.shape[1]) // 2
+        pixels[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 

@@ -1,5 +1,9 @@
 """One image through the models: fitness gate -> quality -> preprocess -> infer -> post.
 
+A frame the router refused gets a second look when it is a small round lit field in
+black (a phone adapter's retina photo): the router sees the field alone
+(``field_look.py``); only a retina route is taken from it, and the quality check follows.
+
 Everything here is computation on arrays already in memory; the worker does the I/O
 (reading the original, writing the heatmap and the result row). Preprocessing is the
 bundle's own spec applied by the same pure functions training used.
@@ -23,6 +27,7 @@ from appliance.inference.postprocess import calibrated_probabilities, operating_
 from appliance.inference.preprocess import fundus_frame, preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
+from appliance.screening.field_look import lit_field
 from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HeatSource, heat_source, render_overlay
 from appliance.screening.measures import image_measures, is_blank
 from appliance.screening.models import (
@@ -53,6 +58,27 @@ OVERRULED_QUALITY = (
     "Screened although the photo was judged not gradable (%(problem)s), on the instruction "
     "of %(user)s: read the result with care."
 )
+
+
+def _route(router: LoadedModel, pixels: np.ndarray,
+           resized: dict | None = None) -> tuple[dict[str, float], str]:
+    """The router's calibrated probabilities for an image, and the backend that ran it."""
+    manifest = router.bundle.manifest
+    batch = preprocess(manifest["preprocessing"], pixels, resized=resized)[None]
+    with router.lock:  # the backend may be swapped (TensorRT ready) between images
+        logits = router.infer(batch)["logits"]
+        backend = router.runner.backend
+    probs = calibrated_probabilities(logits, manifest["calibration"])[0]
+    return {label: float(p) for label, p in zip(manifest["labels"], probs, strict=True)}, backend
+
+
+def _may_look_again(decision: gate.GateDecision, tags: dict[str, Any]) -> bool:
+    """Refused by the router alone (not by the tags, a blank frame or anyone's choice),
+    and nothing in the tags says it is not an eye photograph (field_look.py)."""
+    if decision.route != gate.REFUSED or decision.source != gate.BY_ROUTER:
+        return False
+    expected, _ = gate.expectation_from_tags(tags)
+    return expected in (None, gate.FUNDUS)
 
 
 class ScreeningUnavailableError(ApplianceError):
@@ -257,16 +283,10 @@ class Screener:
         router = models.get(ROUTER)
         if router is None:
             raise ScreeningUnavailableError("the modality router model is not loaded")
+        frame = None  # a retina photo's field, found once for quality, model and map
         with timer.stage("gate"):
             manifest = router.bundle.manifest
-            batch = preprocess(manifest["preprocessing"], image.pixels, resized=image.resized)[None]
-            with router.lock:  # the backend may be swapped (TensorRT ready) between images
-                logits = router.infer(batch)["logits"]
-                router_backend = router.runner.backend
-            probs = calibrated_probabilities(logits, manifest["calibration"])[0]
-            router_probs = {
-                label: float(p) for label, p in zip(manifest["labels"], probs, strict=True)
-            }
+            router_probs, router_backend = _route(router, image.pixels, image.resized)
             min_conf = self.config.router_min_confidence or float(
                 manifest["operating_points"]["suggested"]["threshold"]
             )
@@ -274,6 +294,19 @@ class Screener:
             measures = image_measures(image.pixels, image.resized)
             decision = gate.decide(router_probs, tags, min_conf, chosen=route,
                                    blank=is_blank(measures))
+            if _may_look_again(decision, tags):
+                frame = fundus_frame(image.pixels)
+                field_only = lit_field(image.pixels, frame)
+                if field_only is not None:
+                    field_probs, _ = _route(router, field_only)
+                    again = gate.decide(field_probs, tags, min_conf)
+                    if again.route == gate.FUNDUS:
+                        again.evidence = [
+                            *decision.evidence,
+                            "a small lit field in a black frame: looked again at the field alone",
+                            *again.evidence,
+                        ]
+                        decision, router_probs = again, field_probs
         result = ScreeningResult(
             decision.route,
             decision.reason,
@@ -288,10 +321,9 @@ class Screener:
             result.timings_ms = timer.ms
             return result
 
-        frame = None  # a retina photo's field, found once for quality, model and map
         if decision.route == gate.FUNDUS:
             with timer.stage("quality"):
-                frame = fundus_frame(image.pixels)
+                frame = frame or fundus_frame(image.pixels)
                 quality = assess_fundus(image.pixels, frame=frame)
             result.quality = quality.as_dict()
             if not quality.gradable and quality_overruled_by:
