@@ -27,8 +27,11 @@ from appliance.inference.preprocess import FundusFrame, brightest_channel, to_rg
 
 # The lit part must leave at least half the frame black: else it is the frame itself.
 MAX_FIELD_SHARE = 0.5
-# Black around it: the surround's 99th percentile under this share of the field's.
-MAX_SURROUND_LIGHT = 0.05
+# Black around it: at most this share of the surround lit above a tenth of the field's
+# light (a camera's or an app's text printed in the black -- date, eye, clinic -- is
+# well under it).
+MAX_SURROUND_LIT = 0.02
+SURROUND_LEVEL = 0.1
 # A field smaller than this (px, short side) is no photograph to screen: a thumbnail's
 # blob cut out and blown up reads as anything.
 MIN_FIELD_PX = 128
@@ -43,23 +46,23 @@ MIN_CIRCLE_FILL = 0.75
 
 def lit_field(image: np.ndarray, frame: FundusFrame) -> np.ndarray | None:
     """The lit field of ``image`` cut tight from a black surround, or None where the
-    frame is not a small lit field in black (see the module docstring). Judged on the
-    frame's small copy (``frame.lit``'s size); the cut is of the full image."""
-    ys, xs = np.nonzero(frame.lit)
-    if xs.size == 0:
+    frame is not a small round lit field in black (see the module docstring). Judged
+    on the frame's small copy (``frame.lit``'s size); the cut is of the full image."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(frame.lit, connectivity=8)
+    if count <= 1:
         return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # the field, not text beside it
+    x0, y0, bw, bh = (int(v) for v in stats[best, :4])
+    x1, y1 = x0 + bw, y0 + bh
     sh, sw = frame.lit.shape
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
-    if (x1 - x0) * (y1 - y0) > MAX_FIELD_SHARE * sw * sh:
-        return None
-    if not _round(frame.lit):
+    if bw * bh > MAX_FIELD_SHARE * sw * sh or not _round((labels == best).astype(np.uint8)):
         return None
     small = cv2.resize(to_rgb(image), (sw, sh), interpolation=cv2.INTER_AREA)
     light = brightest_channel(small)
     outside = np.ones((sh, sw), bool)
     outside[y0:y1, x0:x1] = False
-    field_light = float(np.percentile(light[y0:y1, x0:x1], 99))
-    if float(np.percentile(light[outside], 99)) > MAX_SURROUND_LIGHT * max(field_light, 1e-6):
+    level = SURROUND_LEVEL * max(float(np.percentile(light[y0:y1, x0:x1], 99)), 1e-6)
+    if float((light[outside] > level).mean()) > MAX_SURROUND_LIT:
         return None
     h, w = image.shape[:2]
     scale = frame.scale

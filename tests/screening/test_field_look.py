@@ -102,6 +102,25 @@ def test_a_small_field_photo_is_looked_at_again_and_screened(screener, name):
     assert result.score is not None
 
 
+def with_text_in_the_black(framed: np.ndarray) -> np.ndarray:
+    """What a camera or a phone app prints in the black: date, eye, clinic."""
+    out = np.round(framed * 255).astype(np.uint8)
+    h, w = out.shape[:2]
+    for (x, y), text in (((0.02, 0.06), "2026-12-06 10:41"), ((0.02, 0.96), "OD 45deg ID 0042"),
+                         ((0.75, 0.06), "CLINIC 3")):
+        cv2.putText(out, text, (int(x * w), int(y * h)), cv2.FONT_HERSHEY_SIMPLEX, 1.3,
+                    (255, 255, 255), 2, cv2.LINE_AA)
+    return out.astype(np.float32) / 255
+
+
+def test_text_printed_in_the_black_does_not_stop_the_second_look(screener):
+    framed = with_text_in_the_black(in_black_frame(rgb01(FUNDUS_DIR / "IDRiD_003.jpg"), 0.4))
+    field = look(framed)
+    assert field is not None and field.shape[0] < 0.5 * framed.shape[0]
+    result = screener.screen(as_camera_file(framed), {})
+    assert result.route == "fundus" and result.score is not None, result.as_dict()
+
+
 def test_tags_that_say_chest_get_no_second_look(screener):
     image = as_camera_file(in_black_frame(rgb01(FUNDUS_DIR / "IDRiD_003.jpg"), 0.4))
     result = screener.screen(image, {"modality": "DX", "body_part": "CHEST"})
