@@ -48,6 +48,8 @@ class HeatSource:
     scale: float | None  # logits shown as 255; None: the map's own peak
     disc: tuple[float, float, float] | None  # fundus: (cx, cy, radius) in image pixels
     validated: bool
+    # chest: the exposed film the model saw (top, bottom, left, right), None = the frame
+    box: tuple[int, int, int, int] | None = None
 
 
 def heat_source(
@@ -58,6 +60,7 @@ def heat_source(
     positive: bool,
     fundus: bool,
     frame: FundusFrame | None = None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> HeatSource:
     cam = np.asarray(cam, np.float32)
     measured = (manifest.get("heatmap") or {}).get("scale_logits")
@@ -70,7 +73,7 @@ def heat_source(
         threshold = manifest["preprocessing"]["params"].get("threshold", 0.15)
         found = frame if frame is not None and frame.threshold == threshold else None
         disc = found.disc if found is not None else find_fundus_disc(pixels, threshold)
-    return HeatSource(cam, scale, disc, maps_validated(manifest))
+    return HeatSource(cam, scale, disc, maps_validated(manifest), None if fundus else box)
 
 
 def heat_on_image(
@@ -79,8 +82,16 @@ def heat_on_image(
     """The map in [0, 1] at ``size`` (width, height), aligned with an image of
     ``image_hw`` (height, width) shown at that size."""
     width, height = size
-    if source.disc is None:  # the chest model saw the whole radiograph, squashed
+    if source.disc is None and source.box is None:  # the whole radiograph, squashed
         return heatmap(source.cam, height, width, scale=source.scale)
+    if source.disc is None:  # the exposed film only: the map goes back over it
+        top, bottom, left, right = source.box
+        ky, kx = height / image_hw[0], width / image_hw[1]
+        y0, x0 = int(round(top * ky)), int(round(left * kx))
+        y1, x1 = max(y0 + 1, int(round(bottom * ky))), max(x0 + 1, int(round(right * kx)))
+        heat = np.zeros((height, width), np.float32)
+        heat[y0:y1, x0:x1] = heatmap(source.cam, y1 - y0, x1 - x0, scale=source.scale)
+        return heat
     # the fundus model saw the disc crop: put its map back where the disc is
     cx, cy, radius = source.disc
     k = width / image_hw[1]

@@ -1,8 +1,8 @@
 """One image through the models: fitness gate -> quality -> preprocess -> infer -> post.
 
-A frame the router refused gets a second look when it is a small round lit field in
-black (a phone adapter's retina photo): the router sees the field alone
-(``field_look.py``); only a retina route is taken from it, and the quality check follows.
+A frame the router refused gets a second look at the part that matters (``second_look``:
+a retina's small field cut from black, a film without its flat border). A chest film is
+screened without its flat border (``film_border``): collimation is no finding.
 
 Everything here is computation on arrays already in memory; the worker does the I/O
 (reading the original, writing the heatmap and the result row). Preprocessing is the
@@ -27,7 +27,7 @@ from appliance.inference.postprocess import calibrated_probabilities, operating_
 from appliance.inference.preprocess import fundus_frame, preprocess
 from appliance.ingest.decode import DecodedImage
 from appliance.screening import gate
-from appliance.screening.field_look import lit_field
+from appliance.screening.film_border import cut, exposed_box
 from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HeatSource, heat_source, render_overlay
 from appliance.screening.measures import image_measures, is_blank
 from appliance.screening.models import (
@@ -44,6 +44,7 @@ from appliance.screening.population import (
     population_caution,
 )
 from appliance.screening.quality import assess_fundus
+from appliance.screening.second_look import look_again
 from appliance.wire.codes import finding_meaning
 
 log = logging.getLogger(__name__)
@@ -70,15 +71,6 @@ def _route(router: LoadedModel, pixels: np.ndarray,
         backend = router.runner.backend
     probs = calibrated_probabilities(logits, manifest["calibration"])[0]
     return {label: float(p) for label, p in zip(manifest["labels"], probs, strict=True)}, backend
-
-
-def _may_look_again(decision: gate.GateDecision, tags: dict[str, Any]) -> bool:
-    """Refused by the router alone (not by the tags, a blank frame or anyone's choice),
-    and nothing in the tags says it is not an eye photograph (field_look.py)."""
-    if decision.route != gate.REFUSED or decision.source != gate.BY_ROUTER:
-        return False
-    expected, _ = gate.expectation_from_tags(tags)
-    return expected in (None, gate.FUNDUS)
 
 
 class ScreeningUnavailableError(ApplianceError):
@@ -283,7 +275,6 @@ class Screener:
         router = models.get(ROUTER)
         if router is None:
             raise ScreeningUnavailableError("the modality router model is not loaded")
-        frame = None  # a retina photo's field, found once for quality, model and map
         with timer.stage("gate"):
             manifest = router.bundle.manifest
             router_probs, router_backend = _route(router, image.pixels, image.resized)
@@ -294,19 +285,10 @@ class Screener:
             measures = image_measures(image.pixels, image.resized)
             decision = gate.decide(router_probs, tags, min_conf, chosen=route,
                                    blank=is_blank(measures))
-            if _may_look_again(decision, tags):
-                frame = fundus_frame(image.pixels)
-                field_only = lit_field(image.pixels, frame)
-                if field_only is not None:
-                    field_probs, _ = _route(router, field_only)
-                    again = gate.decide(field_probs, tags, min_conf)
-                    if again.route == gate.FUNDUS:
-                        again.evidence = [
-                            *decision.evidence,
-                            "a small lit field in a black frame: looked again at the field alone",
-                            *again.evidence,
-                        ]
-                        decision, router_probs = again, field_probs
+            second = look_again(decision, tags, image.pixels, min_conf,
+                                lambda pixels: _route(router, pixels)[0])
+            decision, frame, box = second.decision, second.frame, second.box
+            router_probs = second.router or router_probs
         result = ScreeningResult(
             decision.route,
             decision.reason,
@@ -339,8 +321,13 @@ class Screener:
                 result.timings_ms = timer.ms
                 return result
 
-        name = FUNDUS
+        name, pixels = FUNDUS, image.pixels
         if decision.route == gate.CHEST:
+            # the exposed film only: a collimation or padding border is no finding
+            box = box if box is not None else exposed_box(image.pixels, image.resized)
+            if box is not None:
+                pixels = cut(image.pixels, box)
+                result.evidence.append("the film's flat border was left out of the screening")
             chosen = choose_population(
                 tags.get("patient_age_years"),
                 population,
@@ -363,7 +350,8 @@ class Screener:
         manifest = model.bundle.manifest
         with timer.stage("preprocess"):
             batch = preprocess(
-                manifest["preprocessing"], image.pixels, frame, image.resized
+                manifest["preprocessing"], pixels, frame,
+                image.resized if pixels is image.pixels else None,
             )[None]
         with timer.stage("infer"):
             with model.lock:
@@ -394,6 +382,7 @@ class Screener:
                 positive=probability >= threshold,
                 fundus=name == FUNDUS,
                 frame=frame,
+                box=box if name != FUNDUS else None,
             )
             if not result.heat.validated:  # the score only, and why (page, slip, sync)
                 result.hints.append(HEATMAP_NOT_SHOWN)
