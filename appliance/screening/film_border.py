@@ -4,8 +4,10 @@ Collimation leaves a film with flat black (or, once inverted, white) bands along
 edges, and an exported or screenshotted film may sit in black padding. The chest
 models squash the whole frame to 64 px, so a border shrinks the lungs and, through the
 rank equalisation, shifts every intensity: on TBX11K's held-out TB films a white border
-of 8 % of each side took the median adult score from 93 to 67, and a black one of 15 %
-had the router refuse 148 of 153 chest films as "not a chest X-ray". The sources the
+of 8 % of each side took the median adult score from 93 to 67. (A black one of 15 % has
+the router refuse 148 of 153 of those films as "not a chest X-ray"; a second look at the
+exposed film was measured and not kept: it sent an extremity CR and small grey faces to
+the chest models.) The sources the
 adult model learned from differ in this too (a border on 1.3 % of TBX11K's films, 5.7 %
 of NIH's, 15.9 % of the children's): a border is a hospital's habit, not a finding.
 

@@ -1,8 +1,8 @@
 """One image through the models: fitness gate -> quality -> preprocess -> infer -> post.
 
-A frame the router refused gets a second look at the part that matters (``second_look``:
-a retina's small field cut from black, a film without its flat border). A chest film is
-screened without its flat border (``film_border``): collimation is no finding.
+A frame the router refused gets a second look at the part that matters
+(``second_look``: a retina's small field cut from black). A chest film is screened
+without its flat border (``film_border``): collimation is no finding.
 
 Everything here is computation on arrays already in memory; the worker does the I/O
 (reading the original, writing the heatmap and the result row). Preprocessing is the
@@ -287,7 +287,7 @@ class Screener:
                                    blank=is_blank(measures))
             second = look_again(decision, tags, image.pixels, min_conf,
                                 lambda pixels: _route(router, pixels)[0])
-            decision, frame, box = second.decision, second.frame, second.box
+            decision, frame = second.decision, second.frame
             router_probs = second.router or router_probs
         result = ScreeningResult(
             decision.route,
@@ -321,10 +321,10 @@ class Screener:
                 result.timings_ms = timer.ms
                 return result
 
-        name, pixels = FUNDUS, image.pixels
+        name, pixels, box = FUNDUS, image.pixels, None
         if decision.route == gate.CHEST:
             # the exposed film only: a collimation or padding border is no finding
-            box = box if box is not None else exposed_box(image.pixels, image.resized)
+            box = exposed_box(image.pixels, image.resized)
             if box is not None:
                 pixels = cut(image.pixels, box)
                 result.evidence.append("the film's flat border was left out of the screening")
@@ -382,7 +382,7 @@ class Screener:
                 positive=probability >= threshold,
                 fundus=name == FUNDUS,
                 frame=frame,
-                box=box if name != FUNDUS else None,
+                box=box,
             )
             if not result.heat.validated:  # the score only, and why (page, slip, sync)
                 result.hints.append(HEATMAP_NOT_SHOWN)

@@ -1,9 +1,11 @@
 """A second look at a frame the router refused, at the part of it that matters: a
-retina's small round field cut from its black surround (``field_look``), or a film
-without its unexposed border (``film_border``). Only the route the cut was made for is
-taken from it (a field cut out can only become a retina photo, a film without its
-border only a chest X-ray), the tags still rule out what they rule out, and the quality
-check and the model follow as for any image. Pure: the router is passed in.
+retina's small round field cut from its black surround (``field_look``). Only a retina
+route is taken from it, the tags still rule out what they rule out, and the quality
+check and the model follow as for any retina photo. Pure: the router is passed in.
+
+Measured and not kept (issue 26 note): the same look for chest films -- the film cut
+from a flat border, turned upright, or inverted -- sent NEMA's extremity CR (RG3) and
+small grey faces to the chest models; the router refuses those frames as it should.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ import numpy as np
 from appliance.inference.preprocess import FundusFrame, fundus_frame
 from appliance.screening import gate
 from appliance.screening.field_look import lit_field
-from appliance.screening.film_border import Box, cut, exposed_box
 
 RouteOf = Callable[[np.ndarray], dict[str, float]]  # pixels -> the router's probabilities
 
 FIELD_ALONE = "a small lit field in a black frame: looked again at the field alone"
-FILM_ALONE = "a film in a flat border: looked again at the exposed film alone"
 
 
 @dataclass
@@ -30,7 +30,6 @@ class SecondLook:
     decision: gate.GateDecision
     router: dict[str, float] | None = None  # the probabilities the decision rests on
     frame: FundusFrame | None = None  # found on the way: the quality check reuses it
-    box: Box | None = None  # the film's exposed field, where the decision rests on it
 
 
 def look_again(decision: gate.GateDecision, tags: Mapping[str, Any], pixels: np.ndarray,
@@ -49,13 +48,6 @@ def look_again(decision: gate.GateDecision, tags: Mapping[str, Any], pixels: np.
             again = gate.decide(probs, dict(tags), min_confidence)
             if again.route == gate.FUNDUS:
                 return SecondLook(_taken(decision, again, FIELD_ALONE), probs, frame)
-    if expected in (None, gate.CHEST):
-        box = exposed_box(pixels)
-        if box is not None:
-            probs = route_of(cut(pixels, box))
-            again = gate.decide(probs, dict(tags), min_confidence)
-            if again.route == gate.CHEST:
-                return SecondLook(_taken(decision, again, FILM_ALONE), probs, frame, box)
     return SecondLook(decision, frame=frame)
 
 

@@ -66,47 +66,39 @@ def test_a_border_does_not_change_the_adult_score(screener, share, value):
     assert np.median(np.abs(changes)) <= 2 and abs(np.mean(changes)) <= 3, changes
 
 
-def test_a_film_deep_in_black_padding_is_looked_at_again_and_screened(screener):
-    """A black band of 15 % of each side: the router refused 148 of 153 held-out chest
-    films as "not a chest X-ray"; looking again at the exposed film routes them."""
-    for path in TB_FILMS:
-        result = screener.screen(as_file(bordered(film(path), 0.15, 0.0)), {},
-                                 population="adult")
-        assert result.route == "chest_xray", result.as_dict()
-        assert any("looked again at the exposed film" in line for line in result.evidence)
+def test_an_extremity_cr_is_still_refused(screener):
+    """NEMA's RG3 (a CR of an extremity, collimated), sent as a picture without tags:
+    refused by the router. (A second look at the exposed film, measured and not kept,
+    called it a chest film at 0.96.)"""
+    pixels = decode_file(testdata("RG3_UNCR.dcm")).pixels
+    result = screener.screen(as_file(pixels), {}, population="adult")
+    assert result.route == "refused", result.as_dict()
 
 
 @pytest.mark.skipif(not adult_maps_shown(), reason="the adult bundle's maps are off")
 def test_the_map_lies_over_the_film_not_its_border(screener):
-    framed = bordered(film(TB_FILMS[0]), 0.15, 0.0)
+    framed = bordered(film(TB_FILMS[0]), 0.1, 1.0)
     result = screener.screen(as_file(framed), {}, overlay_size=(256, 256), population="adult")
     assert result.heatmap is not None
     alpha = result.heatmap[..., 3]
-    band = round(256 * 0.15) - 2
+    band = round(256 * 0.1) - 2
     assert alpha[:band].max() == 0 and alpha[-band:].max() == 0
     assert alpha[:, :band].max() == 0 and alpha[:, -band:].max() == 0
     assert alpha[band:-band, band:-band].max() > 0
 
 
-def test_tags_that_say_retina_get_no_film_look(screener):
-    result = screener.screen(as_file(bordered(film(TB_FILMS[0]), 0.15, 0.0)),
-                             {"modality": "OP"}, population="adult")
-    assert result.route != "chest_xray"
-    assert not any("exposed film" in line for line in result.evidence)
-
-
 def test_a_sharp_cr_keeps_its_score_in_black_padding(screener):
-    """NEMA's RG1 (1955 x 1841 CR) shrunk to half its size in black padding, as a
-    screenshot or an export sends it: routed and scored as the film itself."""
+    """NEMA's RG1 (1955 x 1841 CR) shrunk to 0.8 of its size in black padding, as an
+    export sends it: scored as the film itself."""
     pixels = decode_file(testdata("RG1_UNCR.dcm")).pixels
     h, w = pixels.shape
-    small = cv2.resize(pixels, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(pixels, (w * 4 // 5, h * 4 // 5), interpolation=cv2.INTER_AREA)
     padded = np.zeros_like(pixels)
-    padded[h // 4:h // 4 + small.shape[0], w // 4:w // 4 + small.shape[1]] = small
+    padded[h // 10:h // 10 + small.shape[0], w // 10:w // 10 + small.shape[1]] = small
     plain = screener.screen(as_file(pixels), {}, population="adult")
     framed = screener.screen(as_file(padded), {}, population="adult")
     assert framed.route == "chest_xray"
-    assert abs(framed.score - plain.score) <= 6, (plain.score, framed.score)
+    assert abs(framed.score - plain.score) <= 4, (plain.score, framed.score)
 
 
 def test_path_helpers_are_real_files():
