@@ -139,6 +139,7 @@ class Screener:
         self.models = models
         self.config = config
         self._config_mtime = self._config_file_mtime()
+        self._config_lock = threading.Lock()  # workers re-read the site's file one at a time
         # Model sets swapped in by reload_if_changed; each is closed when no job uses it.
         self._swap = threading.Lock()
         self._users: dict[int, int] = {}
@@ -224,14 +225,19 @@ class Screener:
         mtime = self._config_file_mtime()
         if mtime == self._config_mtime:
             return
-        self._config_mtime = mtime
-        try:
-            fresh = load_config(self.config.data_dir)
-        except ApplianceError as exc:  # half-edited by hand: keep what works
-            log.error("config.toml not re-read: %s", exc)
-            return
-        for setting in THRESHOLD_SETTINGS.values():
-            self.config.values[setting] = getattr(fresh, setting)
+        # The file's time is taken as seen only once its values are in: a second worker
+        # that arrives meanwhile waits here, not screening with the old threshold.
+        with self._config_lock:
+            if mtime == self._config_mtime:
+                return
+            try:
+                fresh = load_config(self.config.data_dir)
+            except ApplianceError as exc:  # half-edited by hand: keep what works
+                log.error("config.toml not re-read: %s", exc)
+            else:
+                for setting in THRESHOLD_SETTINGS.values():
+                    self.config.values[setting] = getattr(fresh, setting)
+            self._config_mtime = mtime
 
     @property
     def ready(self) -> bool:

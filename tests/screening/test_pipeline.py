@@ -67,6 +67,36 @@ def test_site_threshold_and_triage_levels(screener, config):
     assert lenient.screen(image, {}, population="adult").threshold == 0.999
 
 
+def test_a_threshold_applied_while_workers_screen_reaches_every_worker(screener, config):
+    """``appliance calibrate --apply`` writes config.toml while the box runs: every
+    worker's next image gets the new threshold. Two workers share the screener; the one
+    that arrived while the other re-read the file kept the old threshold (CI, a child
+    screened at 0.85 after 0.975 was applied)."""
+    import threading
+    import time
+
+    from appliance.config import load_config, save_settings
+
+    model = screener.models.get("cxr-pneumonia")
+    other_process = load_config(config.data_dir)
+    for step in range(12):
+        value = round(0.5 + step / 50, 3)
+        time.sleep(0.02)  # a new file time
+        save_settings(other_process, {"cxr_threshold": value})
+        start, seen = threading.Barrier(4), []
+
+        def next_image():
+            start.wait()
+            seen.append(screener.threshold(model))
+
+        workers = [threading.Thread(target=next_image) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert seen == [value] * 4, (step, seen)
+
+
 def test_paediatric_validation_images_get_sensible_scores(screener):
     """Kermany validation images (one per held-out patient): the model separates them."""
     import csv
