@@ -85,7 +85,7 @@ def test_a_threshold_applied_while_workers_screen_reaches_every_worker(screener,
         save_settings(other_process, {"cxr_threshold": value})
         start, seen = threading.Barrier(4), []
 
-        def next_image():
+        def next_image(start=start, seen=seen):
             start.wait()
             seen.append(screener.threshold(model))
 
