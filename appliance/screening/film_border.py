@@ -4,12 +4,12 @@ Collimation leaves a film with flat black (or, once inverted, white) bands along
 edges, and an exported or screenshotted film may sit in black padding. The chest
 models squash the whole frame to 64 px, so a border shrinks the lungs and, through the
 rank equalisation, shifts every intensity: on TBX11K's held-out TB films a white border
-of 8 % of each side took the median adult score from 93 to 67. (A black one of 15 % has
-the router refuse 148 of 153 of those films as "not a chest X-ray"; a second look at the
-exposed film was measured and not kept: it sent an extremity CR and small grey faces to
-the chest models.) The sources the
-adult model learned from differ in this too (a border on 1.3 % of TBX11K's films, 5.7 %
-of NIH's, 15.9 % of the children's): a border is a hospital's habit, not a finding.
+of 8 % of each side took the median adult score from 93 to 67. The sources the adult
+model learned from differ in this too (a border on 1.3 % of TBX11K's films, 5.7 % of
+NIH's, 15.9 % of the children's): a border is a hospital's habit, not a finding. (A
+black border of 15 % has the router refuse 148 of those 153 films as "not a chest
+X-ray"; a second look at the exposed film was measured and not kept: it sent an
+extremity CR and small grey faces to the chest models.)
 
 So the box looks at the exposed field only: the bands cut are whole rows and columns,
 from each edge inwards, that are flat (their spread under 2 % of the film's range) and

@@ -311,7 +311,7 @@ class Screener:
 
         if decision.route == gate.FUNDUS:
             with timer.stage("quality"):
-                frame = frame or fundus_frame(image.pixels)
+                frame = frame if frame is not None else fundus_frame(image.pixels)
                 quality = assess_fundus(image.pixels, frame=frame)
             result.quality = quality.as_dict()
             if not quality.gradable and quality_overruled_by:
