@@ -74,9 +74,12 @@ def augment_radiograph(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def augment_radiograph_with_mask(img: np.ndarray, rng: np.random.Generator,
                                  mask: np.ndarray | None = None,
+                                 zoom: tuple[float, float] = (0.85, 1.15),
                                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`augment_radiograph`, and ``mask`` moved with the film's geometry."""
-    out, mask = _affine(img, rng, 10, (0.85, 1.15), 0.06, mask)
+    """:func:`augment_radiograph`, and ``mask`` moved with the film's geometry
+    (``zoom``: the range of scales, each axis on its own; above 1 the film is framed
+    tighter, below 1 looser with a border)."""
+    out, mask = _affine(img, rng, 10, zoom, 0.06, mask)
     out = np.clip(out, 0, 1)
     out = out ** rng.uniform(0.6, 1.6)  # processing curve
     lo, hi = rng.uniform(0, 0.15), rng.uniform(0.85, 1.0)

@@ -22,6 +22,7 @@ folds and measures what a shortcut would give away on the fifth.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +200,9 @@ class CxrAdultRecipe:
                          strict=True))
         share[NIH_OTHER_DISEASE] = self.choice.other_disease_share
         weights = np.array([share[k] / (kind == k).sum() for k in kind])
+        augment = partial(augment_radiograph_with_mask, zoom=self.choice.zoom)
         make_batch = MixedBatches(films, kind, masks, self._prep,
-                                  augment_radiograph_with_mask, self.choice.mixing,
+                                  augment, self.choice.mixing,
                                   CAM_SIZE * size // SIZE, cells=self.choice.cell_weight > 0)
         oof = self._oof_set(films, kind, masks, folds, seed)
         rng = np.random.default_rng(seed)
@@ -316,7 +318,12 @@ class CxrAdultRecipe:
         prep = lambda a: np.stack([self._prep(f) for f in a])  # noqa: E731
         soft = lambda a: [soften(f) for f in a]  # noqa: E731
         sharp = sharp_third_hospital_film()
+        tight = lambda a: [squash(f[f.shape[0] // 10:-(f.shape[0] // 10),  # noqa: E731
+                                   f.shape[1] // 10:-(f.shape[1] // 10)], f.shape[0])
+                           for f in a]
         return {"tb": prep(tb_films[tb_i]), "tb_masks": masks[tb_i],
+                "tb_tight": prep(tight(tb_films[tb_i])),
+                "nih_normal_tight": prep(tight(nih_films[nn_i])),
                 "tb_soft": prep(soft(tb_films[tb_i])),
                 "nih_other_disease": prep(nih_films[od_i]), "nih_tb_like": prep(nih_films[tl_i]),
                 "sharp_film": prep([sharp]), "sharp_film_soft": prep(soft([sharp])),

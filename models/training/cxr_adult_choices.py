@@ -32,6 +32,9 @@ class Choice:
     # NIH films whose every finding TB does not explain alone (tb.other_disease) are TB
     # negatives at this share of the batches (0: they teach the second head, as others)
     other_disease_share: float = 0.0
+    # the augmentation's range of scales: above 1 the film framed tighter (collimation),
+    # below 1 looser
+    zoom: tuple[float, float] = (0.85, 1.15)
     note: str = ""
 
 
@@ -105,3 +108,7 @@ VARIANTS = {
                        "128 px, NIH's upsampled from 64)"),
 }
 SHIPPED = "equalised+mixing+boxes+children+peak"
+VARIANTS["shipped + framing 0.8-1.3"] = replace(
+    VARIANTS[SHIPPED], zoom=(0.8, 1.3),
+    note="measured (session 12): the shipped choice with films framed from 0.8 to 1.3 of "
+         "their size in training (0.85-1.15): tight collimation cost TB films their flag")
