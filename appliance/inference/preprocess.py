@@ -155,6 +155,7 @@ class FundusFrame:
     scale: float  # small copy / frame
     disc: tuple[float, float, float]  # (cx, cy, radius) in the frame's pixels
     threshold: float
+    light: np.ndarray  # each pixel's brightest colour on the small copy (the lit mask's)
 
 
 def fundus_frame(image: np.ndarray, threshold: float = 0.15) -> FundusFrame:
@@ -171,12 +172,12 @@ def fundus_frame(image: np.ndarray, threshold: float = 0.15) -> FundusFrame:
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:  # nothing bright: fall back to the whole frame
-        return FundusFrame(mask, scale, (w / 2.0, h / 2.0, max(h, w) / 2.0), threshold)
+        return FundusFrame(mask, scale, (w / 2.0, h / 2.0, max(h, w) / 2.0), threshold, value)
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     x, y, bw, bh = (int(v) for v in stats[best, :4])
     cx, cy = (x + bw / 2.0) / scale, (y + bh / 2.0) / scale
     radius = max(bw, bh) / 2.0 / scale
-    return FundusFrame(mask, scale, (cx, cy, radius), threshold)
+    return FundusFrame(mask, scale, (cx, cy, radius), threshold, value)
 
 
 def find_fundus_disc(image: np.ndarray, threshold: float = 0.15) -> tuple[float, float, float]:

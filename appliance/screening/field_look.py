@@ -23,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from appliance.inference.preprocess import FundusFrame, brightest_channel, to_rgb
+from appliance.inference.preprocess import FundusFrame
 
 # The lit part must leave at least half the frame black: else it is the frame itself.
 MAX_FIELD_SHARE = 0.5
@@ -57,8 +57,7 @@ def lit_field(image: np.ndarray, frame: FundusFrame) -> np.ndarray | None:
     sh, sw = frame.lit.shape
     if bw * bh > MAX_FIELD_SHARE * sw * sh or not _round((labels == best).astype(np.uint8)):
         return None
-    small = cv2.resize(to_rgb(image), (sw, sh), interpolation=cv2.INTER_AREA)
-    light = brightest_channel(small)
+    light = frame.light
     outside = np.ones((sh, sw), bool)
     outside[y0:y1, x0:x1] = False
     level = SURROUND_LEVEL * max(float(np.percentile(light[y0:y1, x0:x1], 99)), 1e-6)

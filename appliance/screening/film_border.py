@@ -20,14 +20,13 @@ was). Pure functions on the decoded array; no I/O.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from appliance.inference.preprocess import Resized, area_resize
+from appliance.inference.preprocess import Resized
+from appliance.screening.measures import grey_of, small_copy
 
 Box = tuple[int, int, int, int]  # top, bottom, left, right (exclusive) in image pixels
 
-LOOK_PX = 128  # the film is judged on a copy this long (the drift measures' own copy)
 FLAT = 0.02  # a band's spread, as a share of the film's 1st-99th percentile range
 DARK, BRIGHT = 0.1, 0.9  # a band's mean, on that range
 MAX_SHARE = 0.3  # never more than this share of a side
@@ -37,13 +36,9 @@ MIN_SHARE = 0.02  # a border this deep on some side, or none at all
 def exposed_box(image: np.ndarray, resized: Resized | None = None) -> Box | None:
     """The film without its flat dark or bright border bands, or None when it has none
     worth cutting (see the module docstring). Judged on the image's 128-px copy, the
-    one the drift measures take (``resized``: shared, made once)."""
+    one the drift measures take (``measures.small_copy``; ``resized``: shared)."""
     h, w = image.shape[:2]
-    scale = min(1.0, LOOK_PX / max(h, w))
-    small = image.astype(np.float32, copy=False)
-    if scale < 1.0:
-        small = area_resize(small, (max(1, round(w * scale)), max(1, round(h * scale))), resized)
-    grey = cv2.cvtColor(small[..., :3], cv2.COLOR_RGB2GRAY) if small.ndim == 3 else small
+    grey = grey_of(small_copy(image, resized))
     low, high = np.percentile(grey, [1, 99])
     film = (grey - low) / max(float(high - low), 1e-6)
     rows, cols = film.shape

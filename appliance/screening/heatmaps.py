@@ -73,7 +73,7 @@ def heat_source(
         threshold = manifest["preprocessing"]["params"].get("threshold", 0.15)
         found = frame if frame is not None and frame.threshold == threshold else None
         disc = found.disc if found is not None else find_fundus_disc(pixels, threshold)
-    return HeatSource(cam, scale, disc, maps_validated(manifest), None if fundus else box)
+    return HeatSource(cam, scale, disc, maps_validated(manifest), box)
 
 
 def heat_on_image(

@@ -24,20 +24,33 @@ BLANK_CONTRAST = 0.01
 LAYOUT = 3  # the image's brightness in a 3 x 3 grid: where light and dark fall
 
 
-def image_measures(pixels: np.ndarray, resized: Resized | None = None) -> dict[str, Any]:
-    """Brightness (mean), contrast (standard deviation), the 3 x 3 brightness layout,
-    and for a colour photo the mean of each colour (``resized``: the image's shared
-    downscales; the thumbnail is the same 128-px copy)."""
+def small_copy(pixels: np.ndarray, resized: Resized | None = None) -> np.ndarray:
+    """The image at most ``SMALL_PX`` long (aspect kept), made once per image where
+    ``resized`` is its shared downscales: the drift measures, the thumbnail and the film
+    border check (film_border.py) all look at this copy."""
     height, width = pixels.shape[:2]
     scale = min(1.0, SMALL_PX / max(height, width))
     small = pixels.astype(np.float32, copy=False)
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = area_resize(small, size, resized)
+    return small
+
+
+def grey_of(small: np.ndarray) -> np.ndarray:
+    """H x W luminance of a small copy, colour or not."""
+    if small.ndim == 3 and small.shape[2] >= 3:
+        return cv2.cvtColor(small[..., :3], cv2.COLOR_RGB2GRAY)
+    return small[..., 0] if small.ndim == 3 else small  # one channel with a channel axis
+
+
+def image_measures(pixels: np.ndarray, resized: Resized | None = None) -> dict[str, Any]:
+    """Brightness (mean), contrast (standard deviation), the 3 x 3 brightness layout,
+    and for a colour photo the mean of each colour (``resized``: the image's shared
+    downscales; the thumbnail is the same 128-px copy)."""
+    small = small_copy(pixels, resized)
     colour = small.ndim == 3 and small.shape[2] >= 3
-    grey = cv2.cvtColor(small[..., :3], cv2.COLOR_RGB2GRAY) if colour else small
-    if grey.ndim == 3:  # a single-channel image with a channel axis
-        grey = grey[..., 0]
+    grey = grey_of(small)
     layout = cv2.resize(grey, (LAYOUT, LAYOUT), interpolation=cv2.INTER_AREA)
     measures: dict[str, Any] = {
         "mean": round(float(grey.mean()), 4),
