@@ -24,7 +24,7 @@ from appliance.monitoring.monitor import Monitor
 from appliance.screening.models import ModelSet
 from appliance.screening.pipeline import Screener
 from appliance.store import jobs
-from appliance.store.db import Store
+from appliance.store.db import Store, wake_commit_waiters
 from appliance.watchdog import start_watchdog
 from appliance.web import create_app
 from appliance.worker import Worker
@@ -81,6 +81,7 @@ class Service:
         app = create_app(self.config)
         app.extensions["appliance_status"] = self.status
         app.extensions["appliance_models"] = self.models
+        app.extensions["appliance_stop"] = self.stop_event  # ends a page's wait for news
 
         def swapped(models: ModelSet) -> None:
             """An activated version was loaded whole: the page and /healthz show the new
@@ -98,7 +99,8 @@ class Service:
             app,
             host=self.config.host,
             port=self.config.port,
-            threads=4,
+            # Two may be held by pages waiting for news (worklist.MARKER_WAITERS).
+            threads=6,
             ident="appliance",
             # Waitress would otherwise read up to 1 GB before the app (and its auth) runs.
             max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
@@ -171,6 +173,10 @@ class Service:
         if self.scp is not None:
             self.scp.stop()
         if self.web_server is not None:
+            wake_commit_waiters()  # a page waiting for news sees the stop and is answered
+            # Requests in flight finish before the sockets close: waitress's own close
+            # does not wait, and an answer written after it fails in waitress's thread.
+            self.web_server.task_dispatcher.shutdown(timeout=2)
             self.web_server.close()
         self.store.jobs_waiting.set()  # wake idle workers so they see the stop
         for thread in self.threads:

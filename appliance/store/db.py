@@ -32,6 +32,41 @@ DB_SUFFIXES = ("", "-wal", "-shm")
 log = logging.getLogger(__name__)
 
 
+# Write transactions committed in this process, counted, so that a page waiting for news
+# (the worklist's marker) wakes as soon as there may be some instead of asking every few
+# seconds. Process-wide, not per Store: the service's workers, its listener and its web
+# app each open the same database through a Store of their own.
+_commits = threading.Condition()
+_commit_count = 0
+
+
+def commits_so_far() -> int:
+    """How many write transactions this process has committed: pass it to
+    :func:`wait_for_commit` to wait for the next one without missing any in between."""
+    with _commits:
+        return _commit_count
+
+
+def wait_for_commit(seen: int, timeout: float) -> int:
+    """Return the commit count once it has passed ``seen``, or after ``timeout`` seconds."""
+    with _commits:
+        _commits.wait_for(lambda: _commit_count != seen, timeout)
+        return _commit_count
+
+
+def _committed() -> None:
+    global _commit_count
+    with _commits:
+        _commit_count += 1
+        _commits.notify_all()
+
+
+def wake_commit_waiters() -> None:
+    """Wake every :func:`wait_for_commit` now, as a commit would (a stopping box: the
+    pages waiting for news are answered before the web server closes)."""
+    _committed()
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -148,6 +183,7 @@ class Store:
                 raise
             else:
                 conn.execute("COMMIT")
+                _committed()
         finally:
             if not durable:
                 conn.execute("PRAGMA synchronous=FULL")

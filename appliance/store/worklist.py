@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -13,7 +15,8 @@ from appliance.store.clinic_day import (  # noqa: F401 - the worklist's names fo
     local_midnight_utc,
     local_today,
 )
-from appliance.store.db import Store
+from appliance.store.db import Store, commits_so_far, wait_for_commit
+from appliance.store.jobs import SCREEN
 from appliance.store.patients import PATIENT_ID_SQL, PATIENT_NAME_SQL
 
 PAGE_SIZE = 50
@@ -182,6 +185,53 @@ def latest_marker(store: Store) -> str:
         for t in ("images", "results", "reviews")
     ]
     return "-".join(map(str, parts))
+
+
+# Another process (``appliance ingest``, a second box process) commits without waking
+# this one: the marker is read again at least this often while a page waits.
+MARKER_RECHECK_SECONDS = 0.5
+# A film's image row lands a moment before its result (screening takes ~0.1 s): a page
+# is answered once the new images are screened, or after this long, so that a film
+# reloads it once, not twice, and the reload does not compete with the screening.
+SCREENING_SETTLE_SECONDS = 2.0
+
+
+def wait_for_marker(
+    store: Store, seen: str, timeout: float, stopping: Callable[[], bool] = lambda: False
+) -> str:
+    """The marker once it differs from ``seen`` (new images screened first, see
+    ``SCREENING_SETTLE_SECONDS``), else after ``timeout`` seconds (or as soon as
+    ``stopping()`` says so) the unchanged one. Woken by this process's commits
+    (store.db), so a result reaches a waiting page in milliseconds."""
+    now = time.monotonic()
+    deadline, settled_by = now + timeout, None
+    while True:
+        count = commits_so_far()
+        marker = latest_marker(store)
+        now = time.monotonic()
+        if stopping() or now >= deadline:
+            return marker
+        if marker != seen:
+            if settled_by is None:
+                settled_by = min(now + SCREENING_SETTLE_SECONDS, deadline)
+            if now >= settled_by or not _screening_new_images(store, seen):
+                return marker
+        until = settled_by if settled_by is not None else deadline
+        wait_for_commit(count, min(until - now, MARKER_RECHECK_SECONDS))
+
+
+def _screening_new_images(store: Store, seen: str) -> bool:
+    """Whether an image that arrived after the marker ``seen`` is still to be screened."""
+    try:
+        seen_image = int(seen.split("-", 1)[0])
+    except ValueError:
+        return False
+    row = store.conn().execute(
+        "SELECT 1 FROM jobs WHERE kind=? AND state IN ('queued', 'running') AND image_id > ?"
+        " LIMIT 1",
+        (SCREEN, seen_image),
+    ).fetchone()
+    return row is not None
 
 
 def study(store: Store, image_id: int) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ notice new results. Login is required as on every page (auth.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -77,10 +78,42 @@ def index():
     )
 
 
+# A page may hold a request open until news lands (``?after=``), at most this long; the
+# browser then asks again. Few of them at once: each holds one of waitress's threads, and
+# the rest must stay free for pages and pictures (a waiter past the limit is answered at
+# once and asks again a few seconds later, as the page did before).
+MARKER_WAIT_SECONDS = 25.0
+MARKER_WAITERS = 2
+
+
 @bp.get("/worklist/marker")
 def marker():
-    """Polled by the page every few seconds: it reloads when this changes."""
-    return jsonify({"marker": queries.latest_marker(_store())})
+    """What the page watches to reload when a result, review or image lands. Without
+    ``after`` the marker now; with ``after=<the page's marker>`` it is answered as soon as
+    the marker differs (a new result reaches the screen in milliseconds, not at the next
+    poll) or after ``MARKER_WAIT_SECONDS`` unchanged. ``waited`` says whether it waited."""
+    seen = request.args.get("after", type=str)
+    store = _store()
+    if seen is None:
+        return jsonify({"marker": queries.latest_marker(store), "waited": False})
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    waiters = app.extensions.setdefault(
+        "worklist_waiters",
+        threading.BoundedSemaphore(app.config.get("MARKER_WAITERS", MARKER_WAITERS)),
+    )
+    if not waiters.acquire(blocking=False):
+        return jsonify({"marker": queries.latest_marker(store), "waited": False})
+    stop = app.extensions.get("appliance_stop")  # set by `appliance serve` as it stops
+    try:
+        news = queries.wait_for_marker(
+            store,
+            seen[:64],
+            app.config.get("MARKER_WAIT_SECONDS", MARKER_WAIT_SECONDS),
+            stopping=stop.is_set if stop is not None else lambda: False,
+        )
+    finally:
+        waiters.release()
+    return jsonify({"marker": news, "waited": True})
 
 
 def _register_day() -> tuple[date, str]:
