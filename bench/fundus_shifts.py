@@ -10,7 +10,8 @@ fundus); ``green cast``; ``grey`` (one channel, as a red-free or monochrome came
 ``vignette`` (a small pupil); ``narrow field`` (a 30-35 degree camera or a phone
 adapter: a centred crop of 3/4 of the frame, the circle clipped on every side); ``small
 field`` (a phone adapter or hand-held camera whose field is small in a large frame: the
-photo at 0.45 of a black 4:3 frame's width). Goals
+photo at 0.45 of a black 4:3 frame's width); ``narrow field, small pupil`` (the narrow
+field's corners dimmed by the vignette). Goals
 (issue 26): refused <= 10 % and referable eyes refused at most 1.5x as often as the
 others.
 """
@@ -30,10 +31,13 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("as is", "dark", "green cast", "grey", "vignette", "narrow field", "small field")
+VARIANTS = ("as is", "dark", "green cast", "grey", "vignette", "narrow field", "small field",
+            "narrow field, small pupil")
 
 
 def shifted(image: np.ndarray, variant: str) -> np.ndarray:
+    if variant == "narrow field, small pupil":
+        return shifted(shifted(image, "narrow field"), "vignette")
     pixels = image.astype(np.float32)
     if variant == "dark":
         pixels = pixels * 0.45
@@ -107,9 +111,9 @@ def main() -> None:
         print(json.dumps(table, indent=2))
         return
     print(f"IDRiD, every {args.every}th photo ({len(rows)}), screened by appliance screen")
-    print(f"{'variant':<11} {'refused':>8} {'referable':>10} {'others':>7}  reasons")
+    print(f"{'variant':<26} {'refused':>8} {'referable':>10} {'others':>7}  reasons")
     for row in table:
-        print(f"{row['variant']:<11} {row['refused_fraction']:>8.1%} "
+        print(f"{row['variant']:<26} {row['refused_fraction']:>8.1%} "
               f"{row['referable_refused']:>10.1%} {row['non_referable_refused']:>7.1%}  "
               + "; ".join(f"{k} {v}" for k, v in row["reasons"].items()))
 

@@ -5,10 +5,15 @@
   fundus whose vessels still stand out passes; only a photo whose field is nearly black,
   or dim with vessels under about a grey level deep, is "too dark".
 - **focus**: fine detail over contrast, a ratio, so dark or grey photos score as bright
-  colour ones. (A local version, window by window, was tried so that a sheet of lesion
-  would not pass for blur: JPEG blocks in a blurred photo's flat windows then passed for
-  detail. A grade-4 eye with a pre-retinal haemorrhage over most of the field and hazy
-  media is still refused as blurred: see the quality card.)
+  colour ones. The contrast is the retina's own, with the light's slow fall-off taken
+  out (the green channel less its blur over 16 px of 512): a small pupil darkens the
+  field's edge, and counting that gradient as contrast made a sharp, vignetted photo
+  read as blurred. The detail is taken after a 1.5-px blur, below which a JPEG's 8-px
+  blocks, not the retina, make the edges: a blurred photo saved as a JPEG no longer
+  passes for sharp. (A local version, window by window, was tried so that a sheet of
+  lesion would not pass for blur: JPEG blocks in a blurred photo's flat windows then
+  passed for detail. A grade-4 eye with a pre-retinal haemorrhage over most of the
+  field and hazy media is still refused as blurred: see the quality card.)
 - **field**: the retina's circle in the picture (coverage). A circle the picture clips
   evenly on every side (a 30-35 degree camera, a phone adapter) is that camera's
   framing, not an eye off the field: it passes where it is lit.
@@ -50,6 +55,8 @@ FIELD_THRESHOLD = 0.15  # the lit field: this fraction of the 99th percentile
 DISC_PX = 512  # measures are taken on the disc resized to this, so any camera compares
 # why 15 px: the widest vessels near the optic disc are ~10 px across at 512 px
 VESSEL_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
+FOCUS_BLUR_PX = 1.5  # below this, JPEG blocks make the edges (see the docstring)
+FOCUS_LIGHT_PX = 16.0  # the light's fall-off across the field, taken out of the contrast
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # What the nurse reads, per failed check.
@@ -114,9 +121,10 @@ def measure_fundus(image: np.ndarray, frame: FundusFrame | None = None) -> dict[
         }
     luminance = disc @ LUMINANCE
     values = luminance[region]
-    green = cv2.GaussianBlur(disc[:, :, 1], (0, 0), 1.0)
+    green = cv2.GaussianBlur(disc[:, :, 1], (0, 0), FOCUS_BLUR_PX)
     laplacian = cv2.Laplacian(green, cv2.CV_32F, ksize=3)
-    focus = float(laplacian[core].std()) / (float(green[core].std()) + 1e-3)
+    retina = green - cv2.GaussianBlur(green, (0, 0), FOCUS_LIGHT_PX)  # the fall-off out
+    focus = float(laplacian[core].std()) / (float(retina[core].std()) + 1e-3)
     vessels = cv2.morphologyEx(disc[:, :, 1], cv2.MORPH_BLACKHAT, VESSEL_KERNEL)
     return {
         "coverage": coverage,

@@ -5,14 +5,16 @@
 Real: IDRiD training photographs (one camera, every DR grade) and every photo of other
 cameras (HRF's Canon, CHASE_DB1's hand-held Nidek, the Wikimedia/scikit-image pair).
 Copies of each, made the way photos go wrong in a clinic, that must be refused:
-- soft (Gaussian, sigma = radius/60) and blurred (radius/25);
+- soft (Gaussian, sigma = radius/60), the same saved as a JPEG (quality 80), and blurred
+  (radius/25);
 - nearly black (x0.15: no flash, closed pupil);
 - over-exposed (x3, clipped); off the frame (~45 % of the disc out of the picture).
 And copies that a grader can still read, which must pass: slightly soft (radius/300),
 dark (x0.45, 8-bit), dark and contrasty (gamma 2; x0.5 after gamma 1.5: a heavily
-pigmented fundus), grey (red-free or monochrome), green and orange casts, and narrow
-fields (centred crops of 0.75 and 0.6 of the frame: the circle clipped on every side,
-as a 30-35 degree camera or a phone adapter frames it).
+pigmented fundus), grey (red-free or monochrome), green and orange casts, a small pupil
+(the light falling off to 0.15 at the corners), and narrow fields (centred crops of 0.75
+and 0.6 of the frame: the circle clipped on every side, as a 30-35 degree camera or a
+phone adapter frames it; the 0.75 crop also through a small pupil).
 
 Each threshold sits between the two kinds, on the side of letting gradable photos
 through; the script reports what every copy kind, every IDRiD DR grade and every
@@ -36,10 +38,11 @@ from appliance.screening.quality import THRESHOLDS_FILE, assess, measure_fundus
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD = Path(__file__).with_name("FUNDUS_QUALITY_CARD.md")
-MUST_FAIL = ("soft", "blurred", "nearly_black", "over_exposed", "off_frame")
+MUST_FAIL = ("soft", "blurred", "soft_jpeg80", "nearly_black", "over_exposed", "off_frame")
 MUST_PASS = ("slightly_soft", "dark_x0.45", "dark_gamma2", "pigmented_x0.5_gamma1.5",
-             "grey", "green_cast", "orange_cast", "narrow_field_0.75", "narrow_field_0.6")
-NARROW = ("narrow_field_0.75", "narrow_field_0.6")
+             "grey", "green_cast", "orange_cast", "small_pupil", "narrow_field_0.75",
+             "narrow_field_0.6", "narrow_field_0.75_small_pupil")
+NARROW = ("narrow_field_0.75", "narrow_field_0.6", "narrow_field_0.75_small_pupil")
 DARK_PASS = ("dark_x0.45", "dark_gamma2", "pigmented_x0.5_gamma1.5")
 
 
@@ -74,7 +77,29 @@ def degrade(rgb: np.ndarray) -> dict[str, np.ndarray]:
         # a narrow-field camera or a phone adapter: the same retina, the circle clipped
         # by the picture on every side (a centred crop)
         **{f"narrow_field_{side}": _centred_crop(rgb, side) for side in (0.75, 0.6)},
+        # a small pupil: the light falls off towards the field's edge (and, through a
+        # narrow-field camera, towards the picture's corners)
+        "small_pupil": _small_pupil(rgb),
+        "narrow_field_0.75_small_pupil": _small_pupil(_centred_crop(rgb, 0.75)),
+        # a soft photo as a camera or phone saves it: JPEG blocks must not pass for detail
+        "soft_jpeg80": _jpeg(cv2.GaussianBlur(rgb, (0, 0), radius / 60), 80),
     }
+
+
+def _small_pupil(rgb: np.ndarray) -> np.ndarray:
+    """The light falling off from the picture's centre to 0.15 at its corners (as
+    bench/fundus_shifts.py's vignette)."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.sqrt(((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2)
+    return eight_bit(rgb * np.clip(1.25 - 0.9 * r, 0.15, 1)[..., None].astype(np.float32))
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    bgr = cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(
+        np.float32) / 255
 
 
 def _centred_crop(rgb: np.ndarray, side: float) -> np.ndarray:
@@ -210,7 +235,9 @@ def card(summary: dict) -> str:
         "",
         "What a grader needs, not how bright the photo is: **vessels visible** (their depth",
         "in the green channel, a black top-hat, in 8-bit grey levels), **focus** (fine",
-        "detail over contrast), **field** (the retina's circle in",
+        "detail over the retina's contrast, with the light's fall-off from a small pupil",
+        "taken out, and detail below a JPEG's blocks left out), **field** (the retina's",
+        "circle in",
         "the picture) and **over-exposure** (share of the field burned out). A circle the",
         "picture clips evenly on every side (a 30-35 degree camera, a phone adapter) is how",
         "that camera frames the retina: it passes where it is lit (centred within "
