@@ -142,6 +142,9 @@ def measure(model, checks: dict) -> dict:
     tight = "tb_tight" in checks  # framing checks (session 12); older rows lack them
     _, l_tt, _ = run(checks["tb_tight"]) if tight else (None, None, None)
     _, l_nt, _ = run(checks["nih_normal_tight"]) if tight else (None, None, None)
+    processed = "tb_processed" in checks  # vendor processing (session 13)
+    _, l_tpr, _ = run(checks["tb_processed"]) if processed else (None, None, None)
+    _, l_npr, _ = run(checks["nih_normal_processed"]) if processed else (None, None, None)
     tb = 0
     t90 = float(np.quantile(l_tb[:, tb], 0.10))
     flagged = lambda s: round(float(np.mean(s[:, tb] >= t90)), 3)  # noqa: E731
@@ -185,6 +188,10 @@ def measure(model, checks: dict) -> dict:
         # framing: the held-out films with 10 % of each side cut away (tight collimation)
         **({"tb_tight_flagged": flagged(l_tt), "nih_normal_tight_flagged": flagged(l_nt)}
            if tight else {}),
+        # a vendor's multiscale processing (augment.vendor_processing, flatten 0.5 and
+        # enhance 0.5) on the held-out films: a hospital's look, not TB
+        **({"tb_processed_flagged": flagged(l_tpr),
+            "nih_normal_processed_flagged": flagged(l_npr)} if processed else {}),
     }
 
 
@@ -197,7 +204,9 @@ def card_table(rows: list[dict], args: argparse.Namespace) -> dict:
             "children_pneumonia_flagged", "nih_other_disease_flagged",
             "nih_tb_like_flagged", "tb_soft_flagged", "sharp_film_flagged",
             "sharp_film_above_nih_normals", "nih_abnormal_auc", "nih_abnormal_auc_sum",
-            "pointing_game", "pointing_game_sum", "source_auc_negatives")
+            "pointing_game", "pointing_game_sum", "source_auc_negatives",
+            "tb_tight_flagged", "nih_normal_tight_flagged", "tb_processed_flagged",
+            "nih_normal_processed_flagged")
     return {
         "model": "cxr-adult", "seed": args.seed, "folds": args.folds,
         "epochs": args.epochs or "recipe",

@@ -31,7 +31,7 @@ from torch import nn
 
 from appliance.inference.preprocess import cxr_equalised_preprocess, cxr_preprocess, squash
 from build.evaluate import ThresholdRule
-from models.training.augment import augment_radiograph_with_mask
+from models.training.augment import augment_radiograph_with_mask, vendor_processing
 from models.training.cxr import KERMANY, NIH
 from models.training.cxr_adult_card import CARD
 from models.training.cxr_adult_choices import SHIPPED, VARIANTS, Choice
@@ -200,7 +200,8 @@ class CxrAdultRecipe:
                          strict=True))
         share[NIH_OTHER_DISEASE] = self.choice.other_disease_share
         weights = np.array([share[k] / (kind == k).sum() for k in kind])
-        augment = partial(augment_radiograph_with_mask, zoom=self.choice.zoom)
+        augment = partial(augment_radiograph_with_mask, zoom=self.choice.zoom,
+                          processing=self.choice.processing)
         make_batch = MixedBatches(films, kind, masks, self._prep,
                                   augment, self.choice.mixing,
                                   CAM_SIZE * size // SIZE, cells=self.choice.cell_weight > 0)
@@ -321,9 +322,12 @@ class CxrAdultRecipe:
         tight = lambda a: [squash(f[f.shape[0] // 10:-(f.shape[0] // 10),  # noqa: E731
                                    f.shape[1] // 10:-(f.shape[1] // 10)], f.shape[0])
                            for f in a]
+        processed = lambda a: [vendor_processing(f, 0.5, 0.5) for f in a]  # noqa: E731
         return {"tb": prep(tb_films[tb_i]), "tb_masks": masks[tb_i],
                 "tb_tight": prep(tight(tb_films[tb_i])),
                 "nih_normal_tight": prep(tight(nih_films[nn_i])),
+                "tb_processed": prep(processed(tb_films[tb_i])),
+                "nih_normal_processed": prep(processed(nih_films[nn_i])),
                 "tb_soft": prep(soft(tb_films[tb_i])),
                 "nih_other_disease": prep(nih_films[od_i]), "nih_tb_like": prep(nih_films[tl_i]),
                 "sharp_film": prep([sharp]), "sharp_film_soft": prep(soft([sharp])),

@@ -115,4 +115,16 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
   (lesion AUC on TB films 0.65 against 0.68, lesions removed flagged 0.84 against
   0.76). A site whose films are collimated tighter than TBX11K's should calibrate on
   its own outcomes (`appliance calibrate`).
+- **Measured and not shipped (session 13): a vendor's processing.** DR and CR systems
+  flatten a film's large-scale shading and sharpen its fine structure, each vendor
+  and hospital its own way; rank equalisation takes out any monotone curve, not this.
+  Held-out NIH normals so processed (`augment.vendor_processing`, flatten 0.5,
+  enhance 0.5) are flagged at 0.40 against 0.24 as they are, at the threshold that
+  flags 0.90 of the held-out TB films (folds 0-1): a hospital whose films are processed
+  harder than NIH's will see more false flags. Training with such processing on 60 %
+  of the films, every source alike, lowers that to 0.33 but costs the lesion checks
+  (lesion AUC on TB films 0.66 against 0.71, lesions removed flagged 0.85 against
+  0.72). Served with a flip averaged in (test-time augmentation), 2.1.0 did no better
+  on the report split (lesion AUC on TB films 0.65 against 0.67). Calibrate on the
+  site's own outcomes (`appliance calibrate`).
 """

@@ -35,6 +35,9 @@ class Choice:
     # the augmentation's range of scales: above 1 the film framed tighter (collimation),
     # below 1 looser
     zoom: tuple[float, float] = (0.85, 1.15)
+    # the share of training films given a vendor's multiscale processing on top
+    # (augment.vendor_processing, strengths drawn at random)
+    processing: float = 0.0
     note: str = ""
 
 
@@ -112,3 +115,8 @@ VARIANTS["shipped + framing 0.8-1.3"] = replace(
     VARIANTS[SHIPPED], zoom=(0.8, 1.3),
     note="measured (session 12): the shipped choice with films framed from 0.8 to 1.3 of "
          "their size in training (0.85-1.15): tight collimation cost TB films their flag")
+VARIANTS["shipped + vendor processing"] = replace(
+    VARIANTS[SHIPPED], processing=0.6,
+    note="measured (session 13): the shipped choice with 60 % of training films given a "
+         "vendor's multiscale processing (large-scale shading flattened, fine structure "
+         "enhanced, strengths at random), every source alike")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from appliance.inference.preprocess import squash
-from models.training.augment import augment_radiograph_with_mask
+from models.training.augment import augment_radiograph_with_mask, vendor_processing
 from models.training.tb import (
     NIH_ABNORMAL,
     NIH_NORMAL,
@@ -192,3 +192,18 @@ def test_other_disease_films_are_tb_negatives_of_the_nih_hospital() -> None:
     _, y, head, cam_masks, source = batches(np.arange(8), rng)
     assert (y == 0).all() and (head == TB_HEAD).all() and not cam_masks.any()
     assert set(source) == {SOURCE_OF[NIH_NORMAL]}
+
+
+def test_vendor_processing_flattens_the_shading_and_sharpens_the_fine_structure() -> None:
+    """augment.vendor_processing, a hospital's look that is not TB: the large-scale
+    difference (a dark half against a bright one) shrinks, fine texture grows."""
+    rng = np.random.default_rng(3)
+    film = np.where(np.arange(64)[None, :] < 32, 0.3, 0.7).astype(np.float32)
+    film = np.repeat(film, 64, 0) + rng.normal(0, 0.02, (64, 64)).astype(np.float32)
+    flat = vendor_processing(film, flatten=0.6, enhance=0.0)
+    assert flat[:, 40:].mean() - flat[:, :24].mean() < 0.75 * (
+        film[:, 40:].mean() - film[:, :24].mean())
+    sharp = vendor_processing(film, flatten=0.0, enhance=1.0)
+    fine = lambda f: float(np.std(f[:, 40:] - f[:, 40:].mean()))  # noqa: E731
+    assert fine(sharp) > 1.5 * fine(film)
+    assert vendor_processing(film, 0.0, 0.0) == pytest.approx(np.clip(film, 0, 1), abs=1e-6)
