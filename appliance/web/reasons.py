@@ -168,6 +168,10 @@ KNOWN = (
     N_("Image too dark: dilate the pupil or increase the flash, and retake."),
     N_("Image over-exposed: reduce the flash and retake."),
     N_("Retina not fully in the picture: centre the eye and retake."),
+    N_(
+        "Part of the retina in shadow (eyelid, lashes or a small pupil): ask the patient to "
+        "open wide, lift the lid or dilate, and retake."
+    ),
     # appliance/store/users.py: UserError
     N_("A user name of 1 to 40 characters is needed."),
     N_("The PIN must be 4 to 12 digits."),

@@ -109,6 +109,31 @@ def as_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
         np.float32) / 255
 
 
+def lid_shadow(rgb: np.ndarray, cover: float, light: float = 0.15) -> np.ndarray:
+    """An eyelid (or lashes) darkening the top ``cover`` of the field's height."""
+    _, cy, radius = find_fundus_disc(rgb)
+    edge = cy - radius + 2 * radius * cover
+    rows = np.arange(rgb.shape[0], dtype=np.float32)[:, None]
+    fall = light + (1 - light) / (1 + np.exp(-(rows - edge) / (0.03 * radius)))
+    return eight_bit(rgb * fall[..., None])
+
+
+@pytest.mark.parametrize("name", PHOTOS + SICK)
+def test_a_lid_over_the_field_asks_to_open_wide_not_to_centre_the_eye(name):
+    """The retina missing from the circle is inside the picture, dark: 'centre the eye'
+    (what every such photo was told before) would not help; lifting the lid would."""
+    quality = assess_fundus(lid_shadow(real(name), 0.4))
+    assert quality.failed[0] == "shadow", quality.as_dict()
+    assert "open wide" in quality.messages[0] and "retake" in quality.messages[0]
+    assert "centre the eye" not in " ".join(quality.messages)
+
+
+@pytest.mark.parametrize("name", PHOTOS + SICK)
+def test_a_thin_lid_shadow_leaves_the_photo_gradable(name):
+    quality = assess_fundus(lid_shadow(real(name), 0.15))
+    assert quality.gradable, quality.as_dict()
+
+
 @pytest.mark.parametrize("name", PHOTOS + SICK)
 def test_a_narrow_field_through_a_small_pupil_is_gradable(name):
     """A 30-35 degree camera and a small pupil: the picture's corners dim. Refused as
