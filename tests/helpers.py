@@ -203,3 +203,14 @@ def logged_in(app, username: str, pin: str = PIN):
     response = client.post("/login", data={"csrf_token": token, "username": username, "pin": pin})
     assert response.status_code == 302
     return client
+
+
+# A fundus result as the worker stores it, for tests that need one without the models.
+FUNDUS_RESULT = {
+    "route": "fundus",
+    "probability": 0.2,
+    "score": 20,
+    "threshold": 0.5,
+    "triage": "routine",
+    "model": {"name": "fundus-referable-dr", "version": "1.0.0", "sha256": "0" * 64},
+}

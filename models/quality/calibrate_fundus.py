@@ -79,14 +79,14 @@ def degrade(rgb: np.ndarray) -> dict[str, np.ndarray]:
         **{f"narrow_field_{side}": _centred_crop(rgb, side) for side in (0.75, 0.6)},
         # a small pupil: the light falls off towards the field's edge (and, through a
         # narrow-field camera, towards the picture's corners)
-        "small_pupil": _small_pupil(rgb),
-        "narrow_field_0.75_small_pupil": _small_pupil(_centred_crop(rgb, 0.75)),
+        "small_pupil": small_pupil(rgb),
+        "narrow_field_0.75_small_pupil": small_pupil(_centred_crop(rgb, 0.75)),
         # a soft photo as a camera or phone saves it: JPEG blocks must not pass for detail
-        "soft_jpeg80": _jpeg(cv2.GaussianBlur(rgb, (0, 0), radius / 60), 80),
+        "soft_jpeg80": as_jpeg(cv2.GaussianBlur(rgb, (0, 0), radius / 60), 80),
     }
 
 
-def _small_pupil(rgb: np.ndarray) -> np.ndarray:
+def small_pupil(rgb: np.ndarray) -> np.ndarray:
     """The light falling off from the picture's centre to 0.15 at its corners (as
     bench/fundus_shifts.py's vignette)."""
     h, w = rgb.shape[:2]
@@ -95,7 +95,7 @@ def _small_pupil(rgb: np.ndarray) -> np.ndarray:
     return eight_bit(rgb * np.clip(1.25 - 0.9 * r, 0.15, 1)[..., None].astype(np.float32))
 
 
-def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+def as_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     bgr = cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
     data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
     return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(

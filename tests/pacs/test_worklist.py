@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import FUNDUS_DIR, testdata
+from helpers import FUNDUS_DIR, FUNDUS_RESULT, testdata
 from pacs.kit import stored_result
 from pacs.orthanc import WORKLIST_PLUGIN, Orthanc
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -26,14 +26,6 @@ from appliance.store import mwl, users
 from appliance.web import create_app
 
 PIN = "2468"
-FUNDUS_RESULT = {
-    "route": "fundus",
-    "probability": 0.2,
-    "score": 20,
-    "threshold": 0.5,
-    "triage": "routine",
-    "model": {"name": "fundus-referable-dr", "version": "1.0.0", "sha256": "0" * 64},
-}
 
 
 def write_entry(

@@ -12,6 +12,7 @@ from appliance.screening.quality import (
     default_thresholds,
     measure_fundus,
 )
+from models.quality.calibrate_fundus import as_jpeg, small_pupil
 
 
 def real(name: str) -> np.ndarray:
@@ -92,21 +93,6 @@ def test_a_narrow_field_pushed_to_one_side_is_still_off_the_picture(name):
     shifted = cv2.warpAffine(rgb, np.float32([[1, 0, 0.9 * radius], [0, 1, 0]]), (w, h))
     quality = assess_fundus(centred_crop(shifted, 0.75))
     assert "coverage" in quality.failed, quality.as_dict()
-
-
-def small_pupil(rgb: np.ndarray) -> np.ndarray:
-    """The light falling off from the picture's centre to 0.15 at its corners."""
-    h, w = rgb.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    r = np.sqrt(((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2)
-    return eight_bit(rgb * np.clip(1.25 - 0.9 * r, 0.15, 1)[..., None].astype(np.float32))
-
-
-def as_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
-    bgr = cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-    data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
-    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(
-        np.float32) / 255
 
 
 def lid_shadow(rgb: np.ndarray, cover: float, light: float = 0.15) -> np.ndarray:

@@ -14,6 +14,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from helpers import Served
 
 from appliance.store import users
@@ -80,3 +81,34 @@ class Browser:
         return self.request(
             "POST", "/login", {"csrf_token": token, "username": username, "pin": pin}
         )
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium through Playwright, one per test module (import this fixture)."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+def page_as(chromium, served: Served, username: str, pin: str, width: int, height: int):
+    """A touch page of ``served`` at width x height, logged in as ``username``."""
+    kiosk = Browser(served)
+    kiosk.login(username, pin)
+    context = chromium.new_context(
+        viewport={"width": width, "height": height}, has_touch=True, base_url=served.url
+    )
+    context.add_cookies(
+        [{"name": k, "value": v, "url": served.url} for k, v in kiosk.cookies.items()]
+    )
+    return context.new_page()

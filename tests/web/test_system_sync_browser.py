@@ -4,37 +4,7 @@ Chromium against a real `appliance serve` and a real hub, at 800x480 and 1024x60
 from __future__ import annotations
 
 import pytest
-from web.boxkit import ADMIN_PIN, PIN, Browser, serve_box
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    from pathlib import Path
-
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-def page_as(chromium, served, username: str, pin: str, width: int, height: int):
-    kiosk = Browser(served)
-    kiosk.login(username, pin)
-    context = chromium.new_context(
-        viewport={"width": width, "height": height}, has_touch=True, base_url=served.url
-    )
-    context.add_cookies(
-        [{"name": k, "value": v, "url": served.url} for k, v in kiosk.cookies.items()]
-    )
-    return context.new_page()
+from web.boxkit import ADMIN_PIN, PIN, page_as, serve_box
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import logged_in
+from helpers import FUNDUS_RESULT, logged_in
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
@@ -24,15 +24,6 @@ from appliance.store.results import insert_result
 from appliance.web import create_app
 
 WAIT_S = 3.0
-RESULT = {
-    "route": "fundus",
-    "probability": 0.2,
-    "score": 20,
-    "threshold": 0.5,
-    "triage": "routine",
-    "model": {"name": "fundus-referable-dr", "version": "1.0.0", "sha256": "0" * 64},
-    "backend": "onnxruntime",
-}
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ def screen(store, image_id: int) -> None:
     job = jobs.claim(store, "test-worker", 60, 3)
     assert job is not None and job.image_id == image_id
     with store.write() as conn:
-        insert_result(conn, image_id, job.id, RESULT, None)
+        insert_result(conn, image_id, job.id, FUNDUS_RESULT, None)
         assert jobs.complete(conn, job)
 
 

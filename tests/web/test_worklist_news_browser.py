@@ -7,17 +7,15 @@ look (<= 1 s) and its commits wake the page's waiting marker request."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from helpers import TESTS
-from web.boxkit import PIN, Browser, serve_box
+from web.boxkit import PIN, page_as, serve_box
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
 from appliance.store.db import Store
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 FILM = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
 # The page used to ask every 5 s, first 5 s after it loaded: a film imported right after
 # the page loads reached the screen >= 4 s later. Now: the worker's next look (<= 1 s)
@@ -25,34 +23,12 @@ FILM = TESTS / "data" / "cxr64" / "IM-0135-0001.png"
 ON_SCREEN_WITHIN_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
 @pytest.mark.slow
 def test_a_film_that_arrives_reaches_the_open_worklist_within_moments(chromium, tmp_path):
     data = tmp_path / "data"
     served = serve_box(data)
     try:
-        kiosk = Browser(served)
-        kiosk.login("nurse", PIN)
-        context = chromium.new_context(
-            viewport={"width": 1024, "height": 600}, has_touch=True, base_url=served.url
-        )
-        context.add_cookies(
-            [{"name": k, "value": v, "url": served.url} for k, v in kiosk.cookies.items()]
-        )
-        page = context.new_page()
+        page = page_as(chromium, served, "nurse", PIN, 1024, 600)
         page.goto("/")
         assert page.locator("a.rowlink").count() == 0
 
