@@ -76,11 +76,13 @@ def augment_radiograph_with_mask(img: np.ndarray, rng: np.random.Generator,
                                  mask: np.ndarray | None = None,
                                  zoom: tuple[float, float] = (0.85, 1.15),
                                  processing: float = 0.0,
+                                 processing_strength: tuple[float, float] = (0.6, 1.2),
                                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`augment_radiograph`, and ``mask`` moved with the film's geometry
     (``zoom``: the range of scales, each axis on its own; above 1 the film is framed
     tighter, below 1 looser with a border; ``processing``: the share of films given a
-    vendor's multiscale processing as well, :func:`vendor_processing`)."""
+    vendor's multiscale processing as well, :func:`vendor_processing`, its flattening
+    and enhancement drawn up to ``processing_strength``)."""
     out, mask = _affine(img, rng, 10, zoom, 0.06, mask)
     out = np.clip(out, 0, 1)
     out = out ** rng.uniform(0.6, 1.6)  # processing curve
@@ -93,7 +95,8 @@ def augment_radiograph_with_mask(img: np.ndarray, rng: np.random.Generator,
         blurred = cv2.GaussianBlur(out, (0, 0), out.shape[1] / 32)
         out = np.clip(out + rng.uniform(0.2, 1.0) * (out - blurred), 0, 1)
     if processing and rng.random() < processing:
-        out = vendor_processing(out, rng.uniform(0, 0.6), rng.uniform(0, 1.2))
+        flatten, enhance = processing_strength
+        out = vendor_processing(out, rng.uniform(0, flatten), rng.uniform(0, enhance))
     if rng.random() < 0.3:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 0.9) * out.shape[1] / 64)
     if rng.random() < 0.3:

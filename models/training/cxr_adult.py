@@ -201,7 +201,8 @@ class CxrAdultRecipe:
         share[NIH_OTHER_DISEASE] = self.choice.other_disease_share
         weights = np.array([share[k] / (kind == k).sum() for k in kind])
         augment = partial(augment_radiograph_with_mask, zoom=self.choice.zoom,
-                          processing=self.choice.processing)
+                          processing=self.choice.processing,
+                          processing_strength=self.choice.processing_strength)
         make_batch = MixedBatches(films, kind, masks, self._prep,
                                   augment, self.choice.mixing,
                                   CAM_SIZE * size // SIZE, cells=self.choice.cell_weight > 0)

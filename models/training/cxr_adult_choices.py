@@ -38,6 +38,7 @@ class Choice:
     # the share of training films given a vendor's multiscale processing on top
     # (augment.vendor_processing, strengths drawn at random)
     processing: float = 0.0
+    processing_strength: tuple[float, float] = (0.6, 1.2)  # most flattening, enhancement
     note: str = ""
 
 
@@ -120,3 +121,8 @@ VARIANTS["shipped + vendor processing"] = replace(
     note="measured (session 13): the shipped choice with 60 % of training films given a "
          "vendor's multiscale processing (large-scale shading flattened, fine structure "
          "enhanced, strengths at random), every source alike")
+VARIANTS["shipped + vendor enhancement"] = replace(
+    VARIANTS[SHIPPED], processing=0.6, processing_strength=(0.0, 1.2),
+    note="measured (session 13): the shipped choice with 60 % of training films given a "
+         "vendor's fine-structure enhancement only (no flattening of the shading, which "
+         "took lesion contrast with it), strengths at random, every source alike")
