@@ -113,7 +113,9 @@ def marker():
         )
     finally:
         waiters.release()
-    return jsonify({"marker": news, "waited": True})
+    # A stopping box did not wait: the page then asks again in a few seconds, not at once.
+    stopped = stop is not None and stop.is_set()
+    return jsonify({"marker": news, "waited": not stopped})
 
 
 def _register_day() -> tuple[date, str]:

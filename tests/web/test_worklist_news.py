@@ -206,8 +206,10 @@ def test_a_stopping_box_ends_a_page_s_wait(box):
     setter = later(0.2, stop.set)
     news, seconds = ask(client, now["marker"])
     setter.join()
-    assert news["marker"] == now["marker"]
+    assert news == {"marker": now["marker"], "waited": False}  # the page backs off
     assert seconds < 0.2 + queries.MARKER_RECHECK_SECONDS + 0.5
+    again, seconds = ask(client, now["marker"])  # and is not held while the box stops
+    assert again == {"marker": now["marker"], "waited": False} and seconds < 0.5
 
 
 def test_the_marker_still_needs_a_login(box):
