@@ -139,12 +139,10 @@ def measure(model, checks: dict) -> dict:
     _, l_tl, _ = run(checks["nih_tb_like"])
     _, l_sh, _ = run(checks["sharp_film"])
     _, l_ss, _ = run(checks["sharp_film_soft"])
-    tight = "tb_tight" in checks  # framing checks (session 12); older rows lack them
-    _, l_tt, _ = run(checks["tb_tight"]) if tight else (None, None, None)
-    _, l_nt, _ = run(checks["nih_normal_tight"]) if tight else (None, None, None)
-    processed = "tb_processed" in checks  # vendor processing (session 13)
-    _, l_tpr, _ = run(checks["tb_processed"]) if processed else (None, None, None)
-    _, l_npr, _ = run(checks["nih_normal_processed"]) if processed else (None, None, None)
+    _, l_tt, _ = run(checks["tb_tight"])
+    _, l_nt, _ = run(checks["nih_normal_tight"])
+    _, l_tpr, _ = run(checks["tb_processed"])
+    _, l_npr, _ = run(checks["nih_normal_processed"])
     tb = 0
     t90 = float(np.quantile(l_tb[:, tb], 0.10))
     flagged = lambda s: round(float(np.mean(s[:, tb] >= t90)), 3)  # noqa: E731
@@ -186,12 +184,12 @@ def measure(model, checks: dict) -> dict:
         "pointing_game_sum": round(pointing_game(c_tb.sum(1), checks["tb_masks"]), 3),
         "source_auc_negatives": round(source_auc(f_nn, f_rm), 3),
         # framing: the held-out films with 10 % of each side cut away (tight collimation)
-        **({"tb_tight_flagged": flagged(l_tt), "nih_normal_tight_flagged": flagged(l_nt)}
-           if tight else {}),
+        "tb_tight_flagged": flagged(l_tt),
+        "nih_normal_tight_flagged": flagged(l_nt),
         # a vendor's multiscale processing (augment.vendor_processing, flatten 0.5 and
         # enhance 0.5) on the held-out films: a hospital's look, not TB
-        **({"tb_processed_flagged": flagged(l_tpr),
-            "nih_normal_processed_flagged": flagged(l_npr)} if processed else {}),
+        "tb_processed_flagged": flagged(l_tpr),
+        "nih_normal_processed_flagged": flagged(l_npr),
     }
 
 

@@ -58,6 +58,10 @@ VESSEL_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
 FOCUS_BLUR_PX = 1.5  # below this, JPEG blocks make the edges (see the docstring)
 FOCUS_LIGHT_PX = 16.0  # the light's fall-off across the field, taken out of the contrast
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# A shadow's straight edge pulls the fitted circle off the centre too: a lid over 30-40 %
+# of the field's height measured 0.20-0.36 radii here, an eye pushed off a square frame
+# (whose circle the fit also gets wrong) 0.46-0.52. Further off, "centre the eye".
+SHADOW_MAX_OFF_CENTRE = 0.4
 
 # What the nurse reads, per failed check.
 MESSAGES = {
@@ -236,10 +240,8 @@ def _in_shadow(measures: dict[str, float]) -> bool:
     held, filled = measures.get("circle_held"), measures.get("field_filled")
     if held is None or filled is None:
         return False
-    # A shadow's straight edge pulls the fitted circle off the centre too: a lid over
-    # 30-40 % of the field's height measured 0.20-0.36 radii here, an eye pushed off a
-    # square frame (whose circle the fit also gets wrong) 0.46-0.52.
-    return held * (1.0 - filled) > 1.0 - held and measures.get("off_centre", 1.0) <= 0.4
+    return (held * (1.0 - filled) > 1.0 - held
+            and measures.get("off_centre", 1.0) <= SHADOW_MAX_OFF_CENTRE)
 
 
 def assess_fundus(

@@ -103,19 +103,19 @@ def marker():
     )
     if not waiters.acquire(blocking=False):
         return jsonify({"marker": queries.latest_marker(store), "waited": False})
-    stop = app.extensions.get("appliance_stop")  # set by `appliance serve` as it stops
+    # Set by `appliance serve` as it stops (an app without it never stops waiting early).
+    stop = app.extensions.get("appliance_stop") or threading.Event()
     try:
         news = queries.wait_for_marker(
             store,
             seen[:64],
             app.config.get("MARKER_WAIT_SECONDS", MARKER_WAIT_SECONDS),
-            stopping=stop.is_set if stop is not None else lambda: False,
+            stopping=stop.is_set,
         )
     finally:
         waiters.release()
     # A stopping box did not wait: the page then asks again in a few seconds, not at once.
-    stopped = stop is not None and stop.is_set()
-    return jsonify({"marker": news, "waited": not stopped})
+    return jsonify({"marker": news, "waited": not stop.is_set()})
 
 
 def _register_day() -> tuple[date, str]:
