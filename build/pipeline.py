@@ -213,7 +213,8 @@ def build(model_key: str, args: argparse.Namespace) -> dict[str, Any]:
                 "members": len(members),
                 "fused": {"graph": "one graph: the members' convolutions grouped "
                                    "(models/training/fused.py)",
-                          "fp32_vs_members_max_abs_diff": fused_diff},
+                          # by output, as build/fuse_ensemble.py writes it
+                          "fp32_vs_members_max_abs_diff": {"logits": fused_diff}},
                 "pytorch_vs_fp32": round(gate_metric(report.y, torch_logits,
                                                      recipe.num_outputs) - g32, 6)},
             "evaluation": found["evaluation"],

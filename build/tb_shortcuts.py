@@ -144,6 +144,9 @@ def measure(model, checks: dict) -> dict:
     _, l_tpr, _ = run(checks["tb_processed"])
     _, l_npr, _ = run(checks["nih_normal_processed"])
     tb = 0
+    third_head = {}
+    if l_kp.shape[1] > 2:  # children's pneumonia head (a variant's, never served)
+        third_head["children_pneumonia_auc_third_head"] = _auc(l_kp[:, 2], l_kn[:, 2])
     t90 = float(np.quantile(l_tb[:, tb], 0.10))
     flagged = lambda s: round(float(np.mean(s[:, tb] >= t90)), 3)  # noqa: E731
     y = np.r_[np.ones(len(l_tb)), np.zeros(len(l_nn))].astype(int)
@@ -167,10 +170,10 @@ def measure(model, checks: dict) -> dict:
             np.r_[np.ones(len(l_na)), np.zeros(len(l_nn))].astype(int),
             np.r_[l_na[:, 1], l_nn[:, 1]]), 3),
         # both heads summed ("TB, or any other finding"): what serving the sum would give
-        "nih_abnormal_auc_sum": _auc(l_na.sum(1), l_nn.sum(1)),
-        "lesion_auc_nih_films_sum": _auc(l_lp.sum(1), l_tp.sum(1)),
-        "lesion_auc_tb_films_sum": _auc(l_tb.sum(1), l_rm.sum(1)),
-        "auc_in_source_sum": _auc(l_tb.sum(1), l_nn.sum(1)),
+        "nih_abnormal_auc_sum": _auc(l_na[:, :2].sum(1), l_nn[:, :2].sum(1)),
+        "lesion_auc_nih_films_sum": _auc(l_lp[:, :2].sum(1), l_tp[:, :2].sum(1)),
+        "lesion_auc_tb_films_sum": _auc(l_tb[:, :2].sum(1), l_rm[:, :2].sum(1)),
+        "auc_in_source_sum": _auc(l_tb[:, :2].sum(1), l_nn[:, :2].sum(1)),
         # detail as an answer: held-out TB films at NIH's 64-px detail should stay flagged,
         # and RG1 (a sharp normal-looking CR from a third hospital) should not be
         "tb_soft_flagged": flagged(l_ts),
@@ -181,7 +184,7 @@ def measure(model, checks: dict) -> dict:
         "sharp_film_above_nih_normals": round(float(np.mean(l_nn[:, tb] < l_sh[0, tb])), 3),
         "sharp_film_detail_gap": round(float(l_sh[0, tb] - l_ss[0, tb]), 3),
         "pointing_game": round(pointing_game(c_tb[:, tb], checks["tb_masks"]), 3),
-        "pointing_game_sum": round(pointing_game(c_tb.sum(1), checks["tb_masks"]), 3),
+        "pointing_game_sum": round(pointing_game(c_tb[:, :2].sum(1), checks["tb_masks"]), 3),
         "source_auc_negatives": round(source_auc(f_nn, f_rm), 3),
         # framing: the held-out films with 10 % of each side cut away (tight collimation)
         "tb_tight_flagged": flagged(l_tt),
@@ -190,6 +193,7 @@ def measure(model, checks: dict) -> dict:
         # enhance 0.5) on the held-out films: a hospital's look, not TB
         "tb_processed_flagged": flagged(l_tpr),
         "nih_normal_processed_flagged": flagged(l_npr),
+        **third_head,
     }
 
 

@@ -39,6 +39,7 @@ from models.training.data import group_folds, split_by_group
 from models.training.nets import CamNet
 from models.training.recipe import EvalSet, Prepared
 from models.training.tb import (
+    CHILD_PNEUMONIA,
     NIH_ABNORMAL,
     NIH_NORMAL,
     NIH_OTHER_DISEASE,
@@ -69,7 +70,7 @@ CAM_SIZE = 8                   # 64 px in, three 2x poolings
 
 class CxrAdultRecipe:
     name = "cxr-adult-abnormal"
-    version = "2.1.0"
+    version = "2.2.0"
     task = ("binary classification: chest radiograph findings consistent with tuberculosis "
             "(refer for a sputum test) vs not, adults")
     modality = "chest-xray"
@@ -130,7 +131,7 @@ class CxrAdultRecipe:
                                     attention_weight=self.choice.attention_weight,
                                     adversarial_weight=self.choice.adversarial_weight,
                                     cell_weight=self.choice.cell_weight,
-                                    domains=3)
+                                    epochs=self.choice.epochs, domains=3)
         size, detail = self.choice.size, self.choice.detail
         if size != SIZE:
             self.input_shape = (1, size, size)
@@ -142,7 +143,8 @@ class CxrAdultRecipe:
 
     def build_model(self) -> nn.Module:
         grid = CAM_SIZE * self.choice.size // SIZE
-        return CamNet(1, widths=(16, 32, 64, 128), num_outputs=2,
+        heads = 3 if self.choice.pneumonia_share else 2
+        return CamNet(1, widths=(16, 32, 64, 128), num_outputs=heads,
                       peak=grid if self.choice.peak else 0)
 
     def _prep(self, film: np.ndarray) -> np.ndarray:
@@ -183,12 +185,17 @@ class CxrAdultRecipe:
         tp, npool = np.flatnonzero(~sp["tb_report"]), np.flatnonzero(~sp["nih_report"])
         kids = (np.flatnonzero(~s.kid_report & (s.kid_y == 0))
                 if self.choice.children_negatives else np.array([], int))
+        sick_kids = (np.flatnonzero(~s.kid_report & (s.kid_y == 1))
+                     if self.choice.pneumonia_share else np.array([], int))
+        kid_kind = np.r_[np.full(len(kids), OTHER_NORMAL), np.full(len(sick_kids),
+                                                                   CHILD_PNEUMONIA)]
+        kids = np.r_[kids, sick_kids].astype(int)
         films = np.concatenate([tb_films[tp], nih_films[npool], kid_films[kids]])
         nih_kind = np.where(s.nih_y == 1, NIH_ABNORMAL, NIH_NORMAL)
         if self.choice.other_disease_share:
             nih_kind[_other_disease(s)] = NIH_OTHER_DISEASE
         kind = np.concatenate([np.full(len(tp), TB), nih_kind[npool],
-                               np.full(len(kids), OTHER_NORMAL)])
+                               kid_kind])
         size = self.choice.size
         tb_masks = (s.tb_masks if size == SIZE
                     else np.stack([box_mask(b, size) for b in s.tb.boxes]))
@@ -199,6 +206,7 @@ class CxrAdultRecipe:
         share = dict(zip((TB, NIH_NORMAL, NIH_ABNORMAL, OTHER_NORMAL), self.choice.shares,
                          strict=True))
         share[NIH_OTHER_DISEASE] = self.choice.other_disease_share
+        share[CHILD_PNEUMONIA] = self.choice.pneumonia_share
         weights = np.array([share[k] / (kind == k).sum() for k in kind])
         augment = partial(augment_radiograph_with_mask, zoom=self.choice.zoom,
                           processing=self.choice.processing,
@@ -216,7 +224,7 @@ class CxrAdultRecipe:
                   "nih_report_images": int(sp["nih_report"].sum()),
                   "nih_report_per_class": np.bincount(s.nih_y[sp["nih_report"]],
                                                       minlength=2).tolist(),
-                  "children_negatives": len(kids),
+                  "children_negatives": int((kid_kind == OTHER_NORMAL).sum()),
                   "oof_set": {str(name): int((oof["source"] == name).sum())
                               for name in np.unique(oof["source"])}}
         log(f"  cxr-adult: {counts}")

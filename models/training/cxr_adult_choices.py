@@ -32,6 +32,9 @@ class Choice:
     # NIH films whose every finding TB does not explain alone (tb.other_disease) are TB
     # negatives at this share of the batches (0: they teach the second head, as others)
     other_disease_share: float = 0.0
+    # children's pneumonia films (Kermany) teach a third head at this share of the
+    # batches, beside children's normals (Mixing.pneumonia_head); never the TB head
+    pneumonia_share: float = 0.0
     # the augmentation's range of scales: above 1 the film framed tighter (collimation),
     # below 1 looser
     zoom: tuple[float, float] = (0.85, 1.15)
@@ -39,6 +42,9 @@ class Choice:
     # (augment.vendor_processing, strengths drawn at random)
     processing: float = 0.0
     processing_strength: tuple[float, float] = (0.6, 1.2)  # most flattening, enhancement
+    # training length (TrainConfig.epochs of 2,560 films each); every row before session
+    # 14 was trained for 14
+    epochs: int = 14
     note: str = ""
 
 
@@ -66,7 +72,7 @@ VARIANTS = {
     "equalised+mixing+boxes+children+peak": Choice(
         children_negatives=True, peak=True,
         note="+ the score from the map's peak (strongest 3x3 neighbourhood), not its mean "
-             "(shipped)"),
+             "(shipped in 2.0-2.1, trained 14 epochs)"),
     "balanced mixing+boxes": Choice(
         mixing=Mixing(balanced=True),
         note="equalised; mixing balanced: TB or not with even odds on either hospital's "
@@ -111,18 +117,33 @@ VARIANTS = {
         size=128, note="not shipped: mixing and boxes at a 128-px input (TB films at "
                        "128 px, NIH's upsampled from 64)"),
 }
-SHIPPED = "equalised+mixing+boxes+children+peak"
+VARIANTS["shipped, trained 3x longer"] = replace(
+    VARIANTS["equalised+mixing+boxes+children+peak"], epochs=42,
+    note="measured (session 14): the 2.1 choice trained three times longer (42 epochs of "
+         "2,560 films, 14 before)")
+VARIANTS["shipped, trained 6x longer"] = replace(
+    VARIANTS["equalised+mixing+boxes+children+peak"], epochs=84,
+    note="+ trained six times longer (84 epochs of 2,560 films, 14 before) (shipped since "
+         "2.2.0)")
+SHIPPED = "shipped, trained 6x longer"
+BEFORE_2_2 = VARIANTS["equalised+mixing+boxes+children+peak"]  # shipped in 2.0-2.1
 VARIANTS["shipped + framing 0.8-1.3"] = replace(
-    VARIANTS[SHIPPED], zoom=(0.8, 1.3),
+    BEFORE_2_2, zoom=(0.8, 1.3),
     note="measured (session 12): the shipped choice with films framed from 0.8 to 1.3 of "
          "their size in training (0.85-1.15): tight collimation cost TB films their flag")
 VARIANTS["shipped + vendor processing"] = replace(
-    VARIANTS[SHIPPED], processing=0.6,
+    BEFORE_2_2, processing=0.6,
     note="measured (session 13): the shipped choice with 60 % of training films given a "
          "vendor's multiscale processing (large-scale shading flattened, fine structure "
          "enhanced, strengths at random), every source alike")
 VARIANTS["shipped + vendor enhancement"] = replace(
-    VARIANTS[SHIPPED], processing=0.6, processing_strength=(0.0, 1.2),
+    BEFORE_2_2, processing=0.6, processing_strength=(0.0, 1.2),
     note="measured (session 13): the shipped choice with 60 % of training films given a "
          "vendor's fine-structure enhancement only (no flattening of the shading, which "
          "took lesion contrast with it), strengths at random, every source alike")
+VARIANTS["shipped + children's pneumonia head"] = replace(
+    BEFORE_2_2, shares=(0.45, 0.35, 0.2, 0.15), pneumonia_share=0.15,
+    mixing=Mixing(pneumonia_head=0.4),
+    note="measured (session 14): the 2.1 choice with a third head learning children's "
+         "pneumonia vs normal from one hospital (Kermany), so the shared body learns an "
+         "opacity where no hospital can answer; the TB head alone is served")

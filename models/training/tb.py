@@ -160,10 +160,11 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 # What each pool film is, for :class:`MixedBatches`.
-TB, NIH_NORMAL, NIH_ABNORMAL, OTHER_NORMAL, NIH_OTHER_DISEASE = 0, 1, 2, 3, 4
-TB_HEAD, ABNORMAL_HEAD = 0, 1
+TB, NIH_NORMAL, NIH_ABNORMAL, OTHER_NORMAL, NIH_OTHER_DISEASE, CHILD_PNEUMONIA = range(6)
+TB_HEAD, ABNORMAL_HEAD, PNEUMONIA_HEAD = 0, 1, 2
 # The hospital each kind of film comes from (the adversarial source head's target).
-SOURCE_OF = {TB: 0, NIH_NORMAL: 1, NIH_ABNORMAL: 1, OTHER_NORMAL: 2, NIH_OTHER_DISEASE: 1}
+SOURCE_OF = {TB: 0, NIH_NORMAL: 1, NIH_ABNORMAL: 1, OTHER_NORMAL: 2, NIH_OTHER_DISEASE: 1,
+             CHILD_PNEUMONIA: 2}
 # NIH's text-mined findings that TB does not explain alone (heart, air, oedema, collapse):
 # a film with only these is a "not TB" film that is not normal, the negative a TB clinic
 # sees most. Infiltration, consolidation, mass, nodule, fibrosis, pleural thickening,
@@ -186,6 +187,10 @@ class Mixing:
     paste_lesion: float = 0.25     # an NIH normal gets a TB box's content
     paste_tissue: float = 0.25     # an NIH normal gets lesion-free TB tissue
     abnormal_head: float = 0.3     # share of NIH normals that teach the abnormal head
+    # share of children's normals that teach a third head, children's pneumonia vs
+    # normal (where the recipe gives it pneumonia films): one hospital's films with and
+    # without an opacity, a question no hospital shortcut can answer
+    pneumonia_head: float = 0.0
     grow: float = 0.02             # boxes grown by this share of the film when removed
     # balanced: every film of the TB task is TB or not with even odds whatever its
     # hospital (the rates above are then unused), and most films carry a patch of
@@ -242,6 +247,10 @@ class MixedBatches:
             return img, 1.0, ABNORMAL_HEAD, none
         if kind == NIH_NORMAL and rng.random() < m.abnormal_head:
             return img, 0.0, ABNORMAL_HEAD, none
+        if kind == CHILD_PNEUMONIA:
+            return img, 1.0, PNEUMONIA_HEAD, none
+        if kind == OTHER_NORMAL and rng.random() < m.pneumonia_head:
+            return img, 0.0, PNEUMONIA_HEAD, none
         return img, 0.0, TB_HEAD, none
 
     def balanced(self, i: int, tb_in_batch: np.ndarray, rng: np.random.Generator

@@ -207,3 +207,26 @@ def test_vendor_processing_flattens_the_shading_and_sharpens_the_fine_structure(
     fine = lambda f: float(np.std(f[:, 40:] - f[:, 40:].mean()))  # noqa: E731
     assert fine(sharp) > 1.5 * fine(film)
     assert vendor_processing(film, 0.0, 0.0) == pytest.approx(np.clip(film, 0, 1), abs=1e-6)
+
+
+def test_childrens_pneumonia_teaches_its_own_head_never_the_tb_head() -> None:
+    """A variant's third head (cxr_adult ``pneumonia_share``): Kermany's pneumonia films
+    are positives of the pneumonia head only; a share of children's normals are its
+    negatives, the rest TB negatives as before."""
+    from models.training.tb import CHILD_PNEUMONIA, OTHER_NORMAL, PNEUMONIA_HEAD, SOURCE_OF
+
+    rng = np.random.default_rng(11)
+    films = rng.uniform(0, 1, (200, 64, 64)).astype(np.float32)
+    kind = np.array([CHILD_PNEUMONIA] * 100 + [OTHER_NORMAL] * 100)
+    batches = MixedBatches(films, kind, np.zeros((200, 64, 64), np.float32),
+                           lambda f: f[None].astype(np.float32), augment_radiograph_with_mask,
+                           Mixing(pneumonia_head=0.4), cam_size=8)
+    _, y, head, cam_masks, source = batches(np.arange(200), rng)
+    assert (head[:100] == PNEUMONIA_HEAD).all() and (y[:100] == 1).all()
+    assert (y[100:] == 0).all() and set(head[100:]) == {TB_HEAD, PNEUMONIA_HEAD}
+    assert 20 <= (head[100:] == PNEUMONIA_HEAD).sum() <= 60  # about 0.4 of 100
+    assert not cam_masks.any() and set(source) == {SOURCE_OF[OTHER_NORMAL]}
+    shipped = MixedBatches(films[100:], kind[100:], np.zeros((100, 64, 64), np.float32),
+                           lambda f: f[None].astype(np.float32), augment_radiograph_with_mask,
+                           Mixing(), cam_size=8)
+    assert (shipped(np.arange(100), rng)[2] == TB_HEAD).all()  # no third head by default
