@@ -170,10 +170,10 @@ def measure(model, checks: dict) -> dict:
             np.r_[np.ones(len(l_na)), np.zeros(len(l_nn))].astype(int),
             np.r_[l_na[:, 1], l_nn[:, 1]]), 3),
         # both heads summed ("TB, or any other finding"): what serving the sum would give
-        "nih_abnormal_auc_sum": _auc(l_na[:, :2].sum(1), l_nn[:, :2].sum(1)),
-        "lesion_auc_nih_films_sum": _auc(l_lp[:, :2].sum(1), l_tp[:, :2].sum(1)),
-        "lesion_auc_tb_films_sum": _auc(l_tb[:, :2].sum(1), l_rm[:, :2].sum(1)),
-        "auc_in_source_sum": _auc(l_tb[:, :2].sum(1), l_nn[:, :2].sum(1)),
+        "nih_abnormal_auc_sum": _auc(_tb_and_nih(l_na), _tb_and_nih(l_nn)),
+        "lesion_auc_nih_films_sum": _auc(_tb_and_nih(l_lp), _tb_and_nih(l_tp)),
+        "lesion_auc_tb_films_sum": _auc(_tb_and_nih(l_tb), _tb_and_nih(l_rm)),
+        "auc_in_source_sum": _auc(_tb_and_nih(l_tb), _tb_and_nih(l_nn)),
         # detail as an answer: held-out TB films at NIH's 64-px detail should stay flagged,
         # and RG1 (a sharp normal-looking CR from a third hospital) should not be
         "tb_soft_flagged": flagged(l_ts),
@@ -184,7 +184,7 @@ def measure(model, checks: dict) -> dict:
         "sharp_film_above_nih_normals": round(float(np.mean(l_nn[:, tb] < l_sh[0, tb])), 3),
         "sharp_film_detail_gap": round(float(l_sh[0, tb] - l_ss[0, tb]), 3),
         "pointing_game": round(pointing_game(c_tb[:, tb], checks["tb_masks"]), 3),
-        "pointing_game_sum": round(pointing_game(c_tb[:, :2].sum(1), checks["tb_masks"]), 3),
+        "pointing_game_sum": round(pointing_game(_tb_and_nih(c_tb), checks["tb_masks"]), 3),
         "source_auc_negatives": round(source_auc(f_nn, f_rm), 3),
         # framing: the held-out films with 10 % of each side cut away (tight collimation)
         "tb_tight_flagged": flagged(l_tt),
@@ -253,6 +253,11 @@ def _note(row: dict) -> str:
     from models.training.cxr_adult import VARIANTS
     choice = VARIANTS.get(row["variant"])
     return choice.note if choice else row["note"]
+
+
+def _tb_and_nih(out: np.ndarray) -> np.ndarray:
+    """The TB head and the NIH-abnormal head summed (a variant's third head left out)."""
+    return out[:, :2].sum(1)
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:

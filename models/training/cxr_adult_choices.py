@@ -117,16 +117,16 @@ VARIANTS = {
         size=128, note="not shipped: mixing and boxes at a 128-px input (TB films at "
                        "128 px, NIH's upsampled from 64)"),
 }
+BEFORE_2_2 = VARIANTS["equalised+mixing+boxes+children+peak"]  # shipped in 2.0-2.1
 VARIANTS["shipped, trained 3x longer"] = replace(
-    VARIANTS["equalised+mixing+boxes+children+peak"], epochs=42,
+    BEFORE_2_2, epochs=42,
     note="measured (session 14): the 2.1 choice trained three times longer (42 epochs of "
          "2,560 films, 14 before)")
 VARIANTS["shipped, trained 6x longer"] = replace(
-    VARIANTS["equalised+mixing+boxes+children+peak"], epochs=84,
+    BEFORE_2_2, epochs=84,
     note="+ trained six times longer (84 epochs of 2,560 films, 14 before) (shipped since "
          "2.2.0)")
 SHIPPED = "shipped, trained 6x longer"
-BEFORE_2_2 = VARIANTS["equalised+mixing+boxes+children+peak"]  # shipped in 2.0-2.1
 VARIANTS["shipped + framing 0.8-1.3"] = replace(
     BEFORE_2_2, zoom=(0.8, 1.3),
     note="measured (session 12): the shipped choice with films framed from 0.8 to 1.3 of "
