@@ -67,14 +67,6 @@ def mass_inside(evidence: np.ndarray, mask: np.ndarray) -> float | None:
     return None if total <= 0 else float(evidence[mask].sum()) / total
 
 
-def shift_image(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """Shift a CxHxW input by (dx, dy) pixels, edges replicated (no wrap-around)."""
-    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
-    h, w = x.shape[1:]
-    return np.stack([cv2.warpAffine(c, matrix, (w, h), borderMode=cv2.BORDER_REPLICATE)
-                     for c in x])
-
-
 def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Pearson correlation of two maps (None when one is flat)."""
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)

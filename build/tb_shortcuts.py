@@ -279,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    names = list(cxr_adult.VARIANTS) if args.variants == "all" else args.variants.split(",")
+    if args.variants == "all":
+        names = list(cxr_adult.VARIANTS)
+    elif args.variants in cxr_adult.VARIANTS:  # one name, which may hold a comma
+        names = [args.variants]
+    else:
+        names = args.variants.split(",")
     data = cxr_adult.load_sources(Path(args.data_root), print)
     folds = [int(f) for f in args.folds.split(",")]
     rows = [run_variant(n, data, args.seed, args.epochs, folds, print) for n in names]

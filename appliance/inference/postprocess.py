@@ -99,3 +99,45 @@ def heat_to_grey(heat: np.ndarray) -> np.ndarray:
     """A [0, 1] heatmap as the 8-bit grey map ``--heatmap-dir`` writes (0 = no
     evidence, 255 = the model's strongest); the page's overlay is coloured from it."""
     return np.round(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def map_shifts(step: int | None) -> tuple[tuple[int, int], ...]:
+    """The input shifts (dx, dy) a shift-averaged map is drawn from: the image itself
+    and its copies moved by ``step`` pixels right, down and both. ``None`` or 0: the
+    image alone (the plain map)."""
+    if not step:
+        return ((0, 0),)
+    return ((0, 0), (step, 0), (0, step), (step, step))
+
+
+def shift_input(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """A C x H x W model input moved by (dx, dy) pixels, edges replicated (no wrap)."""
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    h, w = x.shape[1:]
+    return np.stack([cv2.warpAffine(np.ascontiguousarray(c, np.float32), matrix, (w, h),
+                                    borderMode=cv2.BORDER_REPLICATE) for c in x])
+
+
+def shifted_inputs(x: np.ndarray, shifts: Sequence[tuple[int, int]]) -> np.ndarray:
+    """One C x H x W input -> len(shifts) x C x H x W, one batch for one model call
+    (the first shift is (0, 0): its logits are the image's score)."""
+    return np.stack([x if (dx, dy) == (0, 0) else shift_input(x, dx, dy)
+                     for dx, dy in shifts])
+
+
+def shift_averaged_evidence(cams: np.ndarray, shifts: Sequence[tuple[int, int]],
+                            height: int, width: int) -> np.ndarray:
+    """The CAMs of an input's shifted copies (N x h x w, in ``shifts`` order) ->
+    ``height x width`` positive evidence in logit units, each map moved back over the
+    image and averaged. Why: an 8 x 8 map's cells fall where the network's grid falls, so
+    a half-cell shift of the film moved the plain map's peak; averaging the grid's
+    positions makes the map follow the film instead (and samples it twice as finely)."""
+    total = np.zeros((height, width), np.float32)
+    for cam, (dx, dy) in zip(cams, shifts, strict=True):
+        evidence = evidence_map(cam, height, width)
+        if (dx, dy) != (0, 0):
+            back = np.float32([[1, 0, -dx], [0, 1, -dy]])
+            evidence = cv2.warpAffine(evidence, back, (width, height),
+                                      borderMode=cv2.BORDER_REPLICATE)
+        total += evidence
+    return total / len(shifts)

@@ -16,7 +16,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from appliance.inference.postprocess import heat_to_grey, heatmap
+from appliance.inference.postprocess import (
+    heat_to_grey,
+    heatmap,
+    map_shifts,
+    shift_averaged_evidence,
+    shifted_inputs,
+)
 from appliance.inference.preprocess import FundusFrame, find_fundus_disc
 
 # Shown (and stored as a hint) instead of the map of a model whose maps are not validated.
@@ -40,11 +46,27 @@ def maps_validated(manifest: Mapping[str, Any]) -> bool:
     return isinstance(entry, Mapping) and entry.get("validated") is True
 
 
+def map_batch(x: np.ndarray, manifest: Mapping[str, Any]) -> tuple[np.ndarray, tuple]:
+    """One preprocessed input (C x H x W) -> the batch to run and its shifts: the image
+    alone, or with shifted copies where the bundle's shown map is shift-averaged
+    (``manifest["heatmap"]["shift_average_px"]``; an unshown map costs no extra)."""
+    step = (manifest.get("heatmap") or {}).get("shift_average_px")
+    shifts = map_shifts(step if maps_validated(manifest) else None)
+    return shifted_inputs(x, shifts), shifts
+
+
+def map_from_outputs(cams: np.ndarray, shifts: tuple, input_hw: tuple[int, int]) -> np.ndarray:
+    """The scored image's map from a :func:`map_batch` run's CAMs (N x h x w)."""
+    if len(shifts) == 1:
+        return cams[0]
+    return shift_averaged_evidence(cams, shifts, *input_hw)
+
+
 @dataclass(frozen=True)
 class HeatSource:
     """What a map is drawn from: the CAM, how to scale it, and where it lies."""
 
-    cam: np.ndarray  # h x w, logit units, of the scored class
+    cam: np.ndarray  # h x w, logit units, of the scored class (or its shift average)
     scale: float | None  # logits shown as 255; None: the map's own peak
     disc: tuple[float, float, float] | None  # fundus: (cx, cy, radius) in image pixels
     validated: bool

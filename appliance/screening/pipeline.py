@@ -26,7 +26,7 @@ from appliance.errors import ApplianceError
 from appliance.inference.postprocess import calibrated_probabilities, operating_point
 from appliance.inference.preprocess import fundus_frame, preprocess
 from appliance.ingest.decode import DecodedImage
-from appliance.screening import gate
+from appliance.screening import gate, heatmaps
 from appliance.screening.film_border import cut, exposed_box
 from appliance.screening.heatmaps import HEATMAP_NOT_SHOWN, HeatSource, heat_source, render_overlay
 from appliance.screening.measures import image_measures, is_blank
@@ -355,17 +355,17 @@ class Screener:
             raise ScreeningUnavailableError(f"the {name} model is not loaded")
         manifest = model.bundle.manifest
         with timer.stage("preprocess"):
-            batch = preprocess(
+            batch, shifts = heatmaps.map_batch(preprocess(
                 manifest["preprocessing"], pixels, frame,
                 image.resized if pixels is image.pixels else None,
-            )[None]
+            ), manifest)
         with timer.stage("infer"):
             with model.lock:
                 outputs = model.infer(batch)
                 backend, identity = model.runner.backend, model.identity
         with timer.stage("postprocess"):
             probability = float(
-                calibrated_probabilities(outputs["logits"], manifest["calibration"])[0]
+                calibrated_probabilities(outputs["logits"][:1], manifest["calibration"])[0]
             )
             threshold = self.threshold(model)
             urgent = self.urgent_threshold(model, threshold)
@@ -382,7 +382,7 @@ class Screener:
             result.model = identity
             result.backend = backend
             result.heat = heat_source(
-                outputs["cam"][0, 0],
+                heatmaps.map_from_outputs(outputs["cam"][:, 0], shifts, batch.shape[2:]),
                 image.pixels,
                 manifest,
                 positive=probability >= threshold,

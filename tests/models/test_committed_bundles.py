@@ -233,6 +233,7 @@ def test_adult_model_flags_held_out_tb_films_and_passes_adult_normals() -> None:
 def test_adult_map_points_into_the_radiologists_boxes() -> None:
     """The pointing game on held-out TB films: the map's peak inside a box on at least
     half of them where the bundle shows maps (chance: the boxes' share, about 0.1)."""
+    from appliance.screening.heatmaps import map_batch, map_from_outputs
     from build.heatmap_checks import BOX_GRID, pointing_game
     from models.training.tb import box_mask
 
@@ -242,11 +243,17 @@ def test_adult_map_points_into_the_radiologists_boxes() -> None:
     bundle = load_bundle(bundle_dir("cxr-adult-abnormal"))
     x = preprocess_batch(bundle.manifest["preprocessing"],
                          [_grey64(films / r["file"]) for r in rows])
-    cams = run_batched(bundle.file("model.int8.onnx"), x)["cam"][:, 0]
+    # the map the box draws: its manifest's shift average (heatmaps.map_batch) or the CAM
+    manifest = bundle.manifest
+    sources = []
+    for xi in x:
+        batch, shifts = map_batch(xi, manifest)
+        cams = run_batched(bundle.file("model.int8.onnx"), batch)["cam"][:, 0]
+        sources.append(map_from_outputs(cams, shifts, batch.shape[2:]))
     masks = np.stack([
         box_mask(np.array([[float(v) for v in b.split(",")] for b in r["boxes"].split(";")]),
                  BOX_GRID) for r in rows])
-    share = pointing_game(cams, masks)
+    share = pointing_game(np.stack(sources), masks)
     if bundle.manifest["heatmap"]["validated"]:
         assert share >= 0.5
     else:  # maps off: the manifest must name the check that failed

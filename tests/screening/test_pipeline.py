@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from helpers import FUNDUS_DIR, TESTS, adult_maps_shown, testdata
@@ -41,6 +42,29 @@ def test_adult_chest_cr_is_screened_with_score_triage_timings_and_its_map_if_sho
     assert result.as_dict()["heatmap_validated"] is shown
     assert any("Heatmap not shown" in hint for hint in result.hints) is not shown
     assert "decision support" in result.as_dict()["decision_support"].lower()
+
+
+def test_a_shift_averaged_map_keeps_the_score_and_follows_the_film(screener, monkeypatch):
+    """Issue 23: where the adult bundle's shown map is shift-averaged (its manifest's
+    ``shift_average_px``), the model runs the film with three shifted copies in one
+    batch: the score is the film's own, the map is drawn at the input's 64 px (the plain
+    map: the network's 8 x 8 grid); a map not shown costs no copies."""
+    raw = testdata("RG1_UNCR.dcm").read_bytes()
+    image, tags = decode_bytes(raw), tags_of(raw)
+    verdict = screener.models.get("cxr-adult-abnormal").bundle.manifest["heatmap"]
+    monkeypatch.setitem(verdict, "validated", True)
+    monkeypatch.setitem(verdict, "shift_average_px", None)
+    plain = screener.screen(image, tags, overlay_size=(128, 128))
+    monkeypatch.setitem(verdict, "shift_average_px", 4)
+    averaged = screener.screen(image, tags, overlay_size=(128, 128))
+    assert averaged.probability == pytest.approx(plain.probability, abs=1e-6)
+    assert plain.heat.cam.shape == (8, 8) and averaged.heat.cam.shape == (64, 64)
+    assert averaged.heatmap is not None and averaged.heatmap.shape[:2] == (128, 128)
+    # the averaged map is the plain one's neighbour, not another map
+    upsampled = np.maximum(cv2.resize(plain.heat.cam, (64, 64)), 0)
+    assert np.corrcoef(upsampled.ravel(), averaged.heat.cam.ravel())[0, 1] > 0.7
+    monkeypatch.setitem(verdict, "validated", False)
+    assert screener.screen(image, tags).heat.cam.shape == (8, 8)
 
 
 def test_site_threshold_and_triage_levels(screener, config):
