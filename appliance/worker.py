@@ -1,7 +1,8 @@
 """Background workers: claim a job, screen its image, complete it in one transaction.
 
-decode the stored original -> preview -> screen (gate, quality, model) -> heatmap ->
-one transaction: image decoded + result row + job done. Pixels that cannot be read
+decode the stored original -> preview -> screen (gate, quality, model) -> one
+transaction: image decoded + result row + job done -> heatmap (the row names it; the
+score is not kept waiting for a regenerable picture). Pixels that cannot be read
 send the image to quarantine with the reason instead. A worker does not claim jobs
 while the models it needs are not loaded: the jobs wait, nothing is lost.
 
@@ -193,17 +194,16 @@ class Worker:
         result = self.screener.screen(
             decoded,
             tags,
-            preview_size(decoded, HEATMAP_MAX_PX),
             population=image["population"],  # staff's choice, for an X-ray without an age
             models=models,
             route=image["route_chosen"],  # a clinician's word, where the router refused
             quality_overruled_by=image["quality_overruled_by"],  # or the quality check
+            map_now=False,  # drawn once the result is stored (draw_heatmap)
         )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None
-        if result.heatmap is not None:
+        if result.heat is not None and result.heat.validated and not result.needs_population:
             heatmap_path = Path("heatmaps") / f"{image['id']}.png"
-            self.keep(heatmap_path, heatmap_png(result.heatmap))
         result_id = None
         with self.store.write() as conn:
             conn.execute(
@@ -229,11 +229,24 @@ class Worker:
             _decode_over(conn, job)
             if not jobs.complete(conn, job):
                 raise RuntimeError("lease lost while processing")  # rolls the result back
+        if heatmap_path is not None:
+            self.draw_heatmap(decoded, result, heatmap_path)
         if models is not None and models.shadows and result_id is not None:
             try:  # the job is done: a shadow's trouble is logged, never the image's
                 self.shadow(job, image, decoded, tags, result, result_id, models)
             except Exception:
                 log.exception("shadow screening of image %s not stored", image["id"])
+
+    def draw_heatmap(self, decoded: DecodedImage, result, relative: Path) -> None:
+        """The page's overlay, after the result is stored (its row names the file): the
+        worklist gets the score without waiting for the map. Lost to a power cut or a
+        full disk here, the page shows the score without its map."""
+        try:
+            self.screener.draw_map(result, decoded.pixels.shape[:2],
+                                   preview_size(decoded, HEATMAP_MAX_PX))
+            self.keep(relative, heatmap_png(result.heatmap))
+        except Exception:  # the result stands; only its overlay is missing
+            log.exception("heatmap of %s not written", relative)
 
     def shadow(self, job, image, decoded, tags, result, result_id, models) -> None:
         """After the result is committed (it never waits for a shadow): each shadow

@@ -122,6 +122,23 @@ def test_screening_result_heatmap_and_job_completion_land_together(
         store.conn().execute("UPDATE results SET score=0")
 
 
+def test_the_score_is_stored_first_and_a_map_that_cannot_be_written_loses_nothing(
+    importer, store, config, screener
+):
+    """Issue 28: the result row is committed before its overlay is drawn and written (the
+    worklist waits for the score, not for a picture that can be drawn again). Here the
+    heatmaps folder cannot be made (a file holds its name): the result, its score and the
+    job's completion stand, and only the overlay is missing."""
+    (store.data_dir / "heatmaps").write_bytes(b"not a folder")
+    eye = importer.import_path(FUNDUS_DIR / "IDRiD_003.jpg", source="usb")
+    assert Worker(store, config, screener, name="t").drain() == 1
+    (row,) = store.conn().execute("SELECT * FROM results WHERE image_id=?", (eye.image_id,))
+    assert row["route"] == "fundus" and 0 <= row["score"] <= 100
+    assert row["heatmap_path"] == f"heatmaps/{eye.image_id}.png"  # a map was to be shown
+    assert not (store.data_dir / row["heatmap_path"]).exists()
+    assert jobs.counts(store) == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+
+
 def test_a_worker_that_lost_its_lease_writes_no_result(importer, store, config, screener):
     """The result commits with the job's completion or not at all."""
     importer.import_path(FUNDUS_DIR / "hrf_12_h.jpg", source="usb")

@@ -119,8 +119,7 @@ def shift_input(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 
 def shifted_inputs(x: np.ndarray, shifts: Sequence[tuple[int, int]]) -> np.ndarray:
-    """One C x H x W input -> len(shifts) x C x H x W, one batch for one model call
-    (the first shift is (0, 0): its logits are the image's score)."""
+    """One C x H x W input -> len(shifts) x C x H x W, one batch for one model call."""
     return np.stack([x if (dx, dy) == (0, 0) else shift_input(x, dx, dy)
                      for dx, dy in shifts])
 

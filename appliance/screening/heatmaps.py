@@ -9,8 +9,8 @@ is worse than none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -44,22 +44,6 @@ def maps_validated(manifest: Mapping[str, Any]) -> bool:
     """Whether this bundle's heatmaps passed their checks (absent = not validated)."""
     entry = manifest.get("heatmap")
     return isinstance(entry, Mapping) and entry.get("validated") is True
-
-
-def map_batch(x: np.ndarray, manifest: Mapping[str, Any]) -> tuple[np.ndarray, tuple]:
-    """One preprocessed input (C x H x W) -> the batch to run and its shifts: the image
-    alone, or with shifted copies where the bundle's shown map is shift-averaged
-    (``manifest["heatmap"]["shift_average_px"]``; an unshown map costs no extra)."""
-    step = (manifest.get("heatmap") or {}).get("shift_average_px")
-    shifts = map_shifts(step if maps_validated(manifest) else None)
-    return shifted_inputs(x, shifts), shifts
-
-
-def map_from_outputs(cams: np.ndarray, shifts: tuple, input_hw: tuple[int, int]) -> np.ndarray:
-    """The scored image's map from a :func:`map_batch` run's CAMs (N x h x w)."""
-    if len(shifts) == 1:
-        return cams[0]
-    return shift_averaged_evidence(cams, shifts, *input_hw)
 
 
 @dataclass(frozen=True)
@@ -150,3 +134,43 @@ def render_overlay(
     """The page's overlay at ``size`` (width, height): the grey map of that size,
     coloured. The same :func:`heat_on_image` draws ``--heatmap-dir``'s file."""
     return overlay(heat_to_grey(heat_on_image(source, image_hw, size)))
+
+
+@dataclass(frozen=True)
+class MapInput:
+    """What a shift-averaged map still needs once the score is known: the model's input
+    (C x H x W), the shifts (:func:`map_shifts`) and a call that runs a batch through the
+    same model (under its lock) and returns its CAMs (N x h x w)."""
+
+    x: np.ndarray
+    shifts: tuple[tuple[int, int], ...]
+    cams: Callable[[np.ndarray], np.ndarray]
+
+
+def map_input(model: Any, x: np.ndarray, manifest: Mapping[str, Any]) -> MapInput | None:
+    """The copies a bundle's shown map is averaged over (``manifest["heatmap"]
+    ["shift_average_px"]``), or None: a plain map, or one never shown, costs no extra."""
+    step = (manifest.get("heatmap") or {}).get("shift_average_px")
+    if not step or not maps_validated(manifest):
+        return None
+
+    def cams(batch: np.ndarray) -> np.ndarray:
+        with model.lock:  # the backend may be swapped (TensorRT ready) between calls
+            return model.infer(batch)["cam"][:, 0]
+
+    return MapInput(x, map_shifts(step), cams)
+
+
+def shift_averaged_source(plain_cam: np.ndarray, pending: MapInput) -> np.ndarray:
+    """The shift average at the input's size, from the image's own CAM and its copies'
+    (one model call for the copies)."""
+    copies = pending.cams(shifted_inputs(pending.x, pending.shifts[1:]))
+    return shift_averaged_evidence(np.concatenate([plain_cam[None], copies]),
+                                   pending.shifts, *pending.x.shape[1:])
+
+
+def finish(heat: HeatSource | None, pending: MapInput | None) -> HeatSource | None:
+    """The map a result shows: its plain CAM, or its shift average where one is pending."""
+    if heat is None or pending is None:
+        return heat
+    return replace(heat, cam=shift_averaged_source(heat.cam, pending))

@@ -45,6 +45,7 @@ from appliance.screening.population import (
 )
 from appliance.screening.quality import assess_fundus
 from appliance.screening.second_look import look_again
+from appliance.screening.timing import Timer
 from appliance.wire.codes import finding_meaning
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ class ScreeningResult:
     image_stats: dict[str, Any] | None = None  # what drift monitoring compares
     heatmap: np.ndarray | None = None  # RGBA uint8 overlay (validated maps only), or None
     heat: HeatSource | None = None  # what any map of this result is drawn from
+    map_input: heatmaps.MapInput | None = None  # what its map still needs (draw_map)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k not in ("heatmap", "heat")}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("heatmap", "heat", "map_input")}
         data["heatmap_validated"] = None if self.heat is None else self.heat.validated
         data["router"] = {k: round(v, 4) for k, v in self.router.items()}
         data["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
@@ -118,19 +120,6 @@ def finding_name(model: dict[str, str] | None, probability: float | None) -> str
     if not model or probability is None:
         return None
     return finding_meaning(model.get("name"), model.get("version"), model.get("name"))
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000
 
 
 class Screener:
@@ -268,6 +257,7 @@ class Screener:
         models: ModelSet | None = None,
         route: str | None = None,
         quality_overruled_by: str | None = None,
+        map_now: bool = True,
     ) -> ScreeningResult:
         """``population``: adult or child, as staff chose (``population_by``: operator
         or cli) for an X-ray without an age; the age the image gives always wins.
@@ -275,7 +265,8 @@ class Screener:
         ``route``: chest_xray or fundus, as a clinician chose for an image the router
         refused (gate.decide: the tags still refuse what they rule out).
         ``quality_overruled_by``: the clinician who had a retina photo screened although
-        the quality check refuses it (store/routes.py): screened, with a hint saying so."""
+        the quality check refuses it (store/routes.py): screened, with a hint saying so.
+        ``map_now``: False leaves the shown map and overlay to :meth:`draw_map`."""
         timer = Timer()
         models = self.models if models is None else models
         router = models.get(ROUTER)
@@ -355,17 +346,17 @@ class Screener:
             raise ScreeningUnavailableError(f"the {name} model is not loaded")
         manifest = model.bundle.manifest
         with timer.stage("preprocess"):
-            batch, shifts = heatmaps.map_batch(preprocess(
+            x = preprocess(
                 manifest["preprocessing"], pixels, frame,
                 image.resized if pixels is image.pixels else None,
-            ), manifest)
+            )
         with timer.stage("infer"):
             with model.lock:
-                outputs = model.infer(batch)
+                outputs = model.infer(x[None])
                 backend, identity = model.runner.backend, model.identity
         with timer.stage("postprocess"):
             probability = float(
-                calibrated_probabilities(outputs["logits"][:1], manifest["calibration"])[0]
+                calibrated_probabilities(outputs["logits"], manifest["calibration"])[0]
             )
             threshold = self.threshold(model)
             urgent = self.urgent_threshold(model, threshold)
@@ -382,7 +373,7 @@ class Screener:
             result.model = identity
             result.backend = backend
             result.heat = heat_source(
-                heatmaps.map_from_outputs(outputs["cam"][:, 0], shifts, batch.shape[2:]),
+                outputs["cam"][0, 0],
                 image.pixels,
                 manifest,
                 positive=probability >= threshold,
@@ -390,9 +381,19 @@ class Screener:
                 frame=frame,
                 box=box,
             )
+            result.map_input = heatmaps.map_input(model, x, manifest)
             if not result.heat.validated:  # the score only, and why (page, slip, sync)
                 result.hints.append(HEATMAP_NOT_SHOWN)
-            elif overlay_size is not None:
-                result.heatmap = render_overlay(result.heat, image.pixels.shape[:2], overlay_size)
+            elif map_now:
+                self.draw_map(result, image.pixels.shape[:2], overlay_size)
         result.timings_ms = timer.ms
         return result
+
+    def draw_map(self, result: ScreeningResult, image_hw: tuple[int, int],
+                 overlay_size: tuple[int, int] | None) -> None:
+        """Finish the result's map (a shift-averaged one runs its input's copies now) and
+        the page's overlay. The worker calls it once the result is stored: the clinic
+        waits for the score, and a map can be drawn again from the original."""
+        result.heat, result.map_input = heatmaps.finish(result.heat, result.map_input), None
+        if result.heat is not None and result.heat.validated and overlay_size is not None:
+            result.heatmap = render_overlay(result.heat, image_hw, overlay_size)

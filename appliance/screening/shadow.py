@@ -61,7 +61,8 @@ def screen_in_shadow(
         started = time.perf_counter()
         try:
             result = screener.screen(
-                image, tags, None, population=population, models=ShadowView(models, name)
+                image, tags, None, population=population, models=ShadowView(models, name),
+                map_now=False,  # a shadow's map is never shown
             )
         except Exception:
             log.exception("shadow %s %s failed on an image", name, shadow.bundle.version)

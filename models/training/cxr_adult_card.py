@@ -50,7 +50,10 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
   0.49, 0.62; NIH films whose only findings TB does not explain alone flagged 0.22,
   0.14, 0.47): a TB answer, not "any abnormality". Nine times longer (126 epochs)
   gained nothing clear (lesions removed flagged 0.20, but in-source AUC 0.93 and
-  processed NIH normals flagged 0.27: table), so 84 stays. The map: 2.2.0's plain 8 x 8
+  processed NIH normals flagged 0.27: table), so 84 stays. The same choice run again
+  with another seed differs from itself by as much (NIH normals flagged 0.12 against
+  0.21, lesion AUC on NIH films 0.77 against 0.74): on two folds, differences of a few
+  hundredths between rows are noise. The map: 2.2.0's plain 8 x 8
   map pointed as often as 2.1.0's (pointing game 0.75) and explained the score better
   (deleting its strongest tenth drops the logit by 5.1, 2.1.0's by 0.85), but jumped
   with the network's grid (r 0.79 under a 4-px shift, 0.80 needed). The map shown is

@@ -4,7 +4,9 @@ that none of them trained on (a table of expected routes, as in pydicom's tests)
 from __future__ import annotations
 
 import csv
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -233,7 +235,7 @@ def test_adult_model_flags_held_out_tb_films_and_passes_adult_normals() -> None:
 def test_adult_map_points_into_the_radiologists_boxes() -> None:
     """The pointing game on held-out TB films: the map's peak inside a box on at least
     half of them where the bundle shows maps (chance: the boxes' share, about 0.1)."""
-    from appliance.screening.heatmaps import map_batch, map_from_outputs
+    from appliance.screening.heatmaps import map_input, shift_averaged_source
     from build.heatmap_checks import BOX_GRID, pointing_game
     from models.training.tb import box_mask
 
@@ -243,13 +245,14 @@ def test_adult_map_points_into_the_radiologists_boxes() -> None:
     bundle = load_bundle(bundle_dir("cxr-adult-abnormal"))
     x = preprocess_batch(bundle.manifest["preprocessing"],
                          [_grey64(films / r["file"]) for r in rows])
-    # the map the box draws: its manifest's shift average (heatmaps.map_batch) or the CAM
-    manifest = bundle.manifest
+    # the map the box draws: its manifest's shift average (heatmaps.map_input) or the CAM
+    onnx = bundle.file("model.int8.onnx")
+    served = SimpleNamespace(lock=threading.Lock(),
+                             infer=lambda batch: run_batched(onnx, batch))
     sources = []
-    for xi in x:
-        batch, shifts = map_batch(xi, manifest)
-        cams = run_batched(bundle.file("model.int8.onnx"), batch)["cam"][:, 0]
-        sources.append(map_from_outputs(cams, shifts, batch.shape[2:]))
+    for xi, cam in zip(x, run_batched(onnx, x)["cam"][:, 0], strict=True):
+        pending = map_input(served, xi, bundle.manifest)
+        sources.append(cam if pending is None else shift_averaged_source(cam, pending))
     masks = np.stack([
         box_mask(np.array([[float(v) for v in b.split(",")] for b in r["boxes"].split(";")]),
                  BOX_GRID) for r in rows])

@@ -353,6 +353,21 @@ def test_the_whole_flow_on_a_touchscreen(browser, served, usb_root, tmp_path, si
         for selector in ("#image", "#heatmap"):
             page.wait_for_function("s => document.querySelector(s).naturalWidth > 0", arg=selector)
         expect(page.locator("#heatmap")).to_be_visible()
+        # The worker writes the overlay just after the score is stored: a page opened in
+        # between (here: the file held away for a moment) asks again and shows it.
+        study_id = page.url.rstrip("/").rsplit("/", 1)[1]
+        overlay_file = served.data_dir / "heatmaps" / f"{study_id}.png"
+        held = overlay_file.rename(overlay_file.with_suffix(".held"))
+        page.reload()
+        page.wait_for_timeout(300)
+        assert page.eval_on_selector("#heatmap", "el => el.naturalWidth") == 0
+        held.rename(overlay_file)
+        page.wait_for_function("s => document.querySelector(s).naturalWidth > 0", arg="#heatmap",
+                               timeout=10_000)
+        held_away = f"404 {served.url}/study/{study_id}/heatmap"
+        assert held_away in errors  # asked while held away: not a page error
+        errors[:] = [e for e in errors if e != held_away]
+        expect(page.locator("#heatmap")).to_be_visible()
         assert opacity(page) == pytest.approx(HEATMAP_OPACITY)
         expect(page.locator("#heatmap-opacity")).to_be_in_viewport()  # no scrolling for it
         visit("study")

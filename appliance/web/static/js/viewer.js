@@ -6,6 +6,17 @@
   if (!stage || !image) { return; }
   var heat = document.getElementById("heatmap");
   var layers = heat ? [image, heat] : [image];
+  if (heat) {
+    // The overlay is written just after the score is stored: a page opened in between
+    // asks again a few times, then shows the image without it.
+    var tries = 0;
+    var askAgain = function () {
+      if (++tries > 5) { heat.hidden = true; return; }
+      setTimeout(function () { heat.src = heat.src.split("?")[0] + "?try=" + tries; }, 400 * tries);
+    };
+    heat.addEventListener("error", askAgain);
+    if (heat.complete && heat.naturalWidth === 0) { askAgain(); }  // failed before this ran
+  }
   var view = { scale: 1, x: 0, y: 0 };
   var pointers = new Map();
   var last = null;
