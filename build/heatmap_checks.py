@@ -28,13 +28,9 @@ import numpy as np  # noqa: E402
 
 from appliance.inference.bundle import load_bundle  # noqa: E402
 from appliance.inference.onnx_runner import OnnxRunner  # noqa: E402
-from appliance.inference.postprocess import (  # noqa: E402
-    evidence_map,
-    map_shifts,
-    shift_averaged_evidence,
-    shift_input,
-)
+from appliance.inference.postprocess import evidence_map, map_shifts, shift_input  # noqa: E402
 from appliance.inference.preprocess import cxr_preprocess, fundus_preprocess  # noqa: E402
+from appliance.screening.heatmaps import MapInput, shift_averaged_source  # noqa: E402
 from build import heatmap_metrics as hm  # noqa: E402
 from build.heatmap_card import HEATMAPS_DIR, patch_bundle  # noqa: E402
 from build.metrics import roc_auc  # noqa: E402
@@ -199,15 +195,16 @@ def _infer(runner: OnnxRunner, x: np.ndarray, batch: int = 32) -> tuple[np.ndarr
 
 def _map_sources(runner: OnnxRunner, x: np.ndarray, shifts: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Logits and what the box draws each map from (``heat_source``'s input): the CAM,
-    or the shift average of the input's shifted copies at the input's size."""
+    or its shift average, by the box's own function (``heatmaps.shift_averaged_source``)."""
     logits, cams = _infer(runner, x)
     if len(shifts) == 1:
         return logits, cams
-    h, w = x.shape[2:]
-    moved = [cams] + [_infer(runner, np.stack([shift_input(xi, dx, dy) for xi in x]))[1]
-                      for dx, dy in shifts[1:]]
-    return logits, np.stack([shift_averaged_evidence(np.stack([m[i] for m in moved]), shifts,
-                                                     h, w) for i in range(len(x))])
+
+    def copies(batch: np.ndarray) -> np.ndarray:
+        return _infer(runner, batch)[1]
+
+    return logits, np.stack([shift_averaged_source(cam, MapInput(xi, shifts, copies))
+                             for xi, cam in zip(x, cams, strict=True)])
 
 
 def _maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
