@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,7 @@ def read_facts(
         outcome=dict(outcome) if outcome else None,
         source=source,
         preview=_existing(store, image.get("preview_path")),
-        heatmap=_existing(store, result.get("heatmap_path")),
+        heatmap=_drawn(store, result.get("heatmap_path")),
         version=version,
         eyes=eyes_of(store, image["id"], timezone_name),
     )
@@ -123,3 +124,18 @@ def _existing(store: Store, relative: str | None) -> Path | None:
         return None
     path = store.data_dir / relative
     return path if path.exists() else None
+
+
+# The worker writes a result's overlay just after the result is stored (worker.py): a
+# sender that comes in between waits this long for it, then sends without it.
+OVERLAY_WAIT_S = 2.0
+
+
+def _drawn(store: Store, relative: str | None, wait_s: float | None = None) -> Path | None:
+    """The result's overlay, once written (None: no map shown, or it never came)."""
+    deadline = time.monotonic() + (OVERLAY_WAIT_S if wait_s is None else wait_s)
+    while True:
+        path = _existing(store, relative)
+        if path is not None or not relative or time.monotonic() >= deadline:
+            return path
+        time.sleep(0.05)

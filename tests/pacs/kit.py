@@ -20,9 +20,11 @@ CHEST_RESULT = {
 }
 
 
-def stored_result(store, importer, path: Path, result: dict | None = None) -> int:
+def stored_result(store, importer, path: Path, result: dict | None = None,
+                  heatmap_path: str | None = None) -> int:
     """Import ``path`` and store a result for it with a preview, in one transaction as
-    the worker does (the real insert_result: outbox rows included); returns its id."""
+    the worker does (the real insert_result: outbox rows included); returns its id.
+    ``heatmap_path``: the overlay the row names (the worker writes it just after)."""
     outcome = importer.import_path(path, source="dicom")
     image_id = outcome.image_id
     preview = Path("previews") / f"{image_id}.jpg"
@@ -30,7 +32,7 @@ def stored_result(store, importer, path: Path, result: dict | None = None) -> in
     Image.fromarray(grey).save(store.data_dir / preview)
     with store.write() as conn:
         conn.execute("UPDATE images SET preview_path = ? WHERE id = ?", (str(preview), image_id))
-        return insert_result(conn, image_id, None, result or CHEST_RESULT, None)
+        return insert_result(conn, image_id, None, result or CHEST_RESULT, heatmap_path)
 
 
 def sr_values(dataset) -> dict[str, object]:

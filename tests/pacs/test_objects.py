@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 
+import cv2
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from helpers import testdata
 from pacs.kit import sr_values, stored_result
 
+from appliance.pacs import facts as facts_module
 from appliance.pacs.capture import build_capture
 from appliance.pacs.facts import read_facts
 from appliance.pacs.report import build_report
@@ -187,3 +191,33 @@ def test_a_photo_without_dicom_gets_both_objects_and_its_typed_patient(
             obj.save_as(path, enforce_file_format=True)
             done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
             assert [x for x in done.stderr.splitlines() if x.startswith("Error")] == [], name
+
+
+def test_a_sender_between_the_result_and_its_overlay_waits_for_the_overlay(
+    store, importer, monkeypatch
+):
+    """The worker stores the result, then writes the overlay its row names (issue 28): a
+    Secondary Capture built in between waits for it, and one whose overlay never comes
+    (a power cut in between) is built without it once the wait is over."""
+    heat = store.data_dir / "heatmaps" / "late.png"
+    heat.parent.mkdir(parents=True, exist_ok=True)
+    result_id = stored_result(store, importer, testdata(RG1), heatmap_path="heatmaps/late.png")
+    overlay = np.zeros((300, 256, 4), np.uint8)
+    overlay[..., 0], overlay[..., 3] = 255, 200
+    late = threading.Timer(0.3, lambda: cv2.imwrite(str(heat), overlay))
+    late.start()
+    try:
+        facts, capture, _ = build(store, result_id)
+    finally:
+        late.join()
+    assert facts.heatmap == heat
+    plain = capture_without_overlay(store, importer)
+    assert np.abs(capture.pixel_array.astype(int) - plain).max() > 50  # laid over
+
+    heat.unlink()
+    monkeypatch.setattr(facts_module, "OVERLAY_WAIT_S", 0.2)
+    assert read_facts(store, result_id, 1).heatmap is None  # never came: sent without it
+
+
+def capture_without_overlay(store, importer) -> np.ndarray:
+    return build(store, stored_result(store, importer, testdata(RG1)))[1].pixel_array
