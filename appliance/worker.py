@@ -202,7 +202,7 @@ class Worker:
         )
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         heatmap_path = None
-        if result.heat is not None and result.heat.validated and not result.needs_population:
+        if result.heat is not None and result.heat.validated:  # a scored image, map shown
             heatmap_path = Path("heatmaps") / f"{image['id']}.png"
         result_id = None
         with self.store.write() as conn:

@@ -265,7 +265,7 @@ def measure(runner: OnnxRunner, data: HeldOut, seed: int,
         "pointing_game": _round(pointing, 3),
         "boxes_area": (None if data.boxes is None else
                        round(float(data.boxes[data.boxes.reshape(len(y), -1).any(1)].mean()), 4)),
-        "map_side": int(grid[-1]), "shift_average_px": max(max(s) for s in shifts) or None,
+        "map_side": int(grid[-1]),
         "n_images": int(len(y)), "n_abnormal": int((y == 1).sum()),
         "n_normal": int((y == 0).sum()),
         "auc_on_sample": round(roc_auc(y, logits), 4),

@@ -131,9 +131,9 @@ def _existing(store: Store, relative: str | None) -> Path | None:
 OVERLAY_WAIT_S = 2.0
 
 
-def _drawn(store: Store, relative: str | None, wait_s: float | None = None) -> Path | None:
+def _drawn(store: Store, relative: str | None) -> Path | None:
     """The result's overlay, once written (None: no map shown, or it never came)."""
-    deadline = time.monotonic() + (OVERLAY_WAIT_S if wait_s is None else wait_s)
+    deadline = time.monotonic() + OVERLAY_WAIT_S
     while True:
         path = _existing(store, relative)
         if path is not None or not relative or time.monotonic() >= deadline:
