@@ -11,9 +11,10 @@ fundus); ``green cast``; ``grey`` (one channel, as a red-free or monochrome came
 adapter: a centred crop of 3/4 of the frame, the circle clipped on every side); ``small
 field`` (a phone adapter or hand-held camera whose field is small in a large frame: the
 photo at 0.45 of a black 4:3 frame's width); ``narrow field, small pupil`` (the narrow
-field's corners dimmed by the vignette). Goals
-(issue 26): refused <= 10 % and referable eyes refused at most 1.5x as often as the
-others.
+field's corners dimmed by the vignette); ``filling the frame`` (a camera or adapter that
+crops to a rectangle inside the field: no black at all). Goals (issue 26): refused
+<= 10 %, referable eyes refused at most 1.5x as often as the others, and the referable
+AUC with every refused photo counted as the lowest score >= 0.85.
 """
 
 from __future__ import annotations
@@ -31,15 +32,23 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # why: run as a script from a checkout
+
+from build.metrics import roc_auc  # noqa: E402
+
 VARIANTS = ("as is", "dark", "green cast", "grey", "vignette", "narrow field", "small field",
-            "narrow field, small pupil")
+            "narrow field, small pupil", "filling the frame")
 
 
 def shifted(image: np.ndarray, variant: str) -> np.ndarray:
     if variant == "narrow field, small pupil":
         return shifted(shifted(image, "narrow field"), "vignette")
     pixels = image.astype(np.float32)
-    if variant == "dark":
+    if variant == "filling the frame":
+        from models.training.router import inside_field  # the router's own check shift
+
+        pixels = inside_field(pixels)
+    elif variant == "dark":
         pixels = pixels * 0.45
     elif variant == "green cast":
         pixels = pixels * np.array([0.7, 1.15, 0.6], np.float32)  # BGR
@@ -91,6 +100,7 @@ def main() -> None:
             lines = screen(sorted(folder.glob("*.jpg")), Path(tmp) / "box")
             counts = collections.Counter()
             reasons = collections.Counter()
+            labels, scores = [], []
             for line in lines:
                 sick = referable[Path(line["file"]).name]
                 refused = line["route"] == "refused"
@@ -98,6 +108,8 @@ def main() -> None:
                 counts[("refused", sick)] += refused
                 if refused:
                     reasons[(line.get("reason") or "").split(":")[0]] += 1
+                labels.append(int(sick))  # why: a refused photo is counted as the lowest score
+                scores.append(-1.0 if refused else float(line.get("probability") or 0.0))
             n = counts[("n", True)] + counts[("n", False)]
             refused = counts[("refused", True)] + counts[("refused", False)]
             rate = {s: counts[("refused", s)] / max(1, counts[("n", s)]) for s in (True, False)}
@@ -105,16 +117,18 @@ def main() -> None:
                 "variant": variant, "photos": n, "refused": refused,
                 "refused_fraction": refused / max(1, n),
                 "referable_refused": rate[True], "non_referable_refused": rate[False],
+                "auc_refused_lowest": round(roc_auc(np.array(labels), np.array(scores)), 4),
                 "reasons": dict(reasons.most_common()),
             })
     if args.json:
         print(json.dumps(table, indent=2))
         return
     print(f"IDRiD, every {args.every}th photo ({len(rows)}), screened by appliance screen")
-    print(f"{'variant':<26} {'refused':>8} {'referable':>10} {'others':>7}  reasons")
+    print(f"{'variant':<26} {'refused':>8} {'referable':>10} {'others':>7} {'AUC':>6}  reasons")
     for row in table:
         print(f"{row['variant']:<26} {row['refused_fraction']:>8.1%} "
-              f"{row['referable_refused']:>10.1%} {row['non_referable_refused']:>7.1%}  "
+              f"{row['referable_refused']:>10.1%} {row['non_referable_refused']:>7.1%} "
+              f"{row['auc_refused_lowest']:>6.3f}  "
               + "; ".join(f"{k} {v}" for k, v in row["reasons"].items()))
 
 

@@ -164,6 +164,27 @@ def test_a_narrow_field_camera_photo_is_screened_not_sent_back(screener):
     assert result.model["name"] == "fundus-referable-dr" and result.score is not None
 
 
+@pytest.mark.parametrize("name", ["IDRiD_008.jpg", "hrf_12_h.jpg"])
+def test_a_retina_filling_the_frame_is_screened_not_called_something_else(screener, name):
+    """A camera or phone adapter that crops to a rectangle inside the field leaves no
+    black at all (here a 4:3 rectangle cut from inside a real photo's circle): routed,
+    gradable and scored (issue 26; router 1.2.0 said "not a chest X-ray or a retina
+    photograph" of every one)."""
+    import cv2
+
+    from appliance.inference.preprocess import find_fundus_disc
+
+    full = cv2.imread(str(FUNDUS_DIR / name))
+    cx, cy, radius = find_fundus_disc(full[..., ::-1].astype(np.float32) / 255)
+    half_h, half_w = 0.95 * radius * 0.6, 0.95 * radius * 0.8  # a 3-4-5 triangle
+    inside = full[int(cy - half_h):int(cy + half_h), int(cx - half_w):int(cx + half_w)]
+    assert (inside.max(axis=2) < 15).mean() < 0.005  # no black left
+    ok, jpeg = cv2.imencode(".jpg", inside, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    result = screener.screen(decode_bytes(jpeg.tobytes()), {})
+    assert result.route == "fundus" and result.quality["gradable"], result.as_dict()
+    assert result.model["name"] == "fundus-referable-dr" and result.score is not None
+
+
 def test_blurred_fundus_is_refused_with_a_retake_hint_and_no_score(screener):
     import cv2
 
