@@ -14,6 +14,7 @@ from models.training.router import (
     FRAME_FILLING,
     _field_of_view,
     _shrink,
+    add_lesions,
     augment_retina,
     inside_field,
 )
@@ -49,3 +50,21 @@ def test_the_field_of_view_augmentation_makes_frame_filling_retinas() -> None:
     # about FRAME_FILLING of them, and the other fields still keep black around them
     assert FRAME_FILLING - 0.08 < filling < FRAME_FILLING + 0.08, filling
     assert augment_retina(photo, rng).shape[2] == 3
+
+
+def test_lesions_add_exudates_and_haemorrhages_inside_the_picture() -> None:
+    photo = _shrink(read_image01(DATA / "fundus" / "hrf_07_h.jpg"))
+    rng = np.random.default_rng(5)
+    brighter, darker = [], []
+    for _ in range(20):
+        sick = add_lesions(photo, rng)
+        assert sick.shape == photo.shape and sick.dtype == np.float32
+        assert 0.0 <= sick.min() and sick.max() <= 1.0
+        change = sick - photo
+        assert 0.0005 < (np.abs(change).max(axis=2) > 0.05).mean() < 0.5  # spots, plaques
+        brighter.append(change[change.mean(axis=2) > 0.1])
+        darker.append(change[change.mean(axis=2) < -0.05])
+    # exudates yellow-white (more green than blue added); haemorrhages dark
+    exudates, blots = np.concatenate(brighter), np.concatenate(darker)
+    assert len(exudates) > 100 and exudates[:, 1].mean() > exudates[:, 2].mean()
+    assert len(blots) > 100
