@@ -274,9 +274,11 @@ ROUTER_CHOICES = {"1.0.0 augmentation": False, "new augmentation": True,
                   "not shipped: a fifth fill the frame, featureless patches are other, and "
                   "retinas get more exudates and haemorrhages": "filling, patches, lesions"}
 
-# the retina augmentation's choices, and the share of photos each trains filling the frame
-RETINA_CHOICES = {"retina": 0.0, "photos": 0.0, "filling": 0.2, "filling more": 0.4,
-                  "filling, patches": 0.2, "filling, patches, lesions": 0.2}
+# the retina augmentation's choices: the shares of retina photos filling the frame, of
+# "other" pictures cut to small patches, and of retina photos given more lesions
+RETINA_CHOICES = {"retina": (0.0, 0.0, 0.0), "photos": (0.0, 0.0, 0.0),
+                  "filling": (0.2, 0.0, 0.0), "filling more": (0.4, 0.0, 0.0),
+                  "filling, patches": (0.2, 0.2, 0.0), "filling, patches, lesions": (0.2, 0.2, 0.3)}
 
 
 def _shifted(model, images: list, test: np.ndarray) -> dict[str, float]:
@@ -348,14 +350,13 @@ def router_rows(data_root: Path, seed: int, epochs: int, log,
                         img = augment_radiograph(img, rng) if new else basic_radiograph(img, rng)
                         img = router.augment_any(img, rng, 0.6, False)
                     elif y[i] == router.FUNDUS and new in RETINA_CHOICES:
-                        img = router.augment_retina(img, rng, RETINA_CHOICES[new],
-                                                    router.LESIONS if "lesions" in new else 0.0)
+                        filling, _, lesions = RETINA_CHOICES[new]
+                        img = router.augment_retina(img, rng, filling, lesions)
                     elif y[i] == router.FUNDUS:
                         img = router.augment_fundus_frame(img, rng) if new else \
                             router.augment_any(img, rng, 0.6, False)
                     elif new in RETINA_CHOICES and new != "retina":
-                        img = router.augment_other(
-                            img, rng, router.PHOTO_PATCH if "patches" in new else 0.0)
+                        img = router.augment_other(img, rng, RETINA_CHOICES[new][1])
                     else:
                         img = router.augment_any(img, rng, 0.2, True)
                     out.append(router_preprocess(img))

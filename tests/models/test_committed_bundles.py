@@ -130,20 +130,20 @@ def test_router_routes_real_images(what: str, load, expected: str) -> None:
     assert bundle.manifest["labels"][int(prob.argmax())] == expected, (what, prob)
 
 
+def _inside_field(rgb: np.ndarray) -> np.ndarray:
+    from models.training.router import inside_field  # the shift the router's build holds
+
+    return inside_field(rgb)
+
+
 RETINA_SHIFTS = {  # what other cameras and patients do to a retina photo (issue 26)
     "grey (red-free or monochrome)": lambda rgb: np.repeat(
         (rgb @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, 2),
     "dark x0.45": lambda rgb: rgb * 0.45,
     "green cast": lambda rgb: np.clip(rgb * np.float32([0.7, 1.15, 0.6]), 0, 1),
     "orange cast": lambda rgb: np.clip(rgb * np.float32([1.2, 0.7, 0.4]), 0, 1),
-    "filling the frame (no black)": lambda rgb: _inside_field(rgb),
+    "filling the frame (no black)": _inside_field,
 }
-
-
-def _inside_field(rgb: np.ndarray) -> np.ndarray:
-    from models.training.router import inside_field  # the shift the router's build holds
-
-    return inside_field(rgb)
 
 
 @pytest.mark.parametrize("shift", sorted(RETINA_SHIFTS))
@@ -201,12 +201,10 @@ def test_no_held_out_background_patch_reaches_the_fundus_model() -> None:
 def test_no_held_out_lfw_picture_gets_a_retina_score(screener) -> None:
     """Through the whole door (gate, router, then the quality check), none of the 200 gets
     a referable-DR score: what the router lets through, the gradability check refuses."""
-    import cv2 as cv
-
     from appliance.ingest.decode import decode_bytes
 
     for i, picture in enumerate(_lfw()):
-        ok, png = cv.imencode(".png", np.round(picture * 255).astype(np.uint8))
+        ok, png = cv2.imencode(".png", np.round(picture * 255).astype(np.uint8))
         result = screener.screen(decode_bytes(png.tobytes()), {})
         assert result.score is None or result.route != "fundus", (i, result.as_dict())
 

@@ -172,12 +172,9 @@ def test_a_retina_filling_the_frame_is_screened_not_called_something_else(screen
     photograph" of every one)."""
     import cv2
 
-    from appliance.inference.preprocess import find_fundus_disc
+    from models.training.router import inside_field  # the shift the router's build holds
 
-    full = cv2.imread(str(FUNDUS_DIR / name))
-    cx, cy, radius = find_fundus_disc(full[..., ::-1].astype(np.float32) / 255)
-    half_h, half_w = 0.95 * radius * 0.6, 0.95 * radius * 0.8  # a 3-4-5 triangle
-    inside = full[int(cy - half_h):int(cy + half_h), int(cx - half_w):int(cx + half_w)]
+    inside = inside_field(cv2.imread(str(FUNDUS_DIR / name)))
     assert (inside.max(axis=2) < 15).mean() < 0.005  # no black left
     ok, jpeg = cv2.imencode(".jpg", inside, [cv2.IMWRITE_JPEG_QUALITY, 92])
     result = screener.screen(decode_bytes(jpeg.tobytes()), {})
