@@ -101,7 +101,8 @@ def run_variant(name: str, data, seed: int, epochs: int | None, folds: list[int]
                     seed=seed + fold, num_outputs=recipe.num_outputs,
                     sample_weights=prepared.sample_weights[train], log=log)
         seconds += time.perf_counter() - t0
-        per_fold.append(measure(model, recipe.shortcut_sets(data, fold=fold, seed=seed)))
+        per_fold.append(measure(torch_run(model),
+                                recipe.shortcut_sets(data, fold=fold, seed=seed)))
         log(f"  {name} fold {fold}: {json.dumps(per_fold[-1])}")
     out = {"variant": name, "folds": folds, "train_seconds": round(seconds),
            **recipe.describe_variant()}
@@ -111,7 +112,9 @@ def run_variant(name: str, data, seed: int, epochs: int | None, folds: list[int]
     return out
 
 
-def measure(model, checks: dict) -> dict:
+def torch_run(model):
+    """``run(x) -> (pooled features, logits N x heads, CAMs N x heads x h x w)`` of a
+    trained member (:func:`measure`'s input)."""
     import torch
 
     def run(x):
@@ -125,7 +128,12 @@ def measure(model, checks: dict) -> dict:
                 logits.append(model.pool(cam).numpy())
                 cams.append(cam.numpy())
         return np.concatenate(feats), np.concatenate(logits), np.concatenate(cams)
+    return run
 
+
+def measure(run, checks: dict) -> dict:
+    """The shortcut figures of one model (``run``: :func:`torch_run` or
+    :func:`build.tb_bundle_members.member_run`) on one held-out fold's ``checks``."""
     f_tb, l_tb, c_tb = run(checks["tb"])
     f_nn, l_nn, _ = run(checks["nih_normal"])
     _, l_na, _ = run(checks["nih_abnormal"])
@@ -144,12 +152,24 @@ def measure(model, checks: dict) -> dict:
     _, l_tpr, _ = run(checks["tb_processed"])
     _, l_npr, _ = run(checks["nih_normal_processed"])
     tb = 0
-    third_head = {}
+    extra_heads = {}
     if l_kp.shape[1] > 2:  # children's pneumonia head (a variant's, never served)
-        third_head["children_pneumonia_auc_third_head"] = _auc(l_kp[:, 2], l_kn[:, 2])
+        extra_heads["children_pneumonia_auc_third_head"] = _auc(l_kp[:, 2], l_kn[:, 2])
     t90 = float(np.quantile(l_tb[:, tb], 0.10))
     flagged = lambda s: round(float(np.mean(s[:, tb] >= t90)), 3)  # noqa: E731
     y = np.r_[np.ones(len(l_tb)), np.zeros(len(l_nn))].astype(int)
+    if l_na.shape[1] > 1:  # the NIH-abnormal head a trained member has (never served)
+        extra_heads.update({
+            "nih_abnormal_auc_second_head": round(metrics.roc_auc(
+                np.r_[np.ones(len(l_na)), np.zeros(len(l_nn))].astype(int),
+                np.r_[l_na[:, 1], l_nn[:, 1]]), 3),
+            # both heads summed ("TB, or any other finding"): what serving the sum would give
+            "nih_abnormal_auc_sum": _auc(_tb_and_nih(l_na), _tb_and_nih(l_nn)),
+            "lesion_auc_nih_films_sum": _auc(_tb_and_nih(l_lp), _tb_and_nih(l_tp)),
+            "lesion_auc_tb_films_sum": _auc(_tb_and_nih(l_tb), _tb_and_nih(l_rm)),
+            "auc_in_source_sum": _auc(_tb_and_nih(l_tb), _tb_and_nih(l_nn)),
+            "pointing_game_sum": round(pointing_game(_tb_and_nih(c_tb), checks["tb_masks"]), 3),
+        })
     return {
         "n_tb": len(l_tb), "n_nih_normal": len(l_nn),
         "auc_in_source": round(metrics.roc_auc(y, np.r_[l_tb[:, tb], l_nn[:, tb]]), 3),
@@ -166,14 +186,6 @@ def measure(model, checks: dict) -> dict:
         "nih_abnormal_auc": round(metrics.roc_auc(
             np.r_[np.ones(len(l_na)), np.zeros(len(l_nn))].astype(int),
             np.r_[l_na[:, tb], l_nn[:, tb]]), 3),
-        "nih_abnormal_auc_second_head": round(metrics.roc_auc(
-            np.r_[np.ones(len(l_na)), np.zeros(len(l_nn))].astype(int),
-            np.r_[l_na[:, 1], l_nn[:, 1]]), 3),
-        # both heads summed ("TB, or any other finding"): what serving the sum would give
-        "nih_abnormal_auc_sum": _auc(_tb_and_nih(l_na), _tb_and_nih(l_nn)),
-        "lesion_auc_nih_films_sum": _auc(_tb_and_nih(l_lp), _tb_and_nih(l_tp)),
-        "lesion_auc_tb_films_sum": _auc(_tb_and_nih(l_tb), _tb_and_nih(l_rm)),
-        "auc_in_source_sum": _auc(_tb_and_nih(l_tb), _tb_and_nih(l_nn)),
         # detail as an answer: held-out TB films at NIH's 64-px detail should stay flagged,
         # and RG1 (a sharp normal-looking CR from a third hospital) should not be
         "tb_soft_flagged": flagged(l_ts),
@@ -184,7 +196,6 @@ def measure(model, checks: dict) -> dict:
         "sharp_film_above_nih_normals": round(float(np.mean(l_nn[:, tb] < l_sh[0, tb])), 3),
         "sharp_film_detail_gap": round(float(l_sh[0, tb] - l_ss[0, tb]), 3),
         "pointing_game": round(pointing_game(c_tb[:, tb], checks["tb_masks"]), 3),
-        "pointing_game_sum": round(pointing_game(_tb_and_nih(c_tb), checks["tb_masks"]), 3),
         "source_auc_negatives": round(source_auc(f_nn, f_rm), 3),
         # framing: the held-out films with 10 % of each side cut away (tight collimation)
         "tb_tight_flagged": flagged(l_tt),
@@ -193,22 +204,24 @@ def measure(model, checks: dict) -> dict:
         # enhance 0.5) on the held-out films: a hospital's look, not TB
         "tb_processed_flagged": flagged(l_tpr),
         "nih_normal_processed_flagged": flagged(l_npr),
-        **third_head,
+        **extra_heads,
     }
+
+
+# the figures the model card's shortcut table shows, in its column order
+CARD_COLUMNS = (
+    "auc_in_source", "lesion_auc_nih_films", "lesion_auc_tb_films",
+    "lesion_auc_nih_films_sum", "lesion_auc_tb_films_sum", "lesions_removed_flagged",
+    "lesion_pasted_flagged", "tissue_pasted_flagged", "nih_normal_flagged",
+    "children_normal_flagged", "children_pneumonia_flagged", "nih_other_disease_flagged",
+    "nih_tb_like_flagged", "tb_soft_flagged", "sharp_film_flagged",
+    "sharp_film_above_nih_normals", "nih_abnormal_auc", "nih_abnormal_auc_sum",
+    "pointing_game", "pointing_game_sum", "source_auc_negatives", "tb_tight_flagged",
+    "nih_normal_tight_flagged", "tb_processed_flagged", "nih_normal_processed_flagged")
 
 
 def card_table(rows: list[dict], args: argparse.Namespace) -> dict:
     """The table as the model card shows it (build/bundle_writer.py)."""
-    show = ("auc_in_source", "lesion_auc_nih_films", "lesion_auc_tb_films",
-            "lesion_auc_nih_films_sum", "lesion_auc_tb_films_sum",
-            "lesions_removed_flagged", "lesion_pasted_flagged",
-            "tissue_pasted_flagged", "nih_normal_flagged", "children_normal_flagged",
-            "children_pneumonia_flagged", "nih_other_disease_flagged",
-            "nih_tb_like_flagged", "tb_soft_flagged", "sharp_film_flagged",
-            "sharp_film_above_nih_normals", "nih_abnormal_auc", "nih_abnormal_auc_sum",
-            "pointing_game", "pointing_game_sum", "source_auc_negatives",
-            "tb_tight_flagged", "nih_normal_tight_flagged", "tb_processed_flagged",
-            "nih_normal_processed_flagged")
     return {
         "model": "cxr-adult", "seed": args.seed, "folds": args.folds,
         "epochs": args.epochs or "recipe",
@@ -221,7 +234,7 @@ def card_table(rows: list[dict], args: argparse.Namespace) -> dict:
                  "films: Kermany's report split, patients never trained on (up to the "
                  "'children' row their hospital is not in training at all; from it on, "
                  "its other children's normals are negatives)",
-        "rows": [{"choice": _note(r), **{k: r[k] for k in show if k in r}} for r in rows],
+        "rows": [card_row(_note(r), r) for r in rows],
         "notes": [
             "lesion AUC on NIH films: NIH normals with a held-out TB box pasted in vs the "
             "same with lesion-free TB lung pasted in; on TB films: held-out TB films vs "
@@ -247,6 +260,11 @@ def card_table(rows: list[dict], args: argparse.Namespace) -> dict:
             "mixes its own batches, never these.",
         ],
     }
+
+
+def card_row(choice: str, figures: dict) -> dict:
+    """One row of the card's table: what was measured, then its figures in column order."""
+    return {"choice": choice, **{k: figures[k] for k in CARD_COLUMNS if k in figures}}
 
 
 def _note(row: dict) -> str:

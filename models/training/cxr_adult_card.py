@@ -165,4 +165,18 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
   TB films 0.64 against 0.71, on NIH films 0.61 against 0.63, lesions removed flagged
   0.79 against 0.72; 14 epochs, folds 0-1), as with the NIH head summed in: a body
   shared with a whole-film task looks at whole films.
+- **Measured and not shipped (session 17): processing at 84 epochs, and how the
+  score is read.** The session-13 processing choice had been measured on an
+  undertrained model; trained 84 epochs it still gained nothing (processed NIH
+  normals flagged 0.28 against 0.20 and 0.24 for the shipped choice's two seeds,
+  in-source AUC 0.93 against 0.95-0.96; folds 0-1). `build/tb_bundle_members.py`
+  measures the shipped bundle itself, without training: its INT8 graph runs the five
+  members as groups of one graph, and member k never trained on pool fold k, so every
+  fold is held out by one member (the table's "as built and served" row, 5 folds).
+  On those members, two ways of reading the score at serving were measured: averaged
+  over the film and the map's three shifted copies (no change beyond 0.01 on any
+  lesion check), and the map's peak less its mean (fewer NIH normals flagged, 0.17
+  against 0.21, and tightly framed ones 0.21 against 0.30, but more lesion-removed TB
+  films flagged, 0.33 against 0.27, and tightly framed TB films let go, 0.69 against
+  0.80). Neither is served.
 """

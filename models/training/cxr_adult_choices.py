@@ -151,3 +151,8 @@ VARIANTS["shipped + children's pneumonia head"] = replace(
     note="measured (session 14): the 2.1 choice with a third head learning children's "
          "pneumonia vs normal from one hospital (Kermany), so the shared body learns an "
          "opacity where no hospital can answer; the TB head alone is served")
+VARIANTS["shipped 84 epochs + vendor processing"] = replace(
+    VARIANTS[SHIPPED], processing=0.6,
+    note="not shipped (no gain at 84 epochs either; session 17): the 2.2 choice with 60 % "
+         "of training films given a vendor's multiscale processing, as 'shipped + vendor "
+         "processing' at 14 epochs")
