@@ -1,6 +1,6 @@
 """The shipped adult chest bundle's own members on the folds they never trained on.
 
-    python build/tb_bundle_members.py [--score plain|shifts] [--out FILE]
+    python build/tb_bundle_members.py [--score plain|shifts|peak-mean] [--out FILE] [--append NOTE]
 
 ``build/tb_shortcuts.py`` trains a new model per choice and fold. This one trains
 nothing: the served INT8 graph runs its 5 cross-fitted members as groups of one graph,
