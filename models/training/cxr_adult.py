@@ -144,7 +144,7 @@ class CxrAdultRecipe:
     def build_model(self) -> nn.Module:
         grid = CAM_SIZE * self.choice.size // SIZE
         heads = 3 if self.choice.pneumonia_share else 2
-        return CamNet(1, widths=(16, 32, 64, 128), num_outputs=heads,
+        return CamNet(1, widths=self.choice.widths, num_outputs=heads,
                       peak=grid if self.choice.peak else 0)
 
     def _prep(self, film: np.ndarray) -> np.ndarray:
@@ -298,16 +298,20 @@ class CxrAdultRecipe:
         ]
         return out
 
-    def shortcut_sets(self, s: Sources, fold: int, seed: int) -> dict[str, np.ndarray]:
-        """Held-out films of pool fold ``fold`` and their mixed forms (build/tb_shortcuts.py)."""
+    def shortcut_sets(self, s: Sources, fold: int | None, seed: int) -> dict[str, np.ndarray]:
+        """Held-out films of pool fold ``fold`` and their mixed forms (build/tb_shortcuts.py);
+        ``fold=None``: the report split's films instead, which no member trained on."""
         sp = self.splits(s)
         tb_films, nih_films, kid_films = self._films(s)
         rng = np.random.default_rng(seed + 7)
         size = self.choice.size
         masks = (s.tb_masks if size == SIZE
                  else np.stack([box_mask(b, size) for b in s.tb.boxes]))
-        tb_i = np.flatnonzero(~sp["tb_report"] & (sp["tb_folds"] == fold))
-        pool_nih = ~sp["nih_report"] & (sp["nih_folds"] == fold)
+        if fold is None:
+            tb_i, pool_nih = np.flatnonzero(sp["tb_report"]), sp["nih_report"]
+        else:
+            tb_i = np.flatnonzero(~sp["tb_report"] & (sp["tb_folds"] == fold))
+            pool_nih = ~sp["nih_report"] & (sp["nih_folds"] == fold)
         nn_i = np.flatnonzero(pool_nih & (s.nih_y == 0))
         na_i = np.flatnonzero(pool_nih & (s.nih_y == 1))
         other = _other_disease(s)

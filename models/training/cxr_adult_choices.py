@@ -20,6 +20,7 @@ class Choice:
     adversarial_weight: float = 0.0
     peak: bool = False         # the logit from the map's peak, not its mean (nets.CamNet)
     size: int = 64             # model input; TB films at their own detail above 64 px
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # channels per stage (nets.CamNet)
     # every film (training and serving) brought to this detail first, then to ``size``
     detail: int | None = None
     # the CAM learns cell by cell, lesion (in a box) vs lung outside any box of the same
@@ -156,3 +157,12 @@ VARIANTS["shipped 84 epochs + vendor processing"] = replace(
     note="not shipped (no gain at 84 epochs either; session 17): the 2.2 choice with 60 % "
          "of training films given a vendor's multiscale processing, as 'shipped + vendor "
          "processing' at 14 epochs")
+VARIANTS["shipped + lesions pasted on children's normals"] = replace(
+    VARIANTS[SHIPPED], mixing=Mixing(paste_on_children=True),
+    note="not shipped (no lesion gain; children's pneumonia flagged more; session 18): "
+         "the 2.2 choice with TB lesions (and lesion-free TB tissue) pasted on children's "
+         "normals as on NIH normals: a third hospital's films with and without a lesion")
+VARIANTS["shipped, 1.5x wider"] = replace(
+    VARIANTS[SHIPPED], widths=(24, 48, 96, 192),
+    note="measured (session 18), a candidate for 2.3.0: the 2.2 choice with every stage "
+         "1.5 times as wide (24-192 channels against 16-128)")

@@ -201,6 +201,10 @@ class Mixing:
     # augmentation: at an input above 64 px, detail must not say "TB film" (NIH exists
     # at 64 px only), and a lesion must still be found on a soft film
     degrade: float = 0.0
+    # children's normals (a third hospital, the TB films' country) get TB lesions and
+    # lesion-free TB tissue pasted at the NIH normals' rates: a lesion must read as TB on
+    # any hospital's film, not only on NIH's
+    paste_on_children: bool = False
 
 
 class MixedBatches:
@@ -233,7 +237,8 @@ class MixedBatches:
                 if donor is not None:
                     return paste(img, self.films[donor], region), 0.0, TB_HEAD, none
             return img, 1.0, TB_HEAD, self.masks[i]
-        if kind == NIH_NORMAL and len(others):
+        pasted_on = kind == NIH_NORMAL or (kind == OTHER_NORMAL and m.paste_on_children)
+        if pasted_on and len(others):
             r = rng.random()
             src = int(rng.choice(others))
             if r < m.paste_lesion and self.masks[src].any():

@@ -35,6 +35,9 @@ def test_the_members_outputs_are_what_the_served_graph_averages(session) -> None
     # a graph exported with other tensor names, or members in another order, fails here
     assert np.abs(logits.mean(0) - served["logits"]).max() < 1e-4
     assert np.abs(cams.mean(0) - served["cam"]).max() < 1e-4
+    _, ensemble_logits, ensemble_cams = tbm.member_run(session, None)(x)  # --folds report
+    assert np.abs(ensemble_logits - served["logits"]).max() < 1e-4
+    assert np.abs(ensemble_cams - served["cam"]).max() < 1e-4
     assert np.abs(logits[0] - logits[1]).max() > 1e-2  # members differ: not one copy
     feats = per_member[0][0]
     assert feats.shape == (6, 128)  # one member's share of the grouped last block

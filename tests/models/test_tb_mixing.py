@@ -230,3 +230,31 @@ def test_childrens_pneumonia_teaches_its_own_head_never_the_tb_head() -> None:
                            lambda f: f[None].astype(np.float32), augment_radiograph_with_mask,
                            Mixing(), cam_size=8)
     assert (shipped(np.arange(100), rng)[2] == TB_HEAD).all()  # no third head by default
+
+
+def test_childrens_normals_get_lesions_only_when_the_variant_asks() -> None:
+    """``Mixing.paste_on_children`` (a session-18 variant, not shipped): children's
+    normals become TB positives with a pasted box as NIH normals do; by default they
+    stay negatives without a mark."""
+    from models.training.tb import OTHER_NORMAL
+
+    rng = np.random.default_rng(5)
+    n_tb, n_kid = 24, 24
+    films = rng.uniform(0, 1, (n_tb + n_kid, 64, 64)).astype(np.float32)
+    kind = np.array([TB] * n_tb + [OTHER_NORMAL] * n_kid)
+    masks = np.concatenate([np.stack([box_mask(np.array([[0.1 + 0.02 * i, 0.2, 0.4, 0.5]]))
+                                      for i in range(n_tb)]),
+                            np.zeros((n_kid, 64, 64), np.float32)])
+
+    def kid_labels(mixing: Mixing) -> set:
+        batches = MixedBatches(films, kind, masks, lambda f: f[None].astype(np.float32),
+                               augment_radiograph_with_mask, mixing, cam_size=8)
+        out = set()
+        for _ in range(10):
+            _, y, _, cam_masks, _ = batches(np.arange(len(films)), rng)
+            out |= {(float(t), bool(m.any())) for t, m in zip(y[n_tb:], cam_masks[n_tb:],
+                                                             strict=True)}
+        return out
+
+    assert kid_labels(Mixing()) == {(0.0, False)}
+    assert kid_labels(Mixing(paste_on_children=True)) == {(0.0, False), (1.0, True)}
