@@ -70,7 +70,7 @@ CAM_SIZE = 8                   # 64 px in, three 2x poolings
 
 class CxrAdultRecipe:
     name = "cxr-adult-abnormal"
-    version = "2.2.0"
+    version = "2.3.0"
     task = ("binary classification: chest radiograph findings consistent with tuberculosis "
             "(refer for a sputum test) vs not, adults")
     modality = "chest-xray"

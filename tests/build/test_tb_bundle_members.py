@@ -40,7 +40,8 @@ def test_the_members_outputs_are_what_the_served_graph_averages(session) -> None
     assert np.abs(ensemble_cams - served["cam"]).max() < 1e-4
     assert np.abs(logits[0] - logits[1]).max() > 1e-2  # members differ: not one copy
     feats = per_member[0][0]
-    assert feats.shape == (6, 128)  # one member's share of the grouped last block
+    # one member's share of the grouped last block: the shipped choice's last width
+    assert feats.shape == (6, RECIPE.choice.widths[-1])
 
 
 def test_the_shift_score_averages_the_film_and_the_maps_copies(session) -> None:

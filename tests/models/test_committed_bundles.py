@@ -93,8 +93,10 @@ def test_tensorrt_can_parse_every_dequantize(path: Path) -> None:
 
 
 def test_committed_artefacts_stay_small() -> None:
+    # 8 MiB until 2.3.0, whose 1.5x wider adult chest members (3.3 MB of INT8) took the
+    # four bundles to 8.9 MB: still a small clone, and a box holds two versions of each
     total = sum(f.stat().st_size for p in BUNDLES for f in p.iterdir())
-    assert total < 8 * 1024 * 1024
+    assert total < 12 * 1024 * 1024
 
 
 def test_cxr_on_held_out_real_radiographs() -> None:

@@ -29,7 +29,9 @@ def test_a_pneumonia_head_variant_has_a_third_output_the_shipped_one_two() -> No
 def test_a_wider_variant_builds_the_widths_it_names() -> None:
     wide = variant("shipped, 1.5x wider").build_model()
     assert wide.classifier.in_channels == 192
-    assert CxrAdultRecipe().build_model().classifier.in_channels == 128
+    narrow = variant("shipped, trained 6x longer").build_model()  # 2.2.0's width
+    assert narrow.classifier.in_channels == 128
+    assert CxrAdultRecipe().build_model().classifier.in_channels == 192  # since 2.3.0
 
 
 def test_the_report_split_checks_hold_only_films_no_member_trained_on() -> None:
