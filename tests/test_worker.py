@@ -104,7 +104,7 @@ def test_screening_result_heatmap_and_job_completion_land_together(
     timings = json.loads(chest_result["timings"])
     assert {"decode", "gate", "preprocess", "infer", "postprocess"} <= set(timings)
     # the overlay lands with the result where the adult maps passed their checks
-    # (2.1.0 did, 2.2.0 did not: models/heatmaps/cxr-adult-abnormal.json), else none
+    # (models/heatmaps/cxr-adult-abnormal.json), else none
     if adult_maps_shown():
         assert (store.data_dir / chest_result["heatmap_path"]).is_file()
     else:

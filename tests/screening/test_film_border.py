@@ -76,8 +76,8 @@ def test_an_extremity_cr_is_still_refused(screener):
 
 
 def test_the_map_lies_over_the_film_not_its_border(screener, models, monkeypatch):
-    # the map's place, whatever the shipped verdict (2.2.0's maps are off): set for
-    # this test only, as tests/screening/test_heatmaps.py does
+    # the map's place, whatever the shipped verdict: set for this test only, as
+    # tests/screening/test_heatmaps.py does
     verdict = models.get("cxr-adult-abnormal").bundle.manifest["heatmap"]
     monkeypatch.setitem(verdict, "validated", True)
     framed = bordered(film(TB_FILMS[0]), 0.1, 1.0)

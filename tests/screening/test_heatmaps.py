@@ -78,8 +78,8 @@ def box(tmp_path, models):
 
 def _adult_box(tmp_path, models, monkeypatch, validated: bool):
     """The adult bundle with its maps' verdict (what the screener and the page read) set
-    for this test only, whatever the shipped one's is (2.1.0 passed its checks, 2.2.0
-    failed two: models/heatmaps/cxr-adult-abnormal.json)."""
+    for this test only, whatever the shipped one's is (models/heatmaps/
+    cxr-adult-abnormal.json: versions have passed and failed)."""
     verdict = models.get("cxr-adult-abnormal").bundle.manifest["heatmap"]
     monkeypatch.setitem(verdict, "validated", validated)
     return make_box(tmp_path, models)

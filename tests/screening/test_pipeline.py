@@ -36,7 +36,8 @@ def test_adult_chest_cr_is_screened_with_score_triage_timings_and_its_map_if_sho
     assert result.backend == "onnxruntime"
     assert set(result.timings_ms) == {"gate", "preprocess", "infer", "postprocess"}
     # The map goes with the score only where the bundle's maps passed their checks
-    # (manifest "heatmap": 2.1.0's did; 2.2.0's failed two): else the score, and why.
+    # (manifest "heatmap", from models/heatmaps/cxr-adult-abnormal.json): else the
+    # score, and why.
     shown = adult_maps_shown()
     assert (result.heatmap is not None) is shown
     assert result.as_dict()["heatmap_validated"] is shown

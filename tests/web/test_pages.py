@@ -10,7 +10,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import FUNDUS_DIR, csrf_from, testdata
+from helpers import FUNDUS_DIR, bundle_dir, csrf_from, testdata
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
@@ -274,6 +274,12 @@ def test_review_is_structured_attributed_audited_and_never_overwrites_the_result
 
 
 def test_settings_save_to_config_toml_and_apply_at_once(app):
+    # a threshold equal to its bundle's own is not saved as a site setting (admin.py):
+    # each one posted here must differ from the committed bundle's
+    for name, posted in (("cxr-pneumonia", 0.2), ("cxr-adult-abnormal", 0.33),
+                         ("fundus-referable-dr", 0.48)):
+        manifest = json.loads((bundle_dir(name) / "manifest.json").read_text())
+        assert manifest["operating_points"]["suggested"]["threshold"] != posted, name
     client = logged_in(app, "admin")
     token = csrf_from(client.get("/settings").text)
     response = client.post(
@@ -287,7 +293,7 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
             "dicom_port": "11113",
             "dicom_allowed_aets": "XRAY1, FUNDUS",
             "cxr_threshold": "0.2",
-            "cxr_adult_threshold": "0.3",
+            "cxr_adult_threshold": "0.33",
             "fundus_threshold": "0.48",
             "chest_population": "ask",
             "usb_auto_import": "on",
@@ -300,7 +306,7 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
     assert reread.dicom_allowed_aets == ["XRAY1", "FUNDUS"] and reread.dicom_port == 11113
     assert reread.timezone == "Africa/Maputo" and reread.usb_auto_import is True
     assert reread.chest_population == "ask" and config.chest_population == "ask"
-    assert reread.cxr_adult_threshold == 0.3
+    assert reread.cxr_adult_threshold == 0.33
     assert "Centro de Saúde de Chamanculo" in client.get("/").text
 
 
