@@ -14,9 +14,11 @@ from helpers import FUNDUS_DIR, bundle_dir, csrf_from, testdata
 
 from appliance.config import load_config
 from appliance.ingest.importer import Importer
+from appliance.screening.models import CXR, CXR_ADULT, FUNDUS
 from appliance.screening.pipeline import Screener
 from appliance.store import users
 from appliance.web import create_app
+from appliance.web.admin import THRESHOLD_SETTING
 from appliance.worker import Worker
 
 PIN = "2468"
@@ -276,10 +278,10 @@ def test_review_is_structured_attributed_audited_and_never_overwrites_the_result
 def test_settings_save_to_config_toml_and_apply_at_once(app):
     # a threshold equal to its bundle's own is not saved as a site setting (admin.py):
     # each one posted here must differ from the committed bundle's
-    for name, posted in (("cxr-pneumonia", 0.2), ("cxr-adult-abnormal", 0.33),
-                         ("fundus-referable-dr", 0.48)):
+    posted = {CXR: "0.2", CXR_ADULT: "0.33", FUNDUS: "0.48"}
+    for name, value in posted.items():
         manifest = json.loads((bundle_dir(name) / "manifest.json").read_text())
-        assert manifest["operating_points"]["suggested"]["threshold"] != posted, name
+        assert manifest["operating_points"]["suggested"]["threshold"] != float(value), name
     client = logged_in(app, "admin")
     token = csrf_from(client.get("/settings").text)
     response = client.post(
@@ -292,9 +294,7 @@ def test_settings_save_to_config_toml_and_apply_at_once(app):
             "dicom_aet": "CLINIC1",
             "dicom_port": "11113",
             "dicom_allowed_aets": "XRAY1, FUNDUS",
-            "cxr_threshold": "0.2",
-            "cxr_adult_threshold": "0.33",
-            "fundus_threshold": "0.48",
+            **{THRESHOLD_SETTING[name]: value for name, value in posted.items()},
             "chest_population": "ask",
             "usb_auto_import": "on",
         },
