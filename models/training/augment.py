@@ -17,14 +17,22 @@ import numpy as np
 
 def _affine(img: np.ndarray, rng: np.random.Generator, max_angle: float,
             scale: tuple[float, float], shift: float,
-            mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+            mask: np.ndarray | None = None,
+            isotropic: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Rotation with independent x/y scale (films squashed from other aspect ratios);
-    ``mask`` (a lesion's box, say) moves with the image."""
+    ``mask`` (a lesion's box, say) moves with the image. ``isotropic``: one scale for
+    both axes, within 5 % of each other, so the range's ends (a film collimated tight
+    on every side) are drawn as often as its middle."""
     h, w = img.shape[:2]
     centre = np.array([w / 2, h / 2])
     m = cv2.getRotationMatrix2D(tuple(centre), rng.uniform(-max_angle, max_angle), 1.0)
-    m[0, :2] *= rng.uniform(*scale)
-    m[1, :2] *= rng.uniform(*scale)
+    if isotropic:
+        common = rng.uniform(*scale)
+        m[0, :2] *= common * rng.uniform(0.975, 1.025)
+        m[1, :2] *= common * rng.uniform(0.975, 1.025)
+    else:
+        m[0, :2] *= rng.uniform(*scale)
+        m[1, :2] *= rng.uniform(*scale)
     m[:, 2] = centre - m[:, :2] @ centre + rng.uniform(-shift, shift, size=2) * (w, h)
     moved = None if mask is None else cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR,
                                                      borderMode=cv2.BORDER_CONSTANT)
@@ -77,13 +85,15 @@ def augment_radiograph_with_mask(img: np.ndarray, rng: np.random.Generator,
                                  zoom: tuple[float, float] = (0.85, 1.15),
                                  processing: float = 0.0,
                                  processing_strength: tuple[float, float] = (0.6, 1.2),
+                                 isotropic: bool = False, shift: float = 0.06,
                                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`augment_radiograph`, and ``mask`` moved with the film's geometry
     (``zoom``: the range of scales, each axis on its own; above 1 the film is framed
     tighter, below 1 looser with a border; ``processing``: the share of films given a
     vendor's multiscale processing as well, :func:`vendor_processing`, its flattening
-    and enhancement drawn up to ``processing_strength``)."""
-    out, mask = _affine(img, rng, 10, zoom, 0.06, mask)
+    and enhancement drawn up to ``processing_strength``; ``isotropic`` and ``shift``: see
+    :func:`_affine`, shift as a share of the film)."""
+    out, mask = _affine(img, rng, 10, zoom, shift, mask, isotropic)
     out = np.clip(out, 0, 1)
     out = out ** rng.uniform(0.6, 1.6)  # processing curve
     lo, hi = rng.uniform(0, 0.15), rng.uniform(0.85, 1.0)

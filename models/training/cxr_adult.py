@@ -209,6 +209,7 @@ class CxrAdultRecipe:
         share[CHILD_PNEUMONIA] = self.choice.pneumonia_share
         weights = np.array([share[k] / (kind == k).sum() for k in kind])
         augment = partial(augment_radiograph_with_mask, zoom=self.choice.zoom,
+                          isotropic=self.choice.zoom_isotropic, shift=self.choice.shift,
                           processing=self.choice.processing,
                           processing_strength=self.choice.processing_strength)
         make_batch = MixedBatches(films, kind, masks, self._prep,

@@ -214,4 +214,28 @@ away rather than by the in-source AUC (which the hospital alone can bring near 1
   AUCs where they were (NIH films 0.75, TB films 0.93) and flagged NIH normals with a
   pasted TB lesion less (0.49 against 0.63): it discounts any foreign patch, lesion or
   not. Not shipped.
+- **Measured (session 20): tight framing is framing, not detail.** The table's tight
+  check cuts the 64-px film and brings it back to 64 px, so it also softens it.
+  `build/tb_framing.py` takes the two apart on 2.3.0's own members (five folds, each
+  member on the fold it never saw; flagged at the threshold that flags 0.90 of the
+  same films uncut). TB films cut from their 512-px originals lose as many flags as in
+  the table: 0.86 cut 5 % a side, 0.73 cut 10 %, 0.59 cut 15 %; cut top and bottom
+  only 0.81, left and right only 0.83; softened to 52 px and not cut, 0.90: detail
+  costs nothing. Framed looser (a black border of 10 % a side) they lose flags too
+  (0.78), and with their outer 10 % blackened, the lungs where they were, more still
+  (0.66). No held-out TB film has its map's strongest cell in the outer ring of the
+  8 x 8 map: the border does not carry the lesion; the score reads the film's layout,
+  where TBX11K's framing puts the upper zones. NIH normals cut 10 % a side are flagged 0.27
+  (0.16 uncut), padded 0.18. A site whose films are framed unlike TBX11K's (tighter
+  collimation above all) should expect fewer TB films flagged and calibrate on its
+  own outcomes (`appliance calibrate`).
+- **Measured and not shipped (session 20): framing drawn with one scale for both
+  axes.** Training drew each axis's scale on its own, so a film framed tight on every
+  side was rare (4 % of draws beyond 1.2 for the session-19 range). One scale for both
+  axes from 0.8 to 1.35 (27 % of draws beyond 1.2), moved up to 10 % of the film: on
+  folds 0-1, two trainings each, tightly framed TB films flagged 0.83 and 0.85 against
+  0.76 and 0.72 for the 2.3 choice, tight NIH normals 0.23 and 0.14 (0.26 and 0.16).
+  But both trainings leaned less on the lesion: TB films with their lesions removed
+  flagged 0.28 and 0.29 against 0.21 and 0.22, lesion AUC on TB films 0.91 and 0.89
+  against 0.92 and 0.93. The framing was bought with the lesion, so it is not shipped.
 """

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from appliance.inference.preprocess import squash
-from models.training.augment import augment_radiograph_with_mask, vendor_processing
+from models.training.augment import _affine, augment_radiograph_with_mask, vendor_processing
 from models.training.tb import (
     NIH_ABNORMAL,
     NIH_NORMAL,
@@ -125,6 +125,29 @@ def test_augmentation_moves_the_box_with_the_film(seed: int) -> None:
     assert moved is not None and moved.sum() > 30
     # the bright square went where the mask went
     assert out[moved > 0.9].mean() > out[moved < 0.01].mean() + 0.3
+
+
+def _scales(isotropic: bool, seeds: int = 200) -> np.ndarray:
+    """x and y scale of :func:`_affine` (no rotation), read off a centred square's box."""
+    square = np.zeros((128, 128), np.float32)
+    square[44:84, 44:84] = 1.0
+    out = []
+    for seed in range(seeds):
+        moved, _ = _affine(square, np.random.default_rng(seed), 0, (0.8, 1.35), 0.0,
+                           isotropic=isotropic)
+        ys, xs = np.nonzero(moved > 0.5)
+        out.append(((xs.max() - xs.min() + 1) / 40, (ys.max() - ys.min() + 1) / 40))
+    return np.array(out)
+
+
+def test_isotropic_zoom_scales_both_axes_alike_and_reaches_the_range_ends() -> None:
+    """A film collimated tight on every side: one scale for both axes (session 20), so
+    both are beyond 1.2 as often as the range says, not only when two draws agree."""
+    iso, each = _scales(True), _scales(False)
+    assert np.abs(iso[:, 0] / iso[:, 1] - 1).max() < 0.09  # 5 % apart, plus a pixel
+    assert np.abs(each[:, 0] / each[:, 1] - 1).max() > 0.2  # the default draws each axis
+    both_tight = lambda s: float(np.mean((s > 1.2).all(axis=1)))  # noqa: E731
+    assert both_tight(iso) > 0.25 and both_tight(each) < 0.6 * both_tight(iso)
 
 
 def test_cell_targets_are_lesion_inside_a_box_unjudged_on_its_edge_and_lung_elsewhere():
